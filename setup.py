@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="wattchecker-client",
+    version="0.1.0",
+    description="Reads a RATOC REX-BTWATTCH1 Bluetooth power meter, keeps every reading, uploads to BigQuery",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["wattchecker_client", "wattchecker_client.*"]),
+    install_requires=[
+        "crcmod>=1.7",
+        "PyYAML>=5.4",
+    ],
+    extras_require={
+        "bigquery": ["google-cloud-bigquery>=3.0"],
+        "test": ["pytest>=7", "hypothesis>=6.50"],
+    },
+    entry_points={"console_scripts": ["wattchecker-client=wattchecker_client.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Operating System :: POSIX :: Linux",
+    ],
+)

@@ -1,0 +1,128 @@
+"""Shared fixtures: real sockets, real ptys, real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, List, Sequence, Union
+
+import pytest
+
+from wattchecker_client.protocol import FrameDecoder
+from wattchecker_client.transport import Link, socket_link
+
+ROOT = Path(__file__).resolve().parent.parent
+Chunks = Union[bytes, Sequence[bytes]]
+
+
+class ScriptedPeer:
+    """The meter's end of a real socketpair, answering each request with scripted bytes.
+
+    Each script item answers one request: bytes are written at once; a list
+    of chunks is written piece by piece with a pause between, so the client
+    sees split reads; None sends nothing (the client must time out).
+    """
+
+    def __init__(self, script: List[object]) -> None:
+        self.script = list(script)
+        self.requests: List[bytes] = []
+        ours, theirs = socket.socketpair()
+        self.client = socket_link(ours, "scripted meter", timeout=1.0)
+        self._sock = theirs
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        decoder = FrameDecoder()
+        with self._sock:
+            while self.script:
+                data = self._sock.recv(4096)
+                if not data:
+                    return
+                decoder.feed(data)
+                for frame in decoder:
+                    self.requests.append(frame.payload)
+                    if not self.script:
+                        return
+                    self._answer(self.script.pop(0))
+
+    def _answer(self, item: object) -> None:
+        if item is None:
+            return
+        chunks = [item] if isinstance(item, bytes) else list(item)
+        for chunk in chunks:
+            self._sock.sendall(chunk)
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.client.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def scripted():
+    peers: List[ScriptedPeer] = []
+
+    def make(script: List[object]) -> ScriptedPeer:
+        peer = ScriptedPeer(script)
+        peers.append(peer)
+        return peer
+
+    yield make
+    for peer in peers:
+        peer.close()
+
+
+def cli(*args: str) -> List[str]:
+    return [sys.executable, "-m", "wattchecker_client", *args]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+class Simulator:
+    """A real `wattchecker-client simulate` process and the addresses it printed."""
+
+    def __init__(self, args: Sequence[str], expect: int = 1) -> None:
+        self.proc = subprocess.Popen(
+            cli("simulate", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        self.addresses = []
+        for _ in range(expect):
+            line = self.proc.stdout.readline()
+            if not line.startswith("listening on "):
+                self.proc.kill()
+                raise RuntimeError(f"simulator said {line!r}: {self.proc.stderr.read()}")
+            self.addresses.append(line.split("listening on ", 1)[1].strip())
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def simulator():
+    started: List[Simulator] = []
+
+    def start(*args: str, expect: int = 1) -> Simulator:
+        sim = Simulator(args, expect)
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        if sim.proc.poll() is None:
+            sim.proc.kill()
+            sim.proc.wait()

@@ -1,0 +1,316 @@
+"""One meter: a session over a connected link, and the reader loop that keeps one alive.
+
+``MeterSession`` speaks the protocol over a ``Link``: set the clock, start,
+poll, stop. ``MeterReader`` connects, polls on the wall-clock second,
+reconnects with backoff, and yields each new measurement once.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import logging
+import math
+import random
+import threading
+from dataclasses import dataclass, fields
+from typing import Iterator, Optional
+
+from . import protocol
+from .clock import Clock
+from .protocol import Frame, FrameDecoder, Measurement, MeasurementError
+from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, RfcommFactory, open_link
+
+log = logging.getLogger(__name__)
+
+RESPONSE_TIMEOUT = 2.0
+# After a frame fails its CRC, wait until the line has been quiet this long
+# before asking again, so the rest of a split response is not mistaken for a
+# reply to the repeated request.
+SETTLE_TIME = 0.2
+RETRIES = 3
+
+
+@dataclass
+class MeterStats:
+    """Counters for everything that can go wrong with one meter."""
+
+    polls: int = 0
+    readings: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    crc_errors: int = 0
+    junk_bytes: int = 0
+    stray_frames: int = 0
+    truncated: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    missing_seconds: int = 0
+    clock_jumps_back: int = 0
+    connects: int = 0
+    link_errors: int = 0
+
+    def summary(self) -> str:
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+
+class MeterSession:
+    """The protocol over one connected link; raises LinkError when the link fails."""
+
+    def __init__(
+        self,
+        link: Link,
+        clock: Clock,
+        *,
+        start_argument: int = 0x00,
+        response_timeout: float = RESPONSE_TIMEOUT,
+        retries: int = RETRIES,
+        stats: Optional[MeterStats] = None,
+    ) -> None:
+        self.link = link
+        self.clock = clock
+        self.start_argument = start_argument
+        self.response_timeout = response_timeout
+        self.retries = retries
+        self.stats = stats if stats is not None else MeterStats()
+        self.decoder = FrameDecoder()
+        self._counted_crc = 0
+        self._counted_junk = 0
+
+    def start(self) -> None:
+        """Set the meter's clock to UTC now and start measuring."""
+        self.set_clock(self.clock.now())
+        ack = self.request(protocol.start_request(self.start_argument), protocol.CMD_START)
+        if ack.status:
+            log.warning("%s: start measurement answered status 0x%02X", self.link.name, ack.status)
+
+    def set_clock(self, when: dt.datetime) -> None:
+        ack = self.request(protocol.set_clock_request(when), protocol.CMD_SET_CLOCK)
+        if ack.status:
+            log.warning("%s: set clock answered status 0x%02X", self.link.name, ack.status)
+
+    def poll(self) -> Measurement:
+        """Ask for the latest reading; MeasurementError if the meter's answer is unusable."""
+        self.stats.polls += 1
+        frame = self.request(protocol.get_data_request(), protocol.CMD_GET_DATA)
+        try:
+            measurement = protocol.decode_measurement(frame.payload)
+        except MeasurementError:
+            self.stats.rejected += 1
+            raise
+        self.stats.readings += 1
+        return measurement
+
+    def stop(self) -> None:
+        """Stop measuring; best effort, since the link may already be gone."""
+        try:
+            self.link.write(protocol.stop_request())
+            self._await(protocol.CMD_STOP, self.response_timeout / 2)
+        except LinkError as exc:
+            log.debug("%s: stop not acknowledged: %s", self.link.name, exc)
+
+    def request(self, frame: bytes, command: int) -> Frame:
+        """Send ``frame`` until a valid response to ``command`` arrives, or raise LinkError."""
+        self._drop_stale()
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            self.link.write(frame)
+            response = self._await(command, self.response_timeout)
+            if response is not None:
+                return response
+        raise LinkError(
+            f"{self.link.name}: no valid response to command 0x{command:02X} "
+            f"after {self.retries + 1} attempts"
+        )
+
+    def _await(self, command: int, timeout: float) -> Optional[Frame]:
+        """The response to ``command``, or None after a timeout or a corrupted frame."""
+        deadline = self.clock.monotonic() + timeout
+        crc_errors = self.decoder.crc_errors
+        while True:
+            for frame in self.decoder:
+                if frame.command == command:
+                    return frame
+                self.stats.stray_frames += 1
+            if self.decoder.crc_errors > crc_errors:
+                self._settle()
+                return None
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                self.stats.timeouts += 1
+                return None
+            partial = self.decoder.buffered > 0
+            try:
+                data = self.link.read(timeout=min(remaining, SETTLE_TIME) if partial else remaining)
+            except LinkTimeout:
+                if partial:  # the line went quiet inside a frame: its length was corrupt
+                    self.stats.truncated += 1
+                    self.decoder.reset()
+                else:
+                    self.stats.timeouts += 1
+                return None
+            self._feed(data)
+
+    def _settle(self) -> None:
+        """Read until the line is quiet; a valid frame seen meanwhile is a late reply, kept."""
+        while True:
+            try:
+                data = self.link.read(timeout=SETTLE_TIME)
+            except LinkTimeout:
+                return
+            self._feed(data)
+
+    def _drop_stale(self) -> None:
+        for _ in self.decoder:
+            self.stats.stray_frames += 1
+
+    def _feed(self, data: bytes) -> None:
+        decoder = self.decoder
+        decoder.feed(data)
+        self.stats.crc_errors += decoder.crc_errors - self._counted_crc
+        self.stats.junk_bytes += decoder.junk_bytes - self._counted_junk
+        self._counted_crc = decoder.crc_errors
+        self._counted_junk = decoder.junk_bytes
+
+
+def seconds_until_next_tick(now: dt.datetime, interval: float) -> float:
+    """Time to the next multiple of ``interval`` on the wall clock, so polls do not drift."""
+    epoch = calendar.timegm(now.timetuple()) + now.microsecond / 1e6
+    next_tick = math.floor(epoch / interval + 1e-9) * interval + interval
+    return max(0.0, next_tick - epoch)
+
+
+class Backoff:
+    """Exponential backoff with full jitter between ``initial`` and ``maximum`` seconds."""
+
+    def __init__(self, initial: float = 1.0, maximum: float = 60.0, rng: Optional[random.Random] = None):
+        self.initial = initial
+        self.maximum = maximum
+        self.rng = rng or random.Random()
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * (2 ** self.attempt))
+        self.attempt += 1
+        return self.rng.uniform(self.initial / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class MeterReader:
+    """Keeps one meter connected and yields each new reading once, in the meter's time."""
+
+    def __init__(
+        self,
+        address: str,
+        clock: Clock,
+        stop: threading.Event,
+        *,
+        channel: Optional[int] = None,
+        poll_interval: float = 1.0,
+        start_argument: int = 0x00,
+        timeout: float = DEFAULT_TIMEOUT,
+        response_timeout: float = RESPONSE_TIMEOUT,
+        backoff: Optional[Backoff] = None,
+        rfcomm_factory: Optional[RfcommFactory] = None,
+        name: Optional[str] = None,
+    ) -> None:
+        self.address = address
+        self.clock = clock
+        self.stop = stop
+        self.channel = channel
+        self.poll_interval = poll_interval
+        self.start_argument = start_argument
+        self.timeout = timeout
+        self.response_timeout = response_timeout
+        self.backoff = backoff or Backoff()
+        self.rfcomm_factory = rfcomm_factory
+        self.name = name or address
+        self.stats = MeterStats()
+        self.last_time: Optional[dt.datetime] = None
+        self._failing_since: Optional[float] = None
+
+    def readings(self) -> Iterator[Measurement]:
+        """Yield readings until ``stop`` is set. SetupError propagates: retrying cannot fix it."""
+        while not self.stop.is_set():
+            try:
+                yield from self._one_connection()
+            except LinkError as exc:
+                self._link_failed(exc)
+                if self.clock.sleep(self.backoff.next_delay(), self.stop):
+                    return
+
+    def _one_connection(self) -> Iterator[Measurement]:
+        link = open_link(
+            self.address,
+            channel=self.channel,
+            timeout=self.timeout,
+            rfcomm_factory=self.rfcomm_factory,
+        )
+        with link:
+            session = MeterSession(
+                link,
+                self.clock,
+                start_argument=self.start_argument,
+                response_timeout=self.response_timeout,
+                stats=self.stats,
+            )
+            session.start()
+            self._connected()
+            try:
+                yield from self._poll_until_stopped(session)
+            except GeneratorExit:
+                session.stop()
+                raise
+            session.stop()
+
+    def _poll_until_stopped(self, session: MeterSession) -> Iterator[Measurement]:
+        while not self.clock.sleep(
+            seconds_until_next_tick(self.clock.now(), self.poll_interval), self.stop
+        ):
+            try:
+                measurement = session.poll()
+            except MeasurementError as exc:
+                log.warning("%s: reading dropped: %s", self.name, exc)
+                continue
+            if self._is_new(measurement.time):
+                yield measurement
+
+    def _is_new(self, when: dt.datetime) -> bool:
+        """Skip repeats of the same second; count gaps and clock jumps."""
+        last, self.last_time = self.last_time, when
+        if last is None:
+            return True
+        step = (when - last).total_seconds()
+        if step == 0:
+            self.stats.duplicates += 1
+            return False
+        if step < 0:
+            self.stats.clock_jumps_back += 1
+        elif step > max(1, round(self.poll_interval)):
+            self.stats.gaps += 1
+            self.stats.missing_seconds += int(step) - max(1, round(self.poll_interval))
+        return True
+
+    def _connected(self) -> None:
+        self.stats.connects += 1
+        if self._failing_since is not None:
+            down = self.clock.monotonic() - self._failing_since
+            log.info("%s: connected again after %.0f s", self.name, down)
+        else:
+            log.info("%s: connected", self.name)
+        self._failing_since = None
+        self.backoff.reset()
+
+    def _link_failed(self, exc: LinkError) -> None:
+        """Log once per outage; the attempts that follow are only counted."""
+        self.stats.link_errors += 1
+        where = "" if self.name == self.address else f"{self.name}: "
+        if self._failing_since is None:
+            self._failing_since = self.clock.monotonic()
+            log.warning("%s%s; reconnecting", where, exc)
+        else:
+            log.debug("%sstill failing: %s", where, exc)

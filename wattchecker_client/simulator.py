@@ -1,0 +1,333 @@
+"""A stand-in REX-BTWATTCH1: the real protocol, a believable load, and injectable faults.
+
+The meter itself (``SimulatedMeter``) is sans-I/O: request payloads in,
+response bytes out. ``serve_link`` puts it on any ``Link`` with the link
+faults (latency, split writes, drops); ``TcpServer`` and ``PtyServer`` give it
+an address a client can open, and ``open_embedded`` runs one inside this
+process for ``sim://`` addresses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import os
+import random
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+from urllib.parse import parse_qsl, urlsplit
+
+from . import protocol
+from .clock import Clock
+from .protocol import FrameDecoder, Measurement
+from .transport import Link, LinkError, LinkTimeout, SetupError, make_raw, socket_link
+
+log = logging.getLogger(__name__)
+
+STRAY_ACK = protocol.encode_frame(protocol.ack_payload(protocol.CMD_START))
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """How the simulated meter behaves; every field is also a CLI flag and a sim:// parameter."""
+
+    seed: int = field(default=1, metadata={"help": "seed for the load profile and the faults"})
+    clock_speed: float = field(
+        default=1.0, metadata={"help": "how fast the meter's clock runs against real time"}
+    )
+    corrupt_rate: float = field(
+        default=0.0, metadata={"help": "fraction of responses with one bit flipped"}
+    )
+    junk_rate: float = field(
+        default=0.0, metadata={"help": "fraction of responses preceded by 1-8 junk bytes"}
+    )
+    stray_ack_rate: float = field(
+        default=0.0, metadata={"help": "fraction of measurements preceded by a stray 6-byte ack"}
+    )
+    bad_status_rate: float = field(
+        default=0.0, metadata={"help": "fraction of measurements answered with a non-zero status"}
+    )
+    split_writes: bool = field(
+        default=False, metadata={"help": "send each response in several small writes"}
+    )
+    latency: float = field(default=0.0, metadata={"help": "seconds before each response"})
+    drop_after: int = field(
+        default=0, metadata={"help": "close the link after this many requests (0: never)"}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("corrupt_rate", "junk_rate", "stray_ack_rate", "bad_status_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.clock_speed <= 0:
+            raise ValueError("clock_speed must be positive")
+        if self.latency < 0 or self.drop_after < 0:
+            raise ValueError("latency and drop_after cannot be negative")
+
+    @classmethod
+    def from_pairs(cls, pairs: List[Tuple[str, str]]) -> "SimOptions":
+        """Build from string key/value pairs, e.g. a sim:// query string."""
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {}
+        for key, raw in pairs:
+            key = key.replace("-", "_")
+            if key not in types:
+                raise SetupError(f"unknown simulator option {key!r}; known: {', '.join(types)}")
+            values[key] = _parse_value(key, types[key], raw)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise SetupError(f"simulator option: {exc}") from None
+
+
+def _parse_value(key: str, type_name: str, raw: str) -> object:
+    try:
+        if type_name == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        return int(raw) if type_name == "int" else float(raw)
+    except ValueError:
+        raise SetupError(f"simulator option {key}={raw!r} is not a {type_name}") from None
+
+
+# --- the load -------------------------------------------------------------------
+
+
+def air_conditioner(when: dt.datetime, seed: int = 1) -> Measurement:
+    """An air conditioner in a Japanese home: compressor cycling by day, standby at night.
+
+    A pure function of the meter's second, so repeated polls within one second
+    agree, and a run can be replayed from its seed.
+    """
+    t = calendar_seconds(when)
+    rng = random.Random(seed * 1_000_003 + t)
+    volts = 101.5 + 1.5 * math.sin(2 * math.pi * (t % 86400) / 86400) + rng.uniform(-0.3, 0.3)
+    if 15 <= when.hour < 22:  # 00:00-07:00 in Japan: switched off, standby only
+        watts, power_factor = rng.uniform(0.6, 0.8), 0.03
+    else:
+        cycle = random.Random(seed * 7919 + t // 1200)
+        on_for = cycle.randint(600, 1000)
+        into = t % 1200
+        if into < on_for:  # compressor on: inrush settles, then load creeps up
+            watts = 300 + 450 * min(1.0, into / 120) + 60 * math.sin(into / 90)
+            watts *= rng.uniform(0.97, 1.03)
+            volts -= 0.8
+            power_factor = 0.93
+        else:  # fan only
+            watts, power_factor = rng.uniform(22.0, 28.0), 0.6
+    milliamps = watts / (volts * power_factor) * 1000
+    return protocol.quantize(Measurement(when, volts, milliamps, watts))
+
+
+def calendar_seconds(when: dt.datetime) -> int:
+    return int((when - dt.datetime(1970, 1, 1)).total_seconds())
+
+
+# --- the meter ------------------------------------------------------------------
+
+
+class SimulatedMeter:
+    """The device's side of the protocol: request payloads in, response bytes out."""
+
+    def __init__(self, options: SimOptions, clock: Clock) -> None:
+        self.options = options
+        self.clock = clock
+        self.rng = random.Random(options.seed)
+        self.measuring = False
+        self._lock = threading.Lock()
+        self._rtc_base = clock.now()
+        self._rtc_mono = clock.monotonic()
+
+    def now(self) -> dt.datetime:
+        """The meter's clock, running ``clock_speed`` times faster than real time."""
+        elapsed = (self.clock.monotonic() - self._rtc_mono) * self.options.clock_speed
+        return (self._rtc_base + dt.timedelta(seconds=elapsed)).replace(microsecond=0)
+
+    def respond(self, payload: bytes) -> bytes:
+        """All bytes the meter sends back for one request, faults included."""
+        with self._lock:
+            return self._inject(payload[0], self._answer(payload))
+
+    def _answer(self, payload: bytes) -> bytes:
+        command = payload[0]
+        if command == protocol.CMD_SET_CLOCK:
+            try:
+                self._rtc_base = protocol.decode_clock(payload)
+            except protocol.ProtocolError:
+                return protocol.ack_payload(command, 0x01)
+            self._rtc_mono = self.clock.monotonic()
+            return protocol.ack_payload(command)
+        if command in (protocol.CMD_START, protocol.CMD_STOP):
+            self.measuring = command == protocol.CMD_START
+            return protocol.ack_payload(command)
+        if command == protocol.CMD_GET_DATA:
+            if self.rng.random() < self.options.bad_status_rate:
+                return bytes((command, 0x01)) + bytes(15)
+            return protocol.measurement_payload(air_conditioner(self.now(), self.options.seed))
+        return protocol.ack_payload(command, 0x01)
+
+    def _inject(self, command: int, payload: bytes) -> bytes:
+        opts, rng = self.options, self.rng
+        frame = bytearray(protocol.encode_frame(payload))
+        if rng.random() < opts.corrupt_rate:
+            bit = rng.randrange(8, len(frame) * 8)  # anything after the sync byte
+            frame[bit // 8] ^= 1 << (bit % 8)
+        out = bytearray()
+        if rng.random() < opts.junk_rate:
+            out += bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        if command == protocol.CMD_GET_DATA and rng.random() < opts.stray_ack_rate:
+            out += STRAY_ACK
+        return bytes(out + frame)
+
+    def chunks(self, data: bytes) -> List[bytes]:
+        """How one response is written: whole, or split at random points."""
+        if not self.options.split_writes or len(data) < 2:
+            return [data]
+        cuts = sorted(self.rng.sample(range(1, len(data)), min(len(data) - 1, self.rng.randint(1, 4))))
+        return [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+
+
+def serve_link(link: Link, meter: SimulatedMeter, stop: threading.Event) -> str:
+    """Answer requests on ``link`` until it fails, ``stop`` is set, or a drop is due.
+
+    Returns why it ended: "stopped", "dropped" or the link error.
+    """
+    decoder = FrameDecoder()
+    requests = 0
+    clock, options = meter.clock, meter.options
+    while not stop.is_set():
+        try:
+            decoder.feed(link.read(timeout=0.2))
+        except LinkTimeout:
+            continue
+        except LinkError as exc:
+            return str(exc)
+        for frame in decoder:
+            requests += 1
+            response = meter.respond(frame.payload)
+            if options.latency and clock.sleep(options.latency, stop):
+                return "stopped"
+            try:
+                for chunk in meter.chunks(response):
+                    link.write(chunk)
+                    if options.split_writes:
+                        clock.sleep(0.002)
+            except LinkError as exc:
+                return str(exc)
+            if options.drop_after and requests >= options.drop_after:
+                return "dropped"
+    return "stopped"
+
+
+# --- addresses a client can open -------------------------------------------------
+
+
+class TcpServer:
+    """Serves the simulated meter on a TCP port, one thread per connection."""
+
+    def __init__(self, meter: SimulatedMeter, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.meter = meter
+        self.stop = threading.Event()
+        self.listener = socket.create_server((host, port))
+        self.listener.settimeout(0.2)
+        host, port = self.listener.getsockname()[:2]
+        self.address = f"tcp://{host}:{port}"
+
+    def serve_forever(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, peer = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
+        self.listener.close()
+
+    def _serve(self, conn: socket.socket, peer: object) -> None:
+        with socket_link(conn, f"tcp client {peer}", timeout=5.0) as link:
+            why = serve_link(link, self.meter, self.stop)
+        log.info("%s: %s", link.name, why)
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+class PtyServer:
+    """Serves the simulated meter on a pseudo-terminal, like ``rfcomm bind`` would.
+
+    A drop closes the pty and opens a new one, re-pointing ``link_path`` at it,
+    as a real /dev/rfcommN disappears and comes back with the radio link.
+    """
+
+    def __init__(self, meter: SimulatedMeter, link_path: Optional[str] = None) -> None:
+        self.meter = meter
+        self.link_path = link_path
+        self.stop = threading.Event()
+        self.tty_path = ""
+        self._open()
+
+    def _open(self) -> None:
+        self._master, self._slave = os.openpty()
+        # Hold the slave open and raw: no echo of requests, and the master never
+        # sees a hang-up between clients.
+        make_raw(self._slave)
+        self.tty_path = os.ttyname(self._slave)
+        if self.link_path:
+            tmp = f"{self.link_path}.{os.getpid()}.tmp"
+            os.symlink(self.tty_path, tmp)
+            os.replace(tmp, self.link_path)
+
+    @property
+    def address(self) -> str:
+        return self.link_path or self.tty_path
+
+    def serve_forever(self) -> None:
+        while not self.stop.is_set():
+            link = Link(self._master, self.tty_path, lambda: None, timeout=5.0)
+            why = serve_link(link, self.meter, self.stop)
+            log.info("%s: %s", self.tty_path, why)
+            self._close_pty()
+            if not self.stop.is_set():
+                self._open()
+
+    def _close_pty(self) -> None:
+        for fd in (self._master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.link_path and os.path.islink(self.link_path):
+            os.unlink(self.link_path)
+
+
+# --- sim:// --------------------------------------------------------------------------
+
+
+def parse_sim_address(address: str) -> SimOptions:
+    parts = urlsplit(address)
+    if parts.scheme != "sim" or parts.netloc or parts.path not in ("", "/"):
+        raise SetupError(f"address {address!r} must look like sim:// or sim://?clock_speed=10")
+    return SimOptions.from_pairs(parse_qsl(parts.query, keep_blank_values=True))
+
+
+def open_embedded(address: str, timeout: float, clock: Optional[Clock] = None) -> Link:
+    """A simulated meter in a thread of this process, at the other end of a socketpair."""
+    meter = SimulatedMeter(parse_sim_address(address), clock or Clock())
+    ours, theirs = socket.socketpair()
+    stop = threading.Event()
+
+    def run() -> None:
+        with socket_link(theirs, "embedded meter", timeout) as link:
+            serve_link(link, meter, stop)
+
+    threading.Thread(target=run, name="simulated-meter", daemon=True).start()
+    return socket_link(ours, address, timeout, on_close=stop.set)
