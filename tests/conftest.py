@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -10,12 +9,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Sequence, Union
+from typing import List, Sequence, Union
 
 import pytest
 
 from wattchecker_client.protocol import FrameDecoder
-from wattchecker_client.transport import Link, socket_link
+from wattchecker_client.transport import socket_link
 
 ROOT = Path(__file__).resolve().parent.parent
 Chunks = Union[bytes, Sequence[bytes]]
@@ -26,7 +25,8 @@ class ScriptedPeer:
 
     Each script item answers one request: bytes are written at once; a list
     of chunks is written piece by piece with a pause between, so the client
-    sees split reads; None sends nothing (the client must time out).
+    sees split reads; None, or the end of the script, sends nothing (the
+    client must time out).
     """
 
     def __init__(self, script: List[object]) -> None:
@@ -41,16 +41,18 @@ class ScriptedPeer:
     def _run(self) -> None:
         decoder = FrameDecoder()
         with self._sock:
-            while self.script:
-                data = self._sock.recv(4096)
+            while True:
+                try:
+                    data = self._sock.recv(4096)
+                except OSError:
+                    return
                 if not data:
                     return
                 decoder.feed(data)
                 for frame in decoder:
                     self.requests.append(frame.payload)
-                    if not self.script:
-                        return
-                    self._answer(self.script.pop(0))
+                    if self.script:
+                        self._answer(self.script.pop(0))
 
     def _answer(self, item: object) -> None:
         if item is None:
@@ -59,6 +61,11 @@ class ScriptedPeer:
         for chunk in chunks:
             self._sock.sendall(chunk)
             time.sleep(0.01)
+
+    def hang_up(self) -> None:
+        """The meter goes away: its end of the link shuts down."""
+        self._sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
 
     def close(self) -> None:
         self.client.close()

@@ -84,6 +84,9 @@ class SimOptions:
             raise SetupError(f"simulator option: {exc}") from None
 
 
+KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
 def _parse_value(key: str, type_name: str, raw: str) -> object:
     try:
         if type_name == "bool":
@@ -92,7 +95,7 @@ def _parse_value(key: str, type_name: str, raw: str) -> object:
             return raw.lower() in ("1", "true", "yes", "on")
         return int(raw) if type_name == "int" else float(raw)
     except ValueError:
-        raise SetupError(f"simulator option {key}={raw!r} is not a {type_name}") from None
+        raise SetupError(f"simulator option {key}={raw!r} is not {KINDS[type_name]}") from None
 
 
 # --- the load -------------------------------------------------------------------

@@ -1,0 +1,215 @@
+"""The meter session and reader over real sockets, against scripted and simulated meters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+
+import pytest
+
+from wattchecker_client import protocol
+from wattchecker_client.clock import Clock, FakeClock
+from wattchecker_client.meter import Backoff, MeterReader, MeterSession, seconds_until_next_tick
+from wattchecker_client.protocol import Measurement, MeasurementError, encode_frame
+from wattchecker_client.transport import LinkError
+
+BUILT = bytes.fromhex("AA 11 00 08 00 E0 83 04 13 92 01 B5 8D 00 1E 18 09 07 09 13 65")
+BUILT_VALUE = Measurement(dt.datetime(2019, 9, 7, 9, 24, 30), 102.931, 2311.75, 181.385)
+ACK_CLOCK = bytes.fromhex("AA 02 00 01 00 97")
+ACK_START = bytes.fromhex("AA 02 00 02 00 AB")
+ACK_STOP = encode_frame(protocol.ack_payload(protocol.CMD_STOP))
+BAD_CRC = BUILT[:-1] + b"\x00"
+HANDSHAKE = [ACK_CLOCK, ACK_START]
+NOW = dt.datetime(2019, 9, 7, 9, 24, 29)
+
+
+def session_for(peer, **kwargs) -> MeterSession:
+    return MeterSession(peer.client, FakeClock(NOW), response_timeout=0.5, **kwargs)
+
+
+def test_handshake_sets_the_clock_in_utc_and_starts(scripted):
+    peer = scripted(HANDSHAKE + [BUILT, ACK_STOP])
+    session = session_for(peer, start_argument=0x1E)
+    session.start()
+    assert session.poll() == BUILT_VALUE
+    session.stop()
+    assert peer.requests == [
+        protocol.set_clock_request(NOW)[3:-1],
+        bytes([0x02, 0x1E]),
+        bytes([0x08]),
+        bytes([0x03]),
+    ]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [BUILT[:1], BUILT[1:4], BUILT[4:20], BUILT[20:]],  # split frames
+        ACK_START + BUILT,  # a stray 6-byte ack before the measurement
+        [ACK_START, b"\x01\x02\x03", BUILT[:7], BUILT[7:]],  # stray ack, junk, split
+        b"\xaa\x05\x00junk" + BUILT,  # a false sync in the junk
+    ],
+    ids=["split", "stray-ack", "ack-junk-split", "false-sync"],
+)
+def test_poll_survives_what_the_radio_does(scripted, answer):
+    peer = scripted(HANDSHAKE + [answer])
+    session = session_for(peer)
+    session.start()
+    assert session.poll() == BUILT_VALUE
+    assert peer.requests[-1] == b"\x08"
+
+
+def test_several_frames_in_one_read(scripted):
+    later = encode_frame(
+        protocol.measurement_payload(Measurement(dt.datetime(2019, 9, 7, 9, 24, 31), 102.0, 1000.0, 100.0))
+    )
+    peer = scripted(HANDSHAKE + [BUILT + later, BUILT])
+    session = session_for(peer)
+    session.start()
+    assert session.poll() == BUILT_VALUE
+    # The second frame of that read answers no request we made: it is stale,
+    # dropped and counted before the next request, which gets its own answer.
+    assert session.poll() == BUILT_VALUE
+    assert session.stats.stray_frames == 1
+
+
+def test_bad_crc_is_never_returned_and_the_poll_is_retried(scripted):
+    peer = scripted(HANDSHAKE + [BAD_CRC, BUILT])
+    session = session_for(peer)
+    session.start()
+    assert session.poll() == BUILT_VALUE
+    assert peer.requests[-2:] == [b"\x08", b"\x08"]
+    assert session.stats.crc_errors == 1 and session.stats.retries == 1
+
+
+def test_corrupted_length_is_noticed_when_the_line_goes_quiet(scripted):
+    long_length = bytearray(BUILT)
+    long_length[1] = 0x13  # claims two more bytes than are ever sent
+    peer = scripted(HANDSHAKE + [bytes(long_length), BUILT])
+    session = session_for(peer)
+    session.start()
+    assert session.poll() == BUILT_VALUE
+    assert session.stats.truncated == 1
+
+
+def test_no_answer_raises_link_error_after_retries(scripted):
+    peer = scripted(HANDSHAKE + [None, None, None, None])
+    session = MeterSession(peer.client, Clock(), response_timeout=0.1, retries=3)
+    session.start()
+    with pytest.raises(LinkError, match="no valid response to command 0x08 after 4 attempts"):
+        session.poll()
+    assert session.stats.timeouts == 4
+
+
+def test_peer_gone_is_a_link_error(scripted):
+    peer = scripted(HANDSHAKE)
+    session = session_for(peer)
+    session.start()
+    peer.hang_up()
+    with pytest.raises(LinkError):
+        session.poll()
+
+
+def test_non_zero_status_is_rejected_not_returned(scripted):
+    bad_status = encode_frame(bytes([0x08, 0x01]) + BUILT[5:-1])
+    peer = scripted(HANDSHAKE + [bad_status])
+    session = session_for(peer)
+    session.start()
+    with pytest.raises(MeasurementError, match="status 0x01"):
+        session.poll()
+    assert session.stats.rejected == 1
+
+
+def test_stop_is_best_effort_on_a_dead_link(scripted):
+    peer = scripted(HANDSHAKE)
+    session = session_for(peer)
+    session.start()
+    peer.client.close()
+    session.stop()  # no exception
+
+
+# --- pacing and backoff -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "now, interval, expected",
+    [
+        (dt.datetime(2026, 1, 1, 0, 0, 0, 250000), 1.0, 0.75),
+        (dt.datetime(2026, 1, 1, 0, 0, 0), 1.0, 1.0),
+        (dt.datetime(2026, 1, 1, 0, 0, 7, 500000), 5.0, 2.5),
+        (dt.datetime(2026, 1, 1, 0, 0, 0, 30000), 0.1, 0.07),
+    ],
+)
+def test_polls_align_to_the_wall_clock(now, interval, expected):
+    assert seconds_until_next_tick(now, interval) == pytest.approx(expected)
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap():
+    backoff = Backoff(1.0, 60.0, random.Random(4))
+    delays = [backoff.next_delay() for _ in range(10)]
+    ceilings = [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
+    assert all(0.5 <= d <= c for d, c in zip(delays, ceilings))
+    assert delays[-1] > 1  # it did grow
+    backoff.reset()
+    assert backoff.next_delay() <= 1.0
+
+
+# --- the reader ------------------------------------------------------------------------
+
+
+def test_reader_reconnects_and_skips_repeated_seconds(caplog):
+    """Embedded simulator dropping the link every 6 requests; fast clock; real sockets."""
+    stop = threading.Event()
+    reader = MeterReader(
+        "sim://?clock_speed=20&drop_after=6&seed=5",
+        Clock(),
+        stop,
+        poll_interval=0.02,
+        backoff=Backoff(0.01, 0.05),
+    )
+    caplog.set_level(logging.INFO)
+    got = []
+    for m in reader.readings():
+        got.append(m)
+        if len(got) == 12:
+            break
+    assert reader.stats.connects >= 3
+    assert reader.stats.link_errors >= 2
+    times = [m.time for m in got]
+    assert all(a != b for a, b in zip(times, times[1:]))
+    assert sum("reconnecting" in r.message for r in caplog.records) == reader.stats.link_errors
+    assert all(protocol.quantize(m) == m for m in got)
+
+
+def test_reader_stops_when_asked_during_backoff():
+    stop = threading.Event()
+    clock = FakeClock()
+    reader = MeterReader("tcp://127.0.0.1:9", clock, stop, timeout=0.5, backoff=Backoff(1, 60))
+    readings = reader.readings()
+    threading.Timer(0.5, stop.set).start()
+    assert list(readings) == []
+    assert reader.stats.link_errors >= 1
+
+
+def test_reader_logs_an_outage_once(caplog):
+    stop = threading.Event()
+    clock = FakeClock()
+    reader = MeterReader("tcp://127.0.0.1:9", clock, stop, timeout=0.2, backoff=Backoff(1, 60))
+    caplog.set_level(logging.DEBUG)
+    gen = reader.readings()
+    attempts = []
+
+    def count_and_stop(seconds, event=None):
+        attempts.append(seconds)
+        if len(attempts) == 5:
+            stop.set()
+        return FakeClock.sleep(clock, seconds, stop)
+
+    clock.sleep = count_and_stop
+    assert list(gen) == []
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "reconnecting" in warnings[0].message
+    assert reader.stats.link_errors == 5
+    assert 0.5 <= attempts[0] <= 1 and attempts[4] <= 16
