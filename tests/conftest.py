@@ -110,10 +110,14 @@ class Simulator:
             self.addresses.append(line.split("listening on ", 1)[1].strip())
 
     def stop(self) -> int:
+        """SIGTERM, then the exit status; safe to call twice."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
         finally:
             self.proc.stdout.close()
             self.proc.stderr.close()
@@ -130,6 +134,4 @@ def simulator():
 
     yield start
     for sim in started:
-        if sim.proc.poll() is None:
-            sim.proc.kill()
-            sim.proc.wait()
+        sim.stop()

@@ -130,7 +130,7 @@ def read_some(address: str, count: int, **kwargs) -> list:
 
 def test_tcp_server_serves_a_reader():
     server = TcpServer(SimulatedMeter(SimOptions(clock_speed=20), Clock()))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.start()
     try:
         got, stats = read_some(server.address, 5)
     finally:
@@ -143,7 +143,7 @@ def test_pty_server_drops_and_comes_back_behind_the_same_symlink(tmp_path):
     link_path = str(tmp_path / "rfcomm0")
     server = PtyServer(SimulatedMeter(SimOptions(clock_speed=20, drop_after=5), Clock()), link_path)
     first_tty = os.readlink(link_path)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.start()
     try:
         got, stats = read_some(link_path, 12)
         assert os.readlink(link_path) != first_tty or stats.connects > 1

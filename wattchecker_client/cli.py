@@ -152,7 +152,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     stop = threading.Event()
     on_stop_signals(stop)
     for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server.start()
         print(f"listening on {server.address}", flush=True)
     stop.wait()
     for server in servers:

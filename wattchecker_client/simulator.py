@@ -230,38 +230,68 @@ def serve_link(link: Link, meter: SimulatedMeter, stop: threading.Event) -> str:
 # --- addresses a client can open -------------------------------------------------
 
 
-class TcpServer:
+class _Server:
+    """A serving loop on a thread of its own; close() stops it and waits for its clean-up."""
+
+    address = ""
+
+    def __init__(self, meter: SimulatedMeter) -> None:
+        self.meter = meter
+        self.stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._cleanup()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self._thread is None:
+            self._cleanup()
+        else:
+            self._thread.join(5)
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+    def _cleanup(self) -> None:
+        raise NotImplementedError
+
+
+class TcpServer(_Server):
     """Serves the simulated meter on a TCP port, one thread per connection."""
 
     def __init__(self, meter: SimulatedMeter, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.meter = meter
-        self.stop = threading.Event()
+        super().__init__(meter)
         self.listener = socket.create_server((host, port))
         self.listener.settimeout(0.2)
         host, port = self.listener.getsockname()[:2]
         self.address = f"tcp://{host}:{port}"
 
-    def serve_forever(self) -> None:
+    def _serve(self) -> None:
         while not self.stop.is_set():
             try:
                 conn, peer = self.listener.accept()
             except socket.timeout:
                 continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
-        self.listener.close()
+            threading.Thread(target=self._serve_client, args=(conn, peer), daemon=True).start()
 
-    def _serve(self, conn: socket.socket, peer: object) -> None:
+    def _serve_client(self, conn: socket.socket, peer: object) -> None:
         with socket_link(conn, f"tcp client {peer}", timeout=5.0) as link:
             why = serve_link(link, self.meter, self.stop)
         log.info("%s: %s", link.name, why)
 
-    def close(self) -> None:
-        self.stop.set()
+    def _cleanup(self) -> None:
+        self.listener.close()
 
 
-class PtyServer:
+class PtyServer(_Server):
     """Serves the simulated meter on a pseudo-terminal, like ``rfcomm bind`` would.
 
     A drop closes the pty and opens a new one, re-pointing ``link_path`` at it,
@@ -269,11 +299,11 @@ class PtyServer:
     """
 
     def __init__(self, meter: SimulatedMeter, link_path: Optional[str] = None) -> None:
-        self.meter = meter
+        super().__init__(meter)
         self.link_path = link_path
-        self.stop = threading.Event()
         self.tty_path = ""
         self._open()
+        self.address = link_path or self.tty_path
 
     def _open(self) -> None:
         self._master, self._slave = os.openpty()
@@ -286,18 +316,15 @@ class PtyServer:
             os.symlink(self.tty_path, tmp)
             os.replace(tmp, self.link_path)
 
-    @property
-    def address(self) -> str:
-        return self.link_path or self.tty_path
-
-    def serve_forever(self) -> None:
-        while not self.stop.is_set():
+    def _serve(self) -> None:
+        while True:
             link = Link(self._master, self.tty_path, lambda: None, timeout=5.0)
             why = serve_link(link, self.meter, self.stop)
             log.info("%s: %s", self.tty_path, why)
+            if self.stop.is_set():
+                return
             self._close_pty()
-            if not self.stop.is_set():
-                self._open()
+            self._open()
 
     def _close_pty(self) -> None:
         for fd in (self._master, self._slave):
@@ -306,8 +333,8 @@ class PtyServer:
             except OSError:
                 pass
 
-    def close(self) -> None:
-        self.stop.set()
+    def _cleanup(self) -> None:
+        self._close_pty()
         if self.link_path and os.path.islink(self.link_path):
             os.unlink(self.link_path)
 
