@@ -29,6 +29,14 @@ def session_for(peer, **kwargs) -> MeterSession:
     return MeterSession(peer.client, FakeClock(NOW), response_timeout=0.5, **kwargs)
 
 
+def started(scripted, *answers):
+    """A scripted meter that acknowledges the handshake, then gives ``answers``; a started session on it."""
+    peer = scripted(HANDSHAKE + list(answers))
+    session = session_for(peer)
+    session.start()
+    return peer, session
+
+
 def test_handshake_sets_the_clock_in_utc_and_starts(scripted):
     peer = scripted(HANDSHAKE + [BUILT, ACK_STOP])
     session = session_for(peer, start_argument=0x1E)
@@ -54,9 +62,7 @@ def test_handshake_sets_the_clock_in_utc_and_starts(scripted):
     ids=["split", "stray-ack", "ack-junk-split", "false-sync"],
 )
 def test_poll_survives_what_the_radio_does(scripted, answer):
-    peer = scripted(HANDSHAKE + [answer])
-    session = session_for(peer)
-    session.start()
+    peer, session = started(scripted, answer)
     assert session.poll() == BUILT_VALUE
     assert peer.requests[-1] == b"\x08"
 
@@ -65,9 +71,7 @@ def test_several_frames_in_one_read(scripted):
     later = encode_frame(
         protocol.measurement_payload(Measurement(dt.datetime(2019, 9, 7, 9, 24, 31), 102.0, 1000.0, 100.0))
     )
-    peer = scripted(HANDSHAKE + [BUILT + later, BUILT])
-    session = session_for(peer)
-    session.start()
+    peer, session = started(scripted, BUILT + later, BUILT)
     assert session.poll() == BUILT_VALUE
     # The second frame of that read answers no request we made: it is stale,
     # dropped and counted before the next request, which gets its own answer.
@@ -76,9 +80,7 @@ def test_several_frames_in_one_read(scripted):
 
 
 def test_bad_crc_is_never_returned_and_the_poll_is_retried(scripted):
-    peer = scripted(HANDSHAKE + [BAD_CRC, BUILT])
-    session = session_for(peer)
-    session.start()
+    peer, session = started(scripted, BAD_CRC, BUILT)
     assert session.poll() == BUILT_VALUE
     assert peer.requests[-2:] == [b"\x08", b"\x08"]
     assert session.stats.crc_errors == 1 and session.stats.retries == 1
@@ -87,9 +89,7 @@ def test_bad_crc_is_never_returned_and_the_poll_is_retried(scripted):
 def test_corrupted_length_is_noticed_when_the_line_goes_quiet(scripted):
     long_length = bytearray(BUILT)
     long_length[1] = 0x13  # claims two more bytes than are ever sent
-    peer = scripted(HANDSHAKE + [bytes(long_length), BUILT])
-    session = session_for(peer)
-    session.start()
+    peer, session = started(scripted, bytes(long_length), BUILT)
     assert session.poll() == BUILT_VALUE
     assert session.stats.truncated == 1
 
@@ -104,9 +104,7 @@ def test_no_answer_raises_link_error_after_retries(scripted):
 
 
 def test_peer_gone_is_a_link_error(scripted):
-    peer = scripted(HANDSHAKE)
-    session = session_for(peer)
-    session.start()
+    peer, session = started(scripted)
     peer.hang_up()
     with pytest.raises(LinkError):
         session.poll()
@@ -114,18 +112,14 @@ def test_peer_gone_is_a_link_error(scripted):
 
 def test_non_zero_status_is_rejected_not_returned(scripted):
     bad_status = encode_frame(bytes([0x08, 0x01]) + BUILT[5:-1])
-    peer = scripted(HANDSHAKE + [bad_status])
-    session = session_for(peer)
-    session.start()
+    peer, session = started(scripted, bad_status)
     with pytest.raises(MeasurementError, match="status 0x01"):
         session.poll()
     assert session.stats.rejected == 1
 
 
 def test_stop_is_best_effort_on_a_dead_link(scripted):
-    peer = scripted(HANDSHAKE)
-    session = session_for(peer)
-    session.start()
+    peer, session = started(scripted)
     peer.client.close()
     session.stop()  # no exception
 
