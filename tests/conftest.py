@@ -102,12 +102,18 @@ class Simulator:
             cli("simulate", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
         )
         self.addresses = []
+        self._log = ""
         for _ in range(expect):
             line = self.proc.stdout.readline()
             if not line.startswith("listening on "):
                 self.proc.kill()
                 raise RuntimeError(f"simulator said {line!r}: {self.proc.stderr.read()}")
             self.addresses.append(line.split("listening on ", 1)[1].strip())
+
+    def log(self) -> str:
+        """Everything the simulator logged; only once it has stopped."""
+        self.stop()
+        return self._log
 
     def stop(self) -> int:
         """SIGTERM, then the exit status; safe to call twice."""
@@ -119,6 +125,8 @@ class Simulator:
             self.proc.kill()
             return self.proc.wait()
         finally:
+            if not self.proc.stderr.closed:
+                self._log = self.proc.stderr.read()
             self.proc.stdout.close()
             self.proc.stderr.close()
 

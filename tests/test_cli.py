@@ -83,7 +83,8 @@ def test_read_the_embedded_simulator():
 
 
 def test_ctrl_c_stops_read_cleanly(simulator):
-    (address,) = simulator("--seed", SEED).addresses
+    sim = simulator("--seed", SEED)
+    (address,) = sim.addresses
     proc = subprocess.Popen(
         cli("-v", "read", address), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
     )
@@ -95,6 +96,8 @@ def test_ctrl_c_stops_read_cleanly(simulator):
     rows = parse_json_rows(first + out)
     assert_rows_are_the_meters_own(rows)
     assert f"{len(rows)} readings printed" in err
+    log = sim.log()
+    assert log.index("measurement started") < log.index("measurement stopped")
 
 
 def test_sigterm_stops_the_simulator_and_removes_its_link(simulator, tmp_path):

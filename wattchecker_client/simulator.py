@@ -167,6 +167,7 @@ class SimulatedMeter:
             return protocol.ack_payload(command)
         if command in (protocol.CMD_START, protocol.CMD_STOP):
             self.measuring = command == protocol.CMD_START
+            log.info("measurement %s", "started" if self.measuring else "stopped")
             return protocol.ack_payload(command)
         if command == protocol.CMD_GET_DATA:
             if self.rng.random() < self.options.bad_status_rate:
