@@ -7,9 +7,10 @@ hours of behaviour in milliseconds.
 from __future__ import annotations
 
 import datetime as dt
+import queue
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 
 class Clock:
@@ -29,6 +30,13 @@ class Clock:
                 time.sleep(seconds)
             return False
         return stop.wait(max(0.0, seconds))
+
+    def get(self, q: "queue.Queue[Any]", timeout: float) -> Optional[Any]:
+        """The next queue item, or None after ``timeout`` seconds of nothing."""
+        try:
+            return q.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
 
 class FakeClock(Clock):
@@ -60,3 +68,10 @@ class FakeClock(Clock):
             self.slept += seconds
             self.advance(seconds)
         return stop.is_set() if stop is not None else False
+
+    def get(self, q: "queue.Queue[Any]", timeout: float) -> Optional[Any]:
+        try:
+            return q.get_nowait()
+        except queue.Empty:
+            self.advance(timeout)
+            return None

@@ -1,0 +1,309 @@
+"""config.yaml -> typed, validated settings, with errors that name the file, line and key.
+
+Drop-in compatible with the original client's config (``general.data_buffer_size``,
+``general.data_format``, ``bigquery.*``); every key is documented in
+``config_sample.yaml``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from .transport import MAC_RE
+
+DEFAULT_NAME = "wattchecker"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, line and key."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    address: str
+    channel: Optional[int]
+    start_argument: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    data_dir: Path
+    data_buffer_size: float
+    data_format: Tuple[str, ...]
+    poll_interval: float
+    hour_close_grace: float
+    max_buffered_rows: int
+    log_level: str
+    log_file: Optional[str]
+    log_max_bytes: int
+    log_backup_count: int
+    status_interval: float
+    watchdog_stall: float
+
+
+@dataclass(frozen=True)
+class BigQueryConfig:
+    service_account_json: Optional[str]
+    dataset_id: str
+    table_id: str
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    general: GeneralConfig
+    devices: Tuple[DeviceConfig, ...]
+    bigquery: Optional[BigQueryConfig]
+    # Meters listed under ``devices:`` get file sets named after them; a
+    # single ``device:`` keeps the original client's file names.
+    named_files: bool = False
+
+    def file_stem(self, device: DeviceConfig) -> str:
+        return f"wattchecker-data-{device.name}" if self.named_files else "wattchecker-data"
+
+
+# --- value checks: each returns the clean value or raises ValueError(problem) ----
+
+
+def number(minimum: float = 0.0, exclusive: bool = True) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be a number, got {value!r}")
+        if value < minimum or (exclusive and value == minimum):
+            raise ValueError(f"must be {'above' if exclusive else 'at least'} {minimum:g}, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def integer(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, str):
+            try:
+                value = int(value, 0)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return check
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value.upper() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
+        return value.upper()
+
+    return check
+
+
+def formats(value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a list of csv and/or json, got {value!r}")
+    clean = []
+    for item in value:
+        if item not in ("csv", "json"):
+            raise ValueError(f"unknown format {item!r}: use csv and/or json")
+        if item not in clean:
+            clean.append(item)
+    return tuple(clean)
+
+
+def address(value: Any) -> str:
+    value = text(value)
+    if MAC_RE.match(value) or value.startswith(("/", "tcp://", "sim:")):
+        return value
+    raise ValueError(
+        f"{value!r} is not a Bluetooth MAC (00:0C:BF:12:34:56), a tty path (/dev/rfcomm0), "
+        "tcp://HOST:PORT or sim://"
+    )
+
+
+def meter_name(value: Any) -> str:
+    value = text(value)
+    if not NAME_RE.match(value):
+        raise ValueError(f"{value!r} must be 1-40 letters, digits, '-' or '_' (it names files)")
+    return value
+
+
+REQUIRED = object()
+Spec = Dict[str, Tuple[Callable[[Any], Any], Any]]
+
+GENERAL: Spec = {
+    "data_dir": (text, "log"),
+    "data_buffer_size": (number(), 180.0),
+    "data_format": (formats, ("csv",)),
+    "poll_interval": (number(), 1.0),
+    "hour_close_grace": (number(0, exclusive=False), 120.0),
+    "max_buffered_rows": (integer(60, 10_000_000), 604_800),
+    "log_level": (choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+    "log_file": (optional(text), "wattchecker-client.log"),
+    "log_max_bytes": (integer(10_000, 1 << 30), 1_000_000),
+    "log_backup_count": (integer(0, 100), 5),
+    "status_interval": (number(), 600.0),
+    "watchdog_stall": (number(), 180.0),
+}
+DEVICE: Spec = {
+    "name": (meter_name, DEFAULT_NAME),
+    "address": (address, REQUIRED),
+    "channel": (optional(integer(1, 30)), None),
+    "start_argument": (integer(0, 255), 0),
+    "timeout": (number(), 5.0),
+}
+BIGQUERY: Spec = {
+    "service_account_json": (optional(text), None),
+    "dataset_id": (text, REQUIRED),
+    "table_id": (text, REQUIRED),
+}
+TOP_LEVEL = ("general", "device", "devices", "bigquery")
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+class _Context:
+    """Where we are in the file, so every error can name its line."""
+
+    def __init__(self, source: str, root: Optional[yaml.Node]) -> None:
+        self.source = source
+        self.root = root
+
+    def error(self, path: Sequence[Any], problem: str) -> ConfigError:
+        line = self._line(path)
+        where = f"{self.source}:{line}" if line else self.source
+        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
+        return ConfigError(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
+
+    def _line(self, path: Sequence[Any]) -> Optional[int]:
+        node = self.root
+        line = None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                for key_node, value_node in node.value:
+                    if key_node.value == part:
+                        line, node = key_node.start_mark.line + 1, value_node
+                        break
+                else:
+                    return line
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                return line
+        return line
+
+
+def _section(ctx: _Context, path: List[Any], data: Any, spec: Spec) -> Dict[str, Any]:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ctx.error(path, f"must be a mapping of keys, got {type(data).__name__}")
+    _no_unknown_keys(ctx, path, data, spec)
+    values = {}
+    for key, (check, default) in spec.items():
+        if key not in data or (data[key] is None and default is REQUIRED):
+            if default is REQUIRED:
+                raise ctx.error(path + [key], "missing (required)")
+            values[key] = default
+            continue
+        try:
+            values[key] = check(data[key])
+        except ValueError as exc:
+            raise ctx.error(path + [key], str(exc)) from None
+    return values
+
+
+def _no_unknown_keys(ctx: _Context, path: List[Any], data: dict, known: Sequence[str]) -> None:
+    for key in data:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), list(known), n=1)
+            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
+            raise ctx.error(path + [key], f"unknown key{did_you_mean}")
+
+
+def _devices(ctx: _Context, data: dict) -> Tuple[DeviceConfig, ...]:
+    if "device" in data and "devices" in data:
+        raise ctx.error(["devices"], "use either device: (one meter) or devices: (a list), not both")
+    if "devices" in data:
+        listed = data["devices"]
+        if not isinstance(listed, list) or not listed:
+            raise ctx.error(["devices"], "must be a non-empty list of {name, address, channel}")
+        devices = []
+        for i, item in enumerate(listed):
+            if isinstance(item, dict) and "name" not in item:
+                raise ctx.error(["devices", i, "name"], "missing (required: each meter's files are named after it)")
+            devices.append(DeviceConfig(**_section(ctx, ["devices", i], item, DEVICE)))
+        names = [d.name for d in devices]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ctx.error(["devices", i, "name"], f"{name!r} is used twice")
+        return tuple(devices)
+    if "device" not in data:
+        raise ctx.error(
+            ["device", "address"],
+            "missing (required): the meter's MAC (00:0C:BF:..), /dev/rfcommN, tcp://HOST:PORT or sim://",
+        )
+    return (DeviceConfig(**_section(ctx, ["device"], data["device"], DEVICE)),)
+
+
+def parse_config(text_: str, source: str = "<config>") -> Config:
+    """Validate YAML text; relative paths are relative to the config file's folder."""
+    try:
+        root = yaml.compose(text_, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text_)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{line}: not valid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    ctx = _Context(source, root)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ctx.error([], "must be a mapping with general:, device: and optionally bigquery:")
+    _no_unknown_keys(ctx, [], data, TOP_LEVEL)
+    general = _section(ctx, ["general"], data.get("general"), GENERAL)
+    base = Path(source).resolve().parent if source != "<config>" else Path.cwd()
+    general["data_dir"] = (base / general["data_dir"]).resolve()
+    bigquery = None
+    if data.get("bigquery") is not None:
+        bigquery = BigQueryConfig(**_section(ctx, ["bigquery"], data["bigquery"], BIGQUERY))
+    return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, "devices" in data)
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    return parse_config(content, path)
+

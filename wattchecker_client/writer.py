@@ -1,0 +1,371 @@
+"""Rows -> buffered, hourly files, gzipped when the hour closes, and nothing lost on the way.
+
+Each meter has one ``FileSet`` per format: the current hour's plain file
+(``wattchecker-data.csv``) and the closed hours (``wattchecker-data.csv.2019-09-07_09.gz``).
+A row always lands in the file of the hour of its own timestamp. Closing is
+idempotent: a closed file never receives a second it already holds, so a
+close interrupted by a crash is simply done again at start-up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import logging
+import os
+import queue
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from .clock import Clock
+from .formats import FORMATTERS
+from .protocol import Measurement
+
+log = logging.getLogger(__name__)
+
+HOUR = dt.timedelta(hours=1)
+HOUR_FORMAT = "%Y-%m-%d_%H"
+STAMP_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+TMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class ClosedFile:
+    """A finished, gzipped hour (or a late part of one), ready to upload."""
+
+    meter: str
+    format: str
+    hour: dt.datetime
+    path: Path
+
+
+def hour_of(when: dt.datetime) -> dt.datetime:
+    return when.replace(minute=0, second=0, microsecond=0)
+
+
+def line_stamp(line: str) -> Optional[str]:
+    """The row's own ``YYYY-MM-DD HH:MM:SS``; the same for CSV and JSON lines."""
+    match = STAMP_RE.search(line)
+    return match.group(0) if match else None
+
+
+def parse_stamp(stamp: str) -> dt.datetime:
+    return dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_lines(path: Path) -> List[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return f.read().splitlines(keepends=True)
+
+
+class FileSet:
+    """One meter's files in one format."""
+
+    def __init__(self, data_dir: Path, stem: str, fmt: str, meter: str) -> None:
+        self.data_dir = data_dir
+        self.meter = meter
+        self.format = fmt
+        self.base = f"{stem}.{fmt}"
+        self.current_path = data_dir / self.base
+        self.format_row: Callable[[Measurement], str] = FORMATTERS[fmt]
+        self.pending: List[Measurement] = []
+        self.current_hour: Optional[dt.datetime] = None
+        self.last_time: Optional[dt.datetime] = None
+        self.closed: Dict[dt.datetime, List[Path]] = {}
+        self.rows_written = 0
+        # Files closed but not yet announced; kept here so that an I/O error
+        # later in the same action cannot lose the announcement.
+        self.outbox: List[ClosedFile] = []
+        self._name_re = re.compile(
+            re.escape(self.base) + r"\.(\d{4}-\d\d-\d\d_\d\d)(?:\.part(\d+))?\.gz$"
+        )
+
+    # --- names -------------------------------------------------------------
+
+    def closed_path(self, hour: dt.datetime, part: int = 0) -> Path:
+        suffix = f".part{part}" if part else ""
+        return self.data_dir / f"{self.base}.{hour.strftime(HOUR_FORMAT)}{suffix}.gz"
+
+    def parse_closed_name(self, name: str) -> Optional[Tuple[dt.datetime, int]]:
+        match = self._name_re.match(name)
+        if not match:
+            return None
+        return dt.datetime.strptime(match.group(1), HOUR_FORMAT), int(match.group(2) or 0)
+
+    # --- start-up ------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Remove stale temporaries, index closed hours, and adopt or close the plain file."""
+        for entry in sorted(os.scandir(self.data_dir), key=lambda e: e.name):
+            if entry.name.startswith(self.base + ".") and entry.name.endswith(TMP_SUFFIX):
+                log.warning("removing %s, left by an interrupted compression", entry.path)
+                os.unlink(entry.path)
+            parsed = self.parse_closed_name(entry.name)
+            if parsed:
+                self.closed.setdefault(parsed[0], []).append(Path(entry.path))
+        if self.closed:
+            newest = self.closed[max(self.closed)]
+            stamps = [line_stamp(l) for p in newest for l in _tail_lines(p)]
+            self.last_time = max((parse_stamp(s) for s in stamps if s), default=None)
+        if not self.current_path.exists():
+            return
+        lines = self._read_current()
+        hours = sorted({hour_of(parse_stamp(s)) for s in map(line_stamp, lines) if s})
+        if lines:
+            self.last_time = max(self.last_time or dt.datetime.min, max(parse_stamp(line_stamp(l)) for l in lines))
+        if len(hours) == 1 and hours[0] not in self.closed:
+            self.current_hour = hours[0]
+            log.info("%s: continuing hour %s (%d rows)", self.current_path, hours[0].strftime(HOUR_FORMAT), len(lines))
+            return
+        self._close_plain(lines)
+
+    def _read_current(self) -> List[str]:
+        """The plain file's rows; a torn last line (a crash mid-write) is cut off."""
+        lines = read_lines(self.current_path)
+        good = [l for l in lines if l.endswith("\n") and line_stamp(l)]
+        if len(good) != len(lines):
+            log.warning("%s: dropping %d torn or unreadable line(s)", self.current_path, len(lines) - len(good))
+            _atomic_write(self.current_path, "".join(good).encode(), compress=False)
+        return good
+
+    # --- writing ---------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write pending rows into their hours' files; on an I/O error keep the rest pending."""
+        for hour in sorted({hour_of(m.time) for m in self.pending}):
+            rows = [m for m in self.pending if hour_of(m.time) == hour]
+            if self.current_hour is None and hour not in self.closed:
+                self.current_hour = hour
+            if self.current_hour is not None and hour > self.current_hour:
+                self.close_current()
+                self.current_hour = hour
+            if hour == self.current_hour:
+                self._append(rows)
+            else:
+                log.info("%s: %d late row(s) for closed hour %s", self.base, len(rows), hour.strftime(HOUR_FORMAT))
+                self._write_closed(hour, [self.format_row(m) + "\n" for m in rows])
+            self.rows_written += len(rows)
+            self.pending = [m for m in self.pending if hour_of(m.time) != hour]
+
+    def _append(self, rows: Sequence[Measurement]) -> None:
+        data = "".join(self.format_row(m) + "\n" for m in rows).encode("utf-8")
+        with open(self.current_path, "ab") as f:
+            size = f.tell()
+            try:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                _truncate_quietly(f, size)
+                raise
+
+    def close_current(self) -> None:
+        """Compress the current hour's plain file and remove it."""
+        if self.current_path.exists():
+            self._close_plain(self._read_current())
+        self.current_hour = None
+
+    def _close_plain(self, lines: List[str]) -> None:
+        by_hour: Dict[dt.datetime, List[str]] = {}
+        for line in lines:
+            by_hour.setdefault(hour_of(parse_stamp(line_stamp(line))), []).append(line)
+        for hour in sorted(by_hour):
+            self._write_closed(hour, by_hour[hour])
+        os.unlink(self.current_path)
+        fsync_dir(self.data_dir)
+
+    def _write_closed(self, hour: dt.datetime, lines: List[str]) -> None:
+        """Write the seconds the hour's closed files do not hold yet: the .gz, or a new part."""
+        existing = self.closed.get(hour, [])
+        held = {line_stamp(l) for p in existing for l in read_lines(p)}
+        new = [l for l in lines if line_stamp(l) not in held]
+        if not new:
+            return
+        parts = [self.parse_closed_name(p.name)[1] for p in existing]
+        path = self.closed_path(hour, max(parts) + 1 if parts else 0)
+        _atomic_write(path, "".join(new).encode("utf-8"), compress=True)
+        self.closed.setdefault(hour, []).append(path)
+        log.info("closed %s (%d rows)", path.name, len(new))
+        self.outbox.append(ClosedFile(self.meter, self.format, hour, path))
+
+    def close_if_stale(self, now: dt.datetime, grace: float) -> None:
+        """Close the current hour once the host clock is past its end by ``grace`` seconds."""
+        if self._is_stale(now, grace):
+            self.flush()  # its buffered rows go in first
+            if self._is_stale(now, grace):
+                self.close_current()
+
+    def _is_stale(self, now: dt.datetime, grace: float) -> bool:
+        return self.current_hour is not None and now >= self.current_hour + HOUR + dt.timedelta(seconds=grace)
+
+    def take_closed(self) -> List[ClosedFile]:
+        closed, self.outbox = self.outbox, []
+        return closed
+
+
+def _tail_lines(path: Path) -> List[str]:
+    try:
+        return read_lines(path)[-1:]
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return []
+
+
+def _truncate_quietly(f, size: int) -> None:
+    """Undo a partial append so a retry cannot leave a torn or doubled row."""
+    try:
+        f.truncate(size)
+    except OSError as exc:
+        log.error("cannot undo a partial write to %s: %s", f.name, exc)
+
+
+def _atomic_write(path: Path, data: bytes, compress: bool) -> None:
+    """Write to a temporary name, fsync, rename, fsync the folder: all or nothing."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as raw:
+            if compress:
+                with gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, mtime=0) as gz:
+                    gz.write(data)
+            else:
+                raw.write(data)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+@dataclass
+class WriterStats:
+    rows_received: int = 0
+    flushes: int = 0
+    write_errors: int = 0
+    rows_dropped: int = 0
+    files_closed: int = 0
+
+
+class Writer:
+    """Buffers rows, flushes them every ``buffer_seconds``, closes hours, announces closed files."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        stems: Dict[str, str],
+        formats: Sequence[str],
+        clock: Clock,
+        *,
+        buffer_seconds: float = 180.0,
+        grace: float = 120.0,
+        max_buffered_rows: int = 604_800,
+        closed_files: Optional["queue.Queue[ClosedFile]"] = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.clock = clock
+        self.buffer_seconds = buffer_seconds
+        self.grace = grace
+        self.max_buffered_rows = max_buffered_rows
+        self.closed_files = closed_files
+        self.stats = WriterStats()
+        self.sets: Dict[str, List[FileSet]] = {
+            meter: [FileSet(data_dir, stem, fmt, meter) for fmt in formats] for meter, stem in stems.items()
+        }
+        self._next_flush = clock.monotonic() + buffer_seconds
+        self._failing = False
+
+    def all_sets(self) -> Iterable[FileSet]:
+        for sets in self.sets.values():
+            yield from sets
+
+    def recover(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for fs in self.all_sets():
+            fs.recover()
+            self._announce(fs.take_closed())
+
+    def last_time(self, meter: str) -> Optional[dt.datetime]:
+        """The newest second already on disk for ``meter``."""
+        times = [fs.last_time for fs in self.sets[meter] if fs.last_time]
+        return max(times) if times else None
+
+    def add(self, meter: str, measurement: Measurement) -> None:
+        self.stats.rows_received += 1
+        for fs in self.sets[meter]:
+            fs.pending.append(measurement)
+            if len(fs.pending) > self.max_buffered_rows:
+                dropped = len(fs.pending) - self.max_buffered_rows
+                del fs.pending[:dropped]
+                self.stats.rows_dropped += dropped
+                log.error("%s: buffer full (%d rows): dropped the oldest %d row(s)", fs.base, self.max_buffered_rows, dropped)
+
+    def tick(self) -> None:
+        """Flush when due; close hours the host clock has left behind."""
+        if self.clock.monotonic() >= self._next_flush:
+            self.flush()
+        now = self.clock.now()
+        for fs in self.all_sets():
+            self._guarded(fs, lambda fs=fs: fs.close_if_stale(now, self.grace))
+
+    def flush(self) -> None:
+        self._next_flush = self.clock.monotonic() + self.buffer_seconds
+        self.stats.flushes += 1
+        ok = all([self._guarded(fs, fs.flush) for fs in self.all_sets()])
+        if ok and self._failing:
+            log.warning("writing works again; every buffered row is on disk")
+        self._failing = not ok
+
+    def _guarded(self, fs: FileSet, action: Callable[[], None]) -> bool:
+        """Run a file action; an I/O error is logged once per outage and retried later."""
+        try:
+            action()
+            return True
+        except OSError as exc:
+            self.stats.write_errors += 1
+            if not self._failing:
+                log.error("%s: cannot write (%s); keeping %d row(s) in memory and retrying",
+                          fs.current_path, exc.strerror or exc, len(fs.pending))
+            self._failing = True
+            return False
+        finally:
+            self._announce(fs.take_closed())
+
+    def _announce(self, closed: List[ClosedFile]) -> None:
+        self.stats.files_closed += len(closed)
+        if self.closed_files is not None:
+            for item in closed:
+                self.closed_files.put(item)
+
+    def pending_rows(self) -> int:
+        return max((len(fs.pending) for fs in self.all_sets()), default=0)
+
+    def run(self, rows: "queue.Queue", stop: threading.Event, heartbeat: Callable[[], None]) -> None:
+        """The writer thread: take rows until ``stop`` and an empty queue, then flush everything."""
+        while True:
+            heartbeat()
+            item = self.clock.get(rows, timeout=0.5)
+            if item is not None:
+                self.add(*item)
+            elif stop.is_set():
+                break
+            self.tick()
+        self.flush()
+
+    def counts(self) -> Counter:
+        return Counter({f"{fs.meter}/{fs.format}": fs.rows_written for fs in self.all_sets()})
