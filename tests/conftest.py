@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -9,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import pytest
 
@@ -143,3 +145,67 @@ def simulator():
     yield start
     for sim in started:
         sim.stop()
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+    """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class DaemonProcess:
+    """A real `wattchecker-client run --config FILE` process; output goes to files."""
+
+    def __init__(self, config: Path, workdir: Path, env: Optional[Dict[str, str]] = None, args=()) -> None:
+        runs = len(list(workdir.glob("daemon-*.err")))
+        self.out_path = workdir / f"daemon-{runs}.out"
+        self.err_path = workdir / f"daemon-{runs}.err"
+        with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                cli("run", "--config", str(config), *args),
+                stdout=out, stderr=err, cwd=ROOT, env={**os.environ, **(env or {})},
+            )
+
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def write_config(path: Path, data_dir: Path, address: str, **general) -> Path:
+    settings = {
+        "data_dir": str(data_dir),
+        "data_buffer_size": 1,
+        "data_format": ["csv", "json"],
+        "poll_interval": 0.002,
+        "status_interval": 2,
+        **general,
+    }
+    lines = ["general:"] + [f"  {k}: {json.dumps(v)}" for k, v in settings.items()]
+    lines += ["device:", f"  address: {json.dumps(address)}", "  timeout: 2"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def daemons():
+    started: List[DaemonProcess] = []
+
+    def start(*args, **kwargs) -> DaemonProcess:
+        daemon = DaemonProcess(*args, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()

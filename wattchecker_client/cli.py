@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -12,8 +14,11 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .clock import Clock
-from .formats import FORMATTERS
+from .config import Config, ConfigError, load_config, parse_config
+from .daemon import Daemon, configure_logging
+from .formats import FORMATTERS, json_line
 from .meter import Backoff, MeterReader
+from .protocol import Measurement
 from .transport import DEFAULT_TIMEOUT, SetupError
 
 log = logging.getLogger("wattchecker_client")
@@ -160,6 +165,92 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- run, demo, check-config -------------------------------------------------------
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the service: read meters, write hourly files")
+    p.add_argument("--config", required=True, help="path to config.yaml")
+    p.add_argument("--echo", action="store_true", help="also print each reading to standard output")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file without starting anything")
+    p.add_argument("--config", required=True, help="path to config.yaml")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("demo", help="run the service against the built-in simulated meter")
+    p.add_argument("--data-dir", default="demo-data", help="where to write files (default ./demo-data)")
+    p.add_argument("--speed", type=positive_float, default=60.0,
+                   help="the simulated meter's clock speed: 60 closes an hour a minute (default 60)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    g = config.general
+    meters = "; ".join(
+        f"{d.name} at {d.address}" + (f" channel {d.channel}" if d.channel else "") for d in config.devices
+    )
+    bigquery = (
+        f"{config.bigquery.dataset_id}.{config.bigquery.table_id}" if config.bigquery else "not configured"
+    )
+    print(f"{args.config}: OK")
+    print(f"  meters: {meters}")
+    print(f"  data: {g.data_dir} ({', '.join(g.data_format)}), flushed every {g.data_buffer_size:g} s")
+    print(f"  BigQuery: {bigquery}")
+    return EXIT_OK
+
+
+def serve(config: Config, echo: Optional[Callable[[str, Measurement], None]] = None) -> int:
+    """Run the daemon until SIGTERM or SIGINT."""
+    configure_logging(config)
+    daemon = Daemon(config, echo=echo)
+    on_stop_signals(daemon.stop)
+    try:
+        return daemon.run()
+    except OSError as exc:
+        log.error("cannot use the data folder %s: %s", config.general.data_dir, exc.strerror or exc)
+        return EXIT_SETUP
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    return serve(config, echo=print_row if args.echo else None)
+
+
+def print_row(name: str, measurement: Measurement) -> None:
+    print(json_line(measurement), flush=True)
+
+
+DEMO_CONFIG = """\
+general:
+  data_dir: {data_dir}
+  data_buffer_size: 10
+  data_format: [csv, json]
+  poll_interval: {poll}
+  status_interval: 30
+device:
+  address: "sim://?clock_speed={speed}"
+"""
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    data_dir = os.path.abspath(args.data_dir)
+    text = DEMO_CONFIG.format(data_dir=json.dumps(data_dir), poll=1 / args.speed, speed=args.speed)
+    config = parse_config(text, "<demo>")
+    every = max(1, round(args.speed))
+    seen = [0]
+
+    def echo(name: str, measurement: Measurement) -> None:
+        seen[0] += 1
+        if seen[0] % every == 1 or every == 1:
+            print(json_line(measurement), flush=True)
+
+    print(f"demo: a simulated meter whose clock runs {args.speed:g}x real time; files in {data_dir}; "
+          f"showing one reading in {every}; Ctrl-C to stop", file=sys.stderr, flush=True)
+    return serve(config, echo=echo)
+
+
 # --- entry point ----------------------------------------------------------------
 
 
@@ -174,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     add_read(sub)
     add_simulate(sub)
+    add_run(sub)
     return parser
 
 
@@ -183,7 +275,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except SetupError as exc:
+    except (SetupError, ConfigError) as exc:
         print(f"wattchecker-client: error: {exc}", file=sys.stderr)
         return EXIT_SETUP
     except KeyboardInterrupt:

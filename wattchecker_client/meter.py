@@ -14,7 +14,7 @@ import math
 import random
 import threading
 from dataclasses import dataclass, fields
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from . import protocol
 from .clock import Clock
@@ -29,6 +29,9 @@ RESPONSE_TIMEOUT = 2.0
 # reply to the repeated request.
 SETTLE_TIME = 0.2
 RETRIES = 3
+# Re-set a drifting meter clock at most this often, and only past this drift.
+CLOCK_RESET_INTERVAL = 3600.0
+MAX_CLOCK_DRIFT = 2.0
 
 
 @dataclass
@@ -45,9 +48,10 @@ class MeterStats:
     truncated: int = 0
     rejected: int = 0
     duplicates: int = 0
+    stale_seconds: int = 0
     gaps: int = 0
     missing_seconds: int = 0
-    clock_jumps_back: int = 0
+    clock_resets: int = 0
     connects: int = 0
     link_errors: int = 0
 
@@ -217,6 +221,8 @@ class MeterReader:
         backoff: Optional[Backoff] = None,
         rfcomm_factory: Optional[RfcommFactory] = None,
         name: Optional[str] = None,
+        last_time: Optional[dt.datetime] = None,
+        heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self.address = address
         self.clock = clock
@@ -230,12 +236,15 @@ class MeterReader:
         self.rfcomm_factory = rfcomm_factory
         self.name = name or address
         self.stats = MeterStats()
-        self.last_time: Optional[dt.datetime] = None
+        self.last_time = last_time
+        self.heartbeat = heartbeat
         self._failing_since: Optional[float] = None
+        self._clock_set_at = 0.0
 
     def readings(self) -> Iterator[Measurement]:
         """Yield readings until ``stop`` is set. SetupError propagates: retrying cannot fix it."""
         while not self.stop.is_set():
+            self.heartbeat()
             try:
                 yield from self._one_connection()
             except LinkError as exc:
@@ -259,6 +268,7 @@ class MeterReader:
                 stats=self.stats,
             )
             session.start()
+            self._clock_set_at = self.clock.monotonic()
             self._connected()
             try:
                 yield from self._poll_until_stopped(session)
@@ -271,29 +281,50 @@ class MeterReader:
         while not self.clock.sleep(
             seconds_until_next_tick(self.clock.now(), self.poll_interval), self.stop
         ):
+            self.heartbeat()
             try:
                 measurement = session.poll()
             except MeasurementError as exc:
                 log.warning("%s: reading dropped: %s", self.name, exc)
                 continue
+            self._correct_drift(session, measurement.time)
             if self._is_new(measurement.time):
                 yield measurement
 
     def _is_new(self, when: dt.datetime) -> bool:
-        """Skip repeats of the same second; count gaps and clock jumps."""
-        last, self.last_time = self.last_time, when
-        if last is None:
-            return True
-        step = (when - last).total_seconds()
-        if step == 0:
-            self.stats.duplicates += 1
+        """Only seconds after the last one kept: no second is ever recorded twice.
+
+        A meter clock set back (a reconnect, a drift correction) repeats
+        seconds already recorded; those are counted and skipped.
+        """
+        last = self.last_time
+        if last is not None and when <= last:
+            if when == last:
+                self.stats.duplicates += 1
+            else:
+                self.stats.stale_seconds += 1
             return False
-        if step < 0:
-            self.stats.clock_jumps_back += 1
-        elif step > max(1, round(self.poll_interval)):
-            self.stats.gaps += 1
-            self.stats.missing_seconds += int(step) - max(1, round(self.poll_interval))
+        self.last_time = when
+        if last is not None:
+            step = int((when - last).total_seconds())
+            expected = max(1, round(self.poll_interval))
+            if step > expected:
+                self.stats.gaps += 1
+                self.stats.missing_seconds += step - expected
         return True
+
+    def _correct_drift(self, session: MeterSession, meter_time: dt.datetime) -> None:
+        """Re-set a meter clock that is more than 2 s off, at most once an hour; rows keep their stamps."""
+        now = self.clock.now()
+        drift = (meter_time - now).total_seconds()
+        if abs(drift) <= MAX_CLOCK_DRIFT + 1:  # +1: the meter's second is truncated
+            return
+        if self.clock.monotonic() - self._clock_set_at < CLOCK_RESET_INTERVAL:
+            return
+        log.info("%s: meter clock is %+.0f s off; setting it to %s UTC", self.name, drift, now.replace(microsecond=0))
+        session.set_clock(now)
+        self._clock_set_at = self.clock.monotonic()
+        self.stats.clock_resets += 1
 
     def _connected(self) -> None:
         self.stats.connects += 1

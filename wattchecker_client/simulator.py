@@ -160,10 +160,13 @@ class SimulatedMeter:
         command = payload[0]
         if command == protocol.CMD_SET_CLOCK:
             try:
-                self._rtc_base = protocol.decode_clock(payload)
+                when = protocol.decode_clock(payload)
             except protocol.ProtocolError:
                 return protocol.ack_payload(command, 0x01)
-            self._rtc_mono = self.clock.monotonic()
+            # A fast clock only moves forward, so that hours keep passing
+            # across reconnects and restarts of the client under test.
+            if self.options.clock_speed <= 1 or when > self.now():
+                self._rtc_base, self._rtc_mono = when, self.clock.monotonic()
             return protocol.ack_payload(command)
         if command in (protocol.CMD_START, protocol.CMD_STOP):
             self.measuring = command == protocol.CMD_START
@@ -284,6 +287,8 @@ class TcpServer(_Server):
             threading.Thread(target=self._serve_client, args=(conn, peer), daemon=True).start()
 
     def _serve_client(self, conn: socket.socket, peer: object) -> None:
+        # Split writes must reach the client as written, not wait on Nagle.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with socket_link(conn, f"tcp client {peer}", timeout=5.0) as link:
             why = serve_link(link, self.meter, self.stop)
         log.info("%s: %s", link.name, why)

@@ -1,0 +1,127 @@
+"""The real `run` process against the simulated meter: files, signals, restarts, SIGKILL."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli, wait_for, write_config
+from .datacheck import check_data_dir, closed_hours, read
+
+SEED = 7
+FAST = ["--seed", str(SEED), "--clock-speed", "1200"]
+FAULTS = [
+    "--corrupt-rate", "0.002",
+    "--junk-rate", "0.01",
+    "--stray-ack-rate", "0.01",
+    "--bad-status-rate", "0.005",
+    "--split-writes",
+    "--latency", "0.0005",
+    "--drop-after", "300",
+]
+
+
+def final_rows_received(log: str) -> int:
+    (count,) = re.findall(r"final status writer: rows_received=(\d+)", log)
+    return int(count)
+
+
+def csv_seconds(data_dir: Path) -> set:
+    return set(check_data_dir(data_dir, SEED)["csv"])
+
+
+def run_until_closed(daemons, config, tmp_path, data_dir, hours):
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(closed_hours(data_dir)) >= hours, timeout=90, what=f"{hours} closed hours")
+    assert daemon.stop() == 0, daemon.stderr()
+    return final_rows_received(daemon.stderr())
+
+
+@pytest.mark.parametrize("transport", ["tcp", "pty"])
+def test_every_fault_on_nothing_corrupted_nothing_lost_across_sigterm_and_restart(
+    simulator, daemons, tmp_path, transport
+):
+    if transport == "tcp":
+        (address,) = simulator(*FAST, *FAULTS).addresses
+    else:
+        (address,) = simulator("--pty", "--link", str(tmp_path / "rfcomm0"), *FAST, *FAULTS).addresses
+    data_dir = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", data_dir, address)
+
+    first = run_until_closed(daemons, config, tmp_path, data_dir, hours=3)
+    after_first = csv_seconds(data_dir)
+    assert len(after_first) == first  # every row received before SIGTERM is on disk
+    hours_before = len(closed_hours(data_dir))
+
+    second = run_until_closed(daemons, config, tmp_path, data_dir, hours=hours_before + 1)
+    after_second = csv_seconds(data_dir)
+    assert after_first <= after_second
+    assert len(after_second) == first + second
+    assert (data_dir / "wattchecker-client.log").exists()
+
+
+def test_sigkill_then_restart_recovers_every_file(simulator, daemons, tmp_path):
+    (address,) = simulator(*FAST).addresses
+    data_dir = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", data_dir, address)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(closed_hours(data_dir)) >= 1, timeout=60, what="a closed hour")
+    wait_for(lambda: (data_dir / "wattchecker-data.csv").exists(), timeout=30, what="a current file")
+    daemon.stop(signal.SIGKILL)
+    on_disk = set()
+    for path in data_dir.glob("wattchecker-data.csv*"):
+        text = (path.read_text() if path.suffix != ".gz" else "\n".join(read(path)) + "\n")
+        on_disk |= {line.split(",")[0] for line in text.splitlines(keepends=True) if line.endswith("\n")}
+
+    restarted = daemons(config, tmp_path)
+    wait_for(lambda: "running:" in restarted.stderr(), timeout=30, what="the restart")
+    assert restarted.stop() == 0
+    final = {t.strftime("%Y-%m-%d %H:%M:%S") for t in csv_seconds(data_dir)}
+    assert on_disk <= final  # all that was on disk at the kill survived, nothing twice (checked above)
+
+
+def test_ready_watchdog_status_and_stopping_reach_a_real_notify_socket(daemons, tmp_path):
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(10)
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://?clock_speed=10", poll_interval=0.1)
+    daemon = daemons(config, tmp_path, env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"})
+    messages = [sock.recv(4096).decode() for _ in range(6)]
+    assert messages[0].startswith("READY=1\nSTATUS=reading wattchecker at sim://")
+    assert messages[1:] == ["WATCHDOG=1"] * 5
+    assert daemon.stop() == 0
+    rest = []
+    try:
+        while True:
+            rest.append(sock.recv(4096).decode())
+    except socket.timeout:
+        pass
+    finally:
+        sock.close()
+    assert any(m.startswith("STOPPING=1\nSTATUS=stopping") for m in rest)
+
+
+def test_a_broken_config_stops_start_up_with_one_line(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("general:\n  data_buffer_size: soon\ndevice:\n  address: sim://\n")
+    result = run_cli("run", "--config", str(config), timeout=30)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"wattchecker-client: error: {config}:2: general.data_buffer_size: must be a number, got 'soon'\n"
+    )
+    assert not (tmp_path / "log").exists()
+
+
+def test_check_config_reports_what_it_would_run(tmp_path):
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", "00:0C:BF:12:34:56")
+    result = run_cli("check-config", "--config", str(config), timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"{config}: OK"
+    assert "meters: wattchecker at 00:0C:BF:12:34:56" in result.stdout
+    assert "BigQuery: not configured" in result.stdout
+    assert not (tmp_path / "data").exists()  # nothing started, nothing created
