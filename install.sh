@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Turn a fresh Raspberry Pi OS / Debian / Ubuntu into a running wattchecker-client service.
+#
+#   sudo ./install.sh --address 00:0C:BF:XX:XX:XX --channel 6
+#
+# Safe to run again: it upgrades the code, keeps config.yaml and the data.
+# Options:
+#   --address MAC|PATH   the meter (written into a new config.yaml only)
+#   --channel N          its RFCOMM channel (likewise)
+#   --prefix DIR         where to install (default /opt/wattchecker-client)
+#   --root DIR           install into DIR as if it were / (for packaging and tests):
+#                        no apt, no user, no systemctl
+#   --python PATH        the Python to build the venv from (default /usr/bin/python3,
+#                        which has Bluetooth sockets)
+#   --no-start           install and enable, but do not start now
+set -euo pipefail
+
+prefix=/opt/wattchecker-client
+root=/
+python=/usr/bin/python3
+address=""
+channel=""
+start=yes
+user=wattchecker
+src=$(cd "$(dirname "$0")" && pwd)
+
+die() { echo "install.sh: $*" >&2; exit 2; }
+say() { echo "install.sh: $*"; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --address) address=${2:?--address needs a value}; shift 2 ;;
+        --channel) channel=${2:?--channel needs a value}; shift 2 ;;
+        --prefix) prefix=${2:?--prefix needs a value}; shift 2 ;;
+        --root) root=${2:?--root needs a value}; shift 2 ;;
+        --python) python=${2:?--python needs a value}; shift 2 ;;
+        --no-start) start=no; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+
+case "$prefix" in /*) ;; *) die "--prefix must be an absolute path" ;; esac
+root=${root%/}
+target="$root$prefix"
+system=no
+[ -z "$root" ] && system=yes
+
+if [ "$system" = yes ]; then
+    [ "$(id -u)" = 0 ] || die "run as root (sudo ./install.sh ...)"
+    if command -v apt-get >/dev/null; then
+        say "installing system packages (python3-venv, bluez)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv bluez >/dev/null
+    fi
+    if ! getent passwd "$user" >/dev/null; then
+        say "creating system user $user"
+        adduser --system --group --home "$prefix" --no-create-home --shell /usr/sbin/nologin "$user" >/dev/null
+    fi
+    getent group dialout >/dev/null && usermod -aG dialout "$user"
+fi
+
+"$python" -c 'import sys; assert sys.version_info >= (3, 9)' 2>/dev/null \
+    || die "$python is missing or older than Python 3.9"
+if ! "$python" -c 'import socket; socket.AF_BLUETOOTH' 2>/dev/null; then
+    say "warning: $python has no Bluetooth sockets; only tty (/dev/rfcommN) and tcp:// addresses will work"
+fi
+
+say "installing into $target"
+mkdir -p "$target/log"
+cp "$src/README.md" "$src/config_sample.yaml" "$target/"
+[ -x "$target/venv/bin/python" ] || "$python" -m venv "$target/venv"
+"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$src"
+
+if [ ! -e "$target/config.yaml" ]; then
+    say "writing $prefix/config.yaml from the sample"
+    sed_args=()
+    [ -n "$address" ] && sed_args+=(-e "s|\"00:0C:BF:XX:XX:XX\"|\"$address\"|")
+    [ -n "$channel" ] && sed_args+=(-e "s|^  channel: 6$|  channel: $channel|")
+    if [ ${#sed_args[@]} -gt 0 ]; then
+        sed "${sed_args[@]}" "$src/config_sample.yaml" > "$target/config.yaml"
+    else
+        cp "$src/config_sample.yaml" "$target/config.yaml"
+    fi
+else
+    say "keeping the existing $prefix/config.yaml"
+fi
+
+mkdir -p "$root/etc/systemd/system"
+sed "s|/opt/wattchecker-client|$prefix|g" "$src/systemd/wattchecker_client.service" \
+    > "$root/etc/systemd/system/wattchecker_client.service"
+
+if [ "$system" = no ]; then
+    say "done (into $root: no user, no systemctl)"
+    exit 0
+fi
+
+chown -R "$user:$user" "$target/log"
+chown root:"$user" "$target/config.yaml"
+chmod 0640 "$target/config.yaml"
+systemctl daemon-reload
+systemctl enable wattchecker_client.service >/dev/null
+if ! "$target/venv/bin/wattchecker-client" check-config --config "$target/config.yaml" >/dev/null; then
+    "$target/venv/bin/wattchecker-client" check-config --config "$target/config.yaml" || true
+    say "edit $prefix/config.yaml (at least device.address), then: sudo systemctl restart wattchecker_client"
+    exit 0
+fi
+if [ "$start" = yes ]; then
+    systemctl restart wattchecker_client.service
+    say "running: systemctl status wattchecker_client; data in $prefix/log"
+else
+    say "enabled; start it with: sudo systemctl start wattchecker_client"
+fi

@@ -1,0 +1,101 @@
+"""Config files: defaults, the original client's config, and one-line errors naming file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wattchecker_client.config import BIGQUERY, DEVICE, GENERAL, ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_sample_documents_every_key_and_needs_only_the_address(tmp_path):
+    sample = (ROOT / "config_sample.yaml").read_text()
+    for key in list(GENERAL) + list(DEVICE) + list(BIGQUERY):
+        assert f"  {key}:" in sample, f"config_sample.yaml does not document {key}"
+    with pytest.raises(ConfigError, match=r"config_sample.yaml:\d+: device.address: '00:0C:BF:XX:XX:XX' is not"):
+        load_config(str(ROOT / "config_sample.yaml"))
+    edited = tmp_path / "config.yaml"
+    edited.write_text(sample.replace("00:0C:BF:XX:XX:XX", "00:0C:BF:12:34:56"))
+    config = load_config(str(edited))
+    assert config.devices[0].address == "00:0C:BF:12:34:56" and config.devices[0].channel == 6
+
+
+def test_the_original_clients_config_still_loads(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "general:\n  data_buffer_size: 180\n  data_format: \n    - 'csv'\n"
+        "device:\n  address: /dev/rfcomm0\n"
+        "bigquery:\n  service_account_json: key.json\n  dataset_id: ds\n  table_id: tb\n"
+    )
+    config = load_config(str(path))
+    assert config.general.data_buffer_size == 180
+    assert config.general.data_format == ("csv",)
+    assert config.general.data_dir == tmp_path / "log"  # relative to the config file
+    assert config.bigquery.table_id == "tb"
+    assert config.file_stem(config.devices[0]) == "wattchecker-data"
+
+
+def test_defaults():
+    config = parse_config("device:\n  address: sim://\n")
+    g = config.general
+    assert (g.data_buffer_size, g.data_format, g.poll_interval, g.log_level) == (180.0, ("csv",), 1.0, "INFO")
+    assert config.devices[0].name == "wattchecker" and config.bigquery is None
+
+
+def test_several_meters_get_files_named_after_them():
+    config = parse_config(
+        "devices:\n  - name: aircon\n    address: 00:0C:BF:00:00:01\n    channel: 6\n"
+        "  - name: fridge\n    address: tcp://127.0.0.1:9\n"
+    )
+    assert [config.file_stem(d) for d in config.devices] == ["wattchecker-data-aircon", "wattchecker-data-fridge"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("general:\n  data_bufer_size: 3\ndevice:\n  address: sim://\n",
+         "config.yaml:2: general.data_bufer_size: unknown key; did you mean 'data_buffer_size'?"),
+        ("general:\n  data_format: [csv, xml]\ndevice:\n  address: sim://\n",
+         "config.yaml:2: general.data_format: unknown format 'xml': use csv and/or json"),
+        ("general:\n  poll_interval: 0\ndevice:\n  address: sim://\n",
+         "config.yaml:2: general.poll_interval: must be above 0, got 0"),
+        ("general:\n  data_buffer_size: true\ndevice:\n  address: sim://\n",
+         "config.yaml:2: general.data_buffer_size: must be a number, got True"),
+        ("device:\n  address: 00:0C:BF:12:34\n",
+         "config.yaml:2: device.address: '00:0C:BF:12:34' is not a Bluetooth MAC"),
+        ("device:\n  address: sim://\n  channel: 31\n",
+         "config.yaml:3: device.channel: must be between 1 and 30, got 31"),
+        ("device:\n  channel: 6\n", "config.yaml:1: device.address: missing (required)"),
+        ("general: {}\n", "config.yaml: device.address: missing (required): the meter's MAC"),
+        ("device:\n  address: sim://\ndevices:\n  - name: a\n    address: sim://\n",
+         "config.yaml:3: devices: use either device: (one meter) or devices: (a list), not both"),
+        ("devices:\n  - name: a b\n    address: sim://\n",
+         "config.yaml:2: devices[0].name: 'a b' must be 1-40 letters"),
+        ("devices:\n  - name: a\n    address: sim://\n  - name: a\n    address: sim://\n",
+         "config.yaml:4: devices[1].name: 'a' is used twice"),
+        ("bigquery:\n  dataset_id: x\ndevice:\n  address: sim://\n",
+         "config.yaml:1: bigquery.table_id: missing (required)"),
+        ("devise:\n  address: sim://\n", "config.yaml:1: devise: unknown key; did you mean 'device'?"),
+        ("general: [1, 2\n", "config.yaml:2: not valid YAML"),
+        ("- 1\n- 2\n", "config.yaml: must be a mapping"),
+        ("general:\n  log_level: LOUD\ndevice:\n  address: sim://\n",
+         "config.yaml:2: general.log_level: must be one of DEBUG, INFO, WARNING, ERROR, got 'LOUD'"),
+    ],
+)
+def test_errors_name_the_line_and_key(text, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "config.yaml")
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing.yaml: cannot read: No such file or directory"):
+        load_config(str(tmp_path / "missing.yaml"))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"general:\n  x: \xff\n")
+    with pytest.raises(ConfigError, match=r"binary.yaml: not UTF-8 text \(byte 14\)"):
+        load_config(str(binary))

@@ -1,0 +1,103 @@
+"""The unit file (systemd-analyze verify and security) and install.sh into a temporary root."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+UNIT = ROOT / "systemd" / "wattchecker_client.service"
+PREFIX = "/opt/wattchecker-client"
+needs_analyze = pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+
+
+def system_python() -> str:
+    """The Python a Pi would use: /usr/bin/python3 when it can make a venv, else this one."""
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"], capture_output=True)
+    return "/usr/bin/python3" if probe.returncode == 0 else sys.executable
+
+
+def install(root: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["bash", str(ROOT / "install.sh"), "--root", str(root), "--python", system_python(), *args],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    first = install(root, "--address", "00:0C:BF:12:34:56", "--channel", "3")
+    return root, first
+
+
+def test_install_lays_out_a_working_service(installed):
+    root, result = installed
+    target = root / PREFIX.lstrip("/")
+    config = (target / "config.yaml").read_text()
+    assert 'address: "00:0C:BF:12:34:56"' in config and "\n  channel: 3\n" in config
+    assert (target / "log").is_dir()
+    unit = (root / "etc/systemd/system/wattchecker_client.service").read_text()
+    assert f"ExecStart={PREFIX}/venv/bin/wattchecker-client run --config {PREFIX}/config.yaml" in unit
+    check = subprocess.run(
+        [str(target / "venv/bin/wattchecker-client"), "check-config", "--config", str(target / "config.yaml")],
+        capture_output=True, text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "meters: wattchecker at 00:0C:BF:12:34:56 channel 3" in check.stdout
+
+
+def test_install_again_keeps_the_users_config_and_data(installed):
+    root, _ = installed
+    target = root / PREFIX.lstrip("/")
+    config = target / "config.yaml"
+    edited = config.read_text().replace("data_buffer_size: 180", "data_buffer_size: 60")
+    config.write_text(edited)
+    (target / "log" / "wattchecker-data.csv").write_text("2019-09-07 09:24:30,102.93,2311.75,181.38\n")
+    result = install(root, "--address", "00:0C:BF:99:99:99")
+    assert "keeping the existing" in result.stdout
+    assert config.read_text() == edited
+    assert (target / "log" / "wattchecker-data.csv").read_text().startswith("2019-09-07 09:24:30")
+
+
+def test_install_refuses_bad_options(tmp_path):
+    result = subprocess.run(["bash", str(ROOT / "install.sh"), "--root", str(tmp_path), "--bogus"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown option --bogus" in result.stderr
+
+
+@needs_analyze
+def test_unit_verifies(installed, tmp_path):
+    """systemd-analyze verify, with the unit's paths pointed at the temporary install."""
+    root, _ = installed
+    unit = (root / "etc/systemd/system/wattchecker_client.service").read_text()
+    checked = tmp_path / "wattchecker_client.service"
+    checked.write_text(unit.replace(PREFIX, str(root / PREFIX.lstrip("/"))))
+    result = subprocess.run(["systemd-analyze", "verify", str(checked)], capture_output=True, text=True)
+    problems = [l for l in result.stderr.splitlines() if "wattchecker_client.service" in l]
+    assert result.returncode == 0 and not problems, result.stderr
+
+
+@needs_analyze
+def test_unit_is_hardened(tmp_path):
+    checked = tmp_path / "wattchecker_client.service"
+    shutil.copy(UNIT, checked)
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(checked)], capture_output=True, text=True
+    )
+    match = re.search(r"Overall exposure level for wattchecker_client.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.5
+    for setting in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/opt/wattchecker-client/log",
+                    "Type=notify", "WatchdogSec=", "Restart=always", "User=wattchecker"):
+        assert setting in UNIT.read_text()
+    assert re.search(r"RestrictAddressFamilies=.*AF_BLUETOOTH", UNIT.read_text())

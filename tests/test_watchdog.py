@@ -1,0 +1,84 @@
+"""sd_notify over a real datagram socket, with the daemon in this process so a reader can hang."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from wattchecker_client.config import parse_config
+from wattchecker_client.daemon import Daemon
+from wattchecker_client.notify import Notifier
+
+
+def listen(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.05)
+    return sock
+
+
+def collect(sock, seconds: float) -> list:
+    """(arrival time, message) for every datagram within ``seconds``."""
+    got = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            got.append((time.monotonic(), sock.recv(4096).decode()))
+        except socket.timeout:
+            pass
+    return got
+
+
+def test_watchdog_pings_stop_while_a_reader_hangs_and_resume_after(tmp_path, caplog):
+    notify = listen(tmp_path / "notify.sock")
+    release = threading.Event()
+
+    def hanging_rfcomm(mac, channel, timeout):
+        """Like a kernel RFCOMM connect that ignores its timeout."""
+        release.wait()
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    config = parse_config(
+        f"general:\n  data_dir: {tmp_path / 'data'}\n  watchdog_stall: 0.5\n"
+        "device:\n  address: '00:0C:BF:12:34:56'\n  channel: 6\n"
+    )
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "200000"}
+    daemon = Daemon(config, rfcomm_factory=hanging_rfcomm, environ=env)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    try:
+        hung = collect(notify, 2.5)
+        hung_end = time.monotonic()
+        release.set()  # the connect fails at last; the reader backs off and lives again
+        recovered = collect(notify, 1.0)
+    finally:
+        release.set()
+        daemon.stop.set()
+        runner.join(20)
+        notify.close()
+    assert hung[0][1].startswith("READY=1\n")
+    pings = [t for t, m in hung if m == "WATCHDOG=1"]
+    assert pings, "the watchdog was fed while the reader was fresh"
+    assert max(pings) < hung_end - 1.0, "still pinging long after the reader hung"
+    assert sum(m == "WATCHDOG=1" for _, m in recovered) >= 3
+    assert "no sign of life from reader wattchecker" in caplog.text
+    assert not runner.is_alive()
+
+
+def test_notifier_is_silent_without_systemd_and_honours_watchdog_pid():
+    assert not Notifier({}).enabled
+    assert Notifier({"WATCHDOG_USEC": "1000000"}).watchdog_interval == 0.5
+    assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+
+
+def test_abstract_notify_socket(tmp_path):
+    name = f"wattchecker-test-{time.monotonic_ns()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(2)
+    notifier = Notifier({"NOTIFY_SOCKET": "@" + name})
+    notifier.ready("up")
+    assert sock.recv(100) == b"READY=1\nSTATUS=up"
+    notifier.close()
+    sock.close()
