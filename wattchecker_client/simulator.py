@@ -37,7 +37,8 @@ class SimOptions:
 
     seed: int = field(default=1, metadata={"help": "seed for the load profile and the faults"})
     clock_speed: float = field(
-        default=1.0, metadata={"help": "how fast the meter's clock runs against real time"}
+        default=1.0,
+        metadata={"help": "how fast the meter's clock runs against real time (above 1, it never goes back)"},
     )
     corrupt_rate: float = field(
         default=0.0, metadata={"help": "fraction of responses with one bit flipped"}
