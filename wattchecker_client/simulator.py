@@ -203,7 +203,7 @@ class SimulatedMeter:
 def serve_link(link: Link, meter: SimulatedMeter, stop: threading.Event) -> str:
     """Answer requests on ``link`` until it fails, ``stop`` is set, or a drop is due.
 
-    Returns why it ended: "stopped", "dropped" or the link error.
+    Returns why it ended, for the log.
     """
     decoder = FrameDecoder()
     requests = 0
@@ -213,8 +213,8 @@ def serve_link(link: Link, meter: SimulatedMeter, stop: threading.Event) -> str:
             decoder.feed(link.read(timeout=0.2))
         except LinkTimeout:
             continue
-        except LinkError as exc:
-            return str(exc)
+        except LinkError:
+            return "the client went away"
         for frame in decoder:
             requests += 1
             response = meter.respond(frame.payload)
@@ -225,8 +225,8 @@ def serve_link(link: Link, meter: SimulatedMeter, stop: threading.Event) -> str:
                     link.write(chunk)
                     if options.split_writes:
                         clock.sleep(0.002)
-            except LinkError as exc:
-                return str(exc)
+            except LinkError:
+                return "the client went away"
             if options.drop_after and requests >= options.drop_after:
                 return "dropped"
     return "stopped"
