@@ -35,7 +35,8 @@ class ScriptedPeer:
         self.script = list(script)
         self.requests: List[bytes] = []
         ours, theirs = socket.socketpair()
-        self.client = socket_link(ours, "scripted meter", timeout=1.0)
+        self._ours = ours
+        self._client = None
         self._sock = theirs
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -64,13 +65,24 @@ class ScriptedPeer:
             self._sock.sendall(chunk)
             time.sleep(0.01)
 
+    @property
+    def client(self):
+        """The host's end as a Link."""
+        if self._client is None:
+            self._client = socket_link(self._ours, "scripted meter", timeout=1.0)
+        return self._client
+
+    def rfcomm_factory(self, mac: str, channel: int, timeout: float) -> socket.socket:
+        """Hand the host's end to open_link, in place of the RFCOMM socket call."""
+        return self._ours
+
     def hang_up(self) -> None:
         """The meter goes away: its end of the link shuts down."""
         self._sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)
 
     def close(self) -> None:
-        self.client.close()
+        self._ours.close()
         self._thread.join(timeout=5)
 
 

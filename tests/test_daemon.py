@@ -95,6 +95,7 @@ def test_ready_watchdog_status_and_stopping_reach_a_real_notify_socket(daemons, 
     assert messages[0].startswith("READY=1\nSTATUS=reading wattchecker at sim://")
     assert messages[1:] == ["WATCHDOG=1"] * 5
     assert daemon.stop() == 0
+    sock.settimeout(0.5)
     rest = []
     try:
         while True:

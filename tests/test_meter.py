@@ -207,3 +207,43 @@ def test_reader_logs_an_outage_once(caplog):
     assert len(warnings) == 1 and "reconnecting" in warnings[0].message
     assert reader.stats.link_errors == 5
     assert 0.5 <= attempts[0] <= 1 and attempts[4] <= 16
+
+
+def measurement_frame(when: dt.datetime) -> bytes:
+    return encode_frame(protocol.measurement_payload(Measurement(when, 101.0, 500.0, 50.0)))
+
+
+def test_a_meter_clock_set_back_never_records_a_second_twice(scripted):
+    """Seconds at or before the last one recorded (a clock set back) are counted and skipped."""
+    last = BUILT_VALUE.time
+    stamps = [last - dt.timedelta(seconds=2), last - dt.timedelta(seconds=1), last,
+              last + dt.timedelta(seconds=1), last + dt.timedelta(seconds=1), last + dt.timedelta(seconds=3)]
+    peer = scripted(HANDSHAKE + [measurement_frame(t) for t in stamps] + [ACK_STOP])
+    reader = MeterReader("00:0C:BF:12:34:56", FakeClock(last), threading.Event(), channel=6,
+                         rfcomm_factory=peer.rfcomm_factory, last_time=last)
+    readings = reader.readings()
+    got = [next(readings).time, next(readings).time]
+    readings.close()
+    assert got == [last + dt.timedelta(seconds=1), last + dt.timedelta(seconds=3)]
+    assert (reader.stats.stale_seconds, reader.stats.duplicates) == (2, 2)
+    assert (reader.stats.gaps, reader.stats.missing_seconds) == (1, 1)
+    assert peer.requests[-1] == b"\x03"  # closing the reader stopped the measurement
+
+
+def test_a_drifting_meter_clock_is_set_again_at_most_once_an_hour(caplog):
+    """Host time runs 10 min per poll while the meter keeps real time: a huge drift."""
+    stop = threading.Event()
+    clock = FakeClock(dt.datetime(2026, 1, 1, 0, 0, 0))
+    reader = MeterReader("sim://?seed=2", clock, stop, poll_interval=600.0)
+
+    def beat():
+        if reader.stats.polls >= 13:  # 13 polls: 2 h 10 min of host time
+            stop.set()
+
+    reader.heartbeat = beat
+    caplog.set_level(logging.INFO)
+    got = list(reader.readings())
+    # set at connect (00:00), then again at 01:00 and 02:00, not at every poll
+    assert reader.stats.clock_resets == 2
+    assert caplog.text.count("s off; setting it to") == 2
+    assert got and all(m == protocol.quantize(m) for m in got)  # the meter's own stamps

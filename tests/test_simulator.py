@@ -152,3 +152,18 @@ def test_pty_server_drops_and_comes_back_behind_the_same_symlink(tmp_path):
     assert stats.connects >= 3 and stats.link_errors >= 2
     assert all(m == air_conditioner(m.time) for m in got)
     assert not os.path.lexists(link_path)
+
+
+def test_a_fast_clock_never_goes_back_but_a_real_time_one_does():
+    clock = FakeClock(dt.datetime(2026, 1, 1))
+    fast = SimulatedMeter(SimOptions(clock_speed=60), clock)
+    real = SimulatedMeter(SimOptions(), clock)
+    clock.advance(10)
+    earlier = protocol.set_clock_request(dt.datetime(2026, 1, 1))[3:-1]
+    fast.respond(earlier)
+    real.respond(earlier)
+    assert fast.now() == dt.datetime(2026, 1, 1, 0, 10)  # 10 s at 60x, kept
+    assert real.now() == dt.datetime(2026, 1, 1)
+    later = protocol.set_clock_request(dt.datetime(2026, 1, 2))[3:-1]
+    fast.respond(later)
+    assert fast.now() == dt.datetime(2026, 1, 2)

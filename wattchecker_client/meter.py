@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional
 from . import protocol
 from .clock import Clock
 from .protocol import Frame, FrameDecoder, Measurement, MeasurementError
-from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, RfcommFactory, open_link
+from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, RfcommFactory, link_opener
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +227,11 @@ class MeterReader:
         self.address = address
         self.clock = clock
         self.stop = stop
-        self.channel = channel
         self.poll_interval = poll_interval
         self.start_argument = start_argument
-        self.timeout = timeout
         self.response_timeout = response_timeout
         self.backoff = backoff or Backoff()
-        self.rfcomm_factory = rfcomm_factory
+        self._open_link = link_opener(address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory)
         self.name = name or address
         self.stats = MeterStats()
         self.last_time = last_time
@@ -253,13 +251,7 @@ class MeterReader:
                     return
 
     def _one_connection(self) -> Iterator[Measurement]:
-        link = open_link(
-            self.address,
-            channel=self.channel,
-            timeout=self.timeout,
-            rfcomm_factory=self.rfcomm_factory,
-        )
-        with link:
+        with self._open_link() as link:
             session = MeterSession(
                 link,
                 self.clock,

@@ -18,7 +18,7 @@ import random
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 from urllib.parse import parse_qsl, urlsplit
 
 from . import protocol
@@ -356,15 +356,19 @@ def parse_sim_address(address: str) -> SimOptions:
     return SimOptions.from_pairs(parse_qsl(parts.query, keep_blank_values=True))
 
 
-def open_embedded(address: str, timeout: float, clock: Optional[Clock] = None) -> Link:
-    """A simulated meter in a thread of this process, at the other end of a socketpair."""
+def embedded_opener(address: str, timeout: float, clock: Optional[Clock] = None) -> Callable[[], Link]:
+    """Opens links to one simulated meter in a thread of this process, over socketpairs."""
     meter = SimulatedMeter(parse_sim_address(address), clock or Clock())
-    ours, theirs = socket.socketpair()
-    stop = threading.Event()
 
-    def run() -> None:
-        with socket_link(theirs, "embedded meter", timeout) as link:
-            serve_link(link, meter, stop)
+    def open_link() -> Link:
+        ours, theirs = socket.socketpair()
+        stop = threading.Event()
 
-    threading.Thread(target=run, name="simulated-meter", daemon=True).start()
-    return socket_link(ours, address, timeout, on_close=stop.set)
+        def run() -> None:
+            with socket_link(theirs, "embedded meter", timeout) as link:
+                serve_link(link, meter, stop)
+
+        threading.Thread(target=run, name="simulated-meter", daemon=True).start()
+        return socket_link(ours, address, timeout, on_close=stop.set)
+
+    return open_link

@@ -142,15 +142,32 @@ def open_link(
     if address.startswith("tcp://"):
         return open_tcp(address, timeout)
     if address.startswith("sim:"):
-        from .simulator import open_embedded
-
-        return open_embedded(address, timeout)
+        return link_opener(address, timeout=timeout)()
     if address.startswith("/"):
         return open_tty(address, timeout)
     raise SetupError(
         f"address {address!r} is not a Bluetooth MAC (00:0C:BF:12:34:56), "
         "a tty path (/dev/rfcomm0), tcp://HOST:PORT or sim://"
     )
+
+
+def link_opener(
+    address: str,
+    *,
+    channel: Optional[int] = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    rfcomm_factory: Optional[RfcommFactory] = None,
+) -> Callable[[], Link]:
+    """A function that opens ``address`` afresh at each call, for reconnecting.
+
+    A sim:// meter is created here, once, and lives as long as the function:
+    like a real meter, it keeps its clock across reconnections.
+    """
+    if address.strip().startswith("sim:"):
+        from .simulator import embedded_opener
+
+        return embedded_opener(address.strip(), timeout)
+    return lambda: open_link(address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory)
 
 
 # --- RFCOMM ------------------------------------------------------------------
