@@ -214,7 +214,7 @@ class Daemon:
             self._stuck_logged = False
         elif not self._stuck_logged:
             self._stuck_logged = True
-            log.error("no sign of life from %s for %.0f s: not feeding the watchdog",
+            log.error("no sign of life from %s for %g s: not feeding the watchdog",
                       ", ".join(stuck), self.config.general.watchdog_stall)
 
     def _drain_closed_files(self) -> None:

@@ -32,6 +32,8 @@ RETRIES = 3
 # Re-set a drifting meter clock at most this often, and only past this drift.
 CLOCK_RESET_INTERVAL = 3600.0
 MAX_CLOCK_DRIFT = 2.0
+# Longest sleep between two signs of life to the watchdog.
+HEARTBEAT_SLICE = 0.25
 
 
 @dataclass
@@ -247,7 +249,7 @@ class MeterReader:
                 yield from self._one_connection()
             except LinkError as exc:
                 self._link_failed(exc)
-                if self.clock.sleep(self.backoff.next_delay(), self.stop):
+                if self._sleep(self.backoff.next_delay()):
                     return
 
     def _one_connection(self) -> Iterator[Measurement]:
@@ -270,10 +272,7 @@ class MeterReader:
             session.stop()
 
     def _poll_until_stopped(self, session: MeterSession) -> Iterator[Measurement]:
-        while not self.clock.sleep(
-            seconds_until_next_tick(self.clock.now(), self.poll_interval), self.stop
-        ):
-            self.heartbeat()
+        while not self._sleep(seconds_until_next_tick(self.clock.now(), self.poll_interval)):
             try:
                 measurement = session.poll()
             except MeasurementError as exc:
@@ -282,6 +281,17 @@ class MeterReader:
             self._correct_drift(session, measurement.time)
             if self._is_new(measurement.time):
                 yield measurement
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep in slices, showing a sign of life in each; True if asked to stop."""
+        end = self.clock.monotonic() + seconds
+        while True:
+            self.heartbeat()
+            remaining = end - self.clock.monotonic()
+            if remaining <= 0:
+                return self.stop.is_set()
+            if self.clock.sleep(min(remaining, HEARTBEAT_SLICE), self.stop):
+                return True
 
     def _is_new(self, when: dt.datetime) -> bool:
         """Only seconds after the last one kept: no second is ever recorded twice.
