@@ -187,26 +187,29 @@ def test_reader_stops_when_asked_during_backoff():
     assert reader.stats.link_errors >= 1
 
 
-def test_reader_logs_an_outage_once(caplog):
+def test_reader_logs_an_outage_once_and_backs_off(caplog):
     stop = threading.Event()
     clock = FakeClock()
-    reader = MeterReader("tcp://127.0.0.1:9", clock, stop, timeout=0.2, backoff=Backoff(1, 60))
-    caplog.set_level(logging.DEBUG)
-    gen = reader.readings()
-    attempts = []
+    backoff = Backoff(1, 60, random.Random(3))
+    reader = MeterReader("tcp://127.0.0.1:9", clock, stop, timeout=0.2, backoff=backoff)
+    delays = []
+    next_delay = backoff.next_delay
 
-    def count_and_stop(seconds, event=None):
-        attempts.append(seconds)
-        if len(attempts) == 5:
+    def recorded_delay():
+        delays.append(next_delay())
+        if len(delays) == 5:
             stop.set()
-        return FakeClock.sleep(clock, seconds, stop)
+        return delays[-1]
 
-    clock.sleep = count_and_stop
-    assert list(gen) == []
+    backoff.next_delay = recorded_delay
+    caplog.set_level(logging.DEBUG)
+    start = clock.monotonic()
+    assert list(reader.readings()) == []
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "reconnecting" in warnings[0].message
     assert reader.stats.link_errors == 5
-    assert 0.5 <= attempts[0] <= 1 and attempts[4] <= 16
+    assert [0.5 <= d <= c for d, c in zip(delays, [1, 2, 4, 8, 16])] == [True] * 5
+    assert clock.monotonic() - start == pytest.approx(sum(delays[:4]))  # slept each delay, in slices
 
 
 def measurement_frame(when: dt.datetime) -> bytes:
