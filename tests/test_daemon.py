@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli, wait_for, write_config
+from .conftest import fill_disk, run_cli, tmpfs, wait_for, write_config
 from .datacheck import check_data_dir, closed_hours, read
 
 SEED = 7
@@ -126,3 +126,43 @@ def test_check_config_reports_what_it_would_run(tmp_path):
     assert "meters: wattchecker at 00:0C:BF:12:34:56" in result.stdout
     assert "BigQuery: not configured" in result.stdout
     assert not (tmp_path / "data").exists()  # nothing started, nothing created
+
+
+def test_several_meters_each_get_their_own_files(daemons, tmp_path):
+    data_dir = tmp_path / "data"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"general:\n  data_dir: {data_dir}\n  data_buffer_size: 1\n  poll_interval: 0.002\n"
+        "devices:\n"
+        "  - name: aircon\n    address: 'sim://?seed=7&clock_speed=1200'\n"
+        "  - name: fridge\n    address: 'sim://?seed=8&clock_speed=1200'\n"
+    )
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: list(data_dir.glob("wattchecker-data-fridge.csv.*.gz"))
+             and list(data_dir.glob("wattchecker-data-aircon.csv.*.gz")), timeout=60, what="both meters' hours")
+    assert daemon.stop() == 0, daemon.stderr()
+    aircon = check_data_dir(data_dir, 7, base="wattchecker-data-aircon")["csv"]
+    fridge = check_data_dir(data_dir, 8, base="wattchecker-data-fridge")["csv"]
+    assert aircon and fridge
+    assert not (data_dir / "wattchecker-data.csv").exists()
+    assert re.search(r"final status aircon: readings=\d+", daemon.stderr())
+    assert re.search(r"final status fridge: readings=\d+", daemon.stderr())
+
+
+def test_a_full_disk_keeps_rows_in_memory_until_space_returns(daemons, tmp_path):
+    """A real 256 KiB tmpfs as the data folder, filled up while the daemon runs."""
+    with tmpfs(tmp_path / "disk", "256k") as data_dir:
+        config = write_config(tmp_path / "config.yaml", data_dir, "sim://?seed=7&clock_speed=20",
+                              poll_interval=0.05, data_format=["json"], log_file=None)
+        daemon = daemons(config, tmp_path)
+        wait_for(lambda: (data_dir / "wattchecker-data.json").exists(), what="the first flush")
+        filler = fill_disk(data_dir / "filler")
+        wait_for(lambda: "cannot write" in daemon.stderr(), what="the disk-full error")
+        wait_for(lambda: daemon.stderr().count("status writer") >= 2, what="a status line while full")
+        filler.unlink()
+        wait_for(lambda: "writing works again" in daemon.stderr(), what="the recovery")
+        assert daemon.stop() == 0, daemon.stderr()
+        log = daemon.stderr()
+        assert log.count("cannot write") == 1  # once per outage, not once per flush
+        seconds = check_data_dir(data_dir, SEED)["json"]
+        assert len(seconds) == final_rows_received(log)  # nothing lost

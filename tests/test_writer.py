@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import os
 import queue
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,8 @@ from wattchecker_client.clock import FakeClock
 from wattchecker_client.formats import csv_line, json_line
 from wattchecker_client.simulator import air_conditioner
 from wattchecker_client.writer import ClosedFile, Writer
+
+from .conftest import fill_disk, tmpfs
 
 T9 = dt.datetime(2019, 9, 7, 9, 0, 0)
 T10 = T9 + dt.timedelta(hours=1)
@@ -171,30 +171,14 @@ def test_buffer_limit_drops_only_the_oldest_and_counts_them(tmp_path, caplog):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A real 64 KiB tmpfs: writes fail with ENOSPC from the kernel."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+    with tmpfs(tmp_path / "disk", "64k") as path:
+        yield path
 
 
 def test_disk_full_keeps_rows_in_memory_and_retries(tiny_disk, caplog):
     clock = FakeClock(T9)
     writer = make_writer(tiny_disk, clock, formats=("json",))
-    filler = tiny_disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:  # fill the disk to its last byte
-        for size in (4096, 1):
-            try:
-                while True:
-                    os.write(fd, b"x" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
+    filler = fill_disk(tiny_disk / "filler")
     data = rows(T9, 50)
     feed(writer, data)
     writer.flush()
@@ -207,3 +191,20 @@ def test_disk_full_keeps_rows_in_memory_and_retries(tiny_disk, caplog):
     writer.flush()
     assert current.read_text() == "".join(json_line(m) + "\n" for m in data)
     assert "writing works again" in caplog.text
+
+
+def test_recovery_on_a_full_disk_waits_and_never_appends_after_a_torn_line(tiny_disk, caplog):
+    clock = FakeClock(T9 + dt.timedelta(minutes=5))
+    before = rows(T9, 3)
+    good = "".join(csv_line(m) + "\n" for m in before)
+    current = tiny_disk / "wattchecker-data.csv"
+    current.write_text(good + "2019-09-07 09:00:03,10")  # torn by a crash
+    filler = fill_disk(tiny_disk / "filler")
+    writer = make_writer(tiny_disk, clock, formats=("csv",))  # recovery cannot rewrite: no crash
+    after = rows(T9 + dt.timedelta(seconds=3), 3)
+    feed(writer, after)
+    writer.flush()
+    assert current.read_text().endswith(",10")  # untouched while the disk is full
+    filler.unlink()
+    writer.flush()
+    assert current.read_text() == good + "".join(csv_line(m) + "\n" for m in after)

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional
 from . import __version__
 from .clock import Clock
 from .config import Config, ConfigError, load_config, parse_config
-from .daemon import Daemon, configure_logging
+from .daemon import EXIT_FAILED, EXIT_OK, Daemon, configure_logging
 from .formats import FORMATTERS, json_line
 from .meter import Backoff, MeterReader
 from .protocol import Measurement
@@ -23,8 +23,7 @@ from .transport import DEFAULT_TIMEOUT, SetupError
 
 log = logging.getLogger("wattchecker_client")
 
-EXIT_OK = 0
-EXIT_SETUP = 2
+EXIT_SETUP = 2  # a configuration error: systemd does not restart on it
 
 
 def byte_value(text: str) -> int:
@@ -208,9 +207,9 @@ def serve(config: Config, echo: Optional[Callable[[str, Measurement], None]] = N
     on_stop_signals(daemon.stop)
     try:
         return daemon.run()
-    except OSError as exc:
+    except OSError as exc:  # the data folder cannot even be created: maybe not mounted yet
         log.error("cannot use the data folder %s: %s", config.general.data_dir, exc.strerror or exc)
-        return EXIT_SETUP
+        return EXIT_FAILED
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -85,6 +85,7 @@ class FileSet:
         self.current_hour: Optional[dt.datetime] = None
         self.last_time: Optional[dt.datetime] = None
         self.closed: Dict[dt.datetime, List[Path]] = {}
+        self.recovered = False
         self.rows_written = 0
         # Files closed but not yet announced; kept here so that an I/O error
         # later in the same action cannot lose the announcement.
@@ -108,7 +109,12 @@ class FileSet:
     # --- start-up ------------------------------------------------------------
 
     def recover(self) -> None:
-        """Remove stale temporaries, index closed hours, and adopt or close the plain file."""
+        """Remove stale temporaries, index closed hours, and adopt or close the plain file.
+
+        Until this has succeeded, nothing is appended to the plain file: it
+        may end in a torn line. Safe to repeat after an I/O error.
+        """
+        self.closed = {}
         for entry in sorted(os.scandir(self.data_dir), key=lambda e: e.name):
             if entry.name.startswith(self.base + ".") and entry.name.endswith(TMP_SUFFIX):
                 log.warning("removing %s, left by an interrupted compression", entry.path)
@@ -121,6 +127,7 @@ class FileSet:
             stamps = [line_stamp(l) for p in newest for l in _tail_lines(p)]
             self.last_time = max((parse_stamp(s) for s in stamps if s), default=None)
         if not self.current_path.exists():
+            self.recovered = True
             return
         lines = self._read_current()
         hours = sorted({hour_of(parse_stamp(s)) for s in map(line_stamp, lines) if s})
@@ -129,8 +136,9 @@ class FileSet:
         if len(hours) == 1 and hours[0] not in self.closed:
             self.current_hour = hours[0]
             log.info("%s: continuing hour %s (%d rows)", self.current_path, hours[0].strftime(HOUR_FORMAT), len(lines))
-            return
-        self._close_plain(lines)
+        else:
+            self._close_plain(lines)
+        self.recovered = True
 
     def _read_current(self) -> List[str]:
         """The plain file's rows; a torn last line (a crash mid-write) is cut off."""
@@ -145,6 +153,8 @@ class FileSet:
 
     def flush(self) -> None:
         """Write pending rows into their hours' files; on an I/O error keep the rest pending."""
+        if not self.recovered:
+            self.recover()
         for hour in sorted({hour_of(m.time) for m in self.pending}):
             rows = [m for m in self.pending if hour_of(m.time) == hour]
             if self.current_hour is None and hour not in self.closed:
@@ -161,16 +171,20 @@ class FileSet:
             self.pending = [m for m in self.pending if hour_of(m.time) != hour]
 
     def _append(self, rows: Sequence[Measurement]) -> None:
-        data = "".join(self.format_row(m) + "\n" for m in rows).encode("utf-8")
-        with open(self.current_path, "ab") as f:
-            size = f.tell()
+        """Append whole rows or nothing: a failed write is cut back to where it began."""
+        data = memoryview("".join(self.format_row(m) + "\n" for m in rows).encode("utf-8"))
+        fd = os.open(self.current_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
             try:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
             except OSError:
-                _truncate_quietly(f, size)
+                _truncate_quietly(fd, size, self.current_path)
                 raise
+        finally:
+            os.close(fd)
 
     def close_current(self) -> None:
         """Compress the current hour's plain file and remove it."""
@@ -223,12 +237,12 @@ def _tail_lines(path: Path) -> List[str]:
         return []
 
 
-def _truncate_quietly(f, size: int) -> None:
+def _truncate_quietly(fd: int, size: int, path: Path) -> None:
     """Undo a partial append so a retry cannot leave a torn or doubled row."""
     try:
-        f.truncate(size)
+        os.ftruncate(fd, size)
     except OSError as exc:
-        log.error("cannot undo a partial write to %s: %s", f.name, exc)
+        log.error("cannot undo a partial write to %s: %s", path, exc)
 
 
 def _atomic_write(path: Path, data: bytes, compress: bool) -> None:
@@ -295,10 +309,10 @@ class Writer:
             yield from sets
 
     def recover(self) -> None:
+        """Recover every file set; one that fails (disk full, ...) is retried at each flush."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for fs in self.all_sets():
-            fs.recover()
-            self._announce(fs.take_closed())
+            self._guarded(fs, fs.recover)
 
     def last_time(self, meter: str) -> Optional[dt.datetime]:
         """The newest second already on disk for ``meter``."""
