@@ -6,8 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-import termios
 import threading
 
 import pytest
