@@ -46,7 +46,7 @@ def test_install_lays_out_a_working_service(installed):
     assert 'address: "00:0C:BF:12:34:56"' in config and "\n  channel: 3\n" in config
     assert (target / "log").is_dir()
     unit = (root / "etc/systemd/system/wattchecker_client.service").read_text()
-    assert f"ExecStart={PREFIX}/venv/bin/wattchecker-client run --config {PREFIX}/config.yaml" in unit
+    assert f"ExecStart={PREFIX}/venv/bin/python -m wattchecker_client run --config {PREFIX}/config.yaml" in unit
     check = subprocess.run(
         [str(target / "venv/bin/wattchecker-client"), "check-config", "--config", str(target / "config.yaml")],
         capture_output=True, text=True,
