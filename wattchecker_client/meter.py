@@ -240,6 +240,7 @@ class MeterReader:
         self.heartbeat = heartbeat
         self._failing_since: Optional[float] = None
         self._clock_set_at = 0.0
+        self._rejected_before = 0
 
     def readings(self) -> Iterator[Measurement]:
         """Yield readings until ``stop`` is set. SetupError propagates: retrying cannot fix it."""
@@ -263,6 +264,7 @@ class MeterReader:
             )
             session.start()
             self._clock_set_at = self.clock.monotonic()
+            self._rejected_before = self.stats.rejected
             self._connected()
             try:
                 yield from self._poll_until_stopped(session)
@@ -276,7 +278,9 @@ class MeterReader:
             try:
                 measurement = session.poll()
             except MeasurementError as exc:
-                log.warning("%s: reading dropped: %s", self.name, exc)
+                # The first of a connection is worth a warning; the rest are counted.
+                level = logging.WARNING if session.stats.rejected == self._rejected_before + 1 else logging.DEBUG
+                log.log(level, "%s: reading dropped: %s", self.name, exc)
                 continue
             self._correct_drift(session, measurement.time)
             if self._is_new(measurement.time):

@@ -380,6 +380,9 @@ class Writer:
                 break
             self.tick()
         self.flush()
+        if self.pending_rows():
+            log.error("exiting with %d row(s) that could not be written (see the errors above)",
+                      self.pending_rows())
 
     def counts(self) -> Counter:
         return Counter({f"{fs.meter}/{fs.format}": fs.rows_written for fs in self.all_sets()})
