@@ -14,7 +14,12 @@ setup(
     ],
     extras_require={
         "bigquery": ["google-cloud-bigquery>=3.0"],
-        "test": ["pytest>=7", "hypothesis>=6.50"],
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6.50",
+            "google-cloud-bigquery>=3.0",
+            "crucible-emulator[server]==0.1.0a2",
+        ],
     },
     entry_points={"console_scripts": ["wattchecker-client=wattchecker_client.cli:main"]},
     classifiers=[

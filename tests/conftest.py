@@ -251,3 +251,64 @@ def fill_disk(path: Path) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Emulator:
+    """A real BigQuery emulator (crucible) on a loopback port, state kept in a DuckDB file."""
+
+    PROJECT = "test-project"
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database = workdir / "bigquery.duckdb"
+        self.log = workdir / "emulator.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "Emulator":
+        crucible = Path(sys.executable).parent / "crucible"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(crucible), "serve", "--dialect", "bigquery", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--database", str(self.database)],
+                stdout=log, stderr=log,
+            )
+
+        def accepting() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                assert self.proc.poll() is None, self.log.read_text()
+                return False
+
+        wait_for(accepting, timeout=30, what="the BigQuery emulator")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+
+    def client(self):
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import bigquery
+
+        return bigquery.Client(project=self.PROJECT, credentials=AnonymousCredentials(),
+                               client_options={"api_endpoint": self.url})
+
+    def query(self, sql: str) -> list:
+        return [tuple(row.values()) for row in self.client().query(sql).result()]
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    emu = Emulator(tmp_path)
+    yield emu
+    emu.stop()

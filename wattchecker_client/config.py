@@ -48,13 +48,19 @@ class GeneralConfig:
     log_backup_count: int
     status_interval: float
     watchdog_stall: float
+    retention_days: Optional[int]
 
 
 @dataclass(frozen=True)
 class BigQueryConfig:
-    service_account_json: Optional[str]
+    service_account_json: Optional[Path]
     dataset_id: str
     table_id: str
+    project_id: Optional[str]
+    location: Optional[str]
+    api_endpoint: Optional[str]
+    create_table: bool
+    max_backoff: float
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,26 @@ def text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"must be a non-empty string, got {value!r}")
     return value.strip()
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def endpoint(value: Any) -> str:
+    value = text(value)
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def bigquery_id(value: Any) -> str:
+    value = text(value)
+    if not re.match(r"^[A-Za-z0-9_.:-]{1,1024}$", value):
+        raise ValueError(f"{value!r} has characters BigQuery does not allow in names")
+    return value
 
 
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -167,6 +193,7 @@ GENERAL: Spec = {
     "log_backup_count": (integer(0, 100), 5),
     "status_interval": (number(), 600.0),
     "watchdog_stall": (number(), 180.0),
+    "retention_days": (optional(integer(1, 36_500)), None),
 }
 DEVICE: Spec = {
     "name": (meter_name, DEFAULT_NAME),
@@ -177,8 +204,13 @@ DEVICE: Spec = {
 }
 BIGQUERY: Spec = {
     "service_account_json": (optional(text), None),
-    "dataset_id": (text, REQUIRED),
-    "table_id": (text, REQUIRED),
+    "dataset_id": (bigquery_id, REQUIRED),
+    "table_id": (bigquery_id, REQUIRED),
+    "project_id": (optional(bigquery_id), None),
+    "location": (optional(text), None),
+    "api_endpoint": (optional(endpoint), None),
+    "create_table": (boolean, False),
+    "max_backoff": (number(), 3600.0),
 }
 TOP_LEVEL = ("general", "device", "devices", "bigquery")
 
@@ -293,7 +325,10 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
     general["data_dir"] = (base / general["data_dir"]).resolve()
     bigquery = None
     if data.get("bigquery") is not None:
-        bigquery = BigQueryConfig(**_section(ctx, ["bigquery"], data["bigquery"], BIGQUERY))
+        values = _section(ctx, ["bigquery"], data["bigquery"], BIGQUERY)
+        if values["service_account_json"] is not None:
+            values["service_account_json"] = (base / values["service_account_json"]).resolve()
+        bigquery = BigQueryConfig(**values)
     return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, "devices" in data)
 
 

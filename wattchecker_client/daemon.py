@@ -21,6 +21,7 @@ from .meter import MeterReader
 from .notify import Notifier
 from .protocol import Measurement
 from .transport import RfcommFactory, SetupError
+from .uploader import BigQueryTarget, Uploader
 from .writer import ClosedFile, Writer
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,14 @@ class Daemon:
             max_buffered_rows=general.max_buffered_rows,
             closed_files=self.closed_files,
         )
+        target = BigQueryTarget(config.bigquery, config.named_files) if config.bigquery else None
+        self.uploader = Uploader(
+            general.data_dir,
+            target,
+            self.clock,
+            max_backoff=config.bigquery.max_backoff if config.bigquery else 3600.0,
+            retention_days=general.retention_days,
+        )
         self.readers: Dict[str, MeterReader] = {}
         self._threads: List[threading.Thread] = []
         self._stuck_logged = False
@@ -163,6 +172,12 @@ class Daemon:
             log.exception("writer failed")
             self._fail("writer failed unexpectedly")
 
+    def _upload(self, uploader_stop: threading.Event) -> None:
+        try:
+            self.uploader.run(self.closed_files, uploader_stop)
+        except Exception:
+            log.exception("uploader failed; closed files stay queued for the next start")
+
     def _fail(self, why: str) -> None:
         log.error("%s; stopping", why)
         self.failure = self.failure or why
@@ -179,8 +194,9 @@ class Daemon:
         """Run until ``stop`` is set; 0 after a clean stop, 1 after a failure."""
         general = self.config.general
         self.writer.recover()
-        writer_stop = threading.Event()
+        writer_stop, uploader_stop = threading.Event(), threading.Event()
         writer_thread = self._start("writer", self._write, writer_stop)
+        uploader_thread = self._start("uploader", self._upload, uploader_stop)
         for device in self.config.devices:
             reader = self.readers[device.name] = self._reader_for(device)
             self._threads.append(self._start(f"reader {device.name}", self._read_meter, device.name, reader))
@@ -191,7 +207,6 @@ class Daemon:
         tick = min(1.0, self.notifier.watchdog_interval or 1.0)
         while not self.clock.sleep(tick, self.stop):
             self._feed_watchdog(writer_thread)
-            self._drain_closed_files()
             if self.clock.monotonic() >= next_status:
                 next_status = self.clock.monotonic() + general.status_interval
                 self._report()
@@ -200,7 +215,10 @@ class Daemon:
             thread.join(JOIN_TIMEOUT)
         writer_stop.set()
         writer_thread.join(JOIN_TIMEOUT + general.data_buffer_size)
-        self._drain_closed_files()
+        uploader_stop.set()
+        uploader_thread.join(JOIN_TIMEOUT)
+        if uploader_thread.is_alive():
+            log.warning("an upload is still in flight; it stays queued and is resolved at the next start")
         self._report(final=True)
         self.notifier.close()
         return EXIT_FAILED if self.failure else EXIT_OK
@@ -216,15 +234,6 @@ class Daemon:
             self._stuck_logged = True
             log.error("no sign of life from %s for %g s: not feeding the watchdog",
                       ", ".join(stuck), self.config.general.watchdog_stall)
-
-    def _drain_closed_files(self) -> None:
-        """The uploader's slot: until it exists, closed files are only noted."""
-        while True:
-            try:
-                closed = self.closed_files.get_nowait()
-            except queue.Empty:
-                return
-            log.debug("closed and ready for upload: %s", closed.path.name)
 
     def _report(self, final: bool = False) -> None:
         for name, reader in self.readers.items():
@@ -244,5 +253,10 @@ class Daemon:
             "final status " if final else "status ", w.rows_received, written, self.writer.pending_rows(),
             w.files_closed, w.write_errors, w.rows_dropped,
         )
+        if self.config.bigquery:
+            u = self.uploader.stats
+            log.info("%suploader: uploaded=%d rows=%d queued=%d failed=%d retries=%d deleted=%d",
+                     "final status " if final else "status ", u.uploaded, u.rows, self.uploader.pending,
+                     u.failed, u.retries, u.deleted)
         total = sum(r.stats.readings for r in self.readers.values())
         self.notifier.status(f"{total} readings, {w.files_closed} hours closed, {self.writer.pending_rows()} buffered")

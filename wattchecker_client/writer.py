@@ -146,7 +146,7 @@ class FileSet:
         good = [l for l in lines if l.endswith("\n") and line_stamp(l)]
         if len(good) != len(lines):
             log.warning("%s: dropping %d torn or unreadable line(s)", self.current_path, len(lines) - len(good))
-            _atomic_write(self.current_path, "".join(good).encode(), compress=False)
+            atomic_write(self.current_path, "".join(good).encode(), compress=False)
         return good
 
     # --- writing ---------------------------------------------------------------
@@ -210,7 +210,7 @@ class FileSet:
             return
         parts = [self.parse_closed_name(p.name)[1] for p in existing]
         path = self.closed_path(hour, max(parts) + 1 if parts else 0)
-        _atomic_write(path, "".join(new).encode("utf-8"), compress=True)
+        atomic_write(path, "".join(new).encode("utf-8"), compress=True)
         self.closed.setdefault(hour, []).append(path)
         log.info("closed %s (%d rows)", path.name, len(new))
         self.outbox.append(ClosedFile(self.meter, self.format, hour, path))
@@ -245,7 +245,7 @@ def _truncate_quietly(fd: int, size: int, path: Path) -> None:
         log.error("cannot undo a partial write to %s: %s", path, exc)
 
 
-def _atomic_write(path: Path, data: bytes, compress: bool) -> None:
+def atomic_write(path: Path, data: bytes, compress: bool) -> None:
     """Write to a temporary name, fsync, rename, fsync the folder: all or nothing."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
