@@ -26,7 +26,7 @@ from wattchecker_client.uploader import (
 )
 from wattchecker_client.writer import Writer
 
-from .conftest import Emulator
+from .conftest import Emulator, run_cli
 
 T0 = dt.datetime(2026, 7, 1, 0, 0, 0)
 TABLE = f"{Emulator.PROJECT}.wattchecker.power"
@@ -275,3 +275,68 @@ def test_retention_without_bigquery_deletes_old_hours(tmp_path):
     uploader = Uploader(tmp_path, None, FakeClock(T0 + dt.timedelta(days=31)), retention_days=30)
     uploader.delete_expired()
     assert list(tmp_path.glob("*.gz")) == [] and uploader.stats.deleted == 2
+
+
+# --- the upload command ----------------------------------------------------------------
+
+
+def write_config_file(path: Path, config_text: str) -> Path:
+    path.write_text(config_text)
+    return path
+
+
+def upload_config(emulator, tmp_path) -> Path:
+    text = (
+        f"general:\n  data_dir: {json.dumps(str(tmp_path / 'data'))}\n  data_format: [csv, json]\n"
+        "device:\n  address: sim://\n"
+        f"bigquery:\n  dataset_id: wattchecker\n  table_id: power\n  project_id: {Emulator.PROJECT}\n"
+        f"  api_endpoint: {emulator.url}\n  create_table: true\n"
+    )
+    return write_config_file(tmp_path / "config.yaml", text)
+
+
+def test_upload_command_dry_run_then_upload_then_nothing_left(emulator, tmp_path):
+    emulator.start()
+    written = write_hours(tmp_path / "data", 3)
+    config = str(upload_config(emulator, tmp_path))
+    dry = run_cli("upload", "--config", config, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout == "would upload 3 hour file(s), 180 rows; skipped 0 already uploaded; failed 0\n"
+    assert not (tmp_path / "data" / "uploaded.json").exists()
+    real = run_cli("upload", "--config", config)
+    assert real.returncode == 0, real.stderr
+    assert real.stdout == "uploaded 3 hour file(s), 180 rows; skipped 0 already uploaded; failed 0\n"
+    assert table_totals(emulator)[0] == len(written)
+    named = run_cli("upload", "--config", config, *map(str, (tmp_path / "data").glob("*.json.*.gz")))
+    assert named.stdout == "uploaded 0 hour file(s), 0 rows; skipped 3 already uploaded; failed 0\n"
+    assert table_totals(emulator)[0] == len(written)
+
+
+def test_upload_command_resends_a_file_from_failed_after_it_is_fixed(emulator, tmp_path):
+    emulator.start()
+    write_hours(tmp_path / "data", 1)
+    data = tmp_path / "data"
+    good = {p.name: p.read_bytes() for p in data.glob("*.gz")}
+    for path in data.glob("*.gz"):
+        path.write_bytes(b"not gzip")
+    config = str(upload_config(emulator, tmp_path))
+    broken = run_cli("upload", "--config", config)
+    assert broken.returncode == 1
+    assert broken.stdout == "uploaded 0 hour file(s), 0 rows; skipped 0 already uploaded; failed 1 (see failed/)\n"
+    for name, content in good.items():  # the user restores the files from a backup
+        (data / "failed" / name).write_bytes(content)
+    again = run_cli("upload", "--config", config, *map(str, (data / "failed").glob("*.gz")))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("uploaded 1 hour file(s), 60 rows")
+    assert sorted(p.name for p in (data / "failed").iterdir()) == []
+    assert len(list(data.glob("*.gz"))) == 2
+
+
+def test_upload_command_with_bigquery_down_leaves_everything_queued(tmp_path):
+    emulator = Emulator(tmp_path)  # never started: nothing listens there
+    write_hours(tmp_path / "data", 2)
+    result = run_cli("upload", "--config", str(upload_config(emulator, tmp_path)), timeout=120)
+    assert result.returncode == 1
+    assert result.stdout.endswith("; 2 left queued: BigQuery could not be reached\n")
+    assert not (tmp_path / "data" / "uploaded.json").exists()
+    assert len(list((tmp_path / "data").glob("*.gz"))) == 4

@@ -382,7 +382,6 @@ class Uploader:
         *,
         max_backoff: float = 3600.0,
         retention_days: Optional[int] = None,
-        dry_run: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.target = target
@@ -390,7 +389,6 @@ class Uploader:
         self.ledger = Ledger(data_dir)
         self.backoff = Backoff(1.0, max_backoff)
         self.retention_days = retention_days
-        self.dry_run = dry_run
         self.stats = UploadStats()
         self._queued: Dict[str, HourFile] = {}
         self._next_try = 0.0
@@ -426,8 +424,6 @@ class Uploader:
             return "skipped", 0
         try:
             source, rows = readable_rows(hour_file)
-            if self.dry_run or self.target is None:
-                return "skipped", len(rows)
             table = self._table()
             columns = [f.name for f in table.schema]
             body = csv_body(rows, columns, hour_file.meter_suffix or "wattchecker")
@@ -454,7 +450,16 @@ class Uploader:
         self.stats.uploaded += 1
         self.stats.rows += loaded
         log.info("uploaded %s: %d rows into %s", hour_file.key, loaded, self.target.table_ref)
+        self._restore_if_failed_before(hour_file)
         return "uploaded", loaded
+
+    def _restore_if_failed_before(self, hour_file: HourFile) -> None:
+        """A file re-sent from failed/ goes back beside the others, its .reason removed."""
+        failed = self.data_dir / FAILED_DIR
+        for path in hour_file.sources:
+            if path.parent == failed and path.exists():
+                shutil.move(str(path), str(self.data_dir / path.name))
+        (failed / f"{hour_file.key}.reason").unlink(missing_ok=True)
 
     def _table(self):
         """The table; trouble reaching or creating it is never the file's fault: retry later."""
