@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import fill_disk, run_cli, tmpfs, wait_for, write_config
+from .conftest import Emulator, fill_disk, run_cli, tmpfs, wait_for, write_config
 from .datacheck import check_data_dir, closed_hours, read
 
 SEED = 7
@@ -174,3 +175,45 @@ def test_a_full_disk_keeps_rows_in_memory_until_space_returns(daemons, tmp_path)
         assert log.count("cannot write") == 1  # once per outage, not once per flush
         seconds = check_data_dir(data_dir, SEED)["json"]
         assert len(seconds) == final_rows_received(log)  # nothing lost
+
+
+def ledger_keys(data_dir: Path) -> set:
+    path = data_dir / "uploaded.json"
+    return set(json.loads(path.read_text())["uploaded"]) if path.exists() else set()
+
+
+def rows_in_uploaded_files(data_dir: Path) -> list:
+    """The JSON rows of every closed hour the ledger says is in BigQuery."""
+    rows = []
+    for key in ledger_keys(data_dir):
+        stem, rest = key.split(".", 1)
+        rows += [json.loads(line) for line in read(data_dir / f"{stem}.json.{rest}.gz")]
+    return rows
+
+
+def test_uploads_heal_through_an_emulator_that_starts_late_and_gets_killed(emulator, simulator, daemons, tmp_path):
+    (address,) = simulator(*FAST).addresses
+    data_dir = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", data_dir, address)
+    with open(config, "a") as f:
+        f.write(
+            f"bigquery:\n  dataset_id: wattchecker\n  table_id: power\n  project_id: {Emulator.PROJECT}\n"
+            f"  api_endpoint: {emulator.url}\n  create_table: true\n  max_backoff: 2\n"
+        )
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(closed_hours(data_dir, "json")) >= 2, what="two closed hours while BigQuery is down")
+    assert ledger_keys(data_dir) == set()
+    emulator.start()  # BigQuery comes back: the backlog heals by itself
+    wait_for(lambda: len(ledger_keys(data_dir)) >= 2, timeout=60, what="the backlog uploaded")
+    emulator.stop(signal.SIGKILL)  # and dies again, perhaps mid-upload
+    closed_while_dead = len(closed_hours(data_dir, "json"))
+    wait_for(lambda: len(closed_hours(data_dir, "json")) > closed_while_dead, what="an hour closed while down")
+    emulator.start()
+    wait_for(lambda: len(ledger_keys(data_dir)) > closed_while_dead - 1, timeout=60, what="uploads after the restart")
+    assert daemon.stop() == 0, daemon.stderr()
+    rows = rows_in_uploaded_files(data_dir)
+    ((count, watts),) = emulator.query(f"SELECT COUNT(*), SUM(W) FROM `{Emulator.PROJECT}.wattchecker.power`")
+    assert count == len(rows)  # exactly the rows of the uploaded files: none twice, none missing
+    assert watts == pytest.approx(sum(r["W"] for r in rows))
+    assert "must wait" in daemon.stderr() and "BigQuery reachable again" in daemon.stderr()
+    assert re.search(r"final status uploader: uploaded=\d+", daemon.stderr())

@@ -1,0 +1,135 @@
+"""A 30-day backlog (720 hourly files of 3,600 rows) uploaded to the BigQuery emulator.
+
+Run: .venv/bin/python benchmarks/upload.py [--days 30]
+
+Makes the files with the real writer, starts the crucible emulator on a free
+loopback port, and uploads the backlog with the real uploader (load jobs over
+HTTP through google-cloud-bigquery). Then runs the daemon with BigQuery
+configured for a few seconds and reads its peak RSS. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from wattchecker_client.clock import Clock, FakeClock
+from wattchecker_client.config import parse_config
+from wattchecker_client.simulator import air_conditioner
+from wattchecker_client.uploader import BigQueryTarget, Uploader, csv_body, readable_rows
+from wattchecker_client.writer import Writer
+
+START = dt.datetime(2026, 6, 1)
+PROJECT = "bench"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_backlog(data_dir: Path, hours: int) -> int:
+    writer = Writer(data_dir, {"wattchecker": "wattchecker-data"}, ["json"], FakeClock(START))
+    writer.recover()
+    for h in range(hours):
+        for s in range(3600):
+            writer.add("wattchecker", air_conditioner(START + dt.timedelta(hours=h, seconds=s)))
+        writer.flush()
+    for fs in writer.all_sets():
+        fs.close_current()
+    return hours * 3600
+
+
+def config_text(data_dir: Path, url: str, address: str = "sim://") -> str:
+    return (
+        f"general:\n  data_dir: {json.dumps(str(data_dir))}\n  data_format: [json]\n"
+        f"device:\n  address: {json.dumps(address)}\n"
+        f"bigquery:\n  dataset_id: wattchecker\n  table_id: power\n  project_id: {PROJECT}\n"
+        f"  api_endpoint: {url}\n  create_table: true\n"
+    )
+
+
+def wait_for_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the emulator did not start")
+
+
+def daemon_rss_mib(workdir: Path, url: str) -> float:
+    config = workdir / "daemon.yaml"
+    config.write_text(config_text(workdir / "daemon-data", url))
+    err = open(workdir / "daemon.err", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "wattchecker_client", "run", "--config", str(config)], stderr=err)
+    try:
+        while "running:" not in Path(err.name).read_text():
+            time.sleep(0.1)
+        time.sleep(5)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--days", type=float, default=30)
+    args = parser.parse_args()
+    hours = int(args.days * 24)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        data_dir = workdir / "data"
+        begin = time.perf_counter()
+        rows = make_backlog(data_dir, hours)
+        made = time.perf_counter() - begin
+        port = free_port()
+        crucible = Path(sys.executable).parent / "crucible"
+        emulator = subprocess.Popen(
+            [str(crucible), "serve", "--dialect", "bigquery", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(port)
+            url = f"http://127.0.0.1:{port}"
+            config = parse_config(config_text(data_dir, url))
+            uploader = Uploader(data_dir, BigQueryTarget(config.bigquery, False), Clock())
+            backlog = uploader.backlog()
+            begin = time.perf_counter()
+            for hour_file in backlog:  # the client's own share: read the .gz, build the CSV body
+                csv_body(readable_rows(hour_file)[1], ["datetime", "V", "mA", "W"], "wattchecker")
+            prepare = time.perf_counter() - begin
+            begin = time.perf_counter()
+            uploader.queue(backlog)
+            while uploader.step():
+                pass
+            elapsed = time.perf_counter() - begin
+            stats = uploader.stats
+            rss = daemon_rss_mib(workdir, url)
+        finally:
+            emulator.send_signal(signal.SIGTERM)
+            emulator.wait(30)
+    print(f"backlog: {len(backlog)} hourly files, {rows} rows (made by the writer in {made:.1f} s)")
+    print(f"uploaded {stats.uploaded} files, {stats.rows} rows in {elapsed:.1f} s: "
+          f"{stats.rows / elapsed:,.0f} rows/s, {elapsed / max(1, stats.uploaded):.2f} s per hourly file "
+          f"(failed {stats.failed}, retries {stats.retries})")
+    print(f"of which the client's own work (read .gz, build CSV): {prepare:.1f} s, "
+          f"{rows / prepare:,.0f} rows/s; the rest is HTTP and the emulator's load")
+    print(f"daemon peak RSS with BigQuery configured: {rss:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
