@@ -217,3 +217,15 @@ def test_uploads_heal_through_an_emulator_that_starts_late_and_gets_killed(emula
     assert watts == pytest.approx(sum(r["W"] for r in rows))
     assert "must wait" in daemon.stderr() and "BigQuery reachable again" in daemon.stderr()
     assert re.search(r"final status uploader: uploaded=\d+", daemon.stderr())
+
+
+def test_an_unreadable_key_file_stops_start_up_with_one_line(tmp_path):
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://")
+    with open(config, "a") as f:
+        f.write("bigquery:\n  service_account_json: missing-key.json\n  dataset_id: d\n  table_id: t\n")
+    result = run_cli("run", "--config", str(config), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"wattchecker-client: error: bigquery.service_account_json: cannot read {tmp_path / 'missing-key.json'}: "
+        "No such file or directory"
+    )
