@@ -340,3 +340,17 @@ def test_upload_command_with_bigquery_down_leaves_everything_queued(tmp_path):
     assert result.stdout.endswith("; 2 left queued: BigQuery could not be reached\n")
     assert not (tmp_path / "data" / "uploaded.json").exists()
     assert len(list((tmp_path / "data").glob("*.gz"))) == 4
+
+
+def test_an_unreadable_ledger_is_set_aside_and_rebuilt_without_double_loads(emulator, tmp_path, caplog):
+    emulator.start()
+    written = write_hours(tmp_path, 2)
+    drain(uploader_for(emulator, tmp_path))
+    (tmp_path / "uploaded.json").write_text("{ torn")
+    rebuilt = uploader_for(emulator, tmp_path)
+    assert "uploaded.json was unreadable" in caplog.text
+    assert (tmp_path / "uploaded.json.unreadable").read_text() == "{ torn"
+    drain(rebuilt)  # both hours found in BigQuery by their job ids (409), adopted
+    assert rebuilt.stats.uploaded == 2
+    assert table_totals(emulator)[0] == len(written)
+    assert len(json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]) == 2

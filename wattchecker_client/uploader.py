@@ -188,7 +188,13 @@ class Ledger:
         except FileNotFoundError:
             self._entries = {}
         except (ValueError, AttributeError) as exc:
-            raise SetupError(f"{self.path}: unreadable upload ledger ({exc}); move it aside to rebuild it") from None
+            # Starting afresh is safe: job ids are deterministic, so an hour
+            # already in BigQuery is found (409) and adopted, never loaded twice.
+            aside = self.path.with_name(LEDGER_NAME + ".unreadable")
+            os.replace(self.path, aside)
+            log.error("%s was unreadable (%s): moved to %s; rebuilding it from BigQuery's jobs",
+                      self.path, exc, aside.name)
+            self._entries = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
@@ -233,9 +239,9 @@ def classify(exc: BaseException) -> Exception:
         return PermanentError(message)
     if type(exc).__module__.startswith(("requests", "urllib3", "google.auth")):
         return TransientError(message)
-    if isinstance(exc, api.GoogleAPICallError):
-        return TransientError(message)
-    return PermanentError(message)
+    # Anything else (a new error type, a bug): keep the file; a wrong guess here
+    # must cost a retry, never a file.
+    return TransientError(message)
 
 
 class BigQueryTarget:
@@ -524,10 +530,15 @@ class Uploader:
                 log.info("upload backlog: %d hour(s)", len(self._queued))
         next_retention = 0.0
         while not stop.is_set():
-            if self.clock.monotonic() >= next_retention:
-                self.delete_expired()
-                next_retention = self.clock.monotonic() + 3600
-            busy = self.target is not None and self.step()
+            try:
+                if self.clock.monotonic() >= next_retention:
+                    next_retention = self.clock.monotonic() + 3600
+                    self.delete_expired()
+                busy = self.target is not None and self.step()
+            except Exception:  # a full disk moving a file, ...: log it, wait, go on
+                log.exception("uploader step failed; retrying later")
+                self._next_try = self.clock.monotonic() + self.backoff.next_delay()
+                busy = False
             closed = self.clock.get(closed_files, timeout=0 if busy else 1.0)
             if closed is not None and self.target is not None:
                 self.announced(closed)
