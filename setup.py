@@ -14,6 +14,7 @@ setup(
     ],
     extras_require={
         "bigquery": ["google-cloud-bigquery>=3.0"],
+        "report": ["matplotlib>=3.5"],
         "test": [
             "pytest>=7",
             "hypothesis>=6.50",

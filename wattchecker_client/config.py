@@ -64,11 +64,19 @@ class BigQueryConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    timezone: str
+    price: float
+    currency: str
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     general: GeneralConfig
     devices: Tuple[DeviceConfig, ...]
     bigquery: Optional[BigQueryConfig]
+    report: ReportConfig
     # Meters listed under ``devices:`` get file sets named after them; a
     # single ``device:`` keeps the original client's file names.
     named_files: bool = False
@@ -130,6 +138,14 @@ def bigquery_id(value: Any) -> str:
     value = text(value)
     if not re.match(r"^[A-Za-z0-9_.:-]{1,1024}$", value):
         raise ValueError(f"{value!r} has characters BigQuery does not allow in names")
+    return value
+
+
+def zone_name(value: Any) -> str:
+    from .report import time_zone
+
+    value = text(value)
+    time_zone(value)
     return value
 
 
@@ -212,7 +228,12 @@ BIGQUERY: Spec = {
     "create_table": (boolean, False),
     "max_backoff": (number(), 3600.0),
 }
-TOP_LEVEL = ("general", "device", "devices", "bigquery")
+REPORT: Spec = {
+    "timezone": (zone_name, "Asia/Tokyo"),
+    "price": (number(0, exclusive=False), 25.0),
+    "currency": (text, "JPY"),
+}
+TOP_LEVEL = ("general", "device", "devices", "bigquery", "report")
 
 
 # --- loading -------------------------------------------------------------------------
@@ -329,7 +350,8 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
         if values["service_account_json"] is not None:
             values["service_account_json"] = (base / values["service_account_json"]).resolve()
         bigquery = BigQueryConfig(**values)
-    return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, "devices" in data)
+    report = ReportConfig(**_section(ctx, ["report"], data.get("report"), REPORT))
+    return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, report, "devices" in data)
 
 
 def load_config(path: str) -> Config:

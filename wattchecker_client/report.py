@@ -1,0 +1,279 @@
+"""kWh and cost per local day, Wh per local hour, streamed from the data dir's files.
+
+Energy is the integral of W over time, each row holding for its own time
+step: the gap to the next row, when that is at most ``MAX_STEP`` seconds.
+A longer step is a gap: the row counts for one second, the rest of the step
+is missing coverage, never filled in. Rows are UTC; days and hours are split
+in the chosen time zone, DST days included. Files are read one hour at a time.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import gzip
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+try:
+    import zoneinfo
+except ImportError:  # pragma: no cover - Python 3.9 has it; keep the error clear anyway
+    zoneinfo = None  # type: ignore[assignment]
+
+from .uploader import closed_files_in, parse_closed
+from .writer import HOUR
+
+log = logging.getLogger(__name__)
+
+MAX_STEP = 5  # seconds
+DAY_SECONDS = 86400
+
+
+@dataclass
+class DayTotal:
+    """One local day of one meter."""
+
+    day: dt.date
+    watt_seconds: float = 0.0
+    covered_seconds: float = 0.0
+    peak_watts: float = 0.0
+
+    @property
+    def kwh(self) -> float:
+        return self.watt_seconds / 3_600_000
+
+    @property
+    def hours_covered(self) -> float:
+        return self.covered_seconds / 3600
+
+
+@dataclass
+class MeterReport:
+    meter: str
+    days: Dict[dt.date, DayTotal] = field(default_factory=dict)
+    hourly_wh: Dict[dt.datetime, float] = field(default_factory=dict)  # local hour -> Wh
+    problems: List[str] = field(default_factory=list)
+    rows: int = 0
+
+    def total(self) -> DayTotal:
+        total = DayTotal(dt.date.min)
+        for d in self.days.values():
+            total.watt_seconds += d.watt_seconds
+            total.covered_seconds += d.covered_seconds
+            total.peak_watts = max(total.peak_watts, d.peak_watts)
+        return total
+
+
+def time_zone(name: str) -> dt.tzinfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use a name such as Asia/Tokyo)") from None
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def parse_line(line: str) -> Tuple[int, float]:
+    """(second within its hour, W) of a CSV or JSON row, without a full parse: the hot path."""
+    if line.startswith("{"):
+        second_of_hour = int(line[28:30]) * 60 + int(line[31:33])
+        return second_of_hour, float(line.rsplit(":", 1)[1].rstrip("}\n "))
+    return int(line[14:16]) * 60 + int(line[17:19]), float(line.rsplit(",", 1)[1])
+
+
+def hour_of_line(line: str) -> dt.datetime:
+    stamp = line[14:27] if line.startswith("{") else line[:13]
+    return dt.datetime.strptime(stamp, "%Y-%m-%d %H")
+
+
+def read_hour(path: Path) -> List[Tuple[int, float]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [parse_line(line) for line in f if line.strip()]
+
+
+class HourSources:
+    """Every file holding rows of one UTC hour of one meter: closed, late parts, current."""
+
+    def __init__(self) -> None:
+        self.by_hour: Dict[dt.datetime, Dict[int, Dict[str, Path]]] = {}
+
+    def add(self, hour: dt.datetime, part: int, fmt: str, path: Path) -> None:
+        self.by_hour.setdefault(hour, {}).setdefault(part, {})[fmt] = path
+
+    def rows(self, hour: dt.datetime, problems: List[str]) -> List[Tuple[int, float]]:
+        """The hour's rows in time order; an unreadable file falls back to its other format."""
+        rows: List[Tuple[int, float]] = []
+        for part in sorted(self.by_hour[hour]):
+            formats = self.by_hour[hour][part]
+            for fmt in ("csv", "json"):  # CSV is smaller and quicker; W to 0.01 is plenty for kWh
+                path = formats.get(fmt)
+                if path is None:
+                    continue
+                try:
+                    rows += read_hour(path)
+                    break
+                except (OSError, EOFError, zlib.error, ValueError, IndexError) as exc:
+                    problems.append(f"{path.name}: skipped, unreadable ({type(exc).__name__}: {exc})")
+        rows.sort()
+        return rows
+
+
+def sources_for(data_dir: Path, stem: str) -> HourSources:
+    sources = HourSources()
+    for path in closed_files_in(data_dir):
+        parsed = parse_closed(path)
+        if parsed and parsed[0] == stem:
+            sources.add(parsed[2], parsed[3], parsed[1], path)
+    for fmt in ("csv", "json"):
+        current = data_dir / f"{stem}.{fmt}"
+        try:
+            with open(current, encoding="utf-8") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            continue
+        if first.strip():
+            sources.add(hour_of_line(first), 10_000, fmt, current)  # after any closed part
+    return sources
+
+
+# --- integrating ---------------------------------------------------------------------
+
+
+def epoch(when: dt.datetime) -> int:
+    return calendar.timegm(when.timetuple())
+
+
+class Integrator:
+    """Accumulates one meter's rows, in time order, into local days and hours."""
+
+    def __init__(self, report: MeterReport, tz: dt.tzinfo, start: int, end: int) -> None:
+        self.report = report
+        self.tz = tz
+        self.start, self.end = start, end  # UTC epoch seconds, end exclusive
+        self.prev: Optional[Tuple[int, float]] = None
+
+    def offset(self, t: int) -> int:
+        utc = dt.datetime.fromtimestamp(t, dt.timezone.utc)
+        return int(utc.astimezone(self.tz).utcoffset().total_seconds())
+
+    def add_hour(self, hour_start: int, rows: Sequence[Tuple[int, float]]) -> None:
+        # One zone offset serves the whole hour unless it changes inside it (a DST switch).
+        off_start, off_end = self.offset(hour_start), self.offset(hour_start + 3599)
+        for second, watts in rows:
+            t = hour_start + second
+            if not self.start <= t < self.end:
+                continue
+            self.report.rows += 1
+            if self.prev is not None:
+                self._credit(t - self.prev[0])
+            self.prev = (t, watts)
+            self._offset_now = off_start if off_start == off_end else self.offset(t)
+
+    def finish(self) -> None:
+        if self.prev is not None:
+            self._credit(None)
+            self.prev = None
+
+    def _credit(self, step: Optional[int]) -> None:
+        """The previous row holds for its step, or one second before a gap."""
+        t, watts = self.prev
+        if step is not None and step <= 0:
+            return
+        seconds = step if step is not None and step <= MAX_STEP else 1
+        local = t + self._offset_now
+        day = dt.date(1970, 1, 1) + dt.timedelta(days=local // DAY_SECONDS)
+        total = self.report.days.get(day)
+        if total is None:
+            total = self.report.days[day] = DayTotal(day)
+        total.watt_seconds += watts * seconds
+        total.covered_seconds += seconds
+        if watts > total.peak_watts:
+            total.peak_watts = watts
+        hour = dt.datetime(1970, 1, 1) + dt.timedelta(hours=local // 3600)
+        self.report.hourly_wh[hour] = self.report.hourly_wh.get(hour, 0.0) + watts * seconds / 3600
+
+
+def local_midnight_utc(day: dt.date, tz: dt.tzinfo) -> int:
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=tz).timestamp())
+
+
+def meter_report(
+    data_dir: Path,
+    stem: str,
+    meter: str,
+    tz: dt.tzinfo,
+    first_day: Optional[dt.date] = None,
+    last_day: Optional[dt.date] = None,
+) -> MeterReport:
+    """One meter's days between ``first_day`` and ``last_day`` (local dates, inclusive)."""
+    report = MeterReport(meter)
+    start = local_midnight_utc(first_day, tz) if first_day else -(2**62)
+    end = local_midnight_utc(last_day + dt.timedelta(days=1), tz) if last_day else 2**62
+    sources = sources_for(data_dir, stem)
+    integrator = Integrator(report, tz, start, end)
+    for hour in sorted(sources.by_hour):
+        hour_start = epoch(hour)
+        if hour_start + 3600 <= start or hour_start >= end:
+            continue
+        integrator.add_hour(hour_start, sources.rows(hour, report.problems))
+    integrator.finish()
+    return report
+
+
+# --- output --------------------------------------------------------------------------
+
+
+def table(report: MeterReport, tz_name: str, price: float, currency: str) -> Iterator[str]:
+    yield f"meter {report.meter}: {tz_name} days, {price:g} {currency}/kWh"
+    yield f"{'date':<10}  {'kWh':>9}  {'cost ' + currency:>11}  {'hours':>6}  {'peak W':>8}"
+    for day in sorted(report.days):
+        d = report.days[day]
+        yield f"{day.isoformat():<10}  {d.kwh:>9.3f}  {d.kwh * price:>11.2f}  {d.hours_covered:>6.1f}  {d.peak_watts:>8.1f}"
+    total = report.total()
+    yield f"{'total':<10}  {total.kwh:>9.3f}  {total.kwh * price:>11.2f}  {total.hours_covered:>6.1f}  {total.peak_watts:>8.1f}"
+
+
+def csv_rows(report: MeterReport, price: float) -> Iterator[str]:
+    for day in sorted(report.days):
+        d = report.days[day]
+        yield f"{day.isoformat()},{report.meter},{d.kwh:.6f},{d.kwh * price:.4f},{d.hours_covered:.4f},{d.peak_watts}"
+
+
+# --- the BigQuery view ---------------------------------------------------------------------
+
+
+def bigquery_view_sql(table_ref: str, tz_name: str, price: float, several_meters: bool) -> str:
+    """A view with the same per-day numbers from the uploaded table (for Looker Studio)."""
+    device = "device" if several_meters else "'all' AS device"
+    view = table_ref.rsplit(".", 1)[0] + ".wattchecker_daily"
+    return f"""CREATE OR REPLACE VIEW `{view}` AS
+WITH params AS (
+  SELECT '{tz_name}' AS tz, {float(price)!r} AS price_per_kwh, {MAX_STEP} AS max_step_seconds
+),
+readings AS (
+  SELECT CAST(datetime AS TIMESTAMP) AS t, W, {device}
+  FROM `{table_ref}`
+),
+steps AS (
+  SELECT device, t, W,
+    TIMESTAMP_DIFF(LEAD(t) OVER (PARTITION BY device ORDER BY t), t, SECOND) AS step
+  FROM readings
+),
+held AS (
+  SELECT device, DATE(t, (SELECT tz FROM params)) AS day, W,
+    IF(step IS NOT NULL AND step <= (SELECT max_step_seconds FROM params), step, 1) AS seconds
+  FROM steps
+)
+SELECT device, day,
+  SUM(W * seconds) / 3600000 AS kwh,
+  SUM(W * seconds) / 3600000 * (SELECT price_per_kwh FROM params) AS cost,
+  SUM(seconds) / 3600 AS hours_covered,
+  MAX(W) AS peak_w
+FROM held
+GROUP BY device, day
+"""
