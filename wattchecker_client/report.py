@@ -24,7 +24,6 @@ except ImportError:  # pragma: no cover - Python 3.9 has it; keep the error clea
     zoneinfo = None  # type: ignore[assignment]
 
 from .uploader import closed_files_in, parse_closed
-from .writer import HOUR
 
 log = logging.getLogger(__name__)
 
