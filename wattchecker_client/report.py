@@ -148,13 +148,22 @@ def epoch(when: dt.datetime) -> int:
 
 
 class Integrator:
-    """Accumulates one meter's rows, in time order, into local days and hours."""
+    """Accumulates one meter's rows, in time order, into local days and hours.
+
+    The hot path works in integer seconds and day/hour indices; dates are
+    made once, at the end.
+    """
 
     def __init__(self, report: MeterReport, tz: dt.tzinfo, start: int, end: int) -> None:
         self.report = report
         self.tz = tz
         self.start, self.end = start, end  # UTC epoch seconds, end exclusive
         self.prev: Optional[Tuple[int, float]] = None
+        self._offset = 0  # the zone's offset at the previous row
+        self._days: Dict[int, DayTotal] = {}
+        self._hours: Dict[int, float] = {}
+        self._day_index: Optional[int] = None
+        self._day: Optional[DayTotal] = None
 
     def offset(self, t: int) -> int:
         utc = dt.datetime.fromtimestamp(t, dt.timezone.utc)
@@ -171,12 +180,19 @@ class Integrator:
             if self.prev is not None:
                 self._credit(t - self.prev[0])
             self.prev = (t, watts)
-            self._offset_now = off_start if off_start == off_end else self.offset(t)
+            self._offset = off_start if off_start == off_end else self.offset(t)
 
     def finish(self) -> None:
         if self.prev is not None:
             self._credit(None)
             self.prev = None
+        epoch_day = dt.date(1970, 1, 1)
+        for index, total in self._days.items():
+            total.day = epoch_day + dt.timedelta(days=index)
+            self.report.days[total.day] = total
+        epoch_hour = dt.datetime(1970, 1, 1)
+        for index, wh in self._hours.items():
+            self.report.hourly_wh[epoch_hour + dt.timedelta(hours=index)] = wh
 
     def _credit(self, step: Optional[int]) -> None:
         """The previous row holds for its step, or one second before a gap."""
@@ -184,17 +200,21 @@ class Integrator:
         if step is not None and step <= 0:
             return
         seconds = step if step is not None and step <= MAX_STEP else 1
-        local = t + self._offset_now
-        day = dt.date(1970, 1, 1) + dt.timedelta(days=local // DAY_SECONDS)
-        total = self.report.days.get(day)
-        if total is None:
-            total = self.report.days[day] = DayTotal(day)
-        total.watt_seconds += watts * seconds
-        total.covered_seconds += seconds
-        if watts > total.peak_watts:
-            total.peak_watts = watts
-        hour = dt.datetime(1970, 1, 1) + dt.timedelta(hours=local // 3600)
-        self.report.hourly_wh[hour] = self.report.hourly_wh.get(hour, 0.0) + watts * seconds / 3600
+        local = t + self._offset
+        day_index = local // DAY_SECONDS
+        if day_index != self._day_index:
+            self._day_index = day_index
+            self._day = self._days.get(day_index)
+            if self._day is None:
+                self._day = self._days[day_index] = DayTotal(dt.date.min)
+        day = self._day
+        energy = watts * seconds
+        day.watt_seconds += energy
+        day.covered_seconds += seconds
+        if watts > day.peak_watts:
+            day.peak_watts = watts
+        hour_index = local // 3600
+        self._hours[hour_index] = self._hours.get(hour_index, 0.0) + energy / 3600
 
 
 def local_midnight_utc(day: dt.date, tz: dt.tzinfo) -> int:
