@@ -22,6 +22,7 @@ setup(
             # The BigQuery emulator for the uploader's tests; it needs Python 3.11+,
             # and those tests skip without it.
             "crucible-emulator[server]==0.1.0a2; python_version >= '3.11'",
+            "matplotlib>=3.5",  # to render the report's chart in a test
         ],
     },
     entry_points={"console_scripts": ["wattchecker-client=wattchecker_client.cli:main"]},
