@@ -1,4 +1,4 @@
-"""Command line: ``wattchecker-client read|simulate ...``."""
+"""Command line: `wattchecker-client read|simulate|run|demo|check-config|upload|report ...`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import dataclasses
 import json
 import logging
 import os
-from pathlib import Path
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
