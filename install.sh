@@ -69,7 +69,7 @@ say "installing into $target"
 mkdir -p "$target/log"
 cp "$src/README.md" "$src/config_sample.yaml" "$target/"
 [ -x "$target/venv/bin/python" ] || "$python" -m venv "$target/venv"
-"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$src"
+"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$src[bigquery]"
 
 if [ ! -e "$target/config.yaml" ]; then
     say "writing $prefix/config.yaml from the sample"
