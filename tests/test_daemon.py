@@ -215,8 +215,9 @@ def test_uploads_heal_through_an_emulator_that_starts_late_and_gets_killed(emula
     ((count, watts),) = emulator.query(f"SELECT COUNT(*), SUM(W) FROM `{Emulator.PROJECT}.wattchecker.power`")
     assert count == len(rows)  # exactly the rows of the uploaded files: none twice, none missing
     assert watts == pytest.approx(sum(r["W"] for r in rows))
-    assert "must wait" in daemon.stderr() and "BigQuery reachable again" in daemon.stderr()
-    assert re.search(r"final status uploader: uploaded=\d+", daemon.stderr())
+    # (whether the first attempts were logged as waiting depends on the client's own
+    # 15 s of quick retries overlapping the emulator's start: not asserted)
+    assert re.search(r"final status uploader: uploaded=[1-9]\d*", daemon.stderr())
 
 
 def test_an_unreadable_key_file_stops_start_up_with_one_line(tmp_path):
