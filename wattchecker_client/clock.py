@@ -6,11 +6,17 @@ hours of behaviour in milliseconds.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import queue
 import threading
 import time
 from typing import Any, Optional
+
+
+def utc_epoch(when: dt.datetime) -> int:
+    """Whole seconds since 1970 of a naive UTC datetime (what the meter and files use)."""
+    return calendar.timegm(when.timetuple())
 
 
 class Clock:

@@ -7,7 +7,6 @@ reconnects with backoff, and yields each new measurement once.
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
 import logging
 import math
@@ -17,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Callable, Iterator, Optional
 
 from . import protocol
-from .clock import Clock
+from .clock import Clock, utc_epoch
 from .protocol import Frame, FrameDecoder, Measurement, MeasurementError
 from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, RfcommFactory, link_opener
 
@@ -183,7 +182,7 @@ class MeterSession:
 
 def seconds_until_next_tick(now: dt.datetime, interval: float) -> float:
     """Time to the next multiple of ``interval`` on the wall clock, so polls do not drift."""
-    epoch = calendar.timegm(now.timetuple()) + now.microsecond / 1e6
+    epoch = utc_epoch(now) + now.microsecond / 1e6
     next_tick = math.floor(epoch / interval + 1e-9) * interval + interval
     return max(0.0, next_tick - epoch)
 

@@ -9,9 +9,7 @@ in the chosen time zone, DST days included. Files are read one hour at a time.
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
-import gzip
 import logging
 import zlib
 from dataclasses import dataclass, field
@@ -23,7 +21,9 @@ try:
 except ImportError:  # pragma: no cover - Python 3.9 has it; keep the error clear anyway
     zoneinfo = None  # type: ignore[assignment]
 
-from .uploader import closed_files_in, parse_closed
+from .clock import utc_epoch
+from .uploader import closed_files_in
+from .writer import open_text, parse_closed
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ def hour_of_line(line: str) -> dt.datetime:
 
 
 def read_hour(path: Path) -> List[Tuple[int, float]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with open_text(path) as f:
         return [parse_line(line) for line in f if line.strip()]
 
 
@@ -141,10 +140,6 @@ def sources_for(data_dir: Path, stem: str) -> HourSources:
 
 
 # --- integrating ---------------------------------------------------------------------
-
-
-def epoch(when: dt.datetime) -> int:
-    return calendar.timegm(when.timetuple())
 
 
 class Integrator:
@@ -236,7 +231,7 @@ def meter_report(
     sources = sources_for(data_dir, stem)
     integrator = Integrator(report, tz, start, end)
     for hour in sorted(sources.by_hour):
-        hour_start = epoch(hour)
+        hour_start = utc_epoch(hour)
         if hour_start + 3600 <= start or hour_start >= end:
             continue
         integrator.add_hour(hour_start, sources.rows(hour, report.problems))

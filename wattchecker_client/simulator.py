@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Tuple
 from urllib.parse import parse_qsl, urlsplit
 
 from . import protocol
-from .clock import Clock
+from .clock import Clock, utc_epoch
 from .protocol import FrameDecoder, Measurement
 from .transport import Link, LinkError, LinkTimeout, SetupError, make_raw, socket_link
 
@@ -108,7 +108,7 @@ def air_conditioner(when: dt.datetime, seed: int = 1) -> Measurement:
     A pure function of the meter's second, so repeated polls within one second
     agree, and a run can be replayed from its seed.
     """
-    t = calendar_seconds(when)
+    t = utc_epoch(when)
     rng = random.Random(seed * 1_000_003 + t)
     volts = 101.5 + 1.5 * math.sin(2 * math.pi * (t % 86400) / 86400) + rng.uniform(-0.3, 0.3)
     if 15 <= when.hour < 22:  # 00:00-07:00 in Japan: switched off, standby only
@@ -126,10 +126,6 @@ def air_conditioner(when: dt.datetime, seed: int = 1) -> Measurement:
             watts, power_factor = rng.uniform(22.0, 28.0), 0.6
     milliamps = watts / (volts * power_factor) * 1000
     return protocol.quantize(Measurement(when, volts, milliamps, watts))
-
-
-def calendar_seconds(when: dt.datetime) -> int:
-    return int((when - dt.datetime(1970, 1, 1)).total_seconds())
 
 
 # --- the meter ------------------------------------------------------------------

@@ -35,7 +35,7 @@ from .clock import Clock
 from .config import BigQueryConfig
 from .meter import Backoff
 from .transport import SetupError
-from .writer import HOUR_FORMAT, ClosedFile, atomic_write
+from .writer import HOUR_FORMAT, ClosedFile, atomic_write, open_text, parse_closed
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ LEDGER_NAME = "uploaded.json"
 FAILED_DIR = "failed"
 COLUMNS = ("datetime", "V", "mA", "W")
 DEVICE_COLUMN = "device"
-CLOSED_RE = re.compile(r"^(?P<stem>.+)\.(?P<fmt>csv|json)\.(?P<hour>\d{4}-\d\d-\d\d_\d\d)(?:\.part(?P<part>\d+))?\.gz$")
 API_TIMEOUT = 60.0
 # Quick retries inside one call; longer outages are the uploader's backoff.
 RETRY_DEADLINE = 15.0
@@ -71,14 +70,6 @@ class HourFile:
     @property
     def meter_suffix(self) -> str:
         return self.stem[len("wattchecker-data-"):] if self.stem.startswith("wattchecker-data-") else ""
-
-
-def parse_closed(path: Path) -> Optional[Tuple[str, str, dt.datetime, int]]:
-    match = CLOSED_RE.match(path.name)
-    if not match:
-        return None
-    hour = dt.datetime.strptime(match.group("hour"), HOUR_FORMAT)
-    return match.group("stem"), match.group("fmt"), hour, int(match.group("part") or 0)
 
 
 def hour_key(stem: str, hour: dt.datetime, part: int) -> str:
@@ -120,7 +111,7 @@ def read_rows(path: Path) -> List[Dict[str, str]]:
     parsed = parse_closed(path)
     is_json = parsed is not None and parsed[1] == "json"
     rows = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, 1):
             try:
                 if is_json:

@@ -67,9 +67,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+CLOSED_RE = re.compile(
+    r"^(?P<stem>.+)\.(?P<fmt>csv|json)\.(?P<hour>\d{4}-\d\d-\d\d_\d\d)(?:\.part(?P<part>\d+))?\.gz$"
+)
+
+
+def parse_closed(path: Path) -> Optional[Tuple[str, str, dt.datetime, int]]:
+    """(stem, format, hour, part) of a closed file's name, or None for any other file."""
+    match = CLOSED_RE.match(path.name)
+    if not match:
+        return None
+    hour = dt.datetime.strptime(match.group("hour"), HOUR_FORMAT)
+    return match.group("stem"), match.group("fmt"), hour, int(match.group("part") or 0)
+
+
+def open_text(path: Path):
+    """A data file for reading as text, gzipped or not."""
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8")
+
+
 def read_lines(path: Path) -> List[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with open_text(path) as f:
         return f.read().splitlines(keepends=True)
 
 
@@ -92,9 +110,6 @@ class FileSet:
         # Files closed but not yet announced; kept here so that an I/O error
         # later in the same action cannot lose the announcement.
         self.outbox: List[ClosedFile] = []
-        self._name_re = re.compile(
-            re.escape(self.base) + r"\.(\d{4}-\d\d-\d\d_\d\d)(?:\.part(\d+))?\.gz$"
-        )
 
     # --- names -------------------------------------------------------------
 
@@ -103,10 +118,11 @@ class FileSet:
         return self.data_dir / f"{self.base}.{hour.strftime(HOUR_FORMAT)}{suffix}.gz"
 
     def parse_closed_name(self, name: str) -> Optional[Tuple[dt.datetime, int]]:
-        match = self._name_re.match(name)
-        if not match:
+        """(hour, part) if ``name`` is one of this set's closed files."""
+        parsed = parse_closed(Path(name))
+        if parsed is None or f"{parsed[0]}.{parsed[1]}" != self.base:
             return None
-        return dt.datetime.strptime(match.group(1), HOUR_FORMAT), int(match.group(2) or 0)
+        return parsed[2], parsed[3]
 
     # --- start-up ------------------------------------------------------------
 
