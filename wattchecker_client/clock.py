@@ -52,7 +52,6 @@ class FakeClock(Clock):
         self._now = start
         self._mono = 1000.0
         self._lock = threading.Lock()
-        self.slept = 0.0
 
     def now(self) -> dt.datetime:
         with self._lock:
@@ -71,7 +70,6 @@ class FakeClock(Clock):
         if stop is not None and stop.is_set():
             return True
         if seconds > 0:
-            self.slept += seconds
             self.advance(seconds)
         return stop.is_set() if stop is not None else False
 

@@ -27,7 +27,6 @@ CMD_STOP = 0x03
 CMD_GET_DATA = 0x08
 
 MEASUREMENT_PAYLOAD_SIZE = 17
-ACK_PAYLOAD_SIZE = 2
 
 crc8 = crcmod.mkCrcFun(0x185, initCrc=0, rev=False)
 

@@ -10,7 +10,6 @@ in the chosen time zone, DST days included. Files are read one hour at a time.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,6 @@ except ImportError:  # pragma: no cover - Python 3.9 has it; keep the error clea
 from .clock import utc_epoch
 from .uploader import closed_files_in
 from .writer import open_text, parse_closed
-
-log = logging.getLogger(__name__)
 
 MAX_STEP = 5  # seconds
 DAY_SECONDS = 86400

@@ -298,7 +298,6 @@ def atomic_write(path: Path, data: bytes, compress: bool) -> None:
 @dataclass
 class WriterStats:
     rows_received: int = 0
-    flushes: int = 0
     write_errors: int = 0
     rows_dropped: int = 0
     files_closed: int = 0
@@ -367,7 +366,6 @@ class Writer:
 
     def flush(self) -> None:
         self._next_flush = self.clock.monotonic() + self.buffer_seconds
-        self.stats.flushes += 1
         ok = all([self._guarded(fs, fs.flush) for fs in self.all_sets()])
         if ok and self._failing:
             log.warning("writing works again; every buffered row is on disk")
