@@ -86,7 +86,7 @@ else
 fi
 
 mkdir -p "$root/etc/systemd/system"
-sed "s|/opt/wattchecker-client|$prefix|g" "$src/systemd/wattchecker_client.service" \
+sed "s|/opt/wattchecker-client|$prefix|g" "$src/wattchecker_client.service" \
     > "$root/etc/systemd/system/wattchecker_client.service"
 
 if [ "$system" = no ]; then

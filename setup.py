@@ -15,6 +15,9 @@ setup(
     extras_require={
         "bigquery": ["google-cloud-bigquery>=3.0"],
         "report": ["matplotlib>=3.5"],
+        "mqtt": ["paho-mqtt>=2.0"],
+        "http": ["prometheus-client>=0.17"],
+        "ble": ["bleak>=0.21"],
         "test": [
             "pytest>=7",
             "hypothesis>=6.50",
@@ -23,6 +26,9 @@ setup(
             # and those tests skip without it.
             "crucible-emulator[server]==0.1.0a2; python_version >= '3.11'",
             "matplotlib>=3.5",  # to render the report's chart in a test
+            "paho-mqtt>=2.0",
+            "prometheus-client>=0.17",
+            "bleak>=0.21",
         ],
     },
     entry_points={"console_scripts": ["wattchecker-client=wattchecker_client.cli:main"]},

@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import ROOT
 
-UNIT = ROOT / "systemd" / "wattchecker_client.service"
+UNIT = ROOT / "wattchecker_client.service"
 PREFIX = "/opt/wattchecker-client"
 needs_analyze = pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
 

@@ -13,10 +13,23 @@ import threading
 import time
 from typing import Any, Optional
 
+try:
+    import zoneinfo
+except ImportError:  # pragma: no cover - Python 3.9 has it; keep the error clear anyway
+    zoneinfo = None  # type: ignore[assignment]
+
 
 def utc_epoch(when: dt.datetime) -> int:
     """Whole seconds since 1970 of a naive UTC datetime (what the meter and files use)."""
     return calendar.timegm(when.timetuple())
+
+
+def time_zone(name: str) -> dt.tzinfo:
+    """A zone by its IANA name; ValueError with a hint for a wrong one."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use a name such as Asia/Tokyo)") from None
 
 
 class Clock:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from .clock import time_zone
 from .transport import MAC_RE
 
 DEFAULT_NAME = "wattchecker"
@@ -142,8 +143,6 @@ def bigquery_id(value: Any) -> str:
 
 
 def zone_name(value: Any) -> str:
-    from .report import time_zone
-
     value = text(value)
     time_zone(value)
     return value

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Optional
 from . import protocol
 from .clock import Clock, utc_epoch
 from .protocol import Frame, FrameDecoder, Measurement, MeasurementError
-from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, RfcommFactory, link_opener
+from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, RfcommFactory, open_link
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,25 @@ class MeterSession:
         self.stats.junk_bytes += decoder.junk_bytes - self._counted_junk
         self._counted_crc = decoder.crc_errors
         self._counted_junk = decoder.junk_bytes
+
+
+def link_opener(
+    address: str,
+    *,
+    channel: Optional[int] = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    rfcomm_factory: Optional[RfcommFactory] = None,
+) -> Callable[[], Link]:
+    """A function that opens ``address`` afresh at each call, for reconnecting.
+
+    A sim:// meter is created here, once, and lives as long as the function:
+    like a real meter, it keeps its clock across reconnections.
+    """
+    if address.strip().startswith("sim:"):
+        from .simulator import embedded_opener
+
+        return embedded_opener(address.strip(), timeout)
+    return lambda: open_link(address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory)
 
 
 def seconds_until_next_tick(now: dt.datetime, interval: float) -> float:

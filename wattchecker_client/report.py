@@ -15,14 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-try:
-    import zoneinfo
-except ImportError:  # pragma: no cover - Python 3.9 has it; keep the error clear anyway
-    zoneinfo = None  # type: ignore[assignment]
-
-from .clock import utc_epoch
-from .uploader import closed_files_in
-from .writer import open_text, parse_closed
+from .clock import time_zone, utc_epoch  # noqa: F401  (time_zone: the report's callers use it)
+from .writer import closed_files_in, open_text, parse_closed
 
 MAX_STEP = 5  # seconds
 DAY_SECONDS = 86400
@@ -61,13 +55,6 @@ class MeterReport:
             total.covered_seconds += d.covered_seconds
             total.peak_watts = max(total.peak_watts, d.peak_watts)
         return total
-
-
-def time_zone(name: str) -> dt.tzinfo:
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r} (use a name such as Asia/Tokyo)") from None
 
 
 # --- reading -------------------------------------------------------------------------

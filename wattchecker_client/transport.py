@@ -6,7 +6,8 @@ Addresses:
                          module is importable)
   ``/dev/rfcomm0``       a tty (``rfcomm bind``), put in raw mode
   ``tcp://HOST:PORT``    TCP, for ser2net-style bridges and the simulator
-  ``sim://[?opt=val&..]`` the built-in simulated meter, in this process
+  ``sim://[?opt=val&..]`` the built-in simulated meter, in this process (opened
+                         by ``meter.link_opener``, which sits above the simulator)
 
 Every link has read and write timeouts, and every way a link can fail
 surfaces as ``LinkError`` so the caller has one thing to catch and reconnect on.
@@ -135,39 +136,24 @@ def open_link(
     timeout: float = DEFAULT_TIMEOUT,
     rfcomm_factory: Optional[RfcommFactory] = None,
 ) -> Link:
-    """Open whatever ``address`` names; raise LinkError (retry) or SetupError (don't)."""
+    """Open whatever ``address`` names; raise LinkError (retry) or SetupError (don't).
+
+    ``sim://`` is not opened here: the simulator sits above this module, and
+    ``meter.link_opener`` dispatches to it.
+    """
     address = address.strip()
     if MAC_RE.match(address):
         return open_rfcomm(address.upper(), channel, timeout, rfcomm_factory)
     if address.startswith("tcp://"):
         return open_tcp(address, timeout)
-    if address.startswith("sim:"):
-        return link_opener(address, timeout=timeout)()
     if address.startswith("/"):
         return open_tty(address, timeout)
+    if address.startswith("sim:"):
+        raise SetupError(f"{address!r}: open the simulated meter through meter.link_opener")
     raise SetupError(
         f"address {address!r} is not a Bluetooth MAC (00:0C:BF:12:34:56), "
         "a tty path (/dev/rfcomm0), tcp://HOST:PORT or sim://"
     )
-
-
-def link_opener(
-    address: str,
-    *,
-    channel: Optional[int] = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    rfcomm_factory: Optional[RfcommFactory] = None,
-) -> Callable[[], Link]:
-    """A function that opens ``address`` afresh at each call, for reconnecting.
-
-    A sim:// meter is created here, once, and lives as long as the function:
-    like a real meter, it keeps its clock across reconnections.
-    """
-    if address.strip().startswith("sim:"):
-        from .simulator import embedded_opener
-
-        return embedded_opener(address.strip(), timeout)
-    return lambda: open_link(address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory)
 
 
 # --- RFCOMM ------------------------------------------------------------------

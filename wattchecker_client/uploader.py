@@ -35,7 +35,7 @@ from .clock import Clock
 from .config import BigQueryConfig
 from .meter import Backoff
 from .transport import SetupError
-from .writer import HOUR_FORMAT, ClosedFile, atomic_write, open_text, parse_closed
+from .writer import HOUR_FORMAT, ClosedFile, atomic_write, closed_files_in, open_text, parse_closed
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,6 @@ def hour_files(paths: Sequence[Path]) -> List[HourFile]:
         ordered = tuple(p for _, p in sorted(found, key=lambda fp: fp[0] != "json"))
         result.append(HourFile(key, stem, hour, part, ordered))
     return sorted(result, key=lambda h: (h.hour, h.part, h.stem))
-
-
-def closed_files_in(data_dir: Path) -> List[Path]:
-    try:
-        return [Path(e.path) for e in os.scandir(data_dir) if e.is_file() and e.name.endswith(".gz")]
-    except FileNotFoundError:
-        return []
 
 
 # --- rows ------------------------------------------------------------------------

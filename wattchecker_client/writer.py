@@ -81,6 +81,14 @@ def parse_closed(path: Path) -> Optional[Tuple[str, str, dt.datetime, int]]:
     return match.group("stem"), match.group("fmt"), hour, int(match.group("part") or 0)
 
 
+def closed_files_in(data_dir: Path) -> List[Path]:
+    """Every .gz in the data folder (closed hours and late parts, by their names)."""
+    try:
+        return [Path(e.path) for e in os.scandir(data_dir) if e.is_file() and e.name.endswith(".gz")]
+    except FileNotFoundError:
+        return []
+
+
 def open_text(path: Path):
     """A data file for reading as text, gzipped or not."""
     return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8")
