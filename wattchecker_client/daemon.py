@@ -21,7 +21,7 @@ from .meter import MeterReader
 from .notify import Notifier
 from .protocol import Measurement
 from .transport import RfcommFactory, SetupError
-from .uploader import BigQueryTarget, Uploader
+from .uploader import BigQueryTarget, Uploader, check_setup as check_bigquery
 from .writer import ClosedFile, Writer
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,28 @@ def configure_logging(config: Config, environ: Mapping[str, str] = os.environ) -
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(file_handler)
     logging.raiseExceptions = False  # a full disk must not turn logging into crashes
+
+
+def preflight(config: Config) -> List[str]:
+    """Every check start-up makes before it starts anything; ``check-config`` runs the same.
+
+    One function for both, so a config that passes check-config cannot stop
+    the service. Each configured output adds its own ``check_setup`` (its
+    libraries, its key files): SetupError where start-up stops, warnings
+    returned. It creates nothing and connects nowhere.
+    """
+    warnings: List[str] = []
+    if config.bigquery is not None:
+        warnings += check_bigquery(config.bigquery)
+    data_dir = config.general.data_dir
+    if not data_dir.exists():
+        warnings.append(
+            f"general.data_dir: {data_dir} does not exist: start-up creates it, or exits 1 "
+            "(systemd retries) when it cannot, as when its disk is not mounted yet"
+        )
+    elif not data_dir.is_dir():
+        warnings.append(f"general.data_dir: {data_dir} is not a folder: start-up will exit 1")
+    return warnings
 
 
 class Heartbeats:

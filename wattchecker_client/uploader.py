@@ -228,57 +228,81 @@ def classify(exc: BaseException) -> Exception:
     return TransientError(message)
 
 
+def bigquery_library():
+    """google.cloud.bigquery, imported only when a bigquery: section asks for it."""
+    try:
+        from google.cloud import bigquery
+    except ImportError:
+        raise SetupError(
+            "bigquery: is configured but google-cloud-bigquery is not installed: "
+            "pip install 'google-cloud-bigquery>=3'"
+        ) from None
+    return bigquery
+
+
+def credentials_and_project(config: BigQueryConfig, warn: Callable[[str], None]) -> Tuple[object, str]:
+    """The key file's credentials (None: Application Default Credentials) and the project.
+
+    SetupError for a key that is missing, unreadable or not a key, or no
+    project; ``warn`` for a key other users can read. Nothing of the key is logged.
+    """
+    path = config.service_account_json
+    credentials, project = None, None
+    if path is not None:
+        try:
+            mode = path.stat().st_mode
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise SetupError(f"bigquery.service_account_json: cannot read {path}: {exc.strerror or exc}") from None
+        if mode & 0o077:
+            warn(f"{path} is readable by other users (mode {mode & 0o777:o}): chmod 600 it")
+        from google.oauth2 import service_account
+
+        try:
+            credentials = service_account.Credentials.from_service_account_file(
+                str(path), scopes=["https://www.googleapis.com/auth/bigquery"]
+            )
+        except (ValueError, KeyError) as exc:
+            raise SetupError(f"bigquery.service_account_json: {path} is not a service account key: {exc}") from None
+        project = credentials.project_id
+    elif config.api_endpoint:
+        from google.auth.credentials import AnonymousCredentials
+
+        credentials = AnonymousCredentials()
+    project = config.project_id or project
+    if not project:
+        raise SetupError("bigquery.project_id: missing, and the credentials name no project")
+    return credentials, project
+
+
+def check_setup(config: BigQueryConfig) -> List[str]:
+    """What start-up checks of a bigquery: section, without a client or a network call.
+
+    Raises SetupError (one line) where start-up would stop; returns warnings.
+    ``check-config`` runs it through ``daemon.preflight``.
+    """
+    warnings: List[str] = []
+    bigquery_library()
+    credentials_and_project(config, warnings.append)
+    return warnings
+
+
 class BigQueryTarget:
     """The configured table, through google-cloud-bigquery (imported only here)."""
 
     def __init__(self, config: BigQueryConfig, several_meters: bool, retry_deadline: float = RETRY_DEADLINE) -> None:
-        try:
-            from google.cloud import bigquery
-        except ImportError:
-            raise SetupError(
-                "bigquery: is configured but google-cloud-bigquery is not installed: "
-                "pip install 'google-cloud-bigquery>=3'"
-            ) from None
-        self.bigquery = bigquery
+        bigquery = self.bigquery = bigquery_library()
         self.config = config
         self.several_meters = several_meters
         self.retry_deadline = retry_deadline
-        credentials, project = self._credentials()
-        self.project = config.project_id or project
-        if not self.project:
-            raise SetupError("bigquery.project_id: missing, and the credentials name no project")
+        credentials, self.project = credentials_and_project(config, log.warning)
         options = {"api_endpoint": config.api_endpoint} if config.api_endpoint else None
         self.client = bigquery.Client(
             project=self.project, credentials=credentials, location=config.location, client_options=options
         )
         self.table_ref = f"{self.project}.{config.dataset_id}.{config.table_id}"
         self._table = None
-
-    def _credentials(self):
-        path = self.config.service_account_json
-        if path is not None:
-            try:
-                mode = path.stat().st_mode
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise SetupError(f"bigquery.service_account_json: cannot read {path}: {exc.strerror or exc}") from None
-            if mode & 0o077:
-                log.warning("%s is readable by other users (mode %o): chmod 600 it", path, mode & 0o777)
-            from google.oauth2 import service_account
-
-            try:
-                creds = service_account.Credentials.from_service_account_file(
-                    str(path), scopes=["https://www.googleapis.com/auth/bigquery"]
-                )
-            except (ValueError, KeyError) as exc:
-                raise SetupError(f"bigquery.service_account_json: {path} is not a service account key: {exc}") from None
-            return creds, creds.project_id
-        if self.config.api_endpoint:
-            from google.auth.credentials import AnonymousCredentials
-
-            return AnonymousCredentials(), None
-        return None, None  # Application Default Credentials, found by the client
 
     def schema_for_new_table(self) -> list:
         field = self.bigquery.SchemaField

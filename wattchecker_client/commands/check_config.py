@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..config import load_config
 from .common import EXIT_OK
@@ -15,7 +16,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..daemon import preflight  # the service's own start-up checks, not a copy
+
     config = load_config(args.config)
+    for warning in preflight(config):
+        print(f"wattchecker-client: warning: {warning}", file=sys.stderr)
     g = config.general
     meters = "; ".join(
         f"{d.name} at {d.address}" + (f" channel {d.channel}" if d.channel else "") for d in config.devices

@@ -23,8 +23,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def serve(config: Config, echo: Optional[Callable[[str, Measurement], None]] = None) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
-    from ..daemon import Daemon, configure_logging
+    from ..daemon import Daemon, configure_logging, preflight
 
+    # SetupError here stops start-up (exit 2) before anything is created. Its
+    # warnings are check-config's to print: the modules log their own as they start.
+    preflight(config)
     configure_logging(config)
     daemon = Daemon(config, echo=echo)
     on_stop_signals(daemon.stop)

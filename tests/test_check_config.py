@@ -1,0 +1,145 @@
+"""check-config runs start-up's own checks: the same one line and exit 2 as `run`, nothing created."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli, write_config
+
+# A meta path finder that makes google-cloud-bigquery look uninstalled in the
+# process under test, whatever the venv holds.
+HIDE_BIGQUERY = """\
+import sys
+
+class HideBigQuery:
+    def find_spec(self, name, path=None, target=None):
+        if name == "google.cloud.bigquery" or name.startswith("google.cloud.bigquery."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, HideBigQuery())
+"""
+
+
+def config_with_bigquery(tmp_path: Path, **bigquery: str) -> Path:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    config = write_config(tmp_path / "config.yaml", data_dir, "sim://")
+    settings = {"dataset_id": "d", "table_id": "t", **bigquery}
+    with open(config, "a") as f:
+        f.write("bigquery:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in settings.items()))
+    return config
+
+
+def service_account_key(path: Path) -> Path:
+    """A well-formed key (a fresh RSA key no server knows), so only the checks decide."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": "p", "private_key_id": "1", "private_key": pem,
+        "client_email": "wattchecker@p.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }))
+    return path
+
+
+def assert_both_stop_with(config: Path, line: str) -> None:
+    """check-config and run fail alike: exit 2, the same last line."""
+    checked = run_cli("check-config", "--config", str(config), timeout=30)
+    started = run_cli("run", "--config", str(config), timeout=60)
+    assert (checked.returncode, started.returncode) == (2, 2), (checked.stderr, started.stderr)
+    assert checked.stderr.splitlines()[-1] == started.stderr.splitlines()[-1] == line
+    assert "OK" not in checked.stdout
+
+
+def test_a_missing_key_file_fails_check_config_as_it_fails_start_up(tmp_path):
+    config = config_with_bigquery(tmp_path, service_account_json="missing-key.json")
+    assert_both_stop_with(config, f"wattchecker-client: error: bigquery.service_account_json: cannot read "
+                                  f"{tmp_path / 'missing-key.json'}: No such file or directory")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []  # run created nothing either
+
+
+def test_an_unreadable_key_file_fails_both(tmp_path):
+    # Tests run as root, for whom chmod 000 still reads: a folder where the key
+    # should be is unreadable as a file for every user.
+    (tmp_path / "key.json").mkdir()
+    config = config_with_bigquery(tmp_path, service_account_json="key.json")
+    assert_both_stop_with(config, f"wattchecker-client: error: bigquery.service_account_json: cannot read "
+                                  f"{tmp_path / 'key.json'}: Is a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode 000 file; the folder case covers root")
+def test_a_mode_000_key_file_fails_both(tmp_path):
+    key = service_account_key(tmp_path / "key.json")
+    key.chmod(0)
+    config = config_with_bigquery(tmp_path, service_account_json="key.json")
+    assert_both_stop_with(config, f"wattchecker-client: error: bigquery.service_account_json: cannot read "
+                                  f"{key}: Permission denied")
+
+
+def test_a_key_that_is_not_a_key_fails_both(tmp_path):
+    (tmp_path / "key.json").write_text('{"type": "service_account", "project_id": "p"}')
+    (tmp_path / "key.json").chmod(0o600)
+    config = config_with_bigquery(tmp_path, service_account_json="key.json")
+    checked = run_cli("check-config", "--config", str(config), timeout=30)
+    started = run_cli("run", "--config", str(config), timeout=60)
+    assert (checked.returncode, started.returncode) == (2, 2)
+    assert checked.stderr.splitlines()[-1] == started.stderr.splitlines()[-1]
+    assert checked.stderr.splitlines()[-1].startswith(
+        f"wattchecker-client: error: bigquery.service_account_json: {tmp_path / 'key.json'} is not a service account key")
+
+
+def test_a_good_key_passes_and_a_loose_mode_is_a_warning(tmp_path):
+    pytest.importorskip("cryptography")
+    key = service_account_key(tmp_path / "key.json")
+    key.chmod(0o644)
+    config = config_with_bigquery(tmp_path, service_account_json="key.json")
+    result = run_cli("check-config", "--config", str(config), timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"wattchecker-client: warning: {key} is readable by other users (mode 644): chmod 600 it"]
+    assert result.stdout.splitlines()[0] == f"{config}: OK"
+    assert "BigQuery: d.t" in result.stdout
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+    key.chmod(0o600)
+    quiet = run_cli("check-config", "--config", str(config), timeout=30)
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+
+
+def test_google_cloud_bigquery_not_installed_fails_both(tmp_path, monkeypatch):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HIDE_BIGQUERY)
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    config = config_with_bigquery(tmp_path, project_id="p", api_endpoint="http://127.0.0.1:9")
+    assert_both_stop_with(config, "wattchecker-client: error: bigquery: is configured but google-cloud-bigquery "
+                                  "is not installed: pip install 'google-cloud-bigquery>=3'")
+    monkeypatch.delenv("PYTHONPATH")
+    installed = run_cli("check-config", "--config", str(config), timeout=30)
+    assert installed.returncode == 0, installed.stderr  # the hook, not the config, made the difference
+
+
+def test_no_project_anywhere_fails_both(tmp_path):
+    config = config_with_bigquery(tmp_path, api_endpoint="http://127.0.0.1:9")
+    assert_both_stop_with(
+        config, "wattchecker-client: error: bigquery.project_id: missing, and the credentials name no project")
+
+
+def test_a_missing_data_folder_is_a_warning_and_nothing_is_created(tmp_path):
+    data_dir = tmp_path / "mnt" / "data"
+    config = write_config(tmp_path / "config.yaml", data_dir, "sim://")
+    result = run_cli("check-config", "--config", str(config), timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"wattchecker-client: warning: general.data_dir: {data_dir} does not exist: start-up creates it, "
+        "or exits 1 (systemd retries) when it cannot, as when its disk is not mounted yet"]
+    assert result.stdout.splitlines()[0] == f"{config}: OK"
+    assert not (tmp_path / "mnt").exists()
