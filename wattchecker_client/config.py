@@ -8,6 +8,7 @@ Drop-in compatible with the original client's config (``general.data_buffer_size
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,16 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    host: str
+    port: int
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     general: GeneralConfig
@@ -81,6 +92,7 @@ class Config:
     # Meters listed under ``devices:`` get file sets named after them; a
     # single ``device:`` keeps the original client's file names.
     named_files: bool = False
+    http: Optional[HttpConfig] = None  # the page, /metrics and /healthz; None: not served
 
     def file_stem(self, device: DeviceConfig) -> str:
         return f"wattchecker-data-{device.name}" if self.named_files else "wattchecker-data"
@@ -192,6 +204,30 @@ def meter_name(value: Any) -> str:
     return value
 
 
+def listen_address(value: Any) -> Tuple[str, int]:
+    """``host:port`` or ``[v6-address]:port``; the host is an IP address or a plain host name."""
+    value = text(value)
+    bracketed = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d{1,5})$", value)
+    plain = re.match(r"^([A-Za-z0-9.-]+):(\d{1,5})$", value)
+    match = bracketed or plain
+    if match is None:
+        raise ValueError(f"{value!r} is not HOST:PORT (127.0.0.1:9750, 0.0.0.0:9750, [::1]:9750)")
+    host, port = match.group(1), int(match.group(2))
+    if bracketed:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in {value!r} is not an IPv6 address") from None
+    elif re.match(r"^[0-9.]+$", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in {value!r} is not an IPv4 address") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} in {value!r} must be between 1 and 65535")
+    return host, port
+
+
 REQUIRED = object()
 Spec = Dict[str, Tuple[Callable[[Any], Any], Any]]
 
@@ -232,7 +268,10 @@ REPORT: Spec = {
     "price": (number(0, exclusive=False), 25.0),
     "currency": (text, "JPY"),
 }
-TOP_LEVEL = ("general", "device", "devices", "bigquery", "report")
+HTTP: Spec = {
+    "listen": (listen_address, ("127.0.0.1", 9750)),
+}
+TOP_LEVEL = ("general", "device", "devices", "bigquery", "report", "http")
 
 
 # --- loading -------------------------------------------------------------------------
@@ -350,7 +389,9 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
             values["service_account_json"] = (base / values["service_account_json"]).resolve()
         bigquery = BigQueryConfig(**values)
     report = ReportConfig(**_section(ctx, ["report"], data.get("report"), REPORT))
-    return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, report, "devices" in data)
+    # A bare ``http:`` line turns the page on with its defaults.
+    http = HttpConfig(*_section(ctx, ["http"], data["http"], HTTP)["listen"]) if "http" in data else None
+    return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, report, "devices" in data, http=http)
 
 
 def load_config(path: str) -> Config:
