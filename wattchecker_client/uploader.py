@@ -380,6 +380,7 @@ class UploadStats:
     failed: int = 0
     retries: int = 0
     deleted: int = 0
+    last_upload: Optional[dt.datetime] = None  # host UTC time of the last successful load (for /metrics)
 
 
 Outcome = str  # "uploaded", "skipped", "failed", "retry"
@@ -463,6 +464,7 @@ class Uploader:
         })
         self.stats.uploaded += 1
         self.stats.rows += loaded
+        self.stats.last_upload = self.clock.now()
         log.info("uploaded %s: %d rows into %s", hour_file.key, loaded, self.target.table_ref)
         self._restore_if_failed_before(hour_file)
         return "uploaded", loaded
