@@ -111,14 +111,18 @@ def test_a_table_with_columns_we_do_not_write_is_a_permanent_error():
         csv_body([{"datetime": "x", "V": "1", "mA": "1", "W": "1"}], ["datetime", "kwh"], "x")
 
 
-def test_job_ids_are_deterministic_and_follow_content_table_and_hour():
+def test_job_ids_are_deterministic_and_follow_content_table_hours_and_attempt():
     hour = HourFile("wattchecker-data.2026-07-01_00", "wattchecker-data", T0, 0, ())
     other = HourFile("wattchecker-data.2026-07-01_00.part1", "wattchecker-data", T0, 1, ())
-    a = job_id_for("p.d.t", hour, b"rows")
-    assert a == job_id_for("p.d.t", hour, b"rows")
-    assert len({a, job_id_for("p.d.t", hour, b"rows!"), job_id_for("p.d.u", hour, b"rows"),
-                job_id_for("p.d.t", other, b"rows")}) == 4
+    a = job_id_for("p.d.t", [hour], b"rows")
+    assert a == job_id_for("p.d.t", [hour], b"rows")
+    ids = {a, job_id_for("p.d.t", [hour], b"rows!"), job_id_for("p.d.u", [hour], b"rows"),
+           job_id_for("p.d.t", [other], b"rows"), job_id_for("p.d.t", [hour, other], b"rows"),
+           job_id_for("p.d.t", [hour], b"rows", attempt=1)}
+    assert len(ids) == 6
     assert a.startswith("wattchecker_p_d_t_wattchecker-data_2026-07-01_00_")
+    assert job_id_for("p.d.t", [hour, other], b"rows").startswith("wattchecker_p_d_t_wattchecker-data_2026-07-01_00_2h_")
+    assert job_id_for("p.d.t", [hour], b"rows", attempt=1) == a + "_retry1"
     assert all(c.isalnum() or c in "_-" for c in a)
 
 
@@ -176,7 +180,7 @@ def test_a_job_submitted_before_a_crash_is_adopted_not_loaded_twice(emulator, tm
     rows = read_rows(hour.sources[0])
     table = uploader.target.table()
     body = csv_body(rows, [f.name for f in table.schema], "wattchecker")
-    uploader.target.load(body, job_id_for(uploader.target.table_ref, hour, body))  # the "crashed" attempt
+    uploader.target.load(body, job_id_for(uploader.target.table_ref, [hour], body))  # the "crashed" attempt
     assert table_totals(emulator)[0] == len(written)
     drain(uploader)
     assert uploader.stats.uploaded == 1
@@ -305,10 +309,10 @@ def test_upload_command_dry_run_then_upload_then_nothing_left(emulator, tmp_path
     assert not (tmp_path / "data" / "uploaded.json").exists()
     real = run_cli("upload", "--config", config)
     assert real.returncode == 0, real.stderr
-    assert real.stdout == "uploaded 3 hour file(s), 180 rows; skipped 0 already uploaded; failed 0\n"
+    assert real.stdout == "uploaded 3 hour file(s), 180 rows in 1 load job(s); skipped 0 already uploaded; failed 0\n"
     assert table_totals(emulator)[0] == len(written)
     named = run_cli("upload", "--config", config, *map(str, (tmp_path / "data").glob("*.json.*.gz")))
-    assert named.stdout == "uploaded 0 hour file(s), 0 rows; skipped 3 already uploaded; failed 0\n"
+    assert named.stdout == "uploaded 0 hour file(s), 0 rows in 0 load job(s); skipped 3 already uploaded; failed 0\n"
     assert table_totals(emulator)[0] == len(written)
 
 
@@ -322,12 +326,13 @@ def test_upload_command_resends_a_file_from_failed_after_it_is_fixed(emulator, t
     config = str(upload_config(emulator, tmp_path))
     broken = run_cli("upload", "--config", config)
     assert broken.returncode == 1
-    assert broken.stdout == "uploaded 0 hour file(s), 0 rows; skipped 0 already uploaded; failed 1 (see failed/)\n"
+    assert broken.stdout == (
+        "uploaded 0 hour file(s), 0 rows in 0 load job(s); skipped 0 already uploaded; failed 1 (see failed/)\n")
     for name, content in good.items():  # the user restores the files from a backup
         (data / "failed" / name).write_bytes(content)
     again = run_cli("upload", "--config", config, *map(str, (data / "failed").glob("*.gz")))
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith("uploaded 1 hour file(s), 60 rows")
+    assert again.stdout.startswith("uploaded 1 hour file(s), 60 rows in 1 load job(s)")
     assert sorted(p.name for p in (data / "failed").iterdir()) == []
     assert len(list(data.glob("*.gz"))) == 2
 

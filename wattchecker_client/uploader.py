@@ -1,14 +1,20 @@
 """Closed hour files -> BigQuery load jobs: each hour lands exactly once, through any outage.
 
-The unit of upload is one meter's closed hour (or late part of one), keyed by
-its name without the format: ``wattchecker-data.2019-09-07_09``. Its rows are
+The unit of bookkeeping is one meter's closed hour (or late part of one), keyed
+by its name without the format: ``wattchecker-data.2019-09-07_09``. Its rows are
 read from the JSON file when there is one (full precision), else from the CSV
 file, and sent as uncompressed CSV in the table's own column order.
 
-Exactly once: the load job's id is derived from the table, the key and a hash
-of the rows sent, so a retry after a crash finds the job it already submitted
-(409) and adopts its outcome instead of loading again; every success is
-recorded in a ledger (``uploaded.json``) that is never uploaded from twice.
+A backlog loads in batches: the queued hours of one meter and one UTC day (up
+to a size cap) go in one load job, because BigQuery spends seconds per job and
+counts jobs against a daily per-table quota.
+
+Exactly once: before a job is submitted, its id and the hours in it are
+written ahead into the ledger (``uploaded.json``) as a pending batch. A
+restart resolves that batch first: the job done credits exactly its hours, the
+job failed puts them back in the queue, the job never submitted is submitted
+under the same id. Job ids are derived from the table, the hours and a hash of
+the rows, so a retry finds the job it already submitted (409) and adopts it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .clock import Clock
 from .config import BigQueryConfig
@@ -44,6 +50,10 @@ FAILED_DIR = "failed"
 COLUMNS = ("datetime", "V", "mA", "W")
 DEVICE_COLUMN = "device"
 API_TIMEOUT = 60.0
+# The request that carries a batch's rows: up to a day of them on a slow uplink.
+UPLOAD_TIMEOUT = 300.0
+# One load job holds at most one UTC day of one meter, and at most this much CSV.
+BATCH_MAX_BYTES = 16 * 1024 * 1024
 # Quick retries inside one call; longer outages are the uploader's backoff.
 RETRY_DEADLINE = 15.0
 JOB_TIMEOUT = 600.0
@@ -55,6 +65,23 @@ class PermanentError(Exception):
 
 class TransientError(Exception):
     """Not now: the file stays queued and is retried after a backoff."""
+
+
+class AccessDenied(TransientError):
+    """A 403 that is no rate limit: a role is missing. The credentials' fault, never a file's."""
+
+
+class JobFailed(Exception):
+    """The load job ran and failed: it loaded nothing, and its id cannot be used again."""
+
+    def __init__(self, job_id: str, cause: Exception) -> None:
+        super().__init__(f"load job {job_id} failed: {cause}")
+        self.job_id = job_id
+        self.cause = cause  # TransientError or PermanentError
+
+
+class StaleJobId(Exception):
+    """A job with this id failed before (an earlier attempt): the next attempt needs a new id."""
 
 
 @dataclass(frozen=True)
@@ -143,34 +170,50 @@ def csv_body(rows: List[Dict[str, str]], columns: Sequence[str], device: str) ->
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
 
-def job_id_for(table: str, hour_file: HourFile, body: bytes) -> str:
-    """Deterministic: the same rows for the same hour and table give the same job."""
-    digest = hashlib.sha256(body).hexdigest()[:16]
-    raw = f"wattchecker_{table}_{hour_file.key}_{digest}"
+def job_id_for(table: str, hours: Sequence[HourFile], body: bytes, attempt: int = 0) -> str:
+    """Deterministic: the same rows of the same hours for the same table give the same job.
+
+    ``attempt`` counts earlier jobs of this batch that failed: their ids are used up.
+    """
+    digest = hashlib.sha256("\n".join(h.key for h in hours).encode() + b"\0" + body).hexdigest()[:16]
+    span = hours[0].key + (f"_{len(hours)}h" if len(hours) > 1 else "")
+    raw = f"wattchecker_{table}_{span}_{digest}" + (f"_retry{attempt}" if attempt else "")
     return re.sub(r"[^A-Za-z0-9_-]", "_", raw)[:1024]
+
+
+def day_groups(hours: Sequence[HourFile]) -> List[List[HourFile]]:
+    """Hours by meter and UTC day, oldest group first: each group is at most one load job's worth."""
+    groups: Dict[Tuple[str, dt.date], List[HourFile]] = {}
+    for hour_file in sorted(hours, key=lambda h: (h.hour, h.part, h.stem)):
+        groups.setdefault((hour_file.stem, hour_file.hour.date()), []).append(hour_file)
+    return list(groups.values())
 
 
 # --- the ledger ----------------------------------------------------------------
 
 
 class Ledger:
-    """Which hours are in BigQuery: a JSON file, written atomically under a lock.
+    """Which hours are in BigQuery, and which batch is on its way: a JSON file, atomic, locked.
 
-    The lock lets a running daemon and `wattchecker-client upload` share it.
+    ``uploaded`` maps an hour key to the job that loaded it; ``pending`` maps a
+    job id to the hours it carries, written before the job is submitted. The
+    lock lets a running daemon and `wattchecker-client upload` share it.
     """
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / LEDGER_NAME
         self._lock_path = data_dir / (LEDGER_NAME + ".lock")
         self._entries: Dict[str, dict] = {}
+        self._pending: Dict[str, dict] = {}
         self.reload()
 
     def reload(self) -> None:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             self._entries = dict(data.get("uploaded", {}))
+            self._pending = dict(data.get("pending", {}))
         except FileNotFoundError:
-            self._entries = {}
+            self._entries, self._pending = {}, {}
         except (ValueError, AttributeError) as exc:
             # Starting afresh is safe: job ids are deterministic, so an hour
             # already in BigQuery is found (409) and adopted, never loaded twice.
@@ -178,13 +221,20 @@ class Ledger:
             os.replace(self.path, aside)
             log.error("%s was unreadable (%s): moved to %s; rebuilding it from BigQuery's jobs",
                       self.path, exc, aside.name)
-            self._entries = {}
+            self._entries, self._pending = {}, {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def get(self, key: str) -> Optional[dict]:
         return self._entries.get(key)
+
+    def pending(self) -> Dict[str, dict]:
+        """Batches written ahead and not yet resolved: job id -> {"hours": {key: ...}, ...}."""
+        return dict(self._pending)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -192,16 +242,38 @@ class Ledger:
         with open(self._lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                self.reload()
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def record(self, key: str, entry: dict) -> None:
+    def _save(self) -> None:
+        data = {"version": 2, "uploaded": self._entries, "pending": self._pending}
+        atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"), compress=False)
+
+    def begin(self, job_id: str, batch: dict) -> List[str]:
+        """Write a batch ahead; the hours another job holds or has loaded instead (then nothing is written)."""
         with self._locked():
-            self.reload()
-            self._entries[key] = entry
-            body = json.dumps({"version": 1, "uploaded": self._entries}, indent=1, sort_keys=True)
-            atomic_write(self.path, body.encode("utf-8"), compress=False)
+            taken = {k for other, b in self._pending.items() if other != job_id for k in b["hours"]}
+            taken.update(k for k in batch["hours"] if k in self._entries)
+            clash = sorted(k for k in batch["hours"] if k in taken)
+            if not clash:
+                self._pending[job_id] = batch
+                self._save()
+            return clash
+
+    def commit(self, job_id: str, entries: Dict[str, dict]) -> None:
+        """The batch's job succeeded: its hours are credited and the batch is resolved, in one write."""
+        with self._locked():
+            self._pending.pop(job_id, None)
+            self._entries.update(entries)
+            self._save()
+
+    def abort(self, job_id: str) -> None:
+        """The batch's job loaded nothing: forget it, its hours are queued again."""
+        with self._locked():
+            if self._pending.pop(job_id, None) is not None:
+                self._save()
 
 
 # --- BigQuery ----------------------------------------------------------------------
@@ -219,13 +291,22 @@ def classify(exc: BaseException) -> Exception:
         return TransientError(message)
     if isinstance(exc, api.Forbidden) and reasons & {"rateLimitExceeded", "quotaExceeded", "backendError"}:
         return TransientError(message)
-    if isinstance(exc, (api.BadRequest, api.Forbidden)):
+    if isinstance(exc, api.Forbidden):  # accessDenied, a missing role: fixed in IAM, not in the file
+        return AccessDenied(message)
+    if isinstance(exc, api.BadRequest):
         return PermanentError(message)
     if type(exc).__module__.startswith(("requests", "urllib3", "google.auth")):
         return TransientError(message)
     # Anything else (a new error type, a bug): keep the file; a wrong guess here
     # must cost a retry, never a file.
     return TransientError(message)
+
+
+def missing_role(error: AccessDenied, project: str, dataset: str) -> str:
+    """The role a 403 most likely lacks: creating jobs needs Job User, touching the table Data Editor."""
+    if "jobs.create" in str(error):
+        return f"BigQuery Job User (roles/bigquery.jobUser) on project {project}"
+    return f"BigQuery Data Editor (roles/bigquery.dataEditor) on dataset {project}.{dataset}"
 
 
 def bigquery_library():
@@ -328,10 +409,19 @@ class BigQueryTarget:
             dataset = self.bigquery.Dataset(f"{self.project}.{self.config.dataset_id}")
             dataset.location = self.config.location
             self.client.create_dataset(dataset, exists_ok=True, retry=retry, timeout=API_TIMEOUT)
-            table = self.bigquery.Table(self.table_ref, schema=self.schema_for_new_table())
-            self._table = self.client.create_table(table, exists_ok=True, retry=retry, timeout=API_TIMEOUT)
+            self.client.query(self.new_table_ddl(), location=self.config.location, retry=retry,
+                              timeout=API_TIMEOUT, job_id_prefix="wattchecker_create_table_").result(timeout=JOB_TIMEOUT)
+            self._table = self.client.get_table(self.table_ref, retry=retry, timeout=API_TIMEOUT)
             log.info("created table %s", self.table_ref)
         return self._table
+
+    def new_table_ddl(self) -> str:
+        """Partitioned by day on ``datetime``, so a day's query reads one partition, not years of
+        rows; clustered by ``device`` when several meters share the table."""
+        types = {"TIMESTAMP": "TIMESTAMP", "FLOAT": "FLOAT64", "STRING": "STRING"}
+        columns = ", ".join(f"`{f.name}` {types[f.field_type]}" for f in self.schema_for_new_table())
+        sql = f"CREATE TABLE IF NOT EXISTS `{self.table_ref}` ({columns}) PARTITION BY TIMESTAMP_TRUNC(`datetime`, DAY)"
+        return sql + (f" CLUSTER BY `{DEVICE_COLUMN}`" if self.several_meters else "")
 
     def _retry(self):
         from google.cloud.bigquery.retry import DEFAULT_RETRY
@@ -341,22 +431,49 @@ class BigQueryTarget:
     def load_config(self, schema) -> object:
         return load_job_config(self.bigquery, schema)
 
-    def load(self, body: bytes, job_id: str) -> int:
-        """Run (or adopt) the load job ``job_id``; the number of rows it loaded."""
+    def submit(self, body: bytes, job_id: str):
+        """Start the load job ``job_id``, or adopt it if it exists (an earlier attempt's).
+
+        StaleJobId if the existing job failed: its id is used up.
+        """
         from google.api_core import exceptions as api
 
         table = self.table()
         try:
-            job = self.client.load_table_from_file(
+            return self.client.load_table_from_file(
                 io.BytesIO(body), table, job_id=job_id, job_config=self.load_config(table.schema),
-                location=self.config.location, timeout=API_TIMEOUT, rewind=True,
+                location=self.config.location, timeout=UPLOAD_TIMEOUT, rewind=True,
             )
         except api.Conflict:
+            job = self.find_job(job_id)
+            if job is not None and job.state == "DONE" and job.error_result:
+                raise StaleJobId(job_id) from None
             log.info("job %s already exists (an earlier attempt): adopting its outcome", job_id)
-            job = self.client.get_job(job_id, location=self.config.location, retry=self._retry(),
-                                      timeout=API_TIMEOUT)
-        job.result(timeout=JOB_TIMEOUT)
+            return job
+
+    def find_job(self, job_id: str):
+        """The job ``job_id``, or None if BigQuery never received it."""
+        from google.api_core import exceptions as api
+
+        try:
+            return self.client.get_job(job_id, location=self.config.location, retry=self._retry(),
+                                       timeout=API_TIMEOUT)
+        except api.NotFound:
+            return None
+
+    def outcome(self, job) -> int:
+        """Wait for ``job``; the rows it loaded. JobFailed if it ran and failed."""
+        try:
+            job.result(timeout=JOB_TIMEOUT)
+        except Exception as exc:
+            if job.state == "DONE" and job.error_result:
+                raise JobFailed(job.job_id, classify(exc)) from None
+            raise
         return int(job.output_rows or 0)
+
+    def load(self, body: bytes, job_id: str) -> int:
+        """Run (or adopt) the load job ``job_id``; the number of rows it loaded."""
+        return self.outcome(self.submit(body, job_id))
 
 
 def load_job_config(bigquery, schema) -> object:
@@ -374,8 +491,9 @@ def load_job_config(bigquery, schema) -> object:
 
 @dataclass
 class UploadStats:
-    uploaded: int = 0
+    uploaded: int = 0  # hours
     rows: int = 0
+    jobs: int = 0  # load jobs that loaded a batch
     skipped: int = 0
     failed: int = 0
     retries: int = 0
@@ -384,10 +502,27 @@ class UploadStats:
 
 
 Outcome = str  # "uploaded", "skipped", "failed", "retry"
+MAX_ATTEMPTS = 50  # failed jobs of one batch before the uploader stops trying new ids for it
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Hours of one meter and one day, read for one load job: their CSV, and per hour its rows and source."""
+
+    hours: Tuple[HourFile, ...]
+    body: bytes
+    rows: Dict[str, int]
+    sources: Dict[str, str]
+
+    @property
+    def span(self) -> str:
+        first, last = self.hours[0].key, self.hours[-1].key
+        return first if first == last else f"{first} .. {last} ({len(self.hours)} hours)"
 
 
 class Uploader:
-    """Uploads closed hours oldest first; a failing file never blocks the ones after it."""
+    """Uploads closed hours oldest first, a day of one meter per load job; a failing file never
+    blocks the ones after it."""
 
     def __init__(
         self,
@@ -397,6 +532,7 @@ class Uploader:
         *,
         max_backoff: float = 3600.0,
         retention_days: Optional[int] = None,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
     ) -> None:
         self.data_dir = data_dir
         self.target = target
@@ -404,10 +540,14 @@ class Uploader:
         self.ledger = Ledger(data_dir)
         self.backoff = Backoff(1.0, max_backoff)
         self.retention_days = retention_days
+        self.batch_max_bytes = batch_max_bytes
         self.stats = UploadStats()
         self._queued: Dict[str, HourFile] = {}
         self._next_try = 0.0
         self._outage_since: Optional[float] = None
+        self._outage_logged: Set[str] = set()
+        # Hours of a batch BigQuery rejected: each is loaded alone, so only the bad one fails.
+        self._single: Set[str] = set()
 
     def backlog(self) -> List[HourFile]:
         """Closed hours in the data dir that the ledger does not hold, oldest first."""
@@ -432,42 +572,200 @@ class Uploader:
     def pending(self) -> int:
         return len(self._queued)
 
-    def upload(self, hour_file: HourFile) -> Tuple[Outcome, int]:
-        """One hour: ('uploaded'|'skipped'|'failed'|'retry', rows)."""
-        if hour_file.key in self.ledger:
-            self.stats.skipped += 1
-            return "skipped", 0
-        try:
-            source, rows = readable_rows(hour_file)
-            table = self._table()
-            columns = [f.name for f in table.schema]
-            body = csv_body(rows, columns, hour_file.meter_suffix or "wattchecker")
-            job_id = job_id_for(self.target.table_ref, hour_file, body)
-            loaded = self._call(lambda: self.target.load(body, job_id)) if body else 0
-        except PermanentError as exc:
-            self._fail(hour_file, str(exc))
-            return "failed", 0
-        except TransientError as exc:
-            self.stats.retries += 1
-            if self._outage_since is None:
-                self._outage_since = self.clock.monotonic()
-                log.warning("upload of %s must wait: %s; will retry", hour_file.key, exc)
+    # --- one batch ---------------------------------------------------------------------
+
+    def upload_group(self, group: Sequence[HourFile]) -> Tuple[Dict[str, Outcome], int]:
+        """Load the first batch of ``group`` (one meter, one day): each settled hour's outcome, and
+        the rows loaded. Hours missing from the answer are left for the next batch."""
+        outcomes: Dict[str, Outcome] = {}
+        fresh = []
+        for hour_file in group:
+            if hour_file.key in self.ledger:  # loaded before: never again
+                outcomes[hour_file.key] = "skipped"
+                self.stats.skipped += 1
             else:
-                log.debug("upload of %s still waiting: %s", hour_file.key, exc)
-            return "retry", 0
+                fresh.append(hour_file)
+        if not fresh:
+            return outcomes, 0
+        try:
+            columns = [f.name for f in self._table().schema]
+            batch = self._read_batch(fresh, columns, outcomes)
+            if batch is None:
+                return outcomes, 0
+            settled, loaded = self._load_batch(batch)
+        except TransientError as exc:
+            self._waiting(exc, fresh[0].key)
+            outcomes.update({h.key: "retry" for h in fresh if h.key not in outcomes})
+            return outcomes, 0
+        outcomes.update(settled)
+        return outcomes, loaded
+
+    def _read_batch(self, hours: Sequence[HourFile], columns: List[str], outcomes: Dict[str, Outcome],
+                    ) -> Optional[Batch]:
+        """Read hours in order up to the size cap; an unreadable hour goes to failed/ on the way."""
+        device = hours[0].meter_suffix or "wattchecker"
+        taken: List[HourFile] = []
+        bodies: List[bytes] = []
+        rows: Dict[str, int] = {}
+        sources: Dict[str, str] = {}
+        size = 0
+        for hour_file in hours:
+            if taken and (hour_file.key in self._single or taken[0].key in self._single):
+                break
+            try:
+                source, hour_rows = readable_rows(hour_file)
+                body = csv_body(hour_rows, columns, device)
+            except PermanentError as exc:
+                self._fail(hour_file, str(exc))
+                outcomes[hour_file.key] = "failed"
+                continue
+            if taken and size + len(body) > self.batch_max_bytes:
+                break
+            taken.append(hour_file)
+            bodies.append(body)
+            rows[hour_file.key] = len(hour_rows)
+            sources[hour_file.key] = source.name
+            size += len(body)
+        return Batch(tuple(taken), b"".join(bodies), rows, sources) if taken else None
+
+    def _load_batch(self, batch: Batch) -> Tuple[Dict[str, Outcome], int]:
+        """Write the batch ahead into the ledger, run its job, credit its hours in one write."""
+        for attempt in range(MAX_ATTEMPTS):
+            job_id = job_id_for(self.target.table_ref, batch.hours, batch.body, attempt)
+            record = self._ahead_record(batch)
+            clash = self.ledger.begin(job_id, record)
+            if clash:  # another process loaded or holds these hours meanwhile
+                return {k: "skipped" if k in self.ledger else "retry" for k in clash}, 0
+            try:
+                loaded = self._run_job(job_id, batch.body)
+            except StaleJobId:
+                self.ledger.abort(job_id)
+                continue
+            except (JobFailed, PermanentError) as exc:
+                self.ledger.abort(job_id)
+                return self._rejected(batch, exc), 0
+            # a TransientError leaves the batch written ahead: the next step resolves it
+            self._credit(job_id, record, loaded)
+            return {h.key: "uploaded" for h in batch.hours}, loaded
+        raise TransientError(f"{MAX_ATTEMPTS} load jobs for {batch.span} failed")
+
+    def _run_job(self, job_id: str, body: bytes) -> int:
+        if not body:
+            return 0  # hours without rows: nothing to load, nothing to wait for
+        job = self._call(lambda: self.target.submit(body, job_id))
+        if job is None:
+            raise TransientError(f"job {job_id} exists but cannot be read yet")
+        return self._call(lambda: self.target.outcome(job))
+
+    def _ahead_record(self, batch: Batch) -> dict:
+        return {
+            "table": self.target.table_ref,
+            "at": self.clock.now().strftime("%Y-%m-%d %H:%M:%S"),
+            "hours": {h.key: {"rows": batch.rows[h.key], "source": batch.sources[h.key]} for h in batch.hours},
+        }
+
+    def _credit(self, job_id: str, record: dict, loaded: int) -> None:
+        """The job succeeded: its hours (exactly those written ahead) go into the ledger."""
+        at = self.clock.now().strftime("%Y-%m-%d %H:%M:%S")
+        entries = {key: {"job_id": job_id, "rows": hour["rows"], "table": record["table"],
+                         "source": hour["source"], "at": at} for key, hour in record["hours"].items()}
+        self.ledger.commit(job_id, entries)
+        expected = sum(hour["rows"] for hour in record["hours"].values())
+        if loaded != expected:
+            log.warning("job %s loaded %d rows, its files hold %d", job_id, loaded, expected)
+        self.stats.uploaded += len(entries)
+        self.stats.rows += loaded
+        self.stats.jobs += 1
+        self.stats.last_upload = self.clock.now()
+        keys = sorted(entries)
+        span = keys[0] if len(keys) == 1 else f"{keys[0]} .. {keys[-1]} ({len(keys)} hours)"
+        log.info("uploaded %s: %d rows into %s", span, loaded, record["table"])
+        for key in keys:
+            self._queued.pop(key, None)
+            self._single.discard(key)
+        for hour_file in hour_files(closed_files_in(self.data_dir / FAILED_DIR)):
+            if hour_file.key in entries:
+                self._restore_if_failed_before(hour_file)
+        self._healed()
+
+    def _rejected(self, batch: Batch, exc: Exception) -> Dict[str, Outcome]:
+        """BigQuery refused the batch: try its hours alone, or fail the one hour it held."""
+        cause = exc.cause if isinstance(exc, JobFailed) else exc
+        if isinstance(cause, TransientError):
+            raise cause  # an error inside the job (backendError, accessDenied): all stay queued
+        if len(batch.hours) > 1:
+            self._single.update(h.key for h in batch.hours)
+            log.warning("BigQuery rejected the batch %s (%s): loading its hours one by one", batch.span, cause)
+            return {}
+        self._fail(batch.hours[0], str(cause))
+        return {batch.hours[0].key: "failed"}
+
+    # --- batches written ahead by an earlier run ---------------------------------------------
+
+    def resolve_pending(self) -> bool:
+        """Settle every batch written ahead and not credited (a crash, a SIGKILL, another process):
+        True when none is left, False when BigQuery cannot say yet."""
+        for job_id, record in sorted(self.ledger.pending().items()):
+            if not self._resolve(job_id, record):
+                return False
+        return True
+
+    def _resolve(self, job_id: str, record: dict) -> bool:
+        keys = sorted(record["hours"])
+        try:
+            job = self._call(lambda: self.target.find_job(job_id))
+            if job is None:  # written ahead, never submitted: submit it now, under the same id
+                body = self._reread(keys)
+                if body is None:
+                    raise PermanentError("its files are no longer all there")
+                loaded = self._run_job(job_id, body)
+            else:
+                loaded = self._call(lambda: self.target.outcome(job))
+        except (JobFailed, PermanentError, StaleJobId) as exc:
+            self.ledger.abort(job_id)
+            log.warning("batch %s from an earlier run loaded nothing (%s): its %d hour(s) are queued again",
+                        job_id, exc, len(keys))
+            self.queue([h for h in self.backlog() if h.key in record["hours"]])
+            return True
+        except TransientError as exc:
+            self._waiting(exc, keys[0])
+            return False
+        log.info("batch %s from an earlier run is in BigQuery: crediting its %d hour(s)", job_id, len(keys))
+        self._credit(job_id, record, loaded)
+        return True
+
+    def _reread(self, keys: List[str]) -> Optional[bytes]:
+        """The CSV a pending batch was built from, read again from its files; None if one is gone."""
+        found = {h.key: h for h in hour_files(closed_files_in(self.data_dir)) if h.key in keys}
+        if len(found) != len(keys):
+            return None
+        columns = [f.name for f in self._table().schema]
+        device = found[keys[0]].meter_suffix or "wattchecker"
+        return b"".join(csv_body(readable_rows(found[k])[1], columns, device) for k in keys)
+
+    # --- errors ---------------------------------------------------------------------------
+
+    def _waiting(self, exc: TransientError, key: str) -> None:
+        """Log once per outage (and once more if access is denied in it); count every retry."""
+        self.stats.retries += 1
+        if self._outage_since is None:
+            self._outage_since = self.clock.monotonic()
+        kind = "denied" if isinstance(exc, AccessDenied) else "waiting"
+        if kind in self._outage_logged:
+            log.debug("upload of %s still waiting: %s", key, exc)
+        elif isinstance(exc, AccessDenied):
+            log.error("BigQuery denied access (403): the service account likely lacks %s; "
+                      "hours stay queued and are retried with backoff: %s",
+                      missing_role(exc, self.target.project, self.target.config.dataset_id), exc)
+        else:
+            log.warning("upload of %s must wait: %s; will retry", key, exc)
+        self._outage_logged.add(kind)
+
+    def _healed(self) -> None:
         if self._outage_since is not None:
             log.info("BigQuery reachable again after %.0f s", self.clock.monotonic() - self._outage_since)
-            self._outage_since = None
-        self.ledger.record(hour_file.key, {
-            "job_id": job_id, "rows": loaded, "table": self.target.table_ref, "source": source.name,
-            "at": self.clock.now().strftime("%Y-%m-%d %H:%M:%S"),
-        })
-        self.stats.uploaded += 1
-        self.stats.rows += loaded
-        self.stats.last_upload = self.clock.now()
-        log.info("uploaded %s: %d rows into %s", hour_file.key, loaded, self.target.table_ref)
-        self._restore_if_failed_before(hour_file)
-        return "uploaded", loaded
+        self._outage_since = None
+        self._outage_logged.clear()
 
     def _restore_if_failed_before(self, hour_file: HourFile) -> None:
         """A file re-sent from failed/ goes back beside the others, its .reason removed."""
@@ -488,7 +786,7 @@ class Uploader:
         """Run a BigQuery action, turning every error into Transient- or PermanentError."""
         try:
             return action()
-        except (TransientError, PermanentError, SetupError):
+        except (TransientError, PermanentError, SetupError, JobFailed, StaleJobId):
             raise
         except Exception as exc:
             raise classify(exc) from None
@@ -502,18 +800,29 @@ class Uploader:
                 shutil.move(str(path), str(failed / path.name))
         (failed / f"{hour_file.key}.reason").write_text(reason + "\n", encoding="utf-8")
         self.stats.failed += 1
+        self._single.discard(hour_file.key)
         log.error("cannot upload %s, moved to %s: %s", hour_file.key, failed, reason)
 
+    # --- the thread -----------------------------------------------------------------------
+
     def step(self) -> bool:
-        """Try the oldest queued hour if its time has come; True if there is more to do now."""
+        """Load the oldest queued day's next batch if its time has come; True if there is more to do now."""
         if not self._queued or self.clock.monotonic() < self._next_try:
             return False
-        key = min(self._queued, key=lambda k: (self._queued[k].hour, self._queued[k].part, k))
-        outcome, _ = self.upload(self._queued[key])
-        if outcome == "retry":
+        self.ledger.reload()
+        if not self.resolve_pending():
             self._next_try = self.clock.monotonic() + self.backoff.next_delay()
             return False
-        del self._queued[key]
+        for key in [k for k in self._queued if k in self.ledger]:  # credited by another process
+            del self._queued[key]
+        if not self._queued:
+            return False
+        outcomes, _ = self.upload_group(day_groups(list(self._queued.values()))[0])
+        if "retry" in outcomes.values():
+            self._next_try = self.clock.monotonic() + self.backoff.next_delay()
+            return False
+        for key in outcomes:
+            self._queued.pop(key, None)
         self.backoff.reset()
         return bool(self._queued)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Dict, Iterator, List
 
 from ..clock import Clock
 from ..config import ConfigError, load_config
@@ -21,7 +22,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..uploader import BigQueryTarget, Uploader, hour_files, readable_rows, PermanentError
+    from ..uploader import BigQueryTarget, Uploader, hour_files
 
     config = load_config(args.config)
     if config.bigquery is None:
@@ -34,30 +35,54 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(len(files))
     counts = {"uploaded": 0, "skipped": 0, "failed": 0, "retry": 0}
     rows = 0
-    for done, hour_file in enumerate(files, 1):
-        if args.dry_run:
-            try:
-                outcome, n = ("skipped", 0) if hour_file.key in uploader.ledger else ("uploaded", len(readable_rows(hour_file)[1]))
-            except PermanentError:
-                outcome, n = "failed", 0
-        else:
-            outcome, n = uploader.upload(hour_file)
-        counts[outcome] += 1
+    for outcomes, n in (dry_run(uploader, files) if args.dry_run else batches(uploader, files)):
+        for outcome in outcomes.values():
+            counts[outcome] += 1
         rows += n
-        progress.show(done, rows)
-        if outcome == "retry":
-            break  # BigQuery cannot be reached: the rest would only wait too
+        progress.show(sum(counts.values()), rows)
     progress.close()
     left = len(files) - sum(counts.values())
     summary = [
-        f"{'would upload' if args.dry_run else 'uploaded'} {counts['uploaded']} hour file(s), {rows} rows",
+        f"{'would upload' if args.dry_run else 'uploaded'} {counts['uploaded']} hour file(s), {rows} rows"
+        + ("" if args.dry_run else f" in {uploader.stats.jobs} load job(s)"),
         f"skipped {counts['skipped']} already uploaded",
         f"failed {counts['failed']}" + (" (see failed/)" if counts["failed"] and not args.dry_run else ""),
     ]
-    if counts["retry"]:
+    if counts["retry"] or left:
         summary.append(f"{counts['retry'] + left} left queued: BigQuery could not be reached")
     print("; ".join(summary))
-    return EXIT_OK if not counts["failed"] and not counts["retry"] else EXIT_FAILED
+    return EXIT_OK if not counts["failed"] and not counts["retry"] and not left else EXIT_FAILED
+
+
+def batches(uploader, files: List) -> Iterator:
+    """Batches as the service loads them (a day of one meter per job), after any the last run left."""
+    from ..uploader import day_groups
+
+    if not uploader.resolve_pending():
+        return  # BigQuery cannot be reached: everything stays queued
+    for group in day_groups(files):
+        while group:
+            outcomes, n = uploader.upload_group(group)
+            yield outcomes, n
+            if "retry" in outcomes.values():
+                return  # BigQuery cannot be reached: the rest would only wait too
+            group = [h for h in group if h.key not in outcomes]
+
+
+def dry_run(uploader, files: List) -> Iterator:
+    """What would load: each hour's rows, without a network call."""
+    from ..uploader import PermanentError, readable_rows
+
+    for hour_file in files:
+        outcome: Dict[str, str] = {}
+        try:
+            if hour_file.key in uploader.ledger:
+                outcome[hour_file.key], n = "skipped", 0
+            else:
+                outcome[hour_file.key], n = "uploaded", len(readable_rows(hour_file)[1])
+        except PermanentError:
+            outcome[hour_file.key], n = "failed", 0
+        yield outcome, n
 
 
 class Progress:
