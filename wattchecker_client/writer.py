@@ -31,6 +31,8 @@ HOUR = dt.timedelta(hours=1)
 HOUR_FORMAT = "%Y-%m-%d_%H"
 STAMP_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 TMP_SUFFIX = ".tmp"
+# How long a closed hour waits for its other formats before it is announced anyway.
+HOLD_LIMIT = 300.0
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,8 @@ class Writer:
         }
         self._next_flush = clock.monotonic() + buffer_seconds
         self._failing = False
+        # (meter, hour, part) -> (first closed at, {format: ClosedFile}): not announced yet
+        self._held: Dict[Tuple[str, dt.datetime, int], Tuple[float, Dict[str, ClosedFile]]] = {}
 
     def all_sets(self) -> Iterable[FileSet]:
         for sets in self.sets.values():
@@ -395,10 +399,26 @@ class Writer:
             self._announce(fs.take_closed())
 
     def _announce(self, closed: List[ClosedFile]) -> None:
+        """Announce an hour once every format of its meter has closed it.
+
+        The uploader takes an hour as soon as it hears of it, and must find the
+        JSON file (full precision) beside the CSV. A format that never closes
+        that hour (formats that diverged in a crash) is waited for HOLD_LIMIT
+        seconds, longer while writing fails.
+        """
         self.stats.files_closed += len(closed)
-        if self.closed_files is not None:
-            for item in closed:
-                self.closed_files.put(item)
+        if self.closed_files is None:
+            return
+        now = self.clock.monotonic()
+        for item in closed:
+            _, _, hour, part = parse_closed(item.path)
+            self._held.setdefault((item.meter, hour, part), (now, {}))[1][item.format] = item
+        for key, (since, files) in list(self._held.items()):
+            complete = len(files) == len(self.sets[key[0]])
+            if complete or (not self._failing and now - since >= HOLD_LIMIT):
+                del self._held[key]
+                for item in files.values():
+                    self.closed_files.put(item)
 
     def pending_rows(self) -> int:
         return max((len(fs.pending) for fs in self.all_sets()), default=0)
