@@ -126,6 +126,20 @@ def sources_for(data_dir: Path, stem: str) -> HourSources:
 # --- integrating ---------------------------------------------------------------------
 
 
+def held_seconds(step: Optional[int]) -> int:
+    """Seconds a row counts for when the next row comes ``step`` seconds later (None: none yet).
+
+    The one integration rule: the report, the BigQuery view and the live
+    energy counter (live.py) all use it, so their kWh agree to the row.
+    A repeated second (step 0) counts once, through the later row.
+    """
+    if step is None:
+        return 1
+    if step <= 0:
+        return 0
+    return step if step <= MAX_STEP else 1
+
+
 class Integrator:
     """Accumulates one meter's rows, in time order, into local days and hours.
 
@@ -176,9 +190,9 @@ class Integrator:
     def _credit(self, step: Optional[int]) -> None:
         """The previous row holds for its step, or one second before a gap."""
         t, watts = self.prev
-        if step is not None and step <= 0:
+        seconds = held_seconds(step)
+        if not seconds:
             return
-        seconds = step if step is not None and step <= MAX_STEP else 1
         local = t + self._offset
         day_index = local // DAY_SECONDS
         if day_index != self._day_index:

@@ -1,0 +1,166 @@
+"""The live state and its energy counter, driven by a FakeClock and a real Writer on real files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import threading
+from pathlib import Path
+from typing import List
+
+from wattchecker_client.clock import FakeClock, time_zone
+from wattchecker_client.live import STATE_FILE, LiveState
+from wattchecker_client.protocol import Measurement
+from wattchecker_client.report import meter_report
+from wattchecker_client.simulator import air_conditioner
+from wattchecker_client.writer import Writer
+
+START = dt.datetime(2019, 9, 7, 9, 59, 0)
+STEM = "wattchecker-data"
+
+
+def kwh_of_files(data_dir: Path) -> float:
+    return meter_report(data_dir, STEM, "m", time_zone("UTC")).total().kwh
+
+
+class Rig:
+    """One 'process': a Writer on real files and a LiveState that asks it what is on disk."""
+
+    def __init__(self, data_dir: Path, clock: FakeClock, formats=("csv", "json")) -> None:
+        self.writer = Writer(data_dir, {"m": STEM}, formats, clock, buffer_seconds=3600)
+        self.writer.recover()
+        self.live = LiveState(
+            clock, data_dir, {"m": STEM}, data_format=formats, checkpoint_interval=30,
+            durable_rows=lambda name: min(fs.rows_written for fs in self.writer.sets[name]),
+        )
+        self.live.restore()
+
+    def feed(self, rows: List[Measurement]) -> None:
+        for m in rows:
+            self.writer.add("m", m)
+            self.live.reading("m", m)
+
+    def energy(self) -> float:
+        return self.live.snapshot()["m"].energy_joules
+
+
+def readings(offsets: List[int], seed: int = 7) -> List[Measurement]:
+    return [air_conditioner(START + dt.timedelta(seconds=s), seed) for s in offsets]
+
+
+def test_each_row_holds_for_its_step_up_to_5_s_and_one_second_before_a_longer_step(tmp_path):
+    clock = FakeClock()
+    live = LiveState(clock, tmp_path, {"m": STEM}, data_format=("json",))
+    rows = [Measurement(START + dt.timedelta(seconds=s), 100.0, 1000.0, w)
+            for s, w in [(0, 100.0), (5, 200.0), (11, 400.0), (12, 800.0)]]
+    for m in rows:
+        live.reading("m", m)
+    assert live.snapshot()["m"].energy_joules == 0  # nothing is on disk (or persisted) yet
+    live.save(force=True)
+    # 100 W for the 5 s step, 200 W for 1 s of its 6 s step, 400 W for 1 s, 800 W (last) for 1 s
+    assert live.snapshot()["m"].energy_joules == 100 * 5 + 200 + 400 + 800
+    saved = json.loads((tmp_path / STATE_FILE).read_text())["meters"]["m"]
+    assert saved == {"stem": STEM, "credited_joules": 1100.0, "last": [1567850352, 800.0]}
+
+
+def test_energy_is_the_reports_kwh_of_the_files_and_is_shown_only_once_they_are_on_disk(tmp_path):
+    clock = FakeClock()
+    rig = Rig(tmp_path, clock)
+    rig.feed(readings(list(range(0, 400, 2)) + [410, 415, 421, 422]))  # crosses an hour, with gaps
+    clock.advance(31)
+    rig.live.checkpoint()
+    assert rig.energy() == 0  # received, not flushed: a crash now would lose them
+    rig.writer.flush()
+    clock.advance(31)
+    rig.live.checkpoint()
+    assert abs(rig.energy() / 3_600_000 - kwh_of_files(tmp_path)) < 1e-12
+    assert rig.energy() > 0
+
+
+def test_restore_after_a_kill_gives_at_least_what_was_shown_and_exactly_the_reports_kwh(tmp_path):
+    clock = FakeClock()
+    first = Rig(tmp_path, clock)
+    first.feed(readings(list(range(0, 200, 3))))
+    first.writer.flush()
+    clock.advance(31)
+    first.live.checkpoint()  # persisted and shown: rows 0..198
+    shown = first.energy()
+    first.feed(readings(list(range(201, 300, 3))))
+    first.writer.flush()  # on disk, never checkpointed
+    first.feed(readings(list(range(301, 400, 3))))  # in the buffer when the process is killed
+    clock.advance(5)
+    first.live.checkpoint()  # not due: nothing more is saved
+
+    second = Rig(tmp_path, clock)  # the SIGKILLed process's files and energy.json, nothing else
+    restored = second.energy()
+    assert restored > shown
+    assert abs(restored / 3_600_000 - kwh_of_files(tmp_path)) < 1e-12
+    # it carries on from the last row on disk (297): a row 3 s later holds that row for 3 s
+    last = readings([297])[0]
+    nxt = readings([300])[0]
+    second.feed([nxt])
+    second.writer.flush()
+    second.live.save(force=True)
+    expected = restored + float(f"{last.watts:.2f}") * (3 - 1) + float(f"{nxt.watts:.2f}")
+    assert abs(second.energy() - expected) < 1e-6
+    assert abs(second.energy() / 3_600_000 - kwh_of_files(tmp_path)) < 1e-12
+
+
+def test_no_state_file_counts_every_file_once_and_a_broken_one_does_the_same(tmp_path, caplog):
+    clock = FakeClock()
+    first = Rig(tmp_path, clock)
+    first.feed(readings(list(range(0, 4000, 4))))
+    first.writer.flush()
+    first.live.save(force=True)
+    total = first.energy()
+    (tmp_path / STATE_FILE).unlink()
+    assert Rig(tmp_path, clock).energy() == total
+    (tmp_path / STATE_FILE).write_text('{"version": 1, "meters": {"m": {"stem": "wattchecker-data", "cred')
+    assert Rig(tmp_path, clock).energy() == total
+    assert "energy.json: unreadable" in caplog.text
+    # restored once, saved again: a restart reads only the state file
+    assert json.loads((tmp_path / STATE_FILE).read_text())["meters"]["m"]["credited_joules"] > 0
+
+
+def test_the_energy_shown_never_decreases_across_restarts_gaps_and_kills(tmp_path):
+    clock = FakeClock()
+    rng = random.Random(3)
+    rig = Rig(tmp_path, clock)
+    seen = [rig.energy()]
+    second = 0
+    for round_ in range(40):
+        batch = []
+        for _ in range(rng.randint(1, 60)):
+            second += rng.choice([1, 1, 2, 5, 6, 30])
+            batch.append(air_conditioner(START + dt.timedelta(seconds=second), 7))
+        rig.feed(batch)
+        if rng.random() < 0.6:
+            rig.writer.flush()
+        clock.advance(rng.choice([1, 10, 31]))
+        rig.live.checkpoint()
+        seen.append(rig.energy())
+        if rng.random() < 0.2:  # a SIGKILL: buffered rows are lost; the next reader resumes after the files
+            rig = Rig(tmp_path, clock)
+            seen.append(rig.energy())
+    assert seen == sorted(seen)
+    assert seen[-1] > 0
+
+
+def test_wait_wakes_on_a_reading_and_history_keeps_the_newest(tmp_path):
+    clock = FakeClock()
+    live = LiveState(clock, tmp_path, {"m": STEM}, history_seconds=3)
+    version = live.wait(0, 0)
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(live.wait(version, 30)))
+    waiter.start()
+    for m in readings([0, 1, 2, 3, 4]):
+        live.reading("m", m)
+    waiter.join(10)
+    assert woke and woke[0] > version
+    assert live.history("m") == [(1567850340 + s, m.watts) for s, m in zip([2, 3, 4], readings([2, 3, 4]))]
+    live.connected("m")
+    state = live.snapshot()["m"]
+    assert state.connected and state.since == clock.now() and state.measurement == readings([4])[0]
+    live.disconnected("m")
+    assert not live.snapshot()["m"].connected
