@@ -1,0 +1,409 @@
+"""The BLE link: real socketpairs and a real asyncio loop; only the bleak client object is a stand-in.
+
+``FakeBleakClient`` behaves like ``bleak.BleakClient`` (async connect,
+disconnect, start_notify, stop_notify, write_gatt_char; ``services`` with the
+Nordic UART characteristics and their properties; bleak's own exception types)
+and carries the meter's answers back as notifications split at 20 bytes, as a
+real RS-BTWATTCH2 does. ``Radio`` is the meter as the air sees it: one device,
+met by a new client object at each connect, with knobs for what BlueZ does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, List, Optional
+
+import pytest
+
+bleak_exc = pytest.importorskip("bleak.exc", reason="bleak is the [ble] extra: pip install -e '.[test]'")
+
+from wattchecker_client import ble  # noqa: E402
+from wattchecker_client.protocol import btwattch2  # noqa: E402
+from wattchecker_client.protocol.frames import FrameDecoder, encode_frame  # noqa: E402
+from wattchecker_client.transport import LinkError, LinkTimeout, SetupError  # noqa: E402
+
+from .conftest import ROOT, cli  # noqa: E402
+
+# protocol.md's vectors
+REQUEST = bytes.fromhex("AA 00 01 08 B3")
+# (listed there with a stray 32nd byte after the CRC; a frame is 31 bytes)
+MEASUREMENT = bytes.fromhex(
+    "AA 00 1B 08 00 00 00 80 64 00 00 00 00 00 10 00 00 00 00 20 19 00 00 1E 18 09 02 06 7E 01 30"
+)
+CLOCK_ACK = bytes.fromhex("AA 00 02 01 00 97")
+
+
+def replay_vectors(payload: bytes) -> bytes:
+    """The meter's answers, from protocol.md's vectors, until the simulator replaces them."""
+    if payload[0] == btwattch2.CMD_GET_DATA:
+        return MEASUREMENT
+    if payload[0] == btwattch2.CMD_SET_CLOCK:
+        return CLOCK_ACK
+    return encode_frame(bytes((payload[0], 0x01)), big_endian=True)
+
+
+class FakeCharacteristic:
+    """Like bleak's BleakGATTCharacteristic: a uuid and its properties."""
+
+    def __init__(self, uuid: str, properties) -> None:
+        self.uuid = uuid
+        self.properties = list(properties)
+
+
+class FakeServices:
+    """Like bleak's BleakGATTServiceCollection: get_characteristic by uuid, None when absent."""
+
+    def __init__(self, characteristics) -> None:
+        self._by_uuid = {c.uuid: c for c in characteristics}
+
+    def get_characteristic(self, specifier):
+        return self._by_uuid.get(str(specifier).lower())
+
+
+class Radio:
+    """One RS-BTWATTCH2 on the air, and the BlueZ behaviour a test asks for."""
+
+    def __init__(self, respond: Callable[[bytes], bytes] = replay_vectors, tx_properties=("write", "write-without-response")):
+        self.respond = respond
+        self.tx_properties = tx_properties
+        self.clients: List["FakeBleakClient"] = []
+        self.connect_errors: List[BaseException] = []  # raised by the next connects, in order
+        self.unresolved = 0  # the next connects succeed with no Nordic UART service
+        self.notify_failures = 0  # the next start_notify calls fail
+        self.mute_after: Optional[int] = None  # stop notifying after this many requests...
+        self.mute_heals = True  # ...until re-subscribed (False: a re-subscribe does not help)
+        self.drop_mid_frame: Optional[int] = None  # cut this request's answer after 20 bytes, disconnect
+        self.requests = 0
+        self.writes: List[tuple] = []  # (bytes, response) as written
+        self.chunks: List[int] = []  # sizes of the notifications sent
+        self.subscribes = 0
+        self.unsubscribes = 0
+        self.muted = False
+
+    def factory(self, address: str, disconnected_callback=None, timeout: float = 10.0, **kwargs) -> "FakeBleakClient":
+        client = FakeBleakClient(self, address, disconnected_callback, timeout)
+        self.clients.append(client)
+        return client
+
+
+class FakeBleakClient:
+    """Behaves like bleak.BleakClient against the ``Radio``'s meter."""
+
+    def __init__(self, radio: Radio, address: str, disconnected_callback, timeout: float) -> None:
+        self.radio = radio
+        self.address = address
+        self.timeout = timeout
+        self._disconnected_callback = disconnected_callback
+        self._decoder = FrameDecoder(big_endian=True)
+        self._callback = None
+        self._services = None
+        self.is_connected = False
+        self.disconnects = 0
+
+    @property
+    def services(self):
+        if self._services is None:
+            raise bleak_exc.BleakError("Service Discovery has not been performed yet")
+        return self._services
+
+    async def connect(self, **kwargs) -> None:
+        radio = self.radio
+        await asyncio.sleep(0)
+        if radio.connect_errors:
+            raise radio.connect_errors.pop(0)
+        self.is_connected = True
+        if radio.unresolved:
+            radio.unresolved -= 1
+            self._services = FakeServices([])
+            return
+        self._services = FakeServices(
+            [
+                FakeCharacteristic(ble.NUS_TX, radio.tx_properties),
+                FakeCharacteristic(ble.NUS_RX, ("notify",)),
+            ]
+        )
+
+    async def disconnect(self) -> None:
+        self.disconnects += 1
+        self.is_connected = False
+        self._callback = None
+
+    async def start_notify(self, characteristic, callback, **kwargs) -> None:
+        if not self.is_connected:
+            raise bleak_exc.BleakError("Not connected")
+        if self.radio.notify_failures:
+            self.radio.notify_failures -= 1
+            raise bleak_exc.BleakDBusError("org.bluez.Error.Failed", ["Operation failed with ATT error: 0x0e"])
+        self.radio.subscribes += 1
+        if self.radio.mute_heals:
+            self.radio.muted = False
+        self._callback = callback
+        self._rx = characteristic
+
+    async def stop_notify(self, characteristic) -> None:
+        self.radio.unsubscribes += 1
+        self._callback = None
+
+    async def write_gatt_char(self, characteristic, data, response: Optional[bool] = None) -> None:
+        if not self.is_connected:
+            raise bleak_exc.BleakError("Not connected")
+        assert characteristic.uuid == ble.NUS_TX
+        assert len(data) <= 20
+        self.radio.writes.append((bytes(data), response))
+        self._decoder.feed(bytes(data))
+        for frame in self._decoder:
+            self._answer(self.radio.respond(frame.payload))
+
+    def _answer(self, response: bytes) -> None:
+        radio = self.radio
+        radio.requests += 1
+        if radio.mute_after is not None and radio.requests == radio.mute_after + 1:
+            radio.muted = True
+        cut = radio.drop_mid_frame is not None and radio.requests == radio.drop_mid_frame
+        chunks = [response[at : at + 20] for at in range(0, len(response), 20)]
+        loop = asyncio.get_running_loop()
+        for chunk in chunks[:1] if cut else chunks:
+            loop.call_soon(self._notify, chunk)
+        if cut:
+            loop.call_soon(self._drop)
+
+    def _notify(self, chunk: bytes) -> None:
+        if self._callback is not None and self.is_connected and not self.radio.muted:
+            self.radio.chunks.append(len(chunk))
+            self._callback(self._rx, bytearray(chunk))
+
+    def _drop(self) -> None:
+        """The meter goes out of range: BlueZ reports the disconnection."""
+        self.is_connected = False
+        if self._disconnected_callback is not None:
+            self._disconnected_callback(self)
+
+
+@pytest.fixture
+def opened():
+    """Open BLE links on a Radio; everything is closed afterwards."""
+    openers: List[ble.BleOpener] = []
+
+    def open_on(radio: Radio, **kwargs) -> ble.BleOpener:
+        kwargs.setdefault("timeout", 1.0)
+        kwargs.setdefault("connect_timeout", 1.0)
+        opener = ble.BleOpener("00:0c:bf:12:34:56", client_factory=radio.factory, **kwargs)
+        openers.append(opener)
+        return opener
+
+    yield open_on
+    for opener in openers:
+        opener.close()
+
+
+def exchange(link, request: bytes = REQUEST, timeout: float = 1.0) -> bytes:
+    """Send ``request``; the payload of the first whole frame that comes back."""
+    link.write(request)
+    decoder = FrameDecoder(big_endian=True)
+    while True:
+        decoder.feed(link.read(timeout=timeout))
+        frame = decoder.next_frame()
+        if frame is not None:
+            return frame.payload
+
+
+# --- the byte stream -------------------------------------------------------------
+
+
+def test_a_request_and_its_answer_split_at_20_bytes():
+    radio = Radio()
+    opener = ble.BleOpener("00:0c:bf:12:34:56", client_factory=radio.factory, timeout=1.0)
+    try:
+        with opener() as link:
+            assert exchange(link) == MEASUREMENT[3:-1]
+            assert exchange(link) == MEASUREMENT[3:-1]
+    finally:
+        opener.close()
+    assert radio.chunks == [20, 11, 20, 11]
+    assert radio.writes == [(REQUEST, True), (REQUEST, True)]
+    assert btwattch2.decode_measurement(MEASUREMENT[3:-1]).watts == 25.125
+    # Closing the link disconnected the client: BlueZ keeps no stale link.
+    assert [c.disconnects for c in radio.clients] == [1]
+    assert opener.stats.bytes_out == 10 and opener.stats.bytes_in == 62 and opener.stats.notifications == 4
+
+
+@pytest.mark.parametrize(
+    "properties, response",
+    [
+        (("write", "write-without-response"), True),
+        (("write",), True),
+        (("write-without-response",), False),
+    ],
+)
+def test_write_type_follows_the_characteristic(opened, properties, response):
+    radio = Radio(tx_properties=properties)
+    with opened(radio)() as link:
+        assert exchange(link) == MEASUREMENT[3:-1]
+    assert radio.writes == [(REQUEST, response)]
+
+
+def test_a_characteristic_that_cannot_be_written_is_a_half_open_link(opened):
+    radio = Radio(tx_properties=("read", "notify"))
+    opener = opened(radio)
+    with pytest.raises(LinkError, match=r"connected 2 times, never usable: TX characteristic .* is not writable"):
+        opener()
+    assert [c.disconnects for c in radio.clients] == [1, 1]
+    assert opener.stats.half_open == 2
+
+
+# --- connects that half-succeed ----------------------------------------------------
+
+
+def test_services_not_resolved_drops_that_link_and_connects_again(opened):
+    radio = Radio()
+    radio.unresolved = 1
+    opener = opened(radio)
+    with opener() as link:
+        assert exchange(link) == MEASUREMENT[3:-1]
+    assert len(radio.clients) == 2
+    assert radio.clients[0].disconnects == 1  # the stale link was dropped before the retry
+    assert opener.stats.half_open == 1 and opener.stats.connects == 1
+
+
+def test_start_notify_failing_drops_that_link_and_connects_again(opened):
+    radio = Radio()
+    radio.notify_failures = 1
+    opener = opened(radio)
+    with opener() as link:
+        assert exchange(link) == MEASUREMENT[3:-1]
+    assert [c.disconnects for c in radio.clients] == [1, 1]
+    assert opener.stats.half_open == 1
+
+
+def test_a_failed_connect_is_one_clear_link_error(opened):
+    radio = Radio()
+    radio.connect_errors = [bleak_exc.BleakDBusError("org.bluez.Error.NotReady", ["Resource Not Ready"])]
+    opener = opened(radio)
+    with pytest.raises(LinkError) as caught:
+        opener()
+    assert str(caught.value) == (
+        "00:0C:BF:12:34:56 (BLE): the Bluetooth adapter is powered off: `bluetoothctl power on` "
+        "(and check `rfkill list`)"
+    )
+    assert radio.clients[0].disconnects == 1
+    with opener() as link:  # the next try (after the reader's backoff) works
+        assert exchange(link) == MEASUREMENT[3:-1]
+
+
+# --- notifications that stop, links that drop ---------------------------------------
+
+
+def test_notifications_that_stop_are_re_subscribed(opened):
+    radio = Radio()
+    radio.mute_after = 1
+    opener = opened(radio, silence_timeout=0.2)
+    with opener() as link:
+        assert exchange(link) == MEASUREMENT[3:-1]
+        link.write(REQUEST)  # its answer is lost: BlueZ stopped delivering
+        with pytest.raises(LinkTimeout):
+            link.read(timeout=0.6)
+        assert radio.unsubscribes == 1 and radio.subscribes == 2
+        assert exchange(link) == MEASUREMENT[3:-1]  # the same link carries answers again
+    assert len(radio.clients) == 1
+    assert opener.stats.resubscribes == 1 and opener.stats.silent_closes == 0
+
+
+def test_notifications_that_stay_stopped_close_the_link(opened):
+    radio = Radio()
+    radio.mute_after = 1
+    radio.mute_heals = False
+    opener = opened(radio, silence_timeout=0.2)
+    link = opener()
+    assert exchange(link) == MEASUREMENT[3:-1]
+    with pytest.raises(LinkError) as caught:
+        for _ in range(10):  # as the reader does: ask again after each timeout
+            link.write(REQUEST)
+            try:
+                link.read(timeout=0.5)
+            except LinkTimeout:
+                continue
+    assert not isinstance(caught.value, LinkTimeout)
+    assert str(caught.value) == (
+        "00:0C:BF:12:34:56 (BLE): no notification for 0.2 s, even after re-subscribing"
+    )
+    link.close()
+    assert radio.clients[0].disconnects == 1
+    assert opener.stats.resubscribes == 1 and opener.stats.silent_closes == 1
+
+
+def test_a_disconnect_mid_frame_ends_the_stream_with_why(opened):
+    radio = Radio()
+    radio.drop_mid_frame = 2
+    opener = opened(radio)
+    link = opener()
+    assert exchange(link) == MEASUREMENT[3:-1]
+    link.write(REQUEST)
+    received = b""
+    with pytest.raises(LinkError, match=r"\(BLE\): the meter or BlueZ dropped the BLE connection$"):
+        while True:
+            received += link.read(timeout=2.0)
+    assert received == MEASUREMENT[:20]
+    link.close()
+    assert opener.stats.drops == 1
+    with opener() as again:
+        assert exchange(again) == MEASUREMENT[3:-1]
+
+
+def test_one_silent_meter_does_not_hold_up_another(opened):
+    quiet, talking = Radio(), Radio()
+    quiet.mute_after = 0
+    quiet.mute_heals = False
+    with opened(quiet, silence_timeout=5.0)() as silent_link, opened(talking)() as link:
+        silent_link.write(REQUEST)
+        for _ in range(5):
+            assert exchange(link, timeout=0.5) == MEASUREMENT[3:-1]
+    assert quiet.chunks == [] and talking.chunks == [20, 11] * 5
+
+
+# --- errors a user can act on ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (FileNotFoundError(2, "No such file or directory"),
+         "cannot reach BlueZ: no D-Bus system bus at unix:path=/run/dbus/system_bus_socket "
+         "(No such file or directory): start D-Bus and Bluetooth (`sudo systemctl start dbus bluetooth`)"),
+        (bleak_exc.BleakDBusError("org.freedesktop.DBus.Error.ServiceUnknown",
+                                  ["The name org.bluez was not provided by any .service files"]),
+         "bluetoothd is not running (no org.bluez on the D-Bus system bus): `sudo systemctl start bluetooth`"),
+        (bleak_exc.BleakError("No powered Bluetooth adapters found. Turn on Bluetooth and try again."),
+         "the Bluetooth adapter is powered off: `bluetoothctl power on` (and check `rfkill list`)"),
+        (bleak_exc.BleakError("No Bluetooth adapters found."),
+         "no Bluetooth LE adapter found (No Bluetooth adapters found.): check `bluetoothctl list` and `rfkill list`"),
+        (bleak_exc.BleakDeviceNotFoundError("00:0C:BF:12:34:56", "Device with address 00:0C:BF:12:34:56 was not found."),
+         "not found by a scan: is it plugged in, in range, and not connected to another host (a phone app)? "
+         "`wattchecker-client scan` lists the meters nearby"),
+        (asyncio.TimeoutError(), "timed out (is the meter plugged in, in range, and not connected to a phone?)"),
+    ],
+    ids=["no-dbus", "no-bluetoothd", "powered-off", "no-adapter", "not-found", "timeout"],
+)
+def test_what_bluez_raises_becomes_one_line(monkeypatch, error, line):
+    monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)
+    assert ble.explain(error) == line
+
+
+def test_without_bleak_the_line_names_the_extra():
+    code = (
+        "import sys; sys.modules['bleak'] = None\n"
+        "from wattchecker_client import ble\n"
+        "try:\n    ble.BleOpener('00:0C:BF:12:34:56')()\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.stdout == (
+        "SetupError a Bluetooth LE meter (model btwattch2 at a MAC address) needs bleak: "
+        "pip install 'wattchecker-client[ble]'\n"
+    )

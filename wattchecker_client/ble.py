@@ -1,0 +1,446 @@
+"""The RS-BTWATTCH2's Bluetooth LE link, made to look like every other link.
+
+bleak is asyncio; the rest of the client reads blocking ``Link``s, one thread
+per meter. A real socketpair joins the two: the reader gets an fd-based
+``transport.Link`` on one end; a bridge coroutine owns the other end, writes
+each notification of the Nordic UART RX characteristic into it, and forwards
+what the reader writes to the TX characteristic. Notifications arrive split at
+about 20 bytes; the decoder above frames by length, so they are just a stream.
+
+One event loop thread per BLE meter (per ``BleOpener``), kept across that
+meter's reconnects: a silent meter, or a bleak call that wedges, holds up only
+its own loop, never another meter's; every await has a timeout besides. bleak
+keeps one D-Bus connection per loop, so a few meters cost a few connections.
+
+What BlueZ does in practice, and the answer here:
+
+- a connect that half-succeeds (services not resolved, start_notify fails):
+  disconnect that client, so no stale link stays behind, and connect again;
+- notifications that stop while the link looks up: when a request gets no byte
+  back within ``silence_timeout``, re-subscribe once (stop, start notify); the
+  next request unanswered as well: close the link, and the reader reconnects;
+- no adapter, adapter off, bluetoothd or D-Bus not running: a ``LinkError``
+  whose one line says what to run; the reader retries with backoff.
+
+``bleak`` is the optional extra ``[ble]``, imported only when a BLE link opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Optional
+
+from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, SetupError
+
+log = logging.getLogger(__name__)
+
+NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
+NUS_TX = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"  # host -> meter
+NUS_RX = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"  # meter -> host, notifications
+# The default ATT payload (MTU 23 - 3); requests are at most 12 bytes anyway.
+WRITE_CHUNK = 20
+# A connect can half-succeed; one more try on the same open, then the reader's backoff.
+CONNECT_ATTEMPTS = 2
+# bleak's connect includes a scan for the address; less than this is too tight.
+MIN_CONNECT_TIMEOUT = 10.0
+SILENCE_TIMEOUT = 3.0
+DEFAULT_BUS = "unix:path=/run/dbus/system_bus_socket"
+
+# bleak.BleakClient or a stand-in: (address, disconnected_callback=..., timeout=...)
+ClientFactory = Callable[..., Any]
+
+
+def import_bleak() -> Any:
+    """The bleak module, or SetupError naming the extra: reinstalling is the only fix."""
+    try:
+        import bleak
+    except ImportError:
+        raise SetupError(
+            "a Bluetooth LE meter (model btwattch2 at a MAC address) needs bleak: "
+            "pip install 'wattchecker-client[ble]'"
+        ) from None
+    return bleak
+
+
+def system_bus() -> str:
+    """The D-Bus system bus address bleak connects to (dbus-fast reads the same variable)."""
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_BUS
+
+
+def explain(exc: BaseException) -> str:
+    """What bleak, D-Bus or BlueZ raised, as one line a user can act on."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out (is the meter plugged in, in range, and not connected to a phone?)"
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+        return (
+            f"cannot reach BlueZ: no D-Bus system bus at {system_bus()} ({exc.strerror}): "
+            "start D-Bus and Bluetooth (`sudo systemctl start dbus bluetooth`)"
+        )
+    if isinstance(exc, PermissionError):
+        return (
+            f"the D-Bus system bus at {system_bus()} refused this process ({exc.strerror}): "
+            "a hardened service must keep AF_UNIX and must not hide /run/dbus"
+        )
+    dbus_error = getattr(exc, "dbus_error", "") or ""
+    reason = getattr(getattr(exc, "reason", None), "name", "")
+    text = " ".join(str(a) for a in exc.args if isinstance(a, str)) or type(exc).__name__
+    lowered = text.lower()
+    if dbus_error in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+        return "bluetoothd is not running (no org.bluez on the D-Bus system bus): `sudo systemctl start bluetooth`"
+    if dbus_error == "org.bluez.Error.NotReady" or reason == "POWERED_OFF" or "powered" in lowered:
+        return "the Bluetooth adapter is powered off: `bluetoothctl power on` (and check `rfkill list`)"
+    if reason in ("NO_BLUETOOTH", "NO_BLE_CENTRAL_ROLE") or "no bluetooth adapters" in lowered:
+        return f"no Bluetooth LE adapter found ({text}): check `bluetoothctl list` and `rfkill list`"
+    if dbus_error == "org.freedesktop.DBus.Error.AccessDenied" or reason.startswith("DENIED"):
+        return (
+            f"D-Bus denied access to BlueZ ({text}): run as root or as a member of group `bluetooth`"
+        )
+    if type(exc).__name__ == "BleakDeviceNotFoundError":
+        return (
+            "not found by a scan: is it plugged in, in range, and not connected to another host "
+            "(a phone app)? `wattchecker-client scan` lists the meters nearby"
+        )
+    return f"{text} ({type(exc).__name__})"
+
+
+def link_error(name: str, exc: BaseException) -> LinkError:
+    cls = LinkTimeout if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) else LinkError
+    return cls(f"{name}: {explain(exc)}")
+
+
+@dataclass
+class BleStats:
+    """Counters for what goes wrong on one meter's BLE links, kept across reconnects."""
+
+    connects: int = 0
+    half_open: int = 0
+    notifications: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    resubscribes: int = 0
+    silent_closes: int = 0
+    drops: int = 0
+    overflow_bytes: int = 0
+
+    def summary(self) -> str:
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+
+class HalfOpen(Exception):
+    """Connected, but the link cannot carry the meter's protocol (BlueZ's half-open link)."""
+
+
+class BleLink(Link):
+    """The reader's end of the socketpair; its errors say why the bridge behind it closed."""
+
+    def __init__(self, fd: int, name: str, close: Callable[[], None], timeout: float, bridge: "Bridge") -> None:
+        super().__init__(fd, name, close, timeout)
+        self.bridge = bridge
+
+    def read(self, max_bytes: int = 4096, timeout: Optional[float] = None) -> bytes:
+        try:
+            return super().read(max_bytes, timeout)
+        except LinkTimeout:
+            raise
+        except LinkError as exc:
+            raise self._why(exc) from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            super().write(data)
+        except LinkTimeout:
+            raise
+        except LinkError as exc:
+            raise self._why(exc) from None
+
+    def _why(self, exc: LinkError) -> LinkError:
+        return LinkError(f"{self.name}: {self.bridge.reason}") if self.bridge.reason else exc
+
+
+class LoopThread:
+    """An asyncio event loop on a daemon thread of its own; blocking threads hand it coroutines."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop, started at first use."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name=self.name, daemon=True)
+                self._thread.start()
+            return self._loop
+
+    def run(self, coroutine: Any, timeout: float) -> Any:
+        """Run ``coroutine`` on the loop and wait for its result; concurrent.futures.TimeoutError after ``timeout``."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def close(self) -> None:
+        """Stop the loop and its thread (tests and one-shot commands; the daemon lets it run)."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+            loop.close()
+
+
+class BleOpener:
+    """Opens the BLE link to one RS-BTWATTCH2 afresh at each call, for reconnecting."""
+
+    def __init__(
+        self,
+        mac: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        client_factory: Optional[ClientFactory] = None,
+        silence_timeout: float = SILENCE_TIMEOUT,
+        connect_timeout: Optional[float] = None,
+        connect_attempts: int = CONNECT_ATTEMPTS,
+    ) -> None:
+        self.mac = mac.upper()
+        self.name = f"{self.mac} (BLE)"
+        self.timeout = timeout
+        self.client_factory = client_factory
+        self.silence_timeout = silence_timeout
+        self.connect_timeout = connect_timeout if connect_timeout is not None else max(timeout, MIN_CONNECT_TIMEOUT)
+        self.connect_attempts = connect_attempts
+        self.stats = BleStats()
+        self.loop = LoopThread(f"ble {self.mac}")
+
+    def __call__(self) -> Link:
+        factory = self.client_factory or import_bleak().BleakClient
+        ours, theirs = socket.socketpair()
+        bridge = Bridge(self, factory, theirs)
+        # A safety net only: every step inside has its own timeout.
+        deadline = self.connect_attempts * (self.connect_timeout + 3 * self.timeout)
+        try:
+            self.loop.run(bridge.open(), deadline)
+        except concurrent.futures.TimeoutError:
+            ours.close()
+            raise LinkTimeout(f"{self.name}: connect did not finish within {deadline:g} s") from None
+        except BaseException:
+            ours.close()
+            raise
+
+        def close() -> None:
+            """Disconnect before the reader may reconnect, so BlueZ never holds two links."""
+            try:
+                self.loop.run(bridge.finish("closed by this client"), 2 * self.timeout)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                log.debug("%s: disconnect did not finish in time", self.name)
+            ours.close()
+
+        ours.setblocking(False)
+        return BleLink(ours.fileno(), self.name, close, self.timeout, bridge)
+
+    def close(self) -> None:
+        """Stop this meter's event loop (tests and one-shot commands; the daemon lets it run)."""
+        self.loop.close()
+        log.debug("%s: %s", self.name, self.stats.summary())
+
+
+class Bridge:
+    """One BLE connection: the bleak client on one side, our end of the socketpair on the other.
+
+    Runs only on the opener's event loop; ``reason`` says why it closed.
+    """
+
+    def __init__(self, opener: BleOpener, factory: ClientFactory, sock: socket.socket) -> None:
+        self.opener = opener
+        self.stats = opener.stats
+        self.factory = factory
+        self.sock = sock
+        sock.setblocking(False)
+        self.client: Any = None
+        self.reason = ""
+        self._rx: Any = None
+        self._tx: Any = None
+        self._with_response = False
+        self._pump: Optional[asyncio.Task] = None
+        self._silence: Optional[asyncio.TimerHandle] = None
+        self._resubscribed = False
+        self._finished = False
+        self._tasks: set = set()
+
+    def _spawn(self, coroutine: Any) -> None:
+        """Run ``coroutine`` on this loop, holding a reference until it ends (asyncio keeps none)."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- connecting --------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and subscribe, dropping half-open links; LinkError when it cannot."""
+        opener = self.opener
+        error: BaseException = LinkError("no connect attempt")
+        try:
+            for attempt in range(opener.connect_attempts):
+                client = self.factory(
+                    opener.mac, disconnected_callback=self._on_disconnected, timeout=opener.connect_timeout
+                )
+                try:
+                    await asyncio.wait_for(client.connect(), opener.connect_timeout + 1)
+                except Exception as exc:  # bleak and D-Bus raise many types; explain() sorts them
+                    await self._drop(client)
+                    raise link_error(opener.name, exc) from None
+                try:
+                    await self._subscribe(client)
+                except Exception as exc:
+                    self.stats.half_open += 1
+                    error = exc
+                    log.info("%s: connected but %s; dropping that link", opener.name, explain(exc))
+                    await self._drop(client)
+                    continue
+                self.client = client
+                self.stats.connects += 1
+                self._pump = asyncio.ensure_future(self._forward_writes())
+                return
+            raise LinkError(f"{opener.name}: connected {opener.connect_attempts} times, never usable: {explain(error)}")
+        except BaseException:
+            self.sock.close()
+            raise
+
+    async def _subscribe(self, client: Any) -> None:
+        services = client.services
+        tx = services.get_characteristic(NUS_TX) if services is not None else None
+        rx = services.get_characteristic(NUS_RX) if services is not None else None
+        if tx is None or rx is None:
+            raise HalfOpen("the Nordic UART service was not resolved")
+        properties = set(tx.properties)
+        if not properties & {"write", "write-without-response"}:
+            raise HalfOpen(f"TX characteristic {NUS_TX} is not writable ({', '.join(sorted(properties))})")
+        # With response when allowed: one request a second, and the write is confirmed.
+        self._tx, self._rx, self._with_response = tx, rx, "write" in properties
+        await asyncio.wait_for(client.start_notify(rx, self._on_notify), self.opener.timeout)
+
+    async def _drop(self, client: Any) -> None:
+        """Disconnect a client we give up on, so BlueZ keeps no stale link to the meter."""
+        try:
+            await asyncio.wait_for(client.disconnect(), self.opener.timeout)
+        except Exception as exc:
+            log.debug("%s: disconnect: %s", self.opener.name, explain(exc))
+
+    # --- meter -> reader ---------------------------------------------------
+
+    def _on_notify(self, sender: Any, data: bytearray) -> None:
+        self.stats.notifications += 1
+        self.stats.bytes_in += len(data)
+        self._heard()
+        view = memoryview(bytes(data))
+        try:
+            while view:
+                view = view[self.sock.send(view):]
+        except BlockingIOError:
+            self.stats.overflow_bytes += len(view)  # the reader stopped reading; it will time out
+        except OSError:
+            pass  # our end is closing
+
+    def _on_disconnected(self, client: Any) -> None:
+        if client is self.client and not self._finished:
+            self.stats.drops += 1
+            self._spawn(self.finish("the meter or BlueZ dropped the BLE connection"))
+
+    # --- reader -> meter -------------------------------------------------------
+
+    async def _forward_writes(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                data = await loop.sock_recv(self.sock, 4096)
+                if not data:
+                    break
+                for at in range(0, len(data), WRITE_CHUNK):
+                    await asyncio.wait_for(
+                        self.client.write_gatt_char(self._tx, data[at : at + WRITE_CHUNK], response=self._with_response),
+                        self.opener.timeout,
+                    )
+                self.stats.bytes_out += len(data)
+                self._expect_reply()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._spawn(self.finish(f"write to the meter failed: {explain(exc)}"))
+            return
+        self._spawn(self.finish("closed by this client"))
+
+    # --- notifications that stop -------------------------------------------------
+
+    def _expect_reply(self) -> None:
+        if self._silence is None and not self._finished:
+            loop = asyncio.get_running_loop()
+            self._silence = loop.call_later(self.opener.silence_timeout, self._silent)
+
+    def _heard(self) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
+            self._silence = None
+        self._resubscribed = False
+
+    def _silent(self) -> None:
+        self._silence = None
+        if self._finished:
+            return
+        if self._resubscribed:
+            self.stats.silent_closes += 1
+            self._spawn(
+                self.finish(f"no notification for {self.opener.silence_timeout:g} s, even after re-subscribing")
+            )
+            return
+        self._resubscribed = True
+        self.stats.resubscribes += 1
+        log.info("%s: no notification for %g s after a request; re-subscribing",
+                 self.opener.name, self.opener.silence_timeout)
+        self._spawn(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        client, timeout = self.client, self.opener.timeout
+        try:
+            await asyncio.wait_for(client.stop_notify(self._rx), timeout)
+        except Exception as exc:
+            log.debug("%s: stop_notify: %s", self.opener.name, explain(exc))
+        try:
+            await asyncio.wait_for(client.start_notify(self._rx, self._on_notify), timeout)
+        except Exception as exc:
+            await self.finish(f"re-subscribing failed: {explain(exc)}")
+        # The next request re-arms the timer: no answer to it either, and the link closes.
+
+    # --- closing ------------------------------------------------------------------
+
+    async def finish(self, reason: str) -> None:
+        """Disconnect, then close our end, so the reader's next read says ``reason``; once."""
+        if self._finished:
+            return
+        self._finished = True
+        self.reason = reason
+        if self._silence is not None:
+            self._silence.cancel()
+            self._silence = None
+        pump = self._pump
+        # Wait for it to unregister our socket from the loop before the socket (and its
+        # fd number) goes; before Python 3.12, wait_for can swallow a cancel: repeat it.
+        while pump is not None and not pump.done() and pump is not asyncio.current_task():
+            pump.cancel()
+            await asyncio.wait([pump], timeout=0.05)
+        if self.client is not None:
+            await self._drop(self.client)
+        self.sock.close()
+        log.debug("%s: link closed: %s; %s", self.opener.name, reason, self.stats.summary())
