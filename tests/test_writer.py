@@ -12,7 +12,7 @@ import pytest
 from wattchecker_client.clock import FakeClock
 from wattchecker_client.formats import csv_line, json_line
 from wattchecker_client.simulator import air_conditioner
-from wattchecker_client.writer import ClosedFile, Writer
+from wattchecker_client.writer import HOLD_LIMIT, ClosedFile, Writer
 
 from .conftest import fill_disk, tmpfs
 
@@ -74,6 +74,56 @@ def test_a_row_goes_to_the_hour_of_its_own_timestamp(tmp_path):
         ("csv", "wattchecker-data.csv.2019-09-07_09.gz"),
         ("json", "wattchecker-data.json.2019-09-07_09.gz"),
     ]
+
+
+class Witness(queue.Queue):
+    """The uploader's end of the queue: which closed files were on disk when it heard of each."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.heard = []
+
+    def put(self, item, *args, **kwargs) -> None:
+        self.heard.append((item.path.name, sorted(p.name for p in self.data_dir.glob("*.gz"))))
+        super().put(item, *args, **kwargs)
+
+
+def test_an_hour_is_announced_only_once_every_format_has_closed_it(tmp_path):
+    """The uploader loads an hour as soon as it hears of it: the JSON (full precision) must be there."""
+    clock = FakeClock(T10 + dt.timedelta(minutes=5))
+    witness = Witness(tmp_path)
+    writer = Writer(tmp_path, {"wattchecker": "wattchecker-data"}, ("csv", "json"), clock, closed_files=witness)
+    writer.recover()
+    feed(writer, rows(T10 - dt.timedelta(seconds=3), 5))  # 09:59:57 .. 10:00:01
+    writer.flush()  # hour 09 closed by the rows of hour 10
+    hour9 = ["wattchecker-data.csv.2019-09-07_09.gz", "wattchecker-data.json.2019-09-07_09.gz"]
+    assert witness.heard == [(hour9[0], hour9), (hour9[1], hour9)]
+    clock.advance(3600)  # 11:05: hour 10 closed by the host clock
+    writer.tick()
+    hour10 = ["wattchecker-data.csv.2019-09-07_10.gz", "wattchecker-data.json.2019-09-07_10.gz"]
+    assert witness.heard[2:] == [(hour10[0], sorted(hour9 + hour10)), (hour10[1], sorted(hour9 + hour10))]
+
+
+def test_an_hour_one_format_will_never_close_is_announced_after_the_hold_limit(tmp_path):
+    clock = FakeClock(T10 + dt.timedelta(minutes=5))
+    data = rows(T9 + dt.timedelta(minutes=50), 5)
+    # A crash between the formats' flushes left hour 09 one second longer in JSON than in CSV.
+    with gzip.open(tmp_path / "wattchecker-data.json.2019-09-07_09.gz", "wt") as f:
+        f.write("".join(json_line(m) + "\n" for m in data))
+    with gzip.open(tmp_path / "wattchecker-data.csv.2019-09-07_09.gz", "wt") as f:
+        f.write("".join(csv_line(m) + "\n" for m in data[:4]))
+    writer = make_writer(tmp_path, clock)
+    feed(writer, data[4:])  # the second again, late: only the CSV lacks it
+    writer.flush()
+    assert gz_text(tmp_path / "wattchecker-data.csv.2019-09-07_09.part1.gz") == csv_line(data[4]) + "\n"
+    assert not (tmp_path / "wattchecker-data.json.2019-09-07_09.part1.gz").exists()
+    clock.advance(HOLD_LIMIT - 1)
+    writer.tick()
+    assert announced(writer) == []  # waiting for a JSON part that will never come
+    clock.advance(1)
+    writer.tick()
+    assert announced(writer) == [("csv", "wattchecker-data.csv.2019-09-07_09.part1.gz")]
 
 
 def test_a_full_hour_closes_when_the_next_hour_is_written(tmp_path):
