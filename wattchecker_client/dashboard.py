@@ -1,0 +1,153 @@
+"""What the live page and /metrics show of each meter: the reading now, today's kWh, hourly bars.
+
+Two sources, joined at a seam so no second counts twice and none is missed:
+the data files for the settled past, and the live state's in-memory history
+for the last hour or so. The files are read at most once per closed hour (a
+cached report); every update in between is computed from memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from .clock import Clock, time_zone, utc_epoch
+from .config import Config
+from .protocol import Measurement
+from .report import Integrator, MeterReport, sources_for
+
+STALE_AFTER = 10.0  # seconds without a reading: the meter has no "now" any more
+BAR_HOURS = 48
+FLUSH_MARGIN = 60  # seconds beyond the flush interval before rows count as on disk
+SUMMARY_TTL = 5.0  # seconds one computed summary serves every open page
+
+
+def current(meter_live, monotonic_now: float) -> Optional[Measurement]:
+    """The reading to show as "now", or None: never 0, never a value older than ``STALE_AFTER``."""
+    if meter_live.measurement is None or meter_live.received_monotonic is None:
+        return None
+    if monotonic_now - meter_live.received_monotonic > STALE_AFTER:
+        return None
+    return meter_live.measurement
+
+
+def flush_lag(config: Config) -> int:
+    """Seconds after which a reading is surely in the files (flush interval plus a margin)."""
+    return int(config.general.data_buffer_size) + FLUSH_MARGIN
+
+
+def history_seconds(config: Config) -> int:
+    """Memory the page needs: an hour of chart, plus the rows not yet surely on disk."""
+    return 3600 + flush_lag(config)
+
+
+def wall_epoch(local_hour: dt.datetime) -> int:
+    """A naive local time as seconds since 1970 of the same wall clock (the page plots it as UTC)."""
+    return int((local_hour - dt.datetime(1970, 1, 1)).total_seconds())
+
+
+@dataclass
+class _FilePart:
+    """One meter's files integrated up to the seam, refreshed once per closed hour."""
+
+    seam: int  # UTC epoch second: files before it, memory from it on
+    report: MeterReport
+    problems: List[str] = field(default_factory=list)
+
+
+class EnergyView:
+    """Today's kWh and cost and 48 hourly kWh bars per meter, for the page."""
+
+    def __init__(self, config: Config, live, clock: Clock) -> None:
+        self.data_dir: Path = config.general.data_dir
+        self.stems = {d.name: config.file_stem(d) for d in config.devices}
+        self.live = live
+        self.clock = clock
+        self.tz = time_zone(config.report.timezone)
+        self.price = config.report.price
+        self.lag = flush_lag(config)
+        self._lock = threading.Lock()
+        self._settled_hour: Optional[int] = None
+        self._files: Dict[str, _FilePart] = {}
+        self._summary: Optional[Tuple[float, Dict[str, dict]]] = None
+        self.file_reads = 0  # how often the files were read: once per closed hour, not per view
+
+    def summary(self) -> Dict[str, dict]:
+        """Per meter: {"kwh", "cost", "bars": [[wall epochs], [kWh]]}; shared by every open page."""
+        with self._lock:
+            mono = self.clock.monotonic()
+            if self._summary is not None and mono - self._summary[0] < SUMMARY_TTL:
+                return self._summary[1]
+            now = utc_epoch(self.clock.now())
+            self._refresh_files(now)
+            result = {meter: self._meter_summary(meter, now) for meter in self.stems}
+            self._summary = (mono, result)
+            return result
+
+    def _refresh_files(self, now: int) -> None:
+        """Re-read the files only when another hour has surely reached the disk."""
+        settled = (now - self.lag) // 3600 * 3600
+        if settled == self._settled_hour:
+            return
+        self._settled_hour = settled
+        self.file_reads += 1
+        start = self._window_start(now)
+        for meter, stem in self.stems.items():
+            history = self.live.history(meter)
+            # From the settled hour on, memory has every row; a daemon started
+            # later than that has them in memory only from its first reading.
+            seam = max(settled, history[0][0]) if history else max(settled, now)
+            report = MeterReport(meter)
+            integrate_files(report, self.data_dir, stem, self.tz, start, seam)
+            self._files[meter] = _FilePart(seam, report)
+
+    def _window_start(self, now: int) -> int:
+        """The first UTC hour the bars or today's total need."""
+        local_now = dt.datetime.fromtimestamp(now, self.tz)
+        midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return min(int(midnight.timestamp()), now - BAR_HOURS * 3600) // 3600 * 3600
+
+    def _meter_summary(self, meter: str, now: int) -> dict:
+        part = self._files[meter]
+        memory = MeterReport(meter)
+        integrator = Integrator(memory, self.tz, part.seam, 2**62)
+        for hour_start, rows in by_hour(self.live.history(meter)):
+            integrator.add_hour(hour_start, rows)
+        integrator.finish()
+        local_now = dt.datetime.fromtimestamp(now, self.tz).replace(tzinfo=None)
+        today = local_now.date()
+        watt_seconds = sum(r.days[today].watt_seconds for r in (part.report, memory) if today in r.days)
+        this_hour = local_now.replace(minute=0, second=0, microsecond=0)
+        hours = [this_hour - dt.timedelta(hours=h) for h in range(BAR_HOURS - 1, -1, -1)]
+        wh = [part.report.hourly_wh.get(h, 0.0) + memory.hourly_wh.get(h, 0.0) for h in hours]
+        kwh = watt_seconds / 3_600_000
+        return {
+            "kwh": round(kwh, 6),
+            "cost": round(kwh * self.price, 4),
+            "bars": [[wall_epoch(h) for h in hours], [round(w / 1000, 6) for w in wh]],
+        }
+
+
+def integrate_files(report: MeterReport, data_dir: Path, stem: str, tz: dt.tzinfo, start: int, end: int) -> None:
+    """The report's integral of one meter's files between two UTC epoch seconds (end exclusive)."""
+    sources = sources_for(data_dir, stem)
+    integrator = Integrator(report, tz, start, end)
+    for hour in sorted(sources.by_hour):
+        hour_start = utc_epoch(hour)
+        if start - 3600 < hour_start < end:
+            integrator.add_hour(hour_start, sources.rows(hour, report.problems))
+    integrator.finish()
+
+
+def by_hour(history: List[Tuple[int, float]]) -> List[Tuple[int, List[Tuple[int, float]]]]:
+    """(UTC hour start, [(second of the hour, W)]) groups of (epoch second, W) rows, in order."""
+    groups: List[Tuple[int, List[Tuple[int, float]]]] = []
+    for t, watts in history:
+        hour_start = t - t % 3600
+        if not groups or groups[-1][0] != hour_start:
+            groups.append((hour_start, []))
+        groups[-1][1].append((t - hour_start, watts))
+    return groups

@@ -1,0 +1,149 @@
+"""/metrics: a prometheus_client collector that reads the live state and the counters at scrape time.
+
+Nothing is recorded per reading: each scrape reads what the reader, writer and
+uploader threads already count, so a reading costs nothing extra and a meter
+gone quiet simply has no power, voltage or current sample. Names follow
+node_exporter: base units, ``_total`` on counters, one ``meter`` label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .clock import Clock, utc_epoch
+from .dashboard import current
+from .meter import MeterStats
+from .uploader import Uploader
+from .writer import Writer
+
+PREFIX = "wattchecker_"
+
+# MeterStats fields with a better name or help than the generic one. A field
+# not listed here is exported as wattchecker_<field>_total all the same, so a
+# counter added to MeterStats appears without touching this module.
+METER_COUNTERS: Dict[str, Tuple[str, str]] = {
+    "readings": ("readings", "New readings received (one per meter second)."),
+    "crc_errors": ("crc_errors", "Frames dropped because their CRC-8 did not match."),
+    "rejected": ("rejected_readings", "Readings dropped as untrustworthy (bad status, impossible values)."),
+    "gaps": ("gaps", "Runs of missing seconds between two readings."),
+    "missing_seconds": ("missing_seconds", "Seconds with no reading, summed over all gaps."),
+    "connects": ("connects", "Successful connections (handshake done), the first included."),
+    "link_errors": ("link_errors", "Failed connection attempts and dropped links."),
+}
+WRITER_COUNTERS: Dict[str, Tuple[str, str]] = {
+    "write_errors": ("write_errors", "Failed file writes (rows stay buffered and are retried)."),
+    "rows_dropped": ("buffer_dropped_rows", "Rows dropped because the buffer was full."),
+    "rows_received": ("writer_received_rows", "Rows handed to the writer."),
+    "files_closed": ("closed_files", "Hourly files closed."),
+}
+
+
+def _counter_fields(stats: object):
+    return [f.name for f in fields(stats) if isinstance(getattr(stats, f.name), int)]
+
+
+class LiveCollector(Collector):
+    """Every wattchecker_* family, computed from the other threads' state when scraped."""
+
+    def __init__(
+        self,
+        live,
+        meter_stats: Callable[[], Dict[str, MeterStats]],
+        writer: Writer,
+        uploader: Optional[Uploader],
+        clock: Clock,
+    ) -> None:
+        self.live = live
+        self.meter_stats = meter_stats
+        self.writer = writer
+        self.uploader = uploader
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._live()
+        yield from self._meter_counters()
+        yield from self._writer()
+        if self.uploader is not None:
+            yield from self._uploads(self.uploader)
+
+    def _live(self) -> Iterator[Metric]:
+        power = GaugeMetricFamily(PREFIX + "power_watts", "Active power now; absent when the meter is quiet.",
+                                  labels=["meter"])
+        volts = GaugeMetricFamily(PREFIX + "voltage_volts", "RMS voltage now; absent when the meter is quiet.",
+                                  labels=["meter"])
+        amps = GaugeMetricFamily(PREFIX + "current_amperes", "RMS current now; absent when the meter is quiet.",
+                                 labels=["meter"])
+        connected = GaugeMetricFamily(
+            PREFIX + "meter_connected", "1 while the link is up and a reading came within 10 s, else 0.",
+            labels=["meter"])
+        stamp = GaugeMetricFamily(
+            PREFIX + "last_reading_timestamp_seconds", "The meter's clock stamp of its last reading (Unix time).",
+            labels=["meter"])
+        energy = CounterMetricFamily(
+            PREFIX + "energy_joules", "Energy used since the data began (the report's integral; never decreases).",
+            labels=["meter"])
+        mono = self.clock.monotonic()
+        for name, state in sorted(self.live.snapshot().items()):
+            now = current(state, mono)
+            connected.add_metric([name], 1.0 if state.connected and now is not None else 0.0)
+            energy.add_metric([name], state.energy_joules)
+            if state.measurement is not None:
+                stamp.add_metric([name], float(utc_epoch(state.measurement.time)))
+            if now is not None:
+                power.add_metric([name], now.watts)
+                volts.add_metric([name], now.volts)
+                amps.add_metric([name], now.milliamps / 1000)
+        yield from (power, volts, amps, connected, stamp, energy)
+
+    def _meter_counters(self) -> Iterator[Metric]:
+        stats = self.meter_stats()
+        if not stats:
+            return
+        families: Dict[str, CounterMetricFamily] = {}
+        reconnects = CounterMetricFamily(PREFIX + "reconnects", "Connections after the first.", labels=["meter"])
+        for meter, s in sorted(stats.items()):
+            reconnects.add_metric([meter], max(0, s.connects - 1))
+            for field_name in _counter_fields(s):
+                if field_name not in families:
+                    base, doc = METER_COUNTERS.get(field_name, (field_name, f"MeterStats.{field_name}."))
+                    families[field_name] = CounterMetricFamily(PREFIX + base, doc, labels=["meter"])
+                families[field_name].add_metric([meter], getattr(s, field_name))
+        yield reconnects
+        yield from families.values()
+
+    def _writer(self) -> Iterator[Metric]:
+        written = CounterMetricFamily(PREFIX + "rows_written", "Rows written to the data files, per format.",
+                                      labels=["meter", "format"])
+        for key, rows in sorted(self.writer.counts().items()):
+            meter, fmt = key.rsplit("/", 1)
+            written.add_metric([meter, fmt], rows)
+        yield written
+        stats = self.writer.stats
+        for field_name in _counter_fields(stats):
+            base, doc = WRITER_COUNTERS.get(field_name, ("writer_" + field_name, f"WriterStats.{field_name}."))
+            yield CounterMetricFamily(PREFIX + base, doc, value=getattr(stats, field_name))
+        yield GaugeMetricFamily(PREFIX + "buffered_rows", "Rows in memory waiting for the next flush.",
+                                value=self.writer.pending_rows())
+
+    def _uploads(self, uploader: Uploader) -> Iterator[Metric]:
+        s = uploader.stats
+        yield CounterMetricFamily(PREFIX + "uploaded_files", "Hourly files loaded into BigQuery.", value=s.uploaded)
+        yield CounterMetricFamily(PREFIX + "upload_failed_files", "Hourly files BigQuery refused (moved to failed/).",
+                                  value=s.failed)
+        yield GaugeMetricFamily(PREFIX + "upload_queued_files", "Closed hours waiting to be uploaded.",
+                                value=uploader.pending)
+        last = getattr(s, "last_upload", None)
+        if last is not None:
+            yield GaugeMetricFamily(PREFIX + "last_upload_timestamp_seconds",
+                                    "When the last upload succeeded (Unix time).", value=float(utc_epoch(last)))
+
+
+def registry_for(collector: LiveCollector) -> CollectorRegistry:
+    """A registry holding only our collector (no process or Python metrics from the default one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

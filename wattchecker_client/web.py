@@ -1,0 +1,362 @@
+"""The read-only HTTP server: the live page and its event stream, /metrics and /healthz.
+
+One ``ThreadingHTTPServer`` in its own thread, a thread per request. It only
+reads what the other threads keep (the live state, their counters); it never
+writes, switches or reads a file per update, so an open page or a scrape
+cannot slow a reader or the writer. The page's updates are server-sent
+events: one long ``text/event-stream`` response per open page, woken by the
+live state whenever a reading arrives.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import logging
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .clock import Clock, utc_epoch
+from .config import Config, HttpConfig
+from .dashboard import STALE_AFTER, EnergyView, current
+from .transport import SetupError
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8", ".png": "image/png", ".txt": "text/plain; charset=utf-8",
+         ".svg": "image/svg+xml"}
+HEADERS = {  # the page loads nothing from elsewhere and cannot be framed
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+MAX_STREAMS = 16  # open pages at once; more get 503 rather than a thread each
+WAKE_EVERY = 2.0  # seconds an idle stream sleeps before looking at staleness again
+SUMMARY_EVERY = 10.0  # seconds between today's-kWh/bars updates on an open page
+KEEPALIVE_EVERY = 15.0
+SOCKET_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
+EXTRA_HINT = "pip install 'wattchecker-client[http]'"
+
+
+def check_setup(section: HttpConfig) -> List[str]:
+    """Start-up's and check-config's check: the library is there; warn when the LAN can see it."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise SetupError(f"http: needs the prometheus_client library: {EXTRA_HINT}") from None
+    warnings = []
+    if not _loopback(section.host):
+        warnings.append(f"http.listen: {section.listen} is reachable from other machines; "
+                        "the page and /metrics have no password (read-only)")
+    return warnings
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the server reads; each part is owned and updated by another thread."""
+
+    live: object  # live.LiveState
+    meter_stats: Callable[[], Dict[str, object]]  # meter name -> MeterStats
+    writer: object  # writer.Writer
+    uploader: Optional[object]  # uploader.Uploader, when bigquery: is configured
+    health: Callable[[], List[str]]  # the daemon's problems (dead or silent threads); [] when fine
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN: a DNS query that can
+        # hang a Pi without network. The name is not needed.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class WebServer:
+    """Binds at ``start`` (SetupError naming the port if it cannot) and serves until ``stop``."""
+
+    def __init__(self, config: Config, sources: Sources, clock: Clock) -> None:
+        assert config.http is not None
+        self.config = config
+        self.section = config.http
+        self.sources = sources
+        self.clock = clock
+        self.energy = EnergyView(config, sources.live, clock)
+        self.stopping = threading.Event()
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self.static = _load_static()
+        self.metrics: Optional[Callable[[], Tuple[bytes, str]]] = None
+        self._httpd: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self.metrics = _metrics_renderer(self.sources, self.clock)
+        server_class = _Server6 if ":" in self.section.host else _Server
+        try:
+            httpd = server_class((self.section.host, self.section.port), _Handler)
+        except OSError as exc:
+            raise SetupError(_bind_problem(self.section, exc)) from None
+        httpd.app = self  # type: ignore[attr-defined]
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.5,), name="http", daemon=True)
+        self._thread.start()
+        log.info("serving the live page, /metrics and /healthz on http://%s/", self.address)
+
+    @property
+    def address(self) -> str:
+        """host:port actually bound (the configured one)."""
+        host, port = self._httpd.server_address[:2] if self._httpd else (self.section.host, self.section.port)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def stop(self) -> None:
+        """Stop accepting, end open event streams (they notice within WAKE_EVERY)."""
+        self.stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # --- what the routes return --------------------------------------------------
+
+    def health(self) -> Tuple[bool, dict]:
+        """Healthy while the daemon reports no problem and every meter has a fresh reading."""
+        problems = list(self.sources.health())
+        mono = self.clock.monotonic()
+        ages = {}
+        for name, state in sorted(self.sources.live.snapshot().items()):
+            if state.received_monotonic is None:
+                problems.append(f"{name}: no reading yet")
+                continue
+            ages[name] = round(mono - state.received_monotonic, 1)
+            if current(state, mono) is None:
+                problems.append(f"{name}: no reading for {ages[name]:.0f} s")
+        if problems:
+            return False, {"status": "unhealthy", "reason": "; ".join(problems), "reading_age_seconds": ages}
+        return True, {"status": "ok", "reading_age_seconds": ages}
+
+    def page_info(self) -> dict:
+        """Everything a newly opened page needs: settings, the last hour, status, today's totals."""
+        report = self.config.report
+        snapshot = self.sources.live.snapshot()
+        mono = self.clock.monotonic()
+        meters = {}
+        for name in (d.name for d in self.config.devices):
+            history = self.sources.live.history(name)
+            if history:
+                newest = history[-1][0]
+                history = [row for row in history if row[0] > newest - 3600]
+            meters[name] = {
+                "history": [[t for t, _ in history], [w for _, w in history]],
+                "status": status_of(snapshot[name], mono) if name in snapshot else None,
+            }
+        return {"timezone": report.timezone, "currency": report.currency, "price": report.price,
+                "stale_after": STALE_AFTER, "meters": meters, "summary": self.energy.summary()}
+
+
+def status_of(state, mono: float) -> dict:
+    """One meter's reading now (or none) and whether, and since when, it is connected."""
+    now = current(state, mono)
+    last = state.measurement
+    return {
+        "connected": bool(state.connected and now is not None),
+        "since": state.since.strftime("%Y-%m-%dT%H:%M:%SZ") if state.since else None,
+        "last": utc_epoch(last.time) if last is not None else None,
+        "w": now.watts if now else None,
+        "v": now.volts if now else None,
+        "a": round(now.milliamps / 1000, 5) if now else None,
+    }
+
+
+def _metrics_renderer(sources: Sources, clock: Clock) -> Callable[[], Tuple[bytes, str]]:
+    """prometheus_client is imported only here: the http extra is needed only when http: is set."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from .metrics import LiveCollector, registry_for
+
+    registry = registry_for(LiveCollector(sources.live, sources.meter_stats, sources.writer, sources.uploader, clock))
+    return lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
+
+
+def _bind_problem(section: HttpConfig, exc: OSError) -> str:
+    where = f"http.listen: {section.listen}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where}: port {section.port} is already in use (another program, or another copy of this one?)"
+    if exc.errno == errno.EACCES:
+        return f"{where}: not allowed to use port {section.port} (ports below 1024 need privileges; use 9750)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: {section.host} is not an address of this machine"
+    if isinstance(exc, socket.gaierror):
+        return f"{where}: cannot resolve {section.host} ({exc.strerror})"
+    return f"{where}: cannot listen: {exc.strerror or exc}"
+
+
+def _load_static() -> Dict[str, Tuple[bytes, str]]:
+    """The page's files, read once: path -> (body, content type). Only these are ever served."""
+    files = {}
+    for path in sorted(STATIC.iterdir()):
+        if path.is_file() and path.suffix in TYPES:
+            files["/static/" + path.name] = (path.read_bytes(), TYPES[path.suffix])
+    files["/"] = files["/static/index.html"]
+    return files
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """GET and HEAD only; everything else is 405."""
+
+    server_version = "wattchecker-client"
+    sys_version = ""
+    timeout = SOCKET_TIMEOUT
+
+    @property
+    def app(self) -> WebServer:
+        return self.server.app  # type: ignore[attr-defined]
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, content_type = self.app.metrics()
+            self._send(HTTPStatus.OK, body, content_type)
+        elif path == "/healthz":
+            ok, state = self.app.health()
+            self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, _json_line(state),
+                       "application/json")
+        elif path == "/api/page":
+            self._send(HTTPStatus.OK, _json_line(self.app.page_info()), "application/json")
+        elif path == "/events":
+            self._events()
+        elif path in self.app.static:
+            body, content_type = self.app.static[path]
+            self._send(HTTPStatus.OK, body, content_type)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    def do_HEAD(self) -> None:
+        self._head_only = True
+        self.do_GET()
+
+    def _refuse(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"read-only: GET and HEAD only\n", "text/plain; charset=utf-8",
+                   {"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, extra: Optional[Dict[str, str]] = None) -> None:
+        self.send_response(status)
+        for name, value in {**HEADERS, "Content-Type": content_type, "Content-Length": str(len(body)),
+                            "Cache-Control": "no-store", **(extra or {})}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not getattr(self, "_head_only", False):
+            self.wfile.write(body)
+
+    def _events(self) -> None:
+        if not self.app.streams.acquire(blocking=False):
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"too many open pages\n", "text/plain; charset=utf-8")
+            return
+        try:
+            self.send_response(HTTPStatus.OK)
+            for name, value in {**HEADERS, "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                "X-Accel-Buffering": "no"}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if not getattr(self, "_head_only", False):
+                EventStream(self.app, self.wfile).run()
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            pass  # the page was closed
+        finally:
+            self.app.streams.release()
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def _json_line(data: object) -> bytes:
+    return (json.dumps(data, separators=(",", ":")) + "\n").encode()
+
+
+class EventStream:
+    """One open page: new readings as they arrive, status when it changes, totals now and then."""
+
+    def __init__(self, app: WebServer, out) -> None:
+        self.app = app
+        self.out = out
+        self.live = app.sources.live
+        self.sent: Dict[str, int] = {}  # meter -> newest epoch second sent
+        self.status: Dict[str, tuple] = {}
+
+    def run(self) -> None:
+        clock = self.app.clock
+        version = self.live.wait(-1, 0)
+        info = self.app.page_info()
+        for name, meter in info["meters"].items():
+            times = meter["history"][0]
+            self.sent[name] = times[-1] if times else 0
+        self._send("init", info)
+        next_summary = next_keepalive = clock.monotonic()
+        next_summary += SUMMARY_EVERY
+        while not self.app.stopping.is_set():
+            version = self.live.wait(version, WAKE_EVERY)
+            wrote = self._readings_and_status()
+            mono = clock.monotonic()
+            if mono >= next_summary:
+                next_summary = mono + SUMMARY_EVERY
+                self._send("summary", self.app.energy.summary())
+                wrote = True
+            if wrote:
+                next_keepalive = mono + KEEPALIVE_EVERY
+            elif mono >= next_keepalive:
+                next_keepalive = mono + KEEPALIVE_EVERY
+                self.out.write(b": keepalive\n\n")
+                self.out.flush()
+
+    def _readings_and_status(self) -> bool:
+        mono = self.app.clock.monotonic()
+        wrote = False
+        for name, state in self.live.snapshot().items():
+            status = status_of(state, mono)
+            m = state.measurement
+            newest = utc_epoch(m.time) if m is not None else 0
+            last = self.sent.get(name, 0)
+            if newest > last:
+                # Usually the one new reading; after a missed wake-up, the rest from the history.
+                points = [(newest, m.watts)] if newest == last + 1 else [
+                    (t, w) for t, w in self.live.history(name) if last < t <= newest]
+                for t, watts in points:
+                    self._send("reading", {"m": name, "t": t, "w": watts})
+                self.sent[name] = newest
+                wrote = True
+            key = (status["connected"], status["since"], status["w"], status["last"])
+            if key != self.status.get(name):
+                self.status[name] = key
+                self._send("status", {"m": name, **status})
+                wrote = True
+        return wrote
+
+    def _send(self, event: str, data: object) -> None:
+        self.out.write(f"event: {event}\ndata: ".encode() + _json_line(data) + b"\n")
+        self.out.flush()
