@@ -41,7 +41,7 @@ def test_options_from_a_sim_address():
 @pytest.mark.parametrize(
     "address, message",
     [
-        ("sim://?speed=2", "unknown simulator option 'speed'; known: seed, clock_speed"),
+        ("sim://?speed=2", "unknown simulator option 'speed'; known: seed, model, clock_speed"),
         ("sim://?drop_after=x", "drop_after='x' is not a whole number"),
         ("sim://?corrupt_rate=2", "corrupt_rate must be between 0 and 1"),
         ("sim://?split_writes=maybe", "split_writes='maybe' is not true or false"),

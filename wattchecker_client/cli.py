@@ -8,12 +8,12 @@ import sys
 from typing import Callable, List, Optional
 
 from . import __version__
-from .commands import check_config, demo, read, report, run, scan, simulate, upload
+from .commands import check_config, demo, read, report, run, simulate, switch, upload
 from .commands.common import EXIT_OK, EXIT_SETUP
 from .config import ConfigError
 from .transport import SetupError
 
-COMMANDS = (read, simulate, run, demo, check_config, upload, report, scan)
+COMMANDS = (read, simulate, run, demo, check_config, upload, report, switch)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -27,7 +27,7 @@ def setup_logging(verbose: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wattchecker-client",
-        description="Read a RATOC REX-BTWATTCH1 Bluetooth power meter.",
+        description="Read RATOC Bluetooth power meters: the REX-BTWATTCH1 and the RS-BTWATTCH2.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -13,10 +13,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
 from .clock import time_zone
+from .protocol import DEFAULT_MODEL, MODELS
 from .transport import MAC_RE
 
 DEFAULT_NAME = "wattchecker"
@@ -34,6 +36,7 @@ class DeviceConfig:
     channel: Optional[int]
     start_argument: int
     timeout: float
+    model: str = DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,15 @@ def address(value: Any) -> str:
     )
 
 
+def meter_model(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in MODELS:
+        raise ValueError(
+            f"must be btwattch1 (REX-BTWATTCH1, Bluetooth Classic) or btwattch2 (RS-BTWATTCH2, Bluetooth LE), "
+            f"got {value!r}"
+        )
+    return value.strip().lower()
+
+
 def meter_name(value: Any) -> str:
     value = text(value)
     if not NAME_RE.match(value):
@@ -249,6 +261,7 @@ GENERAL: Spec = {
 DEVICE: Spec = {
     "name": (meter_name, DEFAULT_NAME),
     "address": (address, REQUIRED),
+    "model": (meter_model, DEFAULT_MODEL),
     "channel": (optional(integer(1, 30)), None),
     "start_argument": (integer(0, 255), 0),
     "timeout": (number(), 5.0),
@@ -348,7 +361,7 @@ def _devices(ctx: _Context, data: dict) -> Tuple[DeviceConfig, ...]:
         for i, item in enumerate(listed):
             if isinstance(item, dict) and "name" not in item:
                 raise ctx.error(["devices", i, "name"], "missing (required: each meter's files are named after it)")
-            devices.append(DeviceConfig(**_section(ctx, ["devices", i], item, DEVICE)))
+            devices.append(_device(ctx, ["devices", i], item))
         names = [d.name for d in devices]
         for i, name in enumerate(names):
             if name in names[:i]:
@@ -359,7 +372,26 @@ def _devices(ctx: _Context, data: dict) -> Tuple[DeviceConfig, ...]:
             ["device", "address"],
             "missing (required): the meter's MAC (00:0C:BF:..), /dev/rfcommN, tcp://HOST:PORT or sim://",
         )
-    return (DeviceConfig(**_section(ctx, ["device"], data["device"], DEVICE)),)
+    return (_device(ctx, ["device"], data["device"]),)
+
+
+def _device(ctx: _Context, path: List[Any], data: Any) -> DeviceConfig:
+    """One meter's settings, with the keys that only make sense for the other model refused."""
+    values = _section(ctx, path, data, DEVICE)
+    where = values["address"]
+    if values["model"] == "btwattch2":
+        for key in ("channel", "start_argument"):
+            if key in data:
+                raise ctx.error(path + [key], "only applies to a btwattch1 (REX-BTWATTCH1); an RS-BTWATTCH2 "
+                                "(model: btwattch2) is reached over Bluetooth LE by its MAC: remove it")
+        if where.startswith("/dev/rfcomm"):
+            raise ctx.error(path + ["address"], f"{where} is a Bluetooth Classic (RFCOMM) tty, but an "
+                            "RS-BTWATTCH2 speaks Bluetooth LE: use its MAC (`wattchecker-client scan` lists it)")
+    simulated = dict(parse_qsl(urlsplit(where).query)).get("model") if where.startswith("sim:") else None
+    if simulated is not None and simulated != values["model"]:
+        raise ctx.error(path + ["model"], f"is {values['model']}, but the address simulates a {simulated}: "
+                        f"set model: {simulated}")
+    return DeviceConfig(**values)
 
 
 def parse_config(text_: str, source: str = "<config>") -> Config:

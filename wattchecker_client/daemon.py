@@ -166,6 +166,7 @@ class Daemon:
             self.clock,
             self.stop,
             channel=device.channel,
+            model=device.model,
             poll_interval=self.config.general.poll_interval,
             start_argument=device.start_argument,
             timeout=device.timeout,

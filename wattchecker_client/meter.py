@@ -1,8 +1,10 @@
 """One meter: a session over a connected link, and the reader loop that keeps one alive.
 
 ``MeterSession`` speaks the protocol over a ``Link``: set the clock, start,
-poll, stop. ``MeterReader`` connects, polls on the wall-clock second,
-reconnects with backoff, and yields each new measurement once.
+poll, stop, switch the relay, in the dialect of the meter's model.
+``MeterReader`` connects, polls on the wall-clock second, reconnects with
+backoff, yields each new measurement once, and runs relay requests from
+other threads between polls.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import queue
 import random
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, fields
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, List, Optional
 
 from . import protocol
 from .clock import Clock, utc_epoch
-from .protocol import Frame, FrameDecoder, Measurement, MeasurementError
-from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, RfcommFactory, open_link
+from .protocol import Frame, Measurement, MeasurementError, ProtocolError, btwattch2
+from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, RfcommFactory, SetupError, open_link
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,15 @@ class MeterStats:
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
 
+class NoRelayError(SetupError):
+    """A relay request to a model that has none."""
+
+
+def no_relay(name: str, dialect: protocol.Dialect, hint: str = "") -> NoRelayError:
+    return NoRelayError(f"{name}: this meter ({dialect.product}) has no relay; only an RS-BTWATTCH2 "
+                        f"(model: btwattch2) can switch its load{hint}")
+
+
 class MeterSession:
     """The protocol over one connected link; raises LinkError when the link fails."""
 
@@ -72,45 +85,77 @@ class MeterSession:
         response_timeout: float = RESPONSE_TIMEOUT,
         retries: int = RETRIES,
         stats: Optional[MeterStats] = None,
+        model: str = protocol.DEFAULT_MODEL,
     ) -> None:
         self.link = link
         self.clock = clock
+        self.dialect = protocol.dialect(model)
+        self.relay: Optional[bool] = None  # as the last measurement or acknowledgement said
         self.start_argument = start_argument
         self.response_timeout = response_timeout
         self.retries = retries
         self.stats = stats if stats is not None else MeterStats()
-        self.decoder = FrameDecoder()
+        self.decoder = self.dialect.decoder()
         self._counted_crc = 0
         self._counted_junk = 0
 
     def start(self) -> None:
         """Set the meter's clock to UTC now and start measuring."""
         self.set_clock(self.clock.now())
-        ack = self.request(protocol.start_request(self.start_argument), protocol.CMD_START)
+        if self.dialect.start_request is None:
+            return  # a BTWATTCH2 measures without being told
+        ack = self.request(self.dialect.start_request(self.start_argument), protocol.CMD_START)
         if ack.status:
             log.warning("%s: start measurement answered status 0x%02X", self.link.name, ack.status)
 
     def set_clock(self, when: dt.datetime) -> None:
-        ack = self.request(protocol.set_clock_request(when), protocol.CMD_SET_CLOCK)
+        ack = self.request(self.dialect.set_clock_request(when), protocol.CMD_SET_CLOCK)
         if ack.status:
             log.warning("%s: set clock answered status 0x%02X", self.link.name, ack.status)
 
     def poll(self) -> Measurement:
         """Ask for the latest reading; MeasurementError if the meter's answer is unusable."""
         self.stats.polls += 1
-        frame = self.request(protocol.get_data_request(), protocol.CMD_GET_DATA)
+        frame = self.request(self.dialect.get_data_request(), protocol.CMD_GET_DATA)
         try:
-            measurement = protocol.decode_measurement(frame.payload)
+            reading = self.dialect.decode_reading(frame.payload)
         except MeasurementError:
             self.stats.rejected += 1
             raise
         self.stats.readings += 1
-        return measurement
+        self.relay = reading.relay
+        return reading.measurement
+
+    def switch_relay(self, on: Optional[bool]) -> bool:
+        """Switch the relay on or off, or with None only read it; the state the meter acknowledged.
+
+        There is no command to read the relay: a measurement carries it (byte 26).
+        """
+        dialect = self.dialect
+        if dialect.relay_request is None or dialect.decode_relay_ack is None:
+            raise no_relay(self.link.name, dialect)
+        if on is None:
+            return self._read_relay()
+        frame = self.request(dialect.relay_request(on), btwattch2.CMD_RELAY)
+        self.relay = dialect.decode_relay_ack(frame.payload)
+        return self.relay
+
+    def _read_relay(self) -> bool:
+        for _ in range(self.retries + 1):
+            try:
+                self.poll()
+            except MeasurementError:
+                continue
+            if self.relay is not None:
+                return self.relay
+        raise ProtocolError(f"{self.link.name}: no measurement carried the relay state")
 
     def stop(self) -> None:
         """Stop measuring; best effort, since the link may already be gone."""
+        if self.dialect.stop_request is None:
+            return
         try:
-            self.link.write(protocol.stop_request())
+            self.link.write(self.dialect.stop_request())
             self._await(protocol.CMD_STOP, self.response_timeout / 2)
         except LinkError as exc:
             log.debug("%s: stop not acknowledged: %s", self.link.name, exc)
@@ -186,16 +231,19 @@ def link_opener(
     channel: Optional[int] = None,
     timeout: float = DEFAULT_TIMEOUT,
     rfcomm_factory: Optional[RfcommFactory] = None,
+    model: str = protocol.DEFAULT_MODEL,
 ) -> Callable[[], Link]:
     """A function that opens ``address`` afresh at each call, for reconnecting.
 
+    ``model`` picks the link where an address means different things per
+    model (a MAC: RFCOMM for a BTWATTCH1, BLE for a BTWATTCH2).
     A sim:// meter is created here, once, and lives as long as the function:
-    like a real meter, it keeps its clock across reconnections.
+    like a real meter, it keeps its clock (and its relay) across reconnections.
     """
     if address.strip().startswith("sim:"):
         from .simulator import embedded_opener
 
-        return embedded_opener(address.strip(), timeout)
+        return embedded_opener(address.strip(), timeout, model=model)
     return lambda: open_link(address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory)
 
 
@@ -234,6 +282,7 @@ class MeterReader:
         stop: threading.Event,
         *,
         channel: Optional[int] = None,
+        model: str = protocol.DEFAULT_MODEL,
         poll_interval: float = 1.0,
         start_argument: int = 0x00,
         timeout: float = DEFAULT_TIMEOUT,
@@ -251,7 +300,15 @@ class MeterReader:
         self.start_argument = start_argument
         self.response_timeout = response_timeout
         self.backoff = backoff or Backoff()
-        self._open_link = link_opener(address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory)
+        self.model = model
+        self.dialect = protocol.dialect(model)
+        self._open_link = link_opener(
+            address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory, model=model
+        )
+        # The relay as the last measurement said (None: unknown, or no relay), for the live state.
+        self.relay: Optional[bool] = None
+        self._relay_requests: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._relay_readers: List[Future] = []
         self.name = name or address
         self.stats = MeterStats()
         self.last_time = last_time
@@ -262,14 +319,33 @@ class MeterReader:
 
     def readings(self) -> Iterator[Measurement]:
         """Yield readings until ``stop`` is set. SetupError propagates: retrying cannot fix it."""
-        while not self.stop.is_set():
-            self.heartbeat()
-            try:
-                yield from self._one_connection()
-            except LinkError as exc:
-                self._link_failed(exc)
-                if self._sleep(self.backoff.next_delay()):
-                    return
+        try:
+            while not self.stop.is_set():
+                self.heartbeat()
+                try:
+                    yield from self._one_connection()
+                except LinkError as exc:
+                    self._link_failed(exc)
+                    if self._sleep(self.backoff.next_delay()):
+                        return
+        finally:
+            self._fail_relay_requests(LinkError(f"{self.name}: the reader stopped before the relay request ran"))
+
+    def request_relay(self, on: Optional[bool]) -> "Future[bool]":
+        """Switch the relay (None: read it) from any thread; the Future holds the acknowledged state.
+
+        The reader thread runs the request between two polls, so it waits at
+        most a poll interval while connected (longer while reconnecting: give
+        ``result()`` a timeout). A BTWATTCH1 fails it at once with NoRelayError.
+        """
+        future: "Future[bool]" = Future()
+        if not self.dialect.has_relay:
+            future.set_exception(no_relay(self.name, self.dialect))
+        elif self.stop.is_set():
+            future.set_exception(LinkError(f"{self.name}: the reader is stopping"))
+        else:
+            self._relay_requests.put((on, future))
+        return future
 
     def _one_connection(self) -> Iterator[Measurement]:
         with self._open_link() as link:
@@ -279,6 +355,7 @@ class MeterReader:
                 start_argument=self.start_argument,
                 response_timeout=self.response_timeout,
                 stats=self.stats,
+                model=self.model,
             )
             session.start()
             self._clock_set_at = self.clock.monotonic()
@@ -293,6 +370,7 @@ class MeterReader:
 
     def _poll_until_stopped(self, session: MeterSession) -> Iterator[Measurement]:
         while not self._sleep(seconds_until_next_tick(self.clock.now(), self.poll_interval)):
+            self._run_relay_requests(session)
             try:
                 measurement = session.poll()
             except MeasurementError as exc:
@@ -300,9 +378,55 @@ class MeterReader:
                 level = logging.WARNING if session.stats.rejected == self._rejected_before + 1 else logging.DEBUG
                 log.log(level, "%s: reading dropped: %s", self.name, exc)
                 continue
+            self._relay_seen(session.relay)
             self._correct_drift(session, measurement.time)
             if self._is_new(measurement.time):
                 yield measurement
+
+    def _run_relay_requests(self, session: MeterSession) -> None:
+        """Switch as asked; a read waits for the poll that follows, whose measurement carries the state."""
+        while True:
+            try:
+                on, future = self._relay_requests.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            if on is None:
+                self._relay_readers.append(future)
+                continue
+            try:
+                state = session.switch_relay(on)
+            except ProtocolError as exc:
+                future.set_exception(exc)
+                continue
+            except LinkError as exc:
+                future.set_exception(exc)
+                raise
+            log.info("%s: relay switched %s", self.name, "on" if state else "off")
+            self.relay = state
+            future.set_result(state)
+
+    def _relay_seen(self, state: Optional[bool]) -> None:
+        self.relay = state
+        if state is None:
+            return
+        readers, self._relay_readers = self._relay_readers, []
+        for future in readers:
+            future.set_result(state)
+
+    def _fail_relay_requests(self, exc: Exception) -> None:
+        pending = self._relay_readers
+        self._relay_readers = []
+        while True:
+            try:
+                _, future = self._relay_requests.get_nowait()
+            except queue.Empty:
+                break
+            if future.set_running_or_notify_cancel():
+                pending.append(future)
+        for future in pending:
+            future.set_exception(exc)
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep in slices, showing a sign of life in each; True if asked to stop."""

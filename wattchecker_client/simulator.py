@@ -1,7 +1,8 @@
-"""A stand-in REX-BTWATTCH1: the real protocol, a believable load, and injectable faults.
+"""A stand-in meter: the real protocol of either model, a believable load, and injectable faults.
 
 The meter itself (``SimulatedMeter``) is sans-I/O: request payloads in,
-response bytes out. ``serve_link`` puts it on any ``Link`` with the link
+response bytes out. It speaks the REX-BTWATTCH1's protocol or, with
+``model="btwattch2"``, the RS-BTWATTCH2's, relay included. ``serve_link`` puts it on any ``Link`` with the link
 faults (latency, split writes, drops); ``TcpServer`` and ``PtyServer`` give it
 an address a client can open, and ``open_embedded`` runs one inside this
 process for ``sim://`` addresses.
@@ -23,12 +24,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import protocol
 from .clock import Clock, utc_epoch
-from .protocol import FrameDecoder, Measurement
+from .protocol import Measurement, btwattch2
 from .transport import Link, LinkError, LinkTimeout, SetupError, make_raw, socket_link
 
 log = logging.getLogger(__name__)
 
-STRAY_ACK = protocol.encode_frame(protocol.ack_payload(protocol.CMD_START))
+# The acknowledgement that arrives where a measurement was expected: a start
+# acknowledgement from a BTWATTCH1 (as seen by one client), a clock one from a
+# BTWATTCH2 (which has no start command).
+STRAY_ACK_COMMAND = {"btwattch1": protocol.CMD_START, "btwattch2": btwattch2.CMD_SET_CLOCK}
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,11 @@ class SimOptions:
     """How the simulated meter behaves; every field is also a CLI flag and a sim:// parameter."""
 
     seed: int = field(default=1, metadata={"help": "seed for the load profile and the faults"})
+    model: str = field(
+        default=protocol.DEFAULT_MODEL,
+        metadata={"help": "which meter to be: btwattch1 (REX-BTWATTCH1) or btwattch2 (RS-BTWATTCH2, with a relay)",
+                  "choices": protocol.MODELS},
+    )
     clock_speed: float = field(
         default=1.0,
         metadata={"help": "how fast the meter's clock runs against real time (above 1, it never goes back)"},
@@ -68,6 +77,7 @@ class SimOptions:
             raise ValueError("clock_speed must be positive")
         if self.latency < 0 or self.drop_after < 0:
             raise ValueError("latency and drop_after cannot be negative")
+        protocol.dialect(self.model)  # ValueError naming the known models
 
     @classmethod
     def from_pairs(cls, pairs: List[Tuple[str, str]]) -> "SimOptions":
@@ -89,6 +99,8 @@ KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false"}
 
 
 def _parse_value(key: str, type_name: str, raw: str) -> object:
+    if type_name == "str":
+        return raw
     try:
         if type_name == "bool":
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
@@ -102,11 +114,13 @@ def _parse_value(key: str, type_name: str, raw: str) -> object:
 # --- the load -------------------------------------------------------------------
 
 
-def air_conditioner(when: dt.datetime, seed: int = 1) -> Measurement:
+def air_conditioner(when: dt.datetime, seed: int = 1, model: str = protocol.DEFAULT_MODEL) -> Measurement:
     """An air conditioner in a Japanese home: compressor cycling by day, standby at night.
 
     A pure function of the meter's second, so repeated polls within one second
-    agree, and a run can be replayed from its seed.
+    agree, and a run can be replayed from its seed. The values are those that
+    ``model``'s wire can carry, so a test can compare a stored row with what
+    the simulated meter measured, exactly.
     """
     t = utc_epoch(when)
     rng = random.Random(seed * 1_000_003 + t)
@@ -125,7 +139,12 @@ def air_conditioner(when: dt.datetime, seed: int = 1) -> Measurement:
         else:  # fan only
             watts, power_factor = rng.uniform(22.0, 28.0), 0.6
     milliamps = watts / (volts * power_factor) * 1000
-    return protocol.quantize(Measurement(when, volts, milliamps, watts))
+    return protocol.dialect(model).quantize(Measurement(when, volts, milliamps, watts))
+
+
+def switched_off(m: Measurement) -> Measurement:
+    """What a BTWATTCH2 measures with its relay off: the line voltage, no load."""
+    return dataclasses.replace(m, milliamps=0.0, watts=0.0)
 
 
 # --- the meter ------------------------------------------------------------------
@@ -137,8 +156,10 @@ class SimulatedMeter:
     def __init__(self, options: SimOptions, clock: Clock) -> None:
         self.options = options
         self.clock = clock
+        self.dialect = protocol.dialect(options.model)
         self.rng = random.Random(options.seed)
         self.measuring = False
+        self.relay = True  # a BTWATTCH2 comes out of the box switched on
         self._lock = threading.Lock()
         self._rtc_base = clock.now()
         self._rtc_mono = clock.monotonic()
@@ -148,16 +169,26 @@ class SimulatedMeter:
         elapsed = (self.clock.monotonic() - self._rtc_mono) * self.options.clock_speed
         return (self._rtc_base + dt.timedelta(seconds=elapsed)).replace(microsecond=0)
 
+    def measure(self) -> Measurement:
+        """What the meter measures now: the load, or nothing with the relay off."""
+        m = air_conditioner(self.now(), self.options.seed, self.options.model)
+        return m if self.relay else switched_off(m)
+
+    def advertisement(self) -> bytes:
+        """The manufacturer data (0x0B60) a BTWATTCH2 in this state would broadcast."""
+        m = self.measure()
+        return protocol.encode_advertisement(protocol.Advertisement(self.relay, m.volts, m.milliamps, m.watts))
+
     def respond(self, payload: bytes) -> bytes:
         """All bytes the meter sends back for one request, faults included."""
         with self._lock:
             return self._inject(payload[0], self._answer(payload))
 
     def _answer(self, payload: bytes) -> bytes:
-        command = payload[0]
+        command, dialect = payload[0], self.dialect
         if command == protocol.CMD_SET_CLOCK:
             try:
-                when = protocol.decode_clock(payload)
+                when = dialect.decode_clock(payload)
             except protocol.ProtocolError:
                 return protocol.ack_payload(command, 0x01)
             # A fast clock only moves forward, so that hours keep passing
@@ -165,19 +196,28 @@ class SimulatedMeter:
             if self.options.clock_speed <= 1 or when > self.now():
                 self._rtc_base, self._rtc_mono = when, self.clock.monotonic()
             return protocol.ack_payload(command)
-        if command in (protocol.CMD_START, protocol.CMD_STOP):
+        if command in (protocol.CMD_START, protocol.CMD_STOP) and dialect.start_request:
             self.measuring = command == protocol.CMD_START
             log.info("measurement %s", "started" if self.measuring else "stopped")
             return protocol.ack_payload(command)
         if command == protocol.CMD_GET_DATA:
             if self.rng.random() < self.options.bad_status_rate:
-                return bytes((command, 0x01)) + bytes(15)
-            return protocol.measurement_payload(air_conditioner(self.now(), self.options.seed))
+                return bytes((command, 0x01)) + bytes(dialect.measurement_size - 2)
+            return dialect.measurement_payload(self.measure(), self.relay)
+        if command == btwattch2.CMD_RELAY and dialect.has_relay:
+            return self._switch(payload)
         return protocol.ack_payload(command, 0x01)
+
+    def _switch(self, payload: bytes) -> bytes:
+        if payload[1:] not in (b"\x00", b"\x01"):
+            return btwattch2.relay_ack_payload(self.relay, 0x01)
+        self.relay = payload[1] == 1
+        log.info("relay switched %s", "on" if self.relay else "off")
+        return btwattch2.relay_ack_payload(self.relay)
 
     def _inject(self, command: int, payload: bytes) -> bytes:
         opts, rng = self.options, self.rng
-        frame = bytearray(protocol.encode_frame(payload))
+        frame = bytearray(self.dialect.encode_frame(payload))
         if rng.random() < opts.corrupt_rate:
             bit = rng.randrange(8, len(frame) * 8)  # anything after the sync byte
             frame[bit // 8] ^= 1 << (bit % 8)
@@ -185,7 +225,7 @@ class SimulatedMeter:
         if rng.random() < opts.junk_rate:
             out += bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
         if command == protocol.CMD_GET_DATA and rng.random() < opts.stray_ack_rate:
-            out += STRAY_ACK
+            out += self.dialect.encode_frame(protocol.ack_payload(STRAY_ACK_COMMAND[opts.model]))
         return bytes(out + frame)
 
     def chunks(self, data: bytes) -> List[bytes]:
@@ -201,7 +241,7 @@ def serve_link(link: Link, meter: SimulatedMeter, stop: threading.Event) -> str:
 
     Returns why it ended, for the log.
     """
-    decoder = FrameDecoder()
+    decoder = meter.dialect.decoder()
     requests = 0
     clock, options = meter.clock, meter.options
     while not stop.is_set():
@@ -345,16 +385,32 @@ class PtyServer(_Server):
 # --- sim:// --------------------------------------------------------------------------
 
 
-def parse_sim_address(address: str) -> SimOptions:
+def parse_sim_address(address: str, model: Optional[str] = None) -> SimOptions:
+    """The options in a sim:// address; ``model`` is the model the client will speak.
+
+    The simulated meter is that model unless the address names one; if it
+    does, the two must agree, or the client would talk past the meter.
+    """
     parts = urlsplit(address)
     if parts.scheme != "sim" or parts.netloc or parts.path not in ("", "/"):
         raise SetupError(f"address {address!r} must look like sim:// or sim://?clock_speed=10")
-    return SimOptions.from_pairs(parse_qsl(parts.query, keep_blank_values=True))
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    options = SimOptions.from_pairs(pairs)
+    if model is None or model == options.model:
+        return options
+    if any(key == "model" for key, _ in pairs):
+        raise SetupError(
+            f"{address}: the simulated meter is a {options.model} but the client expects a {model}: "
+            f"set model: {options.model} for this device (or --model {options.model})"
+        )
+    return dataclasses.replace(options, model=model)
 
 
-def embedded_opener(address: str, timeout: float, clock: Optional[Clock] = None) -> Callable[[], Link]:
+def embedded_opener(
+    address: str, timeout: float, clock: Optional[Clock] = None, model: Optional[str] = None
+) -> Callable[[], Link]:
     """Opens links to one simulated meter in a thread of this process, over socketpairs."""
-    meter = SimulatedMeter(parse_sim_address(address), clock or Clock())
+    meter = SimulatedMeter(parse_sim_address(address, model), clock or Clock())
 
     def open_link() -> Link:
         ours, theirs = socket.socketpair()

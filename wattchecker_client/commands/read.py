@@ -8,6 +8,7 @@ import logging
 from ..clock import Clock
 from ..formats import FORMATTERS
 from ..meter import Backoff, MeterReader
+from ..protocol import DEFAULT_MODEL, MODELS
 from ..transport import DEFAULT_TIMEOUT
 from .common import EXIT_OK, byte_value, on_stop_signals, positive_float
 
@@ -17,7 +18,9 @@ log = logging.getLogger("wattchecker_client")
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("read", help="print live readings from a meter")
     p.add_argument("address", help="MAC (00:0C:BF:..), tty path (/dev/rfcomm0), tcp://HOST:PORT or sim://")
-    p.add_argument("--channel", type=int, help="RFCOMM channel (default: look it up over SDP)")
+    p.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
+                   help="btwattch1 (REX-BTWATTCH1, the default) or btwattch2 (RS-BTWATTCH2, Bluetooth LE)")
+    p.add_argument("--channel", type=int, help="btwattch1: RFCOMM channel (default: look it up over SDP)")
     p.add_argument("--count", type=int, default=0, help="stop after this many readings (0: until Ctrl-C)")
     p.add_argument("--format", choices=sorted(FORMATTERS), default="json", help="row format (default json)")
     p.add_argument("--interval", type=positive_float, default=1.0, help="seconds between polls (default 1)")
@@ -36,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         Clock(),
         stop,
         channel=args.channel,
+        model=args.model,
         poll_interval=args.interval,
         start_argument=args.start_argument,
         timeout=args.timeout,

@@ -27,8 +27,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
         help="serve a simulated meter on TCP and/or a pty",
-        description="Serve a simulated REX-BTWATTCH1 that speaks the real protocol. "
-        "Prints one 'listening on ADDRESS' line per address.",
+        description="Serve a simulated meter that speaks the real protocol: a REX-BTWATTCH1, or with "
+        "--model btwattch2 an RS-BTWATTCH2 and its relay. Prints one 'listening on ADDRESS' line per address.",
     )
     p.add_argument("--tcp", metavar="HOST:PORT", help="serve on TCP (default 127.0.0.1:0, a free port, without --pty)")
     p.add_argument("--pty", action="store_true", help="serve on a pseudo-terminal, like /dev/rfcommN")
@@ -38,6 +38,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             p.add_argument(flag, action="store_true", default=None, help=f.metadata["help"])
+        elif f.type == "str":
+            p.add_argument(flag, choices=f.metadata["choices"], default=None,
+                           help=f"{f.metadata['help']} (default {f.default})")
         else:
             kind = int if f.type == "int" else float
             p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default {f.default})")
