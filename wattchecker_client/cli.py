@@ -8,12 +8,12 @@ import sys
 from typing import Callable, List, Optional
 
 from . import __version__
-from .commands import check_config, demo, read, report, run, simulate, switch, upload
+from .commands import check_config, demo, read, report, run, scan, simulate, switch, upload
 from .commands.common import EXIT_OK, EXIT_SETUP
 from .config import ConfigError
 from .transport import SetupError
 
-COMMANDS = (read, simulate, run, demo, check_config, upload, report, switch)
+COMMANDS = (read, simulate, run, demo, check_config, upload, report, switch, scan)
 
 
 def setup_logging(verbose: bool) -> None:
