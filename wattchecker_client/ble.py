@@ -65,6 +65,11 @@ def import_bleak() -> Any:
             "a Bluetooth LE meter (model btwattch2 at a MAC address) needs bleak: "
             "pip install 'wattchecker-client[ble]'"
         ) from None
+    # bleak's own warnings repeat, once per retry, what our one line says (or guess at
+    # BlueZ's version where bluetoothctl is missing); keep them for -v only.
+    quiet = logging.getLogger("bleak")
+    if quiet.level == logging.NOTSET and not logging.getLogger().isEnabledFor(logging.DEBUG):
+        quiet.setLevel(logging.ERROR)
     return bleak
 
 
@@ -211,7 +216,7 @@ class BleOpener:
         timeout: float = DEFAULT_TIMEOUT,
         *,
         client_factory: Optional[ClientFactory] = None,
-        silence_timeout: float = SILENCE_TIMEOUT,
+        silence_timeout: Optional[float] = None,
         connect_timeout: Optional[float] = None,
         connect_attempts: int = CONNECT_ATTEMPTS,
     ) -> None:
@@ -219,7 +224,8 @@ class BleOpener:
         self.name = f"{self.mac} (BLE)"
         self.timeout = timeout
         self.client_factory = client_factory
-        self.silence_timeout = silence_timeout
+        # Shorter than the reader's give-up (4 tries of 2 s), so a re-subscribe gets its chance.
+        self.silence_timeout = silence_timeout if silence_timeout is not None else min(SILENCE_TIMEOUT, timeout)
         self.connect_timeout = connect_timeout if connect_timeout is not None else max(timeout, MIN_CONNECT_TIMEOUT)
         self.connect_attempts = connect_attempts
         self.stats = BleStats()
