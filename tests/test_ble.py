@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
-import socket
+import signal
 import subprocess
 import sys
 import threading
@@ -25,11 +26,15 @@ import pytest
 bleak_exc = pytest.importorskip("bleak.exc", reason="bleak is the [ble] extra: pip install -e '.[test]'")
 
 from wattchecker_client import ble  # noqa: E402
+from wattchecker_client.clock import FakeClock  # noqa: E402
+from wattchecker_client.meter import Backoff, MeterReader  # noqa: E402
 from wattchecker_client.protocol import btwattch2  # noqa: E402
-from wattchecker_client.protocol.frames import FrameDecoder, encode_frame  # noqa: E402
-from wattchecker_client.transport import LinkError, LinkTimeout, SetupError  # noqa: E402
+from wattchecker_client.protocol.frames import FrameDecoder, Measurement, encode_frame  # noqa: E402
+from wattchecker_client.simulator import SimOptions, SimulatedMeter, air_conditioner  # noqa: E402
+from wattchecker_client.transport import LinkError, LinkTimeout  # noqa: E402
 
 from .conftest import ROOT, cli  # noqa: E402
+from .test_scan import system_bus_without_bluez  # noqa: E402,F401,F811  (a real dbus-daemon without bluetoothd)
 
 # protocol.md's vectors
 REQUEST = bytes.fromhex("AA 00 01 08 B3")
@@ -85,7 +90,6 @@ class Radio:
         self.chunks: List[int] = []  # sizes of the notifications sent
         self.subscribes = 0
         self.unsubscribes = 0
-        self.muted = False
 
     def factory(self, address: str, disconnected_callback=None, timeout: float = 10.0, **kwargs) -> "FakeBleakClient":
         client = FakeBleakClient(self, address, disconnected_callback, timeout)
@@ -106,6 +110,7 @@ class FakeBleakClient:
         self._services = None
         self.is_connected = False
         self.disconnects = 0
+        self.muted = False  # BlueZ stopped delivering this connection's notifications
 
     @property
     def services(self):
@@ -143,7 +148,7 @@ class FakeBleakClient:
             raise bleak_exc.BleakDBusError("org.bluez.Error.Failed", ["Operation failed with ATT error: 0x0e"])
         self.radio.subscribes += 1
         if self.radio.mute_heals:
-            self.radio.muted = False
+            self.muted = False
         self._callback = callback
         self._rx = characteristic
 
@@ -165,7 +170,7 @@ class FakeBleakClient:
         radio = self.radio
         radio.requests += 1
         if radio.mute_after is not None and radio.requests == radio.mute_after + 1:
-            radio.muted = True
+            self.muted = True
         cut = radio.drop_mid_frame is not None and radio.requests == radio.drop_mid_frame
         chunks = [response[at : at + 20] for at in range(0, len(response), 20)]
         loop = asyncio.get_running_loop()
@@ -175,7 +180,7 @@ class FakeBleakClient:
             loop.call_soon(self._drop)
 
     def _notify(self, chunk: bytes) -> None:
-        if self._callback is not None and self.is_connected and not self.radio.muted:
+        if self._callback is not None and self.is_connected and not self.muted:
             self.radio.chunks.append(len(chunk))
             self._callback(self._rx, bytearray(chunk))
 
@@ -407,3 +412,146 @@ def test_without_bleak_the_line_names_the_extra():
         "SetupError a Bluetooth LE meter (model btwattch2 at a MAC address) needs bleak: "
         "pip install 'wattchecker-client[ble]'\n"
     )
+
+
+# --- the real reader and session above the link, the simulated meter below it ---------------
+
+ADDRESS = "F0:12:34:56:78:9A"
+
+
+def simulated_radio(clock, **options) -> tuple:
+    """A Radio carrying the simulated RS-BTWATTCH2's byte stream, and the meter itself."""
+    meter = SimulatedMeter(SimOptions(model="btwattch2", **options), clock)
+    return Radio(respond=meter.respond), meter
+
+
+def ble_reader(radio: Radio, clock, **kwargs) -> MeterReader:
+    return MeterReader(
+        ADDRESS, clock, threading.Event(), model="btwattch2", ble_client_factory=radio.factory,
+        timeout=0.5, response_timeout=0.5, backoff=Backoff(0.01, 0.02), **kwargs,
+    )
+
+
+def take(reader: MeterReader, count: int) -> List[Measurement]:
+    readings = reader.readings()
+    try:
+        return [next(readings) for _ in range(count)]
+    finally:
+        readings.close()
+
+
+def assert_measured(readings: List[Measurement], seed: int = 1) -> None:
+    """Every row is what the simulated meter measured at that second, each second once, in order."""
+    assert readings == [air_conditioner(m.time, seed, "btwattch2") for m in readings]
+    assert all(b.time > a.time for a, b in zip(readings, readings[1:]))
+
+
+def test_reader_reads_the_simulated_meter_over_ble():
+    clock = FakeClock(dt.datetime(2026, 7, 2, 9, 24, 30))
+    radio, _ = simulated_radio(clock)
+    reader = ble_reader(radio, clock)
+    readings = take(reader, 5)
+    assert_measured(readings)
+    assert [m.time for m in readings] == [dt.datetime(2026, 7, 2, 9, 24, 31 + i) for i in range(5)]
+    assert radio.chunks == [6] + [20, 11] * 5  # the clock's ack, then each 31-byte answer in two notifications
+    assert reader.stats.connects == 1 and reader.stats.crc_errors == 0 and reader.stats.junk_bytes == 0
+    # Closing the reader disconnected its one BLE client.
+    assert [c.disconnects for c in radio.clients] == [1]
+
+
+def test_reader_reconnects_after_a_disconnect_mid_frame_and_keeps_no_poison_row():
+    clock = FakeClock(dt.datetime(2026, 7, 2, 9, 24, 30))
+    radio, _ = simulated_radio(clock)
+    radio.drop_mid_frame = 4  # set clock, then polls: the third poll's answer is cut after 20 bytes
+    reader = ble_reader(radio, clock)
+    readings = take(reader, 6)
+    assert_measured(readings)
+    assert len(radio.clients) == 2 and reader.stats.connects == 2 and reader.stats.link_errors == 1
+    assert reader.stats.rejected == 0 and reader.stats.crc_errors == 0
+
+
+def test_reader_rides_out_notifications_that_stop_by_re_subscribing():
+    clock = FakeClock(dt.datetime(2026, 7, 2, 9, 24, 30))
+    radio, _ = simulated_radio(clock)
+    radio.mute_after = 3
+    reader = ble_reader(radio, clock)
+    readings = take(reader, 5)
+    assert_measured(readings)
+    assert (radio.subscribes, radio.unsubscribes) == (2, 1)
+    assert len(radio.clients) == 1 and reader.stats.connects == 1  # the same connection, healed
+
+
+def test_reader_reconnects_when_re_subscribing_does_not_help():
+    clock = FakeClock(dt.datetime(2026, 7, 2, 9, 24, 30))
+    radio, _ = simulated_radio(clock)
+    radio.mute_after = 3
+    radio.mute_heals = False
+    reader = ble_reader(radio, clock)
+    readings = take(reader, 5)
+    assert_measured(readings)
+    assert radio.unsubscribes == 1 and len(radio.clients) == 2 and reader.stats.connects == 2
+    assert radio.clients[0].disconnects == 1  # the silent link was dropped, not left to BlueZ
+
+
+def test_reader_backs_off_through_a_failed_connect_with_one_line(caplog):
+    clock = FakeClock(dt.datetime(2026, 7, 2, 9, 24, 30))
+    radio, _ = simulated_radio(clock)
+    radio.connect_errors = [
+        bleak_exc.BleakDBusError("org.bluez.Error.NotReady", ["Resource Not Ready"]),
+        bleak_exc.BleakError("No powered Bluetooth adapters found. Turn on Bluetooth and try again."),
+    ]
+    reader = ble_reader(radio, clock)
+    with caplog.at_level(logging.INFO, logger="wattchecker_client"):
+        readings = take(reader, 3)
+    assert_measured(readings)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        f"{ADDRESS} (BLE): the Bluetooth adapter is powered off: `bluetoothctl power on` "
+        "(and check `rfkill list`); reconnecting"
+    ]
+    assert reader.stats.link_errors == 2 and reader.stats.connects == 1
+    assert [c.disconnects for c in radio.clients] == [1, 1, 1]  # each failed client was let go too
+
+
+# --- the real bleak on a machine without BlueZ ---------------------------------------------
+
+
+def read_until_warned(env: dict) -> List[str]:
+    """`read MAC --model btwattch2` as a real process; its stderr lines once it has warned, then SIGINT."""
+    proc = subprocess.Popen(cli("read", ADDRESS, "--model", "btwattch2", "--count", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **env})
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("WARNING"):
+                break
+        time.sleep(3)  # a few reconnect attempts, to see that they stay quiet
+        proc.send_signal(signal.SIGINT)
+        out, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out) == (0, "")
+    return lines + rest.splitlines()
+
+
+def test_real_read_without_a_system_bus_says_what_to_start(tmp_path):
+    lines = read_until_warned({"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"})
+    assert lines[0] == (
+        f"WARNING wattchecker_client.meter: {ADDRESS} (BLE): cannot reach BlueZ: no D-Bus system bus at "
+        f"unix:path={tmp_path}/no-bus (No such file or directory): start D-Bus and Bluetooth "
+        "(`sudo systemctl start dbus bluetooth`); reconnecting"
+    )
+    assert len(lines) == 2 and lines[1].startswith("INFO wattchecker_client: 0 readings printed; ")
+
+
+def test_real_read_without_bluetoothd_says_what_to_start(system_bus_without_bluez):
+    lines = read_until_warned({"DBUS_SYSTEM_BUS_ADDRESS": system_bus_without_bluez})
+    assert lines[0] == (
+        f"WARNING wattchecker_client.meter: {ADDRESS} (BLE): bluetoothd is not running "
+        "(no org.bluez on the D-Bus system bus): `sudo systemctl start bluetooth`; reconnecting"
+    )
+    assert len(lines) == 2 and lines[1].startswith("INFO wattchecker_client: 0 readings printed; ")

@@ -17,12 +17,12 @@ import random
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 from . import protocol
 from .clock import Clock, utc_epoch
 from .protocol import Frame, Measurement, MeasurementError, ProtocolError, btwattch2
-from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, RfcommFactory, SetupError, open_link
+from .transport import DEFAULT_TIMEOUT, MAC_RE, Link, LinkError, LinkTimeout, RfcommFactory, SetupError, open_link
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,7 @@ def link_opener(
     timeout: float = DEFAULT_TIMEOUT,
     rfcomm_factory: Optional[RfcommFactory] = None,
     model: str = protocol.DEFAULT_MODEL,
+    ble_client_factory: Optional[Callable[..., Any]] = None,
 ) -> Callable[[], Link]:
     """A function that opens ``address`` afresh at each call, for reconnecting.
 
@@ -244,6 +245,10 @@ def link_opener(
         from .simulator import embedded_opener
 
         return embedded_opener(address.strip(), timeout, model=model)
+    if model == btwattch2.DIALECT.model and MAC_RE.match(address.strip()):
+        from .ble import BleOpener  # bleak itself is imported when the link first opens
+
+        return BleOpener(address.strip(), timeout, client_factory=ble_client_factory)
     return lambda: open_link(address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory)
 
 
@@ -289,6 +294,7 @@ class MeterReader:
         response_timeout: float = RESPONSE_TIMEOUT,
         backoff: Optional[Backoff] = None,
         rfcomm_factory: Optional[RfcommFactory] = None,
+        ble_client_factory: Optional[Callable[..., Any]] = None,
         name: Optional[str] = None,
         last_time: Optional[dt.datetime] = None,
         heartbeat: Callable[[], None] = lambda: None,
@@ -303,7 +309,8 @@ class MeterReader:
         self.model = model
         self.dialect = protocol.dialect(model)
         self._open_link = link_opener(
-            address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory, model=model
+            address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory, model=model,
+            ble_client_factory=ble_client_factory,
         )
         # The relay as the last measurement said (None: unknown, or no relay), for the live state.
         self.relay: Optional[bool] = None
