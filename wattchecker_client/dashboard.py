@@ -12,7 +12,7 @@ import datetime as dt
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .clock import Clock, time_zone, utc_epoch
 from .config import Config
@@ -69,6 +69,8 @@ class EnergyView:
         self.tz = time_zone(config.report.timezone)
         self.price = config.report.price
         self.lag = flush_lag(config)
+        # W as the report reads it back from the files, so memory and files agree to the row.
+        self.stored = stored_watts if "csv" in config.general.data_format else float
         self._lock = threading.Lock()
         self._settled_hour: Optional[int] = None
         self._files: Dict[str, _FilePart] = {}
@@ -114,7 +116,7 @@ class EnergyView:
         part = self._files[meter]
         memory = MeterReport(meter)
         integrator = Integrator(memory, self.tz, part.seam, 2**62)
-        for hour_start, rows in by_hour(self.live.history(meter)):
+        for hour_start, rows in by_hour(self.live.history(meter), self.stored):
             integrator.add_hour(hour_start, rows)
         integrator.finish()
         local_now = dt.datetime.fromtimestamp(now, self.tz).replace(tzinfo=None)
@@ -142,12 +144,18 @@ def integrate_files(report: MeterReport, data_dir: Path, stem: str, tz: dt.tzinf
     integrator.finish()
 
 
-def by_hour(history: List[Tuple[int, float]]) -> List[Tuple[int, List[Tuple[int, float]]]]:
+def stored_watts(watts: float) -> float:
+    """W as a CSV row keeps it (two decimals), read back."""
+    return float(f"{watts:.2f}")
+
+
+def by_hour(history: List[Tuple[int, float]], stored: Callable[[float], float] = float
+            ) -> List[Tuple[int, List[Tuple[int, float]]]]:
     """(UTC hour start, [(second of the hour, W)]) groups of (epoch second, W) rows, in order."""
     groups: List[Tuple[int, List[Tuple[int, float]]]] = []
     for t, watts in history:
         hour_start = t - t % 3600
         if not groups or groups[-1][0] != hour_start:
             groups.append((hour_start, []))
-        groups[-1][1].append((t - hour_start, watts))
+        groups[-1][1].append((t - hour_start, stored(watts)))
     return groups
