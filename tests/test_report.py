@@ -212,3 +212,86 @@ def test_the_bigquery_view_gives_the_local_reports_kwh(emulator, tmp_path):
     for g, e in zip(got, expected):
         assert g[0] == e[0]
         assert g[1:] == pytest.approx(e[1:])
+
+
+@pytest.mark.parametrize(
+    "second_step, held",
+    [(4, 4), (5, 5), (6, 1), (10, 1)],
+    ids=["4s-counts-in-full", "5s-counts-in-full", "6s-is-a-gap", "10s-is-a-gap"],
+)
+def test_the_gap_cap_is_5_seconds_inclusive(tmp_path, second_step, held):
+    """100 W, then 200 W held for a step at the cap's edge, then 300 W after a 6 s gap."""
+    start = dt.datetime(2026, 7, 1, 0, 0, 0)
+    rows = [Measurement(start, 100.0, 1000.0, 100.0),
+            Measurement(start + dt.timedelta(seconds=1), 100.0, 1000.0, 200.0),
+            Measurement(start + dt.timedelta(seconds=1 + second_step), 100.0, 1000.0, 300.0),
+            Measurement(start + dt.timedelta(seconds=1 + second_step + 6), 100.0, 1000.0, 400.0)]
+    write(tmp_path, rows)
+    total = meter_report(tmp_path, "wattchecker-data", "m", UTC).total()
+    # 100 W for its 1 s step, 200 W for ``held``, 300 W for one second before the gap, 400 W last: 1 s
+    assert total.watt_seconds == 100 + 200 * held + 300 + 400
+    assert total.covered_seconds == 1 + held + 1 + 1
+
+
+def test_seconds_covered_per_hour_mark_the_first_and_the_current_hour(tmp_path):
+    write(tmp_path, constant(dt.datetime(2026, 7, 1, 0, 30), 6000, 100.0))  # 00:30:00 .. 02:09:59
+    report = meter_report(tmp_path, "wattchecker-data", "m", TOKYO)
+    hours = [dt.datetime(2026, 7, 1, 9), dt.datetime(2026, 7, 1, 10), dt.datetime(2026, 7, 1, 11)]
+    assert report.hourly_seconds == dict(zip(hours, [1800, 3600, 600]))
+    assert report.hourly_wh == pytest.approx(dict(zip(hours, [50.0, 100.0, 100 / 6])))
+
+
+def drawn(report, days):
+    """The chart's two panels, drawn on a real figure (not saved): what the PNG will show."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    from wattchecker_client.chart import draw_days, draw_hours
+
+    fig, (top, bottom) = plt.subplots(2, 1)
+    draw_days(top, report, days, TOKYO, 25.0, "JPY")
+    draw_hours(bottom, report, days, "Asia/Tokyo")
+    hours = [(mdates.num2date(p.get_x()).replace(tzinfo=None), p.get_width(), p.get_height(), bool(p.get_hatch()))
+             for p in bottom.patches]
+    day_bars = [(p.get_width(), bool(p.get_hatch())) for p in top.patches]
+    limits = top.get_xlim(), [mdates.num2date(x).replace(tzinfo=None) for x in bottom.get_xlim()]
+    legend = [t.get_text() for t in bottom.get_legend().get_texts()]
+    plt.close(fig)
+    return hours, day_bars, limits, legend
+
+
+def test_a_short_range_draws_hour_bars_partial_ends_and_a_sane_day_bar(tmp_path):
+    write(tmp_path, constant(dt.datetime(2026, 7, 2, 0, 30), 9001, 400.0))  # 09:30:00 .. 12:00:00 JST
+    report = meter_report(tmp_path, "wattchecker-data", "m", TOKYO)
+    hours, day_bars, (day_range, hour_range), legend = drawn(report, sorted(report.days))
+    hour = dt.datetime(2026, 7, 2, 9)
+    assert [(h, wh, partial) for h, _, wh, partial in sorted(hours)] == [
+        (hour, pytest.approx(200.0), True),  # half an hour of data: partial, not a dip
+        (hour + dt.timedelta(hours=1), pytest.approx(400.0), False),
+        (hour + dt.timedelta(hours=2), pytest.approx(400.0), False),
+        (hour + dt.timedelta(hours=3), pytest.approx(400 / 3600), True),  # the current hour: one reading
+    ]
+    assert all(width == pytest.approx(0.85 / 24) for _, width, _, _ in hours)  # bars an hour wide, not a line
+    assert hour_range == [dt.datetime(2026, 7, 2), dt.datetime(2026, 7, 2, 23, 59)]  # the whole local day
+    assert day_bars == [(0.7, True)] and day_range == (-3.5, 3.5)  # one slot of seven, marked partial
+    assert legend == ["energy per hour (Wh)", "partial hour (data for part of it)"]
+
+
+def test_sixty_days_keep_one_slot_per_day_and_hour():
+    from wattchecker_client.report import DayTotal, MeterReport
+
+    report = MeterReport("m")  # sixty full days at 50 W, as the integrator would total them
+    first = dt.date(2026, 5, 1)
+    for n in range(60):
+        day = first + dt.timedelta(days=n)
+        report.days[day] = DayTotal(day, watt_seconds=50 * 86400, covered_seconds=86400, peak_watts=50)
+        for h in range(24):
+            hour = dt.datetime.combine(day, dt.time(h))
+            report.hourly_wh[hour], report.hourly_seconds[hour] = 50.0, 3600
+    hours, day_bars, (day_range, hour_range), legend = drawn(report, sorted(report.days))
+    assert day_bars == [(0.7, False)] * 60 and day_range == (-0.5, 59.5)
+    assert len(hours) == 60 * 24 and all(width == pytest.approx(1 / 24) for _, width, _, _ in hours)
+    assert hour_range == [dt.datetime(2026, 5, 1), dt.datetime(2026, 6, 29, 23, 59)]
+    assert legend == ["energy per hour (Wh)"]

@@ -45,6 +45,9 @@ class MeterReport:
     meter: str
     days: Dict[dt.date, DayTotal] = field(default_factory=dict)
     hourly_wh: Dict[dt.datetime, float] = field(default_factory=dict)  # local hour -> Wh
+    # local hour -> seconds of it with data, by the same rule as its Wh: under
+    # 3600 means the hour's Wh is short (the first hour, the current one, a gap)
+    hourly_seconds: Dict[dt.datetime, int] = field(default_factory=dict)
     problems: List[str] = field(default_factory=list)
     rows: int = 0
 
@@ -155,6 +158,7 @@ class Integrator:
         self._offset = 0  # the zone's offset at the previous row
         self._days: Dict[int, DayTotal] = {}
         self._hours: Dict[int, float] = {}
+        self._hour_seconds: Dict[int, int] = {}
         self._day_index: Optional[int] = None
         self._day: Optional[DayTotal] = None
 
@@ -186,6 +190,7 @@ class Integrator:
         epoch_hour = dt.datetime(1970, 1, 1)
         for index, wh in self._hours.items():
             self.report.hourly_wh[epoch_hour + dt.timedelta(hours=index)] = wh
+            self.report.hourly_seconds[epoch_hour + dt.timedelta(hours=index)] = self._hour_seconds[index]
 
     def _credit(self, step: Optional[int]) -> None:
         """The previous row holds for its step, or one second before a gap."""
@@ -208,6 +213,7 @@ class Integrator:
             day.peak_watts = watts
         hour_index = local // 3600
         self._hours[hour_index] = self._hours.get(hour_index, 0.0) + energy / 3600
+        self._hour_seconds[hour_index] = self._hour_seconds.get(hour_index, 0) + seconds
 
 
 def local_midnight_utc(day: dt.date, tz: dt.tzinfo) -> int:
