@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import socket
 import threading
 
 import pytest
@@ -13,7 +14,7 @@ from wattchecker_client import protocol
 from wattchecker_client.clock import Clock, FakeClock
 from wattchecker_client.meter import Backoff, MeterReader, MeterSession, seconds_until_next_tick
 from wattchecker_client.protocol import Measurement, MeasurementError, encode_frame
-from wattchecker_client.transport import LinkError
+from wattchecker_client.transport import LinkError, socket_link
 
 BUILT = bytes.fromhex("AA 11 00 08 00 E0 83 04 13 92 01 B5 8D 00 1E 18 09 07 09 13 65")
 BUILT_VALUE = Measurement(dt.datetime(2019, 9, 7, 9, 24, 30), 102.931, 2311.75, 181.385)
@@ -118,10 +119,28 @@ def test_non_zero_status_is_rejected_not_returned(scripted):
     assert session.stats.rejected == 1
 
 
-def test_stop_is_best_effort_on_a_dead_link(scripted):
-    peer, session = started(scripted)
-    peer.client.close()
-    session.stop()  # no exception
+def test_stop_sends_the_stop_frame_byte_exact():
+    ours, meter_end = socket.socketpair()  # raw bytes at the meter's end, before any decoder
+    session = MeterSession(socket_link(ours, "raw meter", timeout=1.0), FakeClock(NOW), response_timeout=0.5)
+    with meter_end:
+        meter_end.sendall(ACK_STOP)  # the meter's acknowledgement, ready when it is awaited
+        session.stop()
+        assert meter_end.recv(64) == bytes.fromhex("AA 01 00 03 0A")
+    assert session.stats.timeouts == 0  # the acknowledgement was read, not waited out
+
+
+@pytest.mark.parametrize("death", ["closed here", "hung up there"])
+def test_stop_is_best_effort_on_a_dead_link(scripted, caplog, death):
+    peer, session = started(scripted, ACK_STOP)
+    if death == "closed here":
+        peer.client.close()
+    else:
+        peer.hang_up()
+    with caplog.at_level(logging.DEBUG, logger="wattchecker_client.meter"):
+        session.stop()  # no exception: a stop at shutdown must not turn into a crash
+    assert b"\x03" not in peer.requests  # the dead link carried no stop to the meter
+    assert session.stats.timeouts == 0  # it gave up at once instead of waiting for an answer
+    assert "scripted meter: stop not acknowledged: scripted meter: " in caplog.text
 
 
 # --- pacing and backoff -------------------------------------------------------------
