@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from wattchecker_client.formats import csv_line, json_line
-from wattchecker_client.simulator import air_conditioner
+from wattchecker_client.simulator import air_conditioner, switched_off
 
 CLOSED_RE = re.compile(r"^(?P<base>.+\.(csv|json))\.(?P<hour>\d{4}-\d\d-\d\d_\d\d)(\.part\d+)?\.gz$")
 
@@ -30,10 +30,18 @@ def stamp_of(line: str, fmt: str) -> dt.datetime:
 
 
 def check_data_dir(
-    data_dir: Path, seed: int, base: str = "wattchecker-data", formats_agree: bool = True
+    data_dir: Path,
+    seed: int,
+    base: str = "wattchecker-data",
+    formats_agree: bool = True,
+    model: str = "btwattch1",
+    relay_switched: bool = False,
 ) -> Dict[str, List[dt.datetime]]:
     """Assert the invariants; return the seconds held per format.
 
+    Every row must be what the simulated ``model`` meter measured at its
+    second, at that model's wire resolution; with ``relay_switched``, a row may
+    also be that second's reading with the relay off (0 mA, 0 W).
     After a SIGKILL between the CSV and the JSON part of one flush, one format
     can hold a few seconds the other lost with its buffer: ``formats_agree=False``.
     """
@@ -58,8 +66,9 @@ def check_data_dir(
         file_hours = set()
         for line in lines:
             when = stamp_of(line, fmt)
-            expected = air_conditioner(when, seed)
-            assert line == (json_line(expected) if fmt == "json" else csv_line(expected)), f"{name}: {line!r}"
+            expected = air_conditioner(when, seed, model)
+            readings = [expected, switched_off(expected)] if relay_switched else [expected]
+            assert line in [json_line(m) if fmt == "json" else csv_line(m) for m in readings], f"{name}: {line!r}"
             file_hours.add(when.replace(minute=0, second=0))
             seconds[fmt].append(when)
         if hour is not None:
