@@ -7,16 +7,22 @@ hours of behaviour in milliseconds.
 from __future__ import annotations
 
 import calendar
+import ctypes
 import datetime as dt
+import functools
+import logging
 import queue
 import threading
 import time
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 try:
     import zoneinfo
 except ImportError:  # pragma: no cover - Python 3.9 has it; keep the error clear anyway
     zoneinfo = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 
 def utc_epoch(when: dt.datetime) -> int:
@@ -32,6 +38,96 @@ def time_zone(name: str) -> dt.tzinfo:
         raise ValueError(f"unknown time zone {name!r} (use a name such as Asia/Tokyo)") from None
 
 
+# adjtimex(2): the kernel's view of its clock discipline. timesyncd, chrony and
+# ntpd all report to it; a clock set by hand or restored at boot (fake-hwclock)
+# is marked unsynchronised, with the maximum error at its 16 s ceiling.
+STA_UNSYNC = 0x0040
+TIME_ERROR = 5
+NTP_PHASE_LIMIT_US = 16_000_000
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+class _Timex(ctypes.Structure):
+    """``struct timex`` as the C library's ``adjtimex`` symbol takes it.
+
+    Mostly ``long``s, so ctypes lays it out as the compiler does: 208 bytes on
+    64-bit Linux, 128 on 32-bit ARM, where the plain ``adjtimex`` symbol keeps
+    the 32-bit ``long`` layout even in a 64-bit-time_t build (those call
+    ``__adjtimex64``). The trailing padding lets the kernel write the whole struct.
+    """
+
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time", _Timeval),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_padding", ctypes.c_int * 11),
+    ]
+
+
+@dataclass(frozen=True)
+class KernelClock:
+    """What adjtimex says of the system clock."""
+
+    state: int  # the return value: TIME_OK (0) ... TIME_ERROR (5)
+    status: int  # STA_* flags
+    maxerror_us: int
+    tick_us: int  # microseconds between clock ticks: 1e6 / HZ
+    seconds: int  # the wall clock, whole seconds since 1970
+
+    @property
+    def synchronised(self) -> bool:
+        """As timedatectl's "System clock synchronized": a daemon keeps the error under 16 s.
+
+        STA_UNSYNC alone is not enough: chrony keeps it set when it maintains
+        the RTC itself (rtcfile), so the kernel's 11-minute mode stays off.
+        """
+        return not self.status & STA_UNSYNC or self.maxerror_us < NTP_PHASE_LIMIT_US
+
+
+@functools.lru_cache(maxsize=None)
+def _adjtimex() -> Optional[Callable[[Any], int]]:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).adjtimex
+    except (OSError, AttributeError):  # not Linux: no adjtimex
+        return None
+    function.argtypes = [ctypes.POINTER(_Timex)]
+    function.restype = ctypes.c_int
+    return function
+
+
+def kernel_clock() -> Optional[KernelClock]:
+    """A read-only adjtimex call (modes=0: no privilege needed); None where there is none."""
+    function = _adjtimex()
+    if function is None:
+        return None
+    timex = _Timex()
+    state = function(ctypes.byref(timex))
+    if state < 0:
+        log.debug("adjtimex failed: errno %d", ctypes.get_errno())
+        return None
+    return KernelClock(state, timex.status, timex.maxerror, timex.tick, timex.time.tv_sec)
+
+
 class Clock:
     """Real time: wall clock in UTC, a monotonic clock, and interruptible sleep."""
 
@@ -41,6 +137,11 @@ class Clock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def synchronised(self) -> bool:
+        """Whether an NTP client vouches for the wall clock; True where the kernel cannot say."""
+        state = kernel_clock()
+        return True if state is None else state.synchronised
 
     def sleep(self, seconds: float, stop: Optional[threading.Event] = None) -> bool:
         """Sleep, waking early if ``stop`` is set. Returns True if stopped."""
@@ -59,12 +160,30 @@ class Clock:
 
 
 class FakeClock(Clock):
-    """A clock that only moves when slept on or advanced; sleeps return at once."""
+    """A clock that only moves when slept on or advanced; sleeps return at once.
 
-    def __init__(self, start: dt.datetime = dt.datetime(2019, 9, 7, 9, 0, 0)) -> None:
+    Its wall clock can also be stepped alone (as NTP or ``date -s`` does) and
+    its synchronised flag set, to play a Raspberry Pi's boot.
+    """
+
+    def __init__(self, start: dt.datetime = dt.datetime(2019, 9, 7, 9, 0, 0), synchronised: bool = True) -> None:
         self._now = start
         self._mono = 1000.0
+        self._synchronised = synchronised
         self._lock = threading.Lock()
+
+    def synchronised(self) -> bool:
+        with self._lock:
+            return self._synchronised
+
+    def set_synchronised(self, synchronised: bool) -> None:
+        with self._lock:
+            self._synchronised = synchronised
+
+    def step(self, seconds: float) -> None:
+        """Move the wall clock only: the monotonic clock does not see a step."""
+        with self._lock:
+            self._now += dt.timedelta(seconds=seconds)
 
     def now(self) -> dt.datetime:
         with self._lock:

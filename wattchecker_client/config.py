@@ -54,6 +54,7 @@ class GeneralConfig:
     status_interval: float
     watchdog_stall: float
     retention_days: Optional[int]
+    time_sync_wait: float = 180.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,21 @@ class BigQueryConfig:
     api_endpoint: Optional[str]
     create_table: bool
     max_backoff: float
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str
+    port: int
+    username: Optional[str]
+    password: Optional[str]
+    password_file: Optional[Path]
+    tls: bool
+    ca_file: Optional[Path]
+    client_id: Optional[str]  # None: wattchecker-<hostname>, chosen at start-up
+    topic_prefix: str
+    discovery_prefix: Optional[str]  # None: no Home Assistant discovery
+    publish_interval: float
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,7 @@ class Config:
     # single ``device:`` keeps the original client's file names.
     named_files: bool = False
     http: Optional[HttpConfig] = None  # the page, /metrics and /healthz; None: not served
+    mqtt: Optional[MqttConfig] = None  # live readings to an MQTT broker / Home Assistant
 
     def file_stem(self, device: DeviceConfig) -> str:
         return f"wattchecker-data-{device.name}" if self.named_files else "wattchecker-data"
@@ -209,6 +226,13 @@ def meter_model(value: Any) -> str:
     return value.strip().lower()
 
 
+def topic(value: Any) -> str:
+    value = text(value)
+    if any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ValueError(f"{value!r} is not a topic prefix: no +, #, empty levels or leading/trailing /")
+    return value
+
+
 def meter_name(value: Any) -> str:
     value = text(value)
     if not NAME_RE.match(value):
@@ -257,6 +281,7 @@ GENERAL: Spec = {
     "status_interval": (number(), 600.0),
     "watchdog_stall": (number(), 180.0),
     "retention_days": (optional(integer(1, 36_500)), None),
+    "time_sync_wait": (number(0, exclusive=False), 180.0),
 }
 DEVICE: Spec = {
     "name": (meter_name, DEFAULT_NAME),
@@ -284,7 +309,20 @@ REPORT: Spec = {
 HTTP: Spec = {
     "listen": (listen_address, ("127.0.0.1", 9750)),
 }
-TOP_LEVEL = ("general", "device", "devices", "bigquery", "report", "http")
+MQTT: Spec = {
+    "host": (text, REQUIRED),
+    "port": (integer(1, 65535), 1883),
+    "username": (optional(text), None),
+    "password": (optional(text), None),
+    "password_file": (optional(text), None),
+    "tls": (boolean, False),
+    "ca_file": (optional(text), None),
+    "client_id": (optional(text), None),
+    "topic_prefix": (topic, "wattchecker"),
+    "discovery_prefix": (optional(topic), "homeassistant"),
+    "publish_interval": (number(), 10.0),
+}
+TOP_LEVEL = ("general", "device", "devices", "bigquery", "report", "http", "mqtt")
 
 
 # --- loading -------------------------------------------------------------------------
@@ -394,6 +432,21 @@ def _device(ctx: _Context, path: List[Any], data: Any) -> DeviceConfig:
     return DeviceConfig(**values)
 
 
+def _mqtt(ctx: _Context, data: Any, base: Path) -> MqttConfig:
+    values = _section(ctx, ["mqtt"], data, MQTT)
+    if values["password"] is not None and values["password_file"] is not None:
+        raise ctx.error(["mqtt", "password"], "use either password or password_file, not both")
+    for key in ("password", "password_file"):
+        if values[key] is not None and values["username"] is None:
+            raise ctx.error(["mqtt", key], "needs a username too")
+    if values["ca_file"] is not None and not values["tls"]:
+        raise ctx.error(["mqtt", "ca_file"], "needs tls: true (it pins the broker's TLS certificate)")
+    for key in ("password_file", "ca_file"):
+        if values[key] is not None:
+            values[key] = (base / values[key]).resolve()
+    return MqttConfig(**values)
+
+
 def parse_config(text_: str, source: str = "<config>") -> Config:
     """Validate YAML text; relative paths are relative to the config file's folder."""
     try:
@@ -423,7 +476,9 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
     report = ReportConfig(**_section(ctx, ["report"], data.get("report"), REPORT))
     # A bare ``http:`` line turns the page on with its defaults.
     http = HttpConfig(*_section(ctx, ["http"], data["http"], HTTP)["listen"]) if "http" in data else None
-    return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, report, "devices" in data, http=http)
+    mqtt = _mqtt(ctx, data["mqtt"], base) if "mqtt" in data else None
+    return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, report, "devices" in data, http=http,
+                  mqtt=mqtt)
 
 
 def load_config(path: str) -> Config:

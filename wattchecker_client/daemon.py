@@ -7,12 +7,13 @@ logs a status line now and then, and shuts everything down in order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import logging.handlers
 import os
 import queue
 import sys
 import threading
+from functools import partial
 from typing import Callable, Dict, List, Mapping, Optional
 
 from .clock import Clock
@@ -21,13 +22,16 @@ from .meter import MeterReader
 from .notify import Notifier
 from .protocol import Measurement
 from .transport import RfcommFactory, SetupError
-from .uploader import BigQueryTarget, Uploader, check_setup as check_bigquery
 from .writer import ClosedFile, Writer
+
+# The uploader module is imported only when BigQuery or retention is configured:
+# with hashlib's OpenSSL it costs about 4 MB of memory, a fifth of the service's.
 
 log = logging.getLogger(__name__)
 
 ROW_QUEUE_SIZE = 10_000
 JOIN_TIMEOUT = 15.0
+RETENTION_INTERVAL = 3600.0
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -59,9 +63,11 @@ def configure_logging(config: Config, environ: Mapping[str, str] = os.environ) -
         stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(stderr)
     if general.log_file:
+        from logging.handlers import RotatingFileHandler  # only for a log file
+
         general.data_dir.mkdir(parents=True, exist_ok=True)
         path = general.data_dir / general.log_file
-        file_handler = logging.handlers.RotatingFileHandler(
+        file_handler = RotatingFileHandler(
             path, maxBytes=general.log_max_bytes, backupCount=general.log_backup_count, encoding="utf-8"
         )
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -79,7 +85,17 @@ def preflight(config: Config) -> List[str]:
     """
     warnings: List[str] = []
     if config.bigquery is not None:
+        from .uploader import check_setup as check_bigquery
+
         warnings += check_bigquery(config.bigquery)
+    if config.mqtt is not None:
+        from .mqtt import check_setup as check_mqtt
+
+        warnings += check_mqtt(config.mqtt)
+    if config.http is not None:
+        from .web import check_setup as check_http
+
+        warnings += check_http(config.http)
     data_dir = config.general.data_dir
     if not data_dir.exists():
         warnings.append(
@@ -89,6 +105,19 @@ def preflight(config: Config) -> List[str]:
     elif not data_dir.is_dir():
         warnings.append(f"general.data_dir: {data_dir} is not a folder: start-up will exit 1")
     return warnings
+
+
+def name_os_thread(name: str) -> None:
+    """Show a thread's name in top, ps and /proc/PID/task/*/comm (Python keeps its names to itself).
+
+    A thread may rename itself through /proc: no ctypes, no prctl. At most
+    15 characters show; anywhere without /proc the name stays Python's only.
+    """
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w", encoding="utf-8") as comm:
+            comm.write(name[:15])
+    except OSError:
+        pass
 
 
 class Heartbeats:
@@ -144,19 +173,72 @@ class Daemon:
             buffer_seconds=general.data_buffer_size,
             grace=general.hour_close_grace,
             max_buffered_rows=general.max_buffered_rows,
-            closed_files=self.closed_files,
+            closed_files=self.closed_files if config.bigquery else None,  # nobody else takes them
         )
-        target = BigQueryTarget(config.bigquery, config.named_files) if config.bigquery else None
-        self.uploader = Uploader(
-            general.data_dir,
-            target,
-            self.clock,
-            max_backoff=config.bigquery.max_backoff if config.bigquery else 3600.0,
-            retention_days=general.retention_days,
-        )
+        self.uploader = self._uploader_for(config)
+        # A third of the stall limit: a live thread never looks stuck, a stuck one soon does.
+        self.heartbeat_interval = general.watchdog_stall / 3
         self.readers: Dict[str, MeterReader] = {}
+        self.live = self._live_for(config)
+        self.mqtt = None  # the MQTT publisher, made by its thread once the readers exist
+        self.web = self._web_for(config)
+        self._writer_thread: Optional[threading.Thread] = None
         self._threads: List[threading.Thread] = []
         self._stuck_logged = False
+        self._reading = "reading " + ", ".join(f"{d.name} at {d.address}" for d in config.devices)
+
+    def _uploader_for(self, config: Config):
+        """An Uploader when BigQuery or retention is configured, else None (and no thread)."""
+        if config.bigquery is None and config.general.retention_days is None:
+            return None
+        from .uploader import BigQueryTarget, Uploader
+
+        return Uploader(
+            config.general.data_dir,
+            BigQueryTarget(config.bigquery, config.named_files) if config.bigquery else None,
+            self.clock,
+            max_backoff=config.bigquery.max_backoff if config.bigquery else 3600.0,
+            retention_days=config.general.retention_days,
+        )
+
+    def _live_for(self, config: Config):
+        """The live state when an output shows it (MQTT, the page), else None; run() restores its energy."""
+        http = getattr(config, "http", None)
+        if config.mqtt is None and http is None:
+            return None
+        from .dashboard import history_seconds
+        from .live import LiveState
+
+        general = config.general
+        return LiveState(
+            self.clock,
+            general.data_dir,
+            {d.name: config.file_stem(d) for d in config.devices},
+            history_seconds=history_seconds(config) if http is not None else 0,  # the page's last hour
+            data_format=general.data_format,
+            durable_rows=self._rows_on_disk,
+            # Energy is saved (and shown) once its rows are on disk: saving more often than the writer flushes gains nothing.
+            checkpoint_interval=min(60.0, max(1.0, general.data_buffer_size)),
+        )
+
+    def _web_for(self, config: Config):
+        """The page, /metrics and /healthz when http: is configured, else None."""
+        if config.http is None:
+            return None
+        from .web import Sources, WebServer
+
+        sources = Sources(self.live, lambda: {name: r.stats for name, r in self.readers.items()},
+                          self.writer, self.uploader, self.health)
+        return WebServer(config, sources, self.clock)
+
+    def health(self) -> List[str]:
+        """Why the service is not healthy (for /healthz): the threads the watchdog would not vouch for."""
+        stuck = self._stuck(self._writer_thread) if self._writer_thread is not None else ["starting up"]
+        return [f"no sign of life from {', '.join(stuck)} for {self.config.general.watchdog_stall:g} s"] if stuck else []
+
+    def _rows_on_disk(self, meter: str) -> int:
+        """Rows of ``meter`` the writer has written in every format since start-up."""
+        return min(fs.rows_written for fs in self.writer.sets[meter])
 
     # --- threads ----------------------------------------------------------------
 
@@ -174,12 +256,19 @@ class Daemon:
             name=device.name,
             last_time=self.writer.last_time(device.name),
             heartbeat=self.heartbeats.beater(f"reader {device.name}"),
+            heartbeat_interval=self.heartbeat_interval,
+            time_sync_wait=self.config.general.time_sync_wait,
+            on_wait_over=self._clock_wait_over,
+            on_connect=partial(self.live.connected, device.name) if self.live else (lambda: None),
+            on_disconnect=partial(self.live.disconnected, device.name) if self.live else (lambda: None),
         )
 
     def _read_meter(self, name: str, reader: MeterReader) -> None:
         try:
             for measurement in reader.readings():
                 self.rows.put((name, measurement))
+                if self.live is not None:
+                    self.live.reading(name, measurement, relay=reader.relay)
                 if self.echo is not None:
                     self.echo(name, measurement)
         except SetupError as exc:
@@ -190,7 +279,7 @@ class Daemon:
 
     def _write(self, writer_stop: threading.Event) -> None:
         try:
-            self.writer.run(self.rows, writer_stop, self.heartbeats.beater("writer"))
+            self.writer.run(self.rows, writer_stop, self.heartbeats.beater("writer"), self.heartbeat_interval)
         except Exception:
             log.exception("writer failed")
             self._fail("writer failed unexpectedly")
@@ -201,13 +290,28 @@ class Daemon:
         except Exception:
             log.exception("uploader failed; closed files stay queued for the next start")
 
+    def _publish_mqtt(self, mqtt_stop: threading.Event) -> None:
+        """The MQTT thread: a broker's faults are its own; it never stops the readers or the writer."""
+        from .mqtt import Publisher
+
+        relays = {name: r.request_relay for name, r in self.readers.items() if r.dialect.has_relay}
+        self.mqtt = Publisher(self.config.mqtt, self.live, self.config.devices, self.clock, relays=relays)
+        try:
+            self.mqtt.run(mqtt_stop)
+        except Exception:
+            log.exception("mqtt: the publisher failed; readings and files carry on without it")
+
     def _fail(self, why: str) -> None:
         log.error("%s; stopping", why)
         self.failure = self.failure or why
         self.stop.set()
 
     def _start(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        def named() -> None:
+            name_os_thread(name)
+            target(*args)
+
+        thread = threading.Thread(target=named, name=name, daemon=True)
         thread.start()
         return thread
 
@@ -216,40 +320,82 @@ class Daemon:
     def run(self) -> int:
         """Run until ``stop`` is set; 0 after a clean stop, 1 after a failure."""
         general = self.config.general
+        if self.web is not None:
+            self.web.bind()  # a port in use stops start-up here, before anything starts
         self.writer.recover()
+        if self.live is not None:
+            self.live.restore()
+        if self.web is not None:
+            self.web.start()  # after restore: a scrape never sees the energy counter go back
         writer_stop, uploader_stop = threading.Event(), threading.Event()
-        writer_thread = self._start("writer", self._write, writer_stop)
-        uploader_thread = self._start("uploader", self._upload, uploader_stop)
+        writer_thread = self._writer_thread = self._start("writer", self._write, writer_stop)
+        uploader_thread = self._start("uploader", self._upload, uploader_stop) if self.config.bigquery else None
         for device in self.config.devices:
             reader = self.readers[device.name] = self._reader_for(device)
             self._threads.append(self._start(f"reader {device.name}", self._read_meter, device.name, reader))
+        mqtt_stop = threading.Event()
+        mqtt_thread = self._start("mqtt", self._publish_mqtt, mqtt_stop) if self.config.mqtt else None
         names = ", ".join(f"{d.name} at {d.address}" for d in self.config.devices)
         log.info("running: %s; data in %s", names, general.data_dir)
-        self.notifier.ready(f"reading {names}")
-        next_status = self.clock.monotonic() + general.status_interval
-        tick = min(1.0, self.notifier.watchdog_interval or 1.0)
-        while not self.clock.sleep(tick, self.stop):
-            self._feed_watchdog(writer_thread)
-            if self.clock.monotonic() >= next_status:
-                next_status = self.clock.monotonic() + general.status_interval
-                self._report()
+        self.notifier.ready(self._reading + self._clock_note())
+        self._supervise(writer_thread)
         self.notifier.stopping("stopping: flushing buffered rows")
+        if self.web is not None:
+            self.web.stop()
         for thread in self._threads:
             thread.join(JOIN_TIMEOUT)
         writer_stop.set()
+        with contextlib.suppress(queue.Full):  # a full queue wakes the writer anyway
+            self.rows.put_nowait(None)  # wakes it from its wait for the next row
         writer_thread.join(JOIN_TIMEOUT + general.data_buffer_size)
-        uploader_stop.set()
-        uploader_thread.join(JOIN_TIMEOUT)
-        if uploader_thread.is_alive():
-            log.warning("an upload is still in flight; it stays queued and is resolved at the next start")
+        if self.live is not None:
+            self.live.save(force=True)  # every row is on disk now: the energy shown catches up
+        if mqtt_thread is not None:
+            mqtt_stop.set()
+            mqtt_thread.join(JOIN_TIMEOUT)
+        if uploader_thread is not None:
+            uploader_stop.set()
+            uploader_thread.join(JOIN_TIMEOUT)
+            if uploader_thread.is_alive():
+                log.warning("an upload is still in flight; it stays queued and is resolved at the next start")
         self._report(final=True)
         self.notifier.close()
         return EXIT_FAILED if self.failure else EXIT_OK
 
+    def _supervise(self, writer_thread: threading.Thread) -> None:
+        """The main thread's loop, until ``stop``: it wakes only when something is due.
+
+        That is a watchdog ping (every half WatchdogSec), a status line, and,
+        with no uploader thread to do it, retention (hourly); ``stop`` wakes it at once.
+        """
+        general = self.config.general
+        retention_here = self.uploader is not None and self.config.bigquery is None
+        tick = min(self.notifier.watchdog_interval or general.status_interval, general.status_interval,
+                   RETENTION_INTERVAL if retention_here else general.status_interval,
+                   self.live.checkpoint_interval if self.live else general.status_interval)
+        next_status = self.clock.monotonic() + general.status_interval
+        next_retention = 0.0
+        while not self.clock.sleep(tick, self.stop):
+            self._feed_watchdog(writer_thread)
+            if self.live is not None:
+                self.live.checkpoint()
+            now = self.clock.monotonic()
+            if now >= next_status:
+                next_status = now + general.status_interval
+                self._report()
+            if retention_here and now >= next_retention:
+                next_retention = now + RETENTION_INTERVAL
+                self._delete_expired()
+
+    def _delete_expired(self) -> None:
+        try:
+            self.uploader.delete_expired()
+        except OSError as exc:
+            log.error("retention: cannot delete old files: %s; trying again in an hour", exc)
+
     def _feed_watchdog(self, writer_thread: threading.Thread) -> None:
         """Ping only while the writer and every reader are alive and recently active."""
-        dead = [t.name for t in self._threads + [writer_thread] if not t.is_alive()]
-        stuck = dead + self.heartbeats.stale(self.config.general.watchdog_stall)
+        stuck = self._stuck(writer_thread)
         if not stuck:
             self.notifier.watchdog()
             self._stuck_logged = False
@@ -258,16 +404,33 @@ class Daemon:
             log.error("no sign of life from %s for %g s: not feeding the watchdog",
                       ", ".join(stuck), self.config.general.watchdog_stall)
 
+    def _stuck(self, writer_thread: threading.Thread) -> List[str]:
+        """Threads that ended or showed no sign of life within watchdog_stall."""
+        dead = [t.name for t in self._threads + [writer_thread] if not t.is_alive()]
+        return dead + self.heartbeats.stale(self.config.general.watchdog_stall)
+
+    def _clock_note(self) -> str:
+        """What the status line adds while the meters' clocks wait for the system clock."""
+        if not any(r.waiting_for_sync for r in self.readers.values()):
+            return ""
+        return f"; waiting up to {self.config.general.time_sync_wait:g} s for the system clock to be synchronised"
+
+    def _clock_wait_over(self) -> None:
+        """A reader stopped waiting for the system clock (synchronised, or the wait ran out)."""
+        if not self._clock_note():
+            self.notifier.status(self._reading)
+
     def _report(self, final: bool = False) -> None:
         for name, reader in self.readers.items():
             s = reader.stats
             log.info(
                 "%s%s: readings=%d duplicates=%d stale_seconds=%d gaps=%d missing_seconds=%d "
                 "crc_errors=%d rejected=%d stray_frames=%d retries=%d timeouts=%d reconnects=%d "
-                "link_errors=%d clock_resets=%d",
+                "link_errors=%d clock_resets=%d clock_steps=%d ahead_of_host=%d behind_host=%d",
                 "final status " if final else "status ", name, s.readings, s.duplicates, s.stale_seconds,
                 s.gaps, s.missing_seconds, s.crc_errors, s.rejected, s.stray_frames, s.retries, s.timeouts,
-                max(0, s.connects - 1), s.link_errors, s.clock_resets,
+                max(0, s.connects - 1), s.link_errors, s.clock_resets, s.clock_steps, s.ahead_of_host,
+                s.behind_host,
             )
         w = self.writer.stats
         written = " ".join(f"{k}={v}" for k, v in sorted(self.writer.counts().items()))
@@ -281,5 +444,14 @@ class Daemon:
             log.info("%suploader: uploaded=%d rows=%d queued=%d failed=%d retries=%d deleted=%d",
                      "final status " if final else "status ", u.uploaded, u.rows, self.uploader.pending,
                      u.failed, u.retries, u.deleted)
+        if self.mqtt is not None:
+            m = self.mqtt.stats
+            log.info("%smqtt: connected=%s connects=%d outages=%d connect_failures=%d published=%d dropped=%d "
+                     "relay_commands=%d", "final status " if final else "status ", "yes" if self.mqtt.connected else "no",
+                     m.connects, m.outages, m.connect_failures, m.published, m.dropped, m.relay_commands)
+        if self.live is not None and self.live.stats.checkpoint_errors:
+            log.info("%senergy: checkpoints=%d checkpoint_errors=%d", "final status " if final else "status ",
+                     self.live.stats.checkpoints, self.live.stats.checkpoint_errors)
         total = sum(r.stats.readings for r in self.readers.values())
-        self.notifier.status(f"{total} readings, {w.files_closed} hours closed, {self.writer.pending_rows()} buffered")
+        self.notifier.status(f"{total} readings, {w.files_closed} hours closed, {self.writer.pending_rows()} buffered"
+                             + self._clock_note())

@@ -10,19 +10,22 @@ other threads between polls.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import logging
 import math
 import queue
 import random
 import threading
-from concurrent.futures import Future
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from . import protocol
 from .clock import Clock, utc_epoch
 from .protocol import Frame, Measurement, MeasurementError, ProtocolError, btwattch2
 from .transport import DEFAULT_TIMEOUT, MAC_RE, Link, LinkError, LinkTimeout, RfcommFactory, SetupError, open_link
+
+if TYPE_CHECKING:  # concurrent.futures costs the service 0.9 MB: imported when a relay is switched
+    from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +35,21 @@ RESPONSE_TIMEOUT = 2.0
 # reply to the repeated request.
 SETTLE_TIME = 0.2
 RETRIES = 3
+# Every channel RFCOMM allows, tried in turn when none is configured and SDP is missing.
+PROBE_CHANNELS = range(1, 31)
 # Re-set a drifting meter clock at most this often, and only past this drift.
 CLOCK_RESET_INTERVAL = 3600.0
 MAX_CLOCK_DRIFT = 2.0
-# Longest sleep between two signs of life to the watchdog.
-HEARTBEAT_SLICE = 0.25
+# How far a right meter's stamp can be from the host clock: the drift allowed,
+# plus one because the meter's second is truncated.
+CLOCK_TOLERANCE = MAX_CLOCK_DRIFT + 1
+# The host clock stepped when wall minus monotonic time moves by more than this
+# between two polls: NTP's first answer after a boot, or someone's `date -s`.
+HOST_STEP = 2.0
+# Longest sleep between two signs of life to the watchdog: a third of the
+# daemon's default stall limit (general.watchdog_stall, 180 s), so a live
+# reader in a long backoff never looks stuck. The daemon passes its own.
+HEARTBEAT_INTERVAL = 60.0
 
 
 @dataclass
@@ -57,6 +70,9 @@ class MeterStats:
     gaps: int = 0
     missing_seconds: int = 0
     clock_resets: int = 0
+    clock_steps: int = 0
+    ahead_of_host: int = 0
+    behind_host: int = 0
     connects: int = 0
     link_errors: int = 0
 
@@ -99,9 +115,10 @@ class MeterSession:
         self._counted_crc = 0
         self._counted_junk = 0
 
-    def start(self) -> None:
-        """Set the meter's clock to UTC now and start measuring."""
-        self.set_clock(self.clock.now())
+    def start(self, set_clock: bool = True) -> None:
+        """Set the meter's clock to UTC now (unless the host's cannot be trusted yet) and start measuring."""
+        if set_clock:
+            self.set_clock(self.clock.now())
         if self.dialect.start_request is None:
             return  # a BTWATTCH2 measures without being told
         ack = self.request(self.dialect.start_request(self.start_argument), protocol.CMD_START)
@@ -249,7 +266,66 @@ def link_opener(
         from .ble import BleOpener  # bleak itself is imported when the link first opens
 
         return BleOpener(address.strip(), timeout, client_factory=ble_client_factory)
+    if channel is None and MAC_RE.match(address.strip()) and importlib.util.find_spec("bluetooth") is None:
+        return channel_search(address.strip().upper(), timeout, rfcomm_factory)  # no SDP: probe for it
     return lambda: open_link(address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory)
+
+
+def channel_search(mac: str, timeout: float, rfcomm_factory: Optional[RfcommFactory]) -> Callable[[], Link]:
+    """An opener that finds the meter's RFCOMM channel by probing, once, and reuses it for every reconnect."""
+    found: List[int] = []
+
+    def open_found() -> Link:
+        if found:
+            return open_link(mac, channel=found[0], timeout=timeout, rfcomm_factory=rfcomm_factory)
+        channel, link = probe_channel(mac, Clock(), timeout=timeout, rfcomm_factory=rfcomm_factory)
+        found.append(channel)
+        log.warning("%s: the meter answers on RFCOMM channel %d; put `channel: %d` under it in config.yaml "
+                    "(or give `read --channel %d`) to skip this search", mac, channel, channel, channel)
+        return link
+
+    return open_found
+
+
+def probe_channel(
+    mac: str,
+    clock: Clock,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    rfcomm_factory: Optional[RfcommFactory] = None,
+    channels: Sequence[int] = PROBE_CHANNELS,
+    response_timeout: float = RESPONSE_TIMEOUT,
+) -> Tuple[int, Link]:
+    """The first channel on which ``mac`` completes the handshake (clock set, a valid reading), still open.
+
+    Without an SDP module (pybluez does not install on current Pythons) this
+    is the only way to find the channel. A refused channel, or one that
+    accepts but does not speak the protocol (another service of the device),
+    is skipped. Any other connect failure (a timeout, host down) means the
+    meter itself is out of reach: LinkError at once, so the reader backs off
+    and searches again, instead of waiting out thirty timeouts.
+    """
+    for channel in channels:
+        try:
+            link = open_link(mac, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory)
+        except LinkError as exc:
+            if isinstance(exc.__context__, ConnectionRefusedError):
+                continue
+            raise LinkError(f"{mac}: cannot reach the meter to search its RFCOMM channel: {exc}") from None
+        session = MeterSession(link, clock, response_timeout=response_timeout, retries=1)
+        try:
+            session.start()
+            session.poll()
+        except (LinkError, MeasurementError) as exc:
+            log.debug("%s: channel %d is not a WATT CHECKER: %s", mac, channel, exc)
+            link.close()
+            continue
+        return channel, link
+    raise LinkError(
+        f"{mac}: no RFCOMM channel {channels[0]}-{channels[-1]} answered like a WATT CHECKER (set clock, "
+        "a reading): is it paired, powered and in range? Or set its `channel:` (`sdptool browse "
+        f"{mac}`)"
+    )
 
 
 def seconds_until_next_tick(now: dt.datetime, interval: float) -> float:
@@ -298,6 +374,11 @@ class MeterReader:
         name: Optional[str] = None,
         last_time: Optional[dt.datetime] = None,
         heartbeat: Callable[[], None] = lambda: None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        time_sync_wait: float = 0.0,
+        on_wait_over: Callable[[], None] = lambda: None,
+        on_connect: Callable[[], None] = lambda: None,
+        on_disconnect: Callable[[], None] = lambda: None,
     ) -> None:
         self.address = address
         self.clock = clock
@@ -320,9 +401,30 @@ class MeterReader:
         self.stats = MeterStats()
         self.last_time = last_time
         self.heartbeat = heartbeat
+        self.heartbeat_interval = heartbeat_interval
         self._failing_since: Optional[float] = None
         self._clock_set_at = 0.0
         self._rejected_before = 0
+        # The host clock: how long to wait for its synchronisation, and what is known of it.
+        self.time_sync_wait = time_sync_wait
+        self.on_wait_over = on_wait_over
+        # The live state follows the link: up after the handshake, down on a failure or at stop.
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self._sync_deadline = clock.monotonic() + time_sync_wait
+        self._synced = clock.synchronised()
+        self._waiting = not self._synced  # until synchronised, or the wait runs out
+        self._host_offset = self._wall_minus_monotonic()
+        self._reset_due = False  # check the meter's clock at the next poll, not an hour later
+        self._just_set = False  # the meter's clock was set; no reading has confirmed it yet
+        self._ignores_set_logged = False
+        self._told_waiting = False
+        self._skip_gap = False  # the next jump in stamps is a clock re-set, not missing seconds
+
+    @property
+    def waiting_for_sync(self) -> bool:
+        """True while the host clock is unsynchronised and the wait for it has not run out."""
+        return self._waiting and self.clock.monotonic() < self._sync_deadline
 
     def readings(self) -> Iterator[Measurement]:
         """Yield readings until ``stop`` is set. SetupError propagates: retrying cannot fix it."""
@@ -337,6 +439,7 @@ class MeterReader:
                         return
         finally:
             self._fail_relay_requests(LinkError(f"{self.name}: the reader stopped before the relay request ran"))
+            self.on_disconnect()
 
     def request_relay(self, on: Optional[bool]) -> "Future[bool]":
         """Switch the relay (None: read it) from any thread; the Future holds the acknowledged state.
@@ -345,6 +448,8 @@ class MeterReader:
         most a poll interval while connected (longer while reconnecting: give
         ``result()`` a timeout). A BTWATTCH1 fails it at once with NoRelayError.
         """
+        from concurrent.futures import Future
+
         future: "Future[bool]" = Future()
         if not self.dialect.has_relay:
             future.set_exception(no_relay(self.name, self.dialect))
@@ -364,8 +469,10 @@ class MeterReader:
                 stats=self.stats,
                 model=self.model,
             )
-            session.start()
-            self._clock_set_at = self.clock.monotonic()
+            trusted = self._host_clock_trusted()
+            session.start(set_clock=trusted)
+            if trusted:
+                self._clock_was_set()
             self._rejected_before = self.stats.rejected
             self._connected()
             try:
@@ -386,9 +493,9 @@ class MeterReader:
                 log.log(level, "%s: reading dropped: %s", self.name, exc)
                 continue
             self._relay_seen(session.relay)
-            self._correct_drift(session, measurement.time)
-            if self._is_new(measurement.time):
-                yield measurement
+            if self._can_be_right(session, measurement.time):
+                if self._is_new(measurement.time):
+                    yield measurement
 
     def _run_relay_requests(self, session: MeterSession) -> None:
         """Switch as asked; a read waits for the poll that follows, whose measurement carries the state."""
@@ -436,14 +543,19 @@ class MeterReader:
             future.set_exception(exc)
 
     def _sleep(self, seconds: float) -> bool:
-        """Sleep in slices, showing a sign of life in each; True if asked to stop."""
+        """Sleep until ``seconds`` have passed or ``stop`` is set; True if asked to stop.
+
+        One wait per poll or backoff step (a wake-up costs more than a poll on
+        a Pi), cut into ``heartbeat_interval`` slices only when longer, with a
+        sign of life before each: the watchdog sees a live reader, never a stuck one.
+        """
         end = self.clock.monotonic() + seconds
         while True:
             self.heartbeat()
             remaining = end - self.clock.monotonic()
             if remaining <= 0:
                 return self.stop.is_set()
-            if self.clock.sleep(min(remaining, HEARTBEAT_SLICE), self.stop):
+            if self.clock.sleep(min(remaining, self.heartbeat_interval), self.stop):
                 return True
 
     def _is_new(self, when: dt.datetime) -> bool:
@@ -460,7 +572,8 @@ class MeterReader:
                 self.stats.stale_seconds += 1
             return False
         self.last_time = when
-        if last is not None:
+        skip_gap, self._skip_gap = self._skip_gap, False
+        if last is not None and not skip_gap:  # a jump made by re-setting the clock is not a gap
             step = int((when - last).total_seconds())
             expected = max(1, round(self.poll_interval))
             if step > expected:
@@ -468,18 +581,107 @@ class MeterReader:
                 self.stats.missing_seconds += step - expected
         return True
 
-    def _correct_drift(self, session: MeterSession, meter_time: dt.datetime) -> None:
-        """Re-set a meter clock that is more than 2 s off, at most once an hour; rows keep their stamps."""
+    # --- the host clock and the meter's ----------------------------------------------
+
+    def _can_be_right(self, session: MeterSession, meter_time: dt.datetime) -> bool:
+        """Check the host clock, then the meter's against it; False for a stamp that cannot be right.
+
+        While the host clock is unsynchronised (and the wait for it lasts) it is
+        never used to set the meter's. It only lags: a Pi restores its clock at
+        boot from the last one saved, so a meter stamp behind it is wrong, while
+        one ahead of it may well be right. A stamp ahead of a synchronised host
+        clock is wrong too, and would make every right second after it look
+        stale. So is one behind a host clock that has just been proven right (it
+        stepped, synchronised, or the wait ended). A meter slowly drifting off a
+        steady clock keeps its stamps and is set again at most once an hour.
+        """
+        if self._host_clock_stepped():
+            self._reset_due = True
+        trusted = self._host_clock_trusted()
         now = self.clock.now()
-        drift = (meter_time - now).total_seconds()
-        if abs(drift) <= MAX_CLOCK_DRIFT + 1:  # +1: the meter's second is truncated
+        offset = (meter_time - now).total_seconds()
+        behind = offset < -CLOCK_TOLERANCE
+        if not trusted:
+            self.stats.behind_host += behind
+            return not behind
+        if self._synced and offset > CLOCK_TOLERANCE + self.poll_interval:
+            return self._ahead_of_host(session, offset, now)
+        self._just_set = False
+        wrong = behind and self._reset_due
+        self.stats.behind_host += wrong
+        self._correct_drift(session, offset, now)
+        return not wrong
+
+    def _ahead_of_host(self, session: MeterSession, offset: float, now: dt.datetime) -> bool:
+        """Skip the reading and set the meter's clock, unless it was just set and ignored that."""
+        if self._just_set:  # it keeps its own time (a simulated fast clock): skipping would lose everything
+            if not self._ignores_set_logged:
+                self._ignores_set_logged = True
+                log.warning("%s: the meter's clock stays %+.0f s ahead of the host clock after being set; "
+                            "recording its stamps as they are", self.name, offset)
+            self._correct_drift(session, offset, now)
+            return True
+        self.stats.ahead_of_host += 1
+        log.info("%s: meter clock is %+.0f s ahead of the synchronised host clock; reading skipped, "
+                 "setting it to %s UTC", self.name, offset, now.replace(microsecond=0))
+        self._set_meter_clock(session, now)
+        return False
+
+    def _correct_drift(self, session: MeterSession, drift: float, now: dt.datetime) -> None:
+        """Re-set a meter clock more than 2 s off: at once after a host clock step or
+        synchronisation, else at most once an hour. Rows keep their stamps."""
+        if abs(drift) <= CLOCK_TOLERANCE:
+            self._reset_due = False
             return
-        if self.clock.monotonic() - self._clock_set_at < CLOCK_RESET_INTERVAL:
+        if not self._reset_due and self.clock.monotonic() - self._clock_set_at < CLOCK_RESET_INTERVAL:
             return
         log.info("%s: meter clock is %+.0f s off; setting it to %s UTC", self.name, drift, now.replace(microsecond=0))
+        self._set_meter_clock(session, now)
+
+    def _set_meter_clock(self, session: MeterSession, now: dt.datetime) -> None:
         session.set_clock(now)
-        self._clock_set_at = self.clock.monotonic()
         self.stats.clock_resets += 1
+        self._skip_gap = True
+        self._clock_was_set()
+
+    def _clock_was_set(self) -> None:
+        self._clock_set_at = self.clock.monotonic()
+        self._reset_due = False
+        self._just_set = True
+
+    def _wall_minus_monotonic(self) -> float:
+        now = self.clock.now()
+        return utc_epoch(now) + now.microsecond / 1e6 - self.clock.monotonic()
+
+    def _host_clock_stepped(self) -> bool:
+        """True when the wall clock jumped against the monotonic one since the last poll."""
+        offset = self._wall_minus_monotonic()
+        step, self._host_offset = offset - self._host_offset, offset
+        if abs(step) <= HOST_STEP:
+            return False
+        self.stats.clock_steps += 1
+        log.warning("%s: the host clock stepped %+.1f s; checking the meter's clock now", self.name, step)
+        return True
+
+    def _host_clock_trusted(self) -> bool:
+        """Whether the host clock may set the meter's: synchronised, or the wait for that is over."""
+        synced = self.clock.synchronised()
+        if synced and not self._synced:
+            log.info("%s: the system clock is synchronised", self.name)
+            self._reset_due = True
+        self._synced = synced
+        if self._waiting and (synced or self.clock.monotonic() >= self._sync_deadline):
+            self._waiting = False
+            self._reset_due = True
+            if not synced:
+                log.warning("%s: the system clock is not synchronised (waited %g s for it); going on with it: "
+                            "the meter's clock is set from it", self.name, self.time_sync_wait)
+            self.on_wait_over()
+        elif self._waiting and not self._told_waiting:
+            self._told_waiting = True
+            log.info("%s: the system clock is not synchronised; waiting up to %g s for it before setting "
+                     "the meter's clock (readings stamped behind it are skipped)", self.name, self.time_sync_wait)
+        return synced or not self._waiting
 
     def _connected(self) -> None:
         self.stats.connects += 1
@@ -490,10 +692,12 @@ class MeterReader:
             log.info("%s: connected", self.name)
         self._failing_since = None
         self.backoff.reset()
+        self.on_connect()
 
     def _link_failed(self, exc: LinkError) -> None:
         """Log once per outage; the attempts that follow are only counted."""
         self.stats.link_errors += 1
+        self.on_disconnect()
         where = "" if self.name == self.address else f"{self.name}: "
         if self._failing_since is None:
             self._failing_since = self.clock.monotonic()

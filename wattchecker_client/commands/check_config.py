@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..clock import Clock
 from ..config import load_config
 from .common import EXIT_OK
 
@@ -17,6 +18,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..daemon import preflight  # the service's own start-up checks, not a copy
+    from ..mqtt import summary as mqtt_summary
 
     config = load_config(args.config)
     for warning in preflight(config):
@@ -31,5 +33,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK")
     print(f"  meters: {meters}")
     print(f"  data: {g.data_dir} ({', '.join(g.data_format)}), flushed every {g.data_buffer_size:g} s")
+    print(f"  time sync: {time_sync(g.time_sync_wait)}")
     print(f"  BigQuery: {bigquery}")
+    print(f"  MQTT: {mqtt_summary(config.mqtt) if config.mqtt else 'not configured'}")
     return EXIT_OK
+
+
+def time_sync(wait: float) -> str:
+    """The time_sync_wait setting in words, and whether this machine's clock is synchronised now."""
+    now = "synchronised" if Clock().synchronised() else "NOT synchronised"
+    if not wait:
+        return f"meter clocks are set from the system clock at once (time_sync_wait: 0); it is {now} now"
+    return (f"meter clocks are set only from a synchronised system clock, or after waiting {wait:g} s "
+            f"(time_sync_wait); it is {now} now")

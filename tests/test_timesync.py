@@ -1,0 +1,383 @@
+"""A host clock that boots stale, steps and synchronises late: the meter's clock and the rows stay right.
+
+Through the clock seam: a FakeClock whose wall clock steps alone and whose
+synchronised flag is played, a simulated meter on the same clock (it keeps
+its own time across host steps, as a real one does) over a real socketpair.
+Then the real service under libfaketime, with only its wall clock faked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import logging
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from wattchecker_client import protocol
+from wattchecker_client.clock import Clock, FakeClock, kernel_clock, utc_epoch
+from wattchecker_client.config import parse_config
+from wattchecker_client.daemon import Daemon
+from wattchecker_client.meter import MeterReader
+from wattchecker_client.protocol import Measurement, encode_frame
+from wattchecker_client.simulator import SimOptions, SimulatedMeter, serve_link
+from wattchecker_client.transport import socket_link
+
+from .conftest import wait_for, write_config
+from .datacheck import check_data_dir
+from .test_meter import ACK_CLOCK, ACK_START, ACK_STOP
+
+TRUE_START = dt.datetime(2026, 11, 29, 6, 0, 0)  # the real time when a scenario starts
+TWO_DAYS = 2 * 86400.0
+MAC = "00:0C:BF:12:34:56"
+
+
+class RecordingMeter(SimulatedMeter):
+    """The simulated meter, noting every clock set it receives: (host monotonic time, value)."""
+
+    def __init__(self, clock: Clock, **options) -> None:
+        super().__init__(SimOptions(seed=3, **options), clock)
+        self.sets = []
+
+    def respond(self, payload: bytes) -> bytes:
+        if payload[0] == protocol.CMD_SET_CLOCK:
+            self.sets.append((self.clock.monotonic(), protocol.decode_clock(payload)))
+        return super().respond(payload)
+
+
+def rfcomm_to(meter: SimulatedMeter):
+    """In place of the RFCOMM connect: a socketpair with ``meter`` serving the far end."""
+
+    def connect(mac: str, channel: int, timeout: float) -> socket.socket:
+        ours, theirs = socket.socketpair()
+
+        def serve() -> None:
+            with socket_link(theirs, "simulated meter", 5.0) as link:
+                serve_link(link, meter, threading.Event())
+
+        threading.Thread(target=serve, daemon=True).start()
+        return ours
+
+    return connect
+
+
+def reader_for(clock: Clock, meter: SimulatedMeter, **kwargs) -> MeterReader:
+    return MeterReader(MAC, clock, threading.Event(), channel=6, rfcomm_factory=rfcomm_to(meter), **kwargs)
+
+
+def drive(reader: MeterReader, clock: FakeClock, seconds: float, events=None):
+    """Run ``reader`` for ``seconds`` of fake time, doing ``events[t](clock)`` at t seconds.
+
+    Returns (seconds since the start, host wall clock, reading) for each reading yielded.
+    """
+    start = clock.monotonic()
+    pending = sorted((events or {}).items())
+
+    def beat() -> None:
+        elapsed = clock.monotonic() - start
+        while pending and elapsed >= pending[0][0]:
+            pending.pop(0)[1](clock)
+        if elapsed >= seconds:
+            reader.stop.set()
+
+    reader.heartbeat = beat
+    return [(clock.monotonic() - start, clock.now(), m) for m in reader.readings()]
+
+
+def synchronise(step: float):
+    """NTP answers: the wall clock steps by ``step`` and the kernel marks it synchronised."""
+
+    def act(clock: FakeClock) -> None:
+        clock.step(step)
+        clock.set_synchronised(True)
+
+    return act
+
+
+def stamps(got) -> list:
+    return [m.time for _, _, m in got]
+
+
+def assert_each_second_once(got) -> None:
+    times = stamps(got)
+    assert times == sorted(set(times)), "a second recorded twice, or out of order"
+
+
+def off_by(when: dt.datetime, reference: dt.datetime) -> float:
+    return abs((when - reference).total_seconds())
+
+
+def booted_stale(meter_offset: float = 0.0):
+    """A Pi at boot: host clock two days behind and unsynchronised; the meter ``meter_offset`` s off the truth."""
+    clock = FakeClock(TRUE_START + dt.timedelta(seconds=meter_offset))
+    meter = RecordingMeter(clock)
+    clock.step(-meter_offset - TWO_DAYS)
+    clock.set_synchronised(False)
+    return clock, meter
+
+
+# --- the kernel's answer ---------------------------------------------------------------
+
+
+def test_adjtimex_is_read_with_the_right_struct_layout():
+    """The wall clock and the tick length sit after the status field: wrong offsets would show here."""
+    state = kernel_clock()
+    assert state is not None, "adjtimex is there on every Linux"
+    assert abs(state.seconds - utc_epoch(Clock().now())) <= 2
+    assert round(1e6 / state.tick_us) in (100, 250, 300, 1000)  # the kernel's HZ
+    assert 0 <= state.maxerror_us <= 16_000_000
+    assert 0 <= state.state <= 5
+    assert Clock().synchronised() == state.synchronised
+
+
+# --- a boot with a stale host clock ------------------------------------------------------
+
+
+def test_a_right_meter_clock_is_left_alone_while_the_host_clock_is_stale(caplog):
+    """Synchronised after 20 s: no clock set before, nor after (the meter was right); every row right."""
+    clock, meter = booted_stale()
+    reader = reader_for(clock, meter, time_sync_wait=180)
+    caplog.set_level(logging.INFO)
+    got = drive(reader, clock, 40, {20: synchronise(TWO_DAYS)})
+    assert meter.sets == []
+    assert len(got) >= 38
+    truth = [TRUE_START + dt.timedelta(seconds=elapsed) for elapsed, _, _ in got]
+    assert max(off_by(m.time, t) for (_, _, m), t in zip(got, truth)) <= 1
+    assert_each_second_once(got)
+    assert (reader.stats.clock_steps, reader.stats.behind_host, reader.stats.ahead_of_host) == (1, 0, 0)
+    assert "the system clock is not synchronised; waiting up to 180 s" in caplog.text
+    assert "the system clock is synchronised" in caplog.text
+
+
+def test_a_wrong_meter_clock_is_skipped_until_the_host_clock_is_synchronised_then_set(caplog):
+    """A meter that lost power too: 30 days behind. Nothing recorded, nothing set, until NTP answers."""
+    clock, meter = booted_stale(meter_offset=-30 * 86400)
+    reader = reader_for(clock, meter, time_sync_wait=180)
+    caplog.set_level(logging.INFO)
+    got = drive(reader, clock, 40, {20: synchronise(TWO_DAYS)})
+    ((set_at, set_to),) = meter.sets  # once, right after the synchronisation
+    elapsed_at_set = set_at - (clock.monotonic() - 40)
+    assert 20 <= elapsed_at_set <= 21.5
+    assert off_by(set_to, TRUE_START + dt.timedelta(seconds=elapsed_at_set)) <= 1
+    assert got and all(elapsed > 20 for elapsed, _, _ in got)
+    assert max(off_by(m.time, host) for _, host, m in got) <= 1  # stamped right
+    assert_each_second_once(got)
+    s = reader.stats
+    assert s.behind_host == 20  # 19 polls while waiting, and the one that showed the offset
+    assert len(got) + s.behind_host == s.readings
+    assert s.missing_seconds == 0
+
+
+def test_the_wait_running_out_goes_on_with_the_host_clock_and_warns_once(caplog):
+    """No network: never synchronised. After time_sync_wait the meter is set from the host clock."""
+    clock = FakeClock(TRUE_START, synchronised=False)
+    meter = RecordingMeter(clock)
+    clock.step(3600)  # the meter is an hour behind this host clock
+    reader = reader_for(clock, meter, time_sync_wait=30)
+    caplog.set_level(logging.INFO)
+    got = drive(reader, clock, 60)
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{MAC}: the system clock is not synchronised (waited 30 s for it); going on with it: "
+                        "the meter's clock is set from it"]
+    ((set_at, set_to),) = meter.sets
+    assert 30 <= set_at - (clock.monotonic() - 60) <= 31.5
+    assert got and min(elapsed for elapsed, _, _ in got) > 30  # recorded anyway, once the wait ran out
+    assert len(got) >= 28
+    assert max(off_by(m.time, host) for _, host, m in got) <= 1
+    assert_each_second_once(got)
+
+
+def test_with_no_wait_an_unsynchronised_host_clock_sets_the_meter_at_once(caplog):
+    clock = FakeClock(TRUE_START, synchronised=False)
+    meter = RecordingMeter(clock)
+    reader = reader_for(clock, meter, time_sync_wait=0)
+    caplog.set_level(logging.INFO)
+    got = drive(reader, clock, 5)
+    assert [when for _, when in meter.sets] == [TRUE_START + dt.timedelta(seconds=0)]
+    assert len(got) == 4
+    assert caplog.text.count("not synchronised (waited 0 s for it)") == 1
+
+
+# --- steps while running -----------------------------------------------------------------
+
+
+def test_a_forward_step_re_sets_the_meter_within_one_poll(caplog):
+    clock = FakeClock(TRUE_START)
+    meter = RecordingMeter(clock)
+    reader = reader_for(clock, meter)
+    caplog.set_level(logging.INFO)
+    got = drive(reader, clock, 30, {10.5: lambda c: c.step(3600)})
+    (_, handshake), (set_at, set_to) = meter.sets
+    assert handshake == TRUE_START
+    assert 10.5 <= set_at - (clock.monotonic() - 30) <= 11.5
+    assert set_to == TRUE_START + dt.timedelta(seconds=3600 + 11)
+    assert "the host clock stepped +3600.0 s" in caplog.text
+    assert max(off_by(m.time, host) for _, host, m in got) <= 1  # every row in the host's time
+    assert_each_second_once(got)
+    s = reader.stats
+    assert (s.clock_steps, s.behind_host, s.gaps) == (1, 1, 0)  # the one reading in the old time skipped
+    assert len(got) == s.readings - 1 == 28
+
+
+def test_a_backward_step_re_sets_the_meter_and_counts_the_repeated_seconds(caplog):
+    clock = FakeClock(TRUE_START)
+    meter = RecordingMeter(clock)
+    reader = reader_for(clock, meter)
+    caplog.set_level(logging.INFO)
+    got = drive(reader, clock, 60, {10.5: lambda c: c.step(-30)})
+    (_, _), (set_at, set_to) = meter.sets
+    assert 10.5 <= set_at - (clock.monotonic() - 60) <= 11.5
+    assert set_to == TRUE_START + dt.timedelta(seconds=11 - 30)
+    assert "the host clock stepped -30.0 s" in caplog.text
+    assert_each_second_once(got)
+    times = stamps(got)
+    last_before = TRUE_START + dt.timedelta(seconds=10)
+    assert last_before in times and times[times.index(last_before) + 1] == last_before + dt.timedelta(seconds=1)
+    s = reader.stats
+    assert (s.clock_steps, s.ahead_of_host) == (1, 1)  # the reading in the old time, ahead: skipped
+    # After the re-set the meter repeats the seconds up to the last one recorded: each counted, none recorded.
+    assert (s.stale_seconds, s.duplicates) == (28, 1)
+    assert len(got) + s.ahead_of_host + s.stale_seconds + s.duplicates == s.readings
+
+
+def test_a_meter_far_ahead_of_a_synchronised_host_is_skipped_counted_and_set(scripted):
+    """A meter back from a power cut with a wrong clock; the seconds after the fix are kept."""
+    start = dt.datetime(2026, 7, 1, 12, 0, 0)
+    ahead = start + dt.timedelta(days=1)
+
+    def frame(when: dt.datetime) -> bytes:
+        return encode_frame(protocol.measurement_payload(Measurement(when, 101.0, 500.0, 50.0)))
+
+    second = dt.timedelta(seconds=1)
+    peer = scripted([ACK_CLOCK, ACK_START, frame(start + second), frame(start + 2 * second), frame(ahead),
+                     ACK_CLOCK, frame(start + 4 * second), frame(start + 5 * second), ACK_STOP])
+    clock = FakeClock(start)
+    reader = MeterReader(MAC, clock, threading.Event(), channel=6, rfcomm_factory=peer.rfcomm_factory)
+    readings = reader.readings()
+    got = [next(readings).time for _ in range(4)]
+    readings.close()
+    assert got == [start + second, start + 2 * second, start + 4 * second, start + 5 * second]
+    assert reader.stats.ahead_of_host == 1
+    sets = [r for r in peer.requests if r[0] == protocol.CMD_SET_CLOCK]
+    assert sets == [protocol.set_clock_request(start)[3:-1], protocol.set_clock_request(start + 3 * second)[3:-1]]
+
+
+def test_a_meter_clock_that_ignores_being_set_is_recorded_as_it_is(caplog):
+    """The simulator's fast clock never goes back: skipping its readings would lose them all."""
+    clock = FakeClock(TRUE_START)
+    meter = RecordingMeter(clock, clock_speed=60)
+    reader = reader_for(clock, meter)
+    caplog.set_level(logging.INFO)
+    got = drive(reader, clock, 10)
+    assert len(got) == 9 and reader.stats.ahead_of_host == 0
+    assert caplog.text.count("stays") == 1
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+class PiClock(Clock):
+    """Real time, but with a wall clock set off and a synchronised flag played, as on a Pi at boot."""
+
+    def __init__(self, offset: float, synchronised: bool) -> None:
+        self.offset = offset
+        self.in_sync = synchronised
+
+    def now(self) -> dt.datetime:
+        return super().now() + dt.timedelta(seconds=self.offset)
+
+    def synchronised(self) -> bool:
+        return self.in_sync
+
+
+def test_the_service_says_it_waits_for_the_clock_and_records_the_meters_right_time(tmp_path):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(5)
+    meter = RecordingMeter(Clock())  # keeps the true time
+    pi = PiClock(-TWO_DAYS, synchronised=False)
+    data = tmp_path / "data"
+    config = parse_config(
+        f"general:\n  data_dir: {data}\n  data_buffer_size: 0.2\n  poll_interval: 0.1\n  time_sync_wait: 60\n"
+        f"device:\n  address: '{MAC}'\n  channel: 6\n"
+    )
+    daemon = Daemon(config, pi, rfcomm_factory=rfcomm_to(meter), environ={"NOTIFY_SOCKET": str(notify.getsockname())})
+    runner = threading.Thread(target=daemon.run)
+    started = Clock().now().replace(microsecond=0)
+    runner.start()
+    try:
+        ready = notify.recv(4096).decode()
+        wait_for(lambda: (data / "wattchecker-data.csv").exists(), timeout=10, what="the first rows")
+        pi.offset, pi.in_sync = 0.0, True  # NTP answers
+        after = notify.recv(4096).decode()
+        wait_for(lambda: daemon.readers[config.devices[0].name].stats.clock_steps, timeout=10, what="the step")
+    finally:
+        daemon.stop.set()
+        runner.join(20)
+        notify.close()
+    ended = Clock().now()
+    assert ready == (f"READY=1\nSTATUS=reading wattchecker at {MAC}; "
+                     "waiting up to 60 s for the system clock to be synchronised")
+    assert after == f"STATUS=reading wattchecker at {MAC}"
+    assert meter.sets == []
+    seconds = check_data_dir(data, 3)["csv"]
+    assert seconds and all(started <= when <= ended for when in seconds)
+
+
+# --- the real process under libfaketime --------------------------------------------------------
+
+
+def libfaketime() -> str:
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")) + sorted(
+        glob.glob("/usr/lib/faketime/libfaketime.so.1"))
+    if not found:
+        pytest.skip("libfaketime is not installed (Debian package faketime)")
+    return found[0]
+
+
+def test_the_running_service_follows_a_host_clock_step_within_seconds(simulator, daemons, tmp_path):
+    """Only the wall clock is faked (Python's waits need the real monotonic clock).
+
+    The service starts two days behind, as a Pi before NTP answers, then the
+    offset file steps it to the real time. The simulated meter runs in its own,
+    unfaked process. A clock under faketime still looks synchronised (or not)
+    to adjtimex as the real one does, so time_sync_wait is 0: this is the step path.
+    """
+    (address,) = simulator("--seed", "7").addresses
+    offset = tmp_path / "faketime"
+    offset.write_text("-2d\n")
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", data, address, poll_interval=0.25, data_format=["csv"],
+                          time_sync_wait=0)
+    env = {"LD_PRELOAD": libfaketime(), "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+           "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    daemon = daemons(config, tmp_path, env=env)
+    two_days = dt.timedelta(days=2)
+    wait_for(lambda: len(seconds_in(data)) >= 5, timeout=30, what="rows two days back")
+    stepped = Clock().now()
+    offset.write_text("+0\n")
+    wait_for(lambda: len([s for s in seconds_in(data) if s >= stepped - dt.timedelta(seconds=1)]) >= 4,
+             timeout=30, what="rows in the real time")
+    assert daemon.stop() == 0, daemon.stderr()
+    seconds = check_data_dir(data, 7)["csv"]
+    old = [s for s in seconds if s < stepped - two_days + dt.timedelta(hours=1)]
+    new = [s for s in seconds if s >= stepped - dt.timedelta(seconds=2)]
+    assert len(old) >= 5 and len(new) >= 4 and len(old) + len(new) == len(seconds)
+    assert all(off_by(s, stepped - two_days) <= 60 for s in old)
+    # Within a few seconds of the step, rows carry the new time, and none the old any more.
+    assert max(old) <= stepped - two_days + dt.timedelta(seconds=3)
+    assert min(new) <= stepped + dt.timedelta(seconds=3)
+    log = daemon.stderr()
+    assert "the host clock stepped +17280" in log
+    assert "clock_steps=1" in log
+
+
+def seconds_in(data: Path) -> list:
+    path = data / "wattchecker-data.csv"
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.count(",") == 3]
+    return [dt.datetime.strptime(line.split(",")[0], "%Y-%m-%d %H:%M:%S") for line in lines]
