@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import http.client
+import http.server
 import json
 import logging
 import os
+import threading
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -15,18 +20,108 @@ from wattchecker_client.config import parse_config
 from wattchecker_client.simulator import air_conditioner
 from wattchecker_client.transport import SetupError
 from wattchecker_client.uploader import (
+    AccessDenied,
     BigQueryTarget,
     HourFile,
+    PermanentError,
+    TransientError,
     Uploader,
+    classify,
     csv_body,
     hour_files,
     job_id_for,
     load_job_config,
+    missing_role,
     read_rows,
 )
 from wattchecker_client.writer import Writer
 
 from .conftest import Emulator, run_cli
+
+DENIALS = {
+    # what BigQuery answers a service account without the role, by what it was asked
+    "jobs": ("POST", "/upload/bigquery/v2/projects/",
+             "Access Denied: Project test-project: User does not have bigquery.jobs.create permission "
+             "in project test-project."),
+    "tables": ("GET", "/bigquery/v2/projects/test-project/datasets/wattchecker/tables/power",
+               "Access Denied: Table test-project:wattchecker.power: Permission bigquery.tables.get denied "
+               "on table test-project:wattchecker.power (or it may not exist)."),
+}
+
+
+class BigQueryProxy:
+    """A loopback HTTP proxy in front of the emulator: counts load jobs, and can deny like IAM does.
+
+    The emulator has no job listing and never answers 403; real requests from the
+    real client library pass through here unchanged otherwise.
+    """
+
+    HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+    def __init__(self, upstream: Emulator) -> None:
+        self.upstream = upstream
+        self.load_requests = 0  # every attempt to start a load job, 409s included
+        self.loads = 0  # load jobs the server accepted
+        self.denied = 0
+        self.deny: Optional[str] = None  # a key of DENIALS
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def relay(self) -> None:
+                proxy.relay(self)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = relay
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def relay(self, request) -> None:
+        body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
+        starts_load = request.command == "POST" and request.path.startswith("/upload/")
+        denial = DENIALS.get(self.deny)
+        if denial and request.command == denial[0] and request.path.startswith(denial[1]):
+            self.denied += 1
+            error = {"code": 403, "message": denial[2], "status": "PERMISSION_DENIED",
+                     "errors": [{"message": denial[2], "domain": "global", "reason": "accessDenied"}]}
+            return self.answer(request, 403, [("Content-Type", "application/json")], json.dumps({"error": error}).encode())
+        upstream = http.client.HTTPConnection("127.0.0.1", self.upstream.port, timeout=600)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in self.HOP}
+        upstream.request(request.command, request.path, body=body, headers=headers)
+        response = upstream.getresponse()
+        data = response.read()
+        upstream.close()
+        if starts_load:
+            self.load_requests += 1
+            self.loads += response.status == 200
+        self.answer(request, response.status, [(k, v) for k, v in response.getheaders() if k.lower() not in self.HOP], data)
+
+    @staticmethod
+    def answer(request, status: int, headers, data: bytes) -> None:
+        request.send_response(status)
+        for key, value in headers:
+            request.send_header(key, value)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(emulator):
+    """The emulator, started, behind a counting proxy."""
+    emulator.start()
+    front = BigQueryProxy(emulator)
+    yield front
+    front.close()
 
 T0 = dt.datetime(2026, 7, 1, 0, 0, 0)
 TABLE = f"{Emulator.PROJECT}.wattchecker.power"
@@ -241,8 +336,10 @@ def test_a_missing_table_waits_unless_creation_is_allowed(emulator, tmp_path, ca
     creating = uploader_for(emulator, tmp_path, create_table=True)
     drain(creating)
     assert creating.stats.uploaded == 1
-    schema = {f.name: f.field_type for f in emulator.client().get_table(TABLE).schema}
-    assert schema == {"datetime": "TIMESTAMP", "V": "FLOAT", "mA": "FLOAT", "W": "FLOAT"}
+    table = emulator.client().get_table(TABLE)
+    assert {f.name: f.field_type for f in table.schema} == {"datetime": "TIMESTAMP", "V": "FLOAT", "mA": "FLOAT", "W": "FLOAT"}
+    assert (table.time_partitioning.type_, table.time_partitioning.field) == ("DAY", "datetime")
+    assert table.clustering_fields is None  # one meter: nothing to cluster by
 
 
 def test_several_meters_share_a_table_with_a_device_column(emulator, tmp_path):
@@ -255,6 +352,184 @@ def test_several_meters_share_a_table_with_a_device_column(emulator, tmp_path):
     rows = emulator.query(f"SELECT device, COUNT(*), SUM(W) FROM `{TABLE}` GROUP BY device ORDER BY device")
     assert [(d, n) for d, n, _ in rows] == [("aircon", len(aircon)), ("fridge", len(fridge))]
     assert rows[0][2] == pytest.approx(sum(m.watts for m in aircon))
+    table = emulator.client().get_table(TABLE)  # created by the client: a day's query reads one partition
+    assert (table.time_partitioning.type_, table.time_partitioning.field) == ("DAY", "datetime")
+    assert table.clustering_fields == ["device"]
+    assert uploader.stats.jobs == 2  # one per meter: meters never share a job
+
+
+# --- batches and the ledger written ahead -------------------------------------------------------
+
+
+def ledger_of(data_dir: Path) -> dict:
+    return json.loads((data_dir / "uploaded.json").read_text())
+
+
+def test_a_30_day_backlog_of_one_meter_takes_30_load_jobs_one_per_utc_day(proxy, tmp_path):
+    written = write_hours(tmp_path, 30 * 24, per_hour=1)
+    uploader = uploader_for(proxy, tmp_path)
+    drain(uploader)
+    assert proxy.loads == uploader.stats.jobs == 30  # 720 before batching
+    assert table_totals(proxy.upstream)[0] == len(written) == 720
+    ledger = ledger_of(tmp_path)
+    assert len(ledger["uploaded"]) == 720 and ledger["pending"] == {}
+    days = {}
+    for key, entry in ledger["uploaded"].items():
+        days.setdefault(entry["job_id"], set()).add(key.split(".")[1][:10])
+    assert len(days) == 30 and all(len(d) == 1 for d in days.values())
+
+
+def test_the_size_cap_splits_a_day(proxy, tmp_path):
+    written = write_hours(tmp_path, 4, per_hour=10)
+    sizes = [len(csv_body(read_rows(p), ["datetime", "V", "mA", "W"], "x"))
+             for p in sorted(tmp_path.glob("*.json.*.gz"))]
+    uploader = uploader_for(proxy, tmp_path)
+    uploader.batch_max_bytes = max(sizes)  # no two hours fit in one job
+    drain(uploader)
+    assert proxy.loads == 4 and table_totals(proxy.upstream)[0] == len(written)
+
+
+def write_ahead(uploader: Uploader, hours) -> tuple:
+    """Write a batch ahead into the ledger exactly as the uploader does before submitting it."""
+    columns = [f.name for f in uploader.target.table().schema]
+    batch = uploader._read_batch(hours, columns, {})
+    job_id = job_id_for(uploader.target.table_ref, batch.hours, batch.body)
+    assert uploader.ledger.begin(job_id, uploader._ahead_record(batch)) == []
+    return job_id, batch
+
+
+def test_a_crash_between_submit_and_credit_credits_exactly_that_batch(proxy, tmp_path, caplog):
+    """The state a SIGKILL after the job, before the ledger's credit, leaves behind."""
+    caplog.set_level(logging.INFO)
+    written = write_hours(tmp_path, 3, per_hour=10)
+    crashed = uploader_for(proxy, tmp_path)
+    job_id, batch = write_ahead(crashed, crashed.backlog()[:2])
+    crashed.target.load(batch.body, job_id)
+    assert table_totals(proxy.upstream)[0] == 20 and proxy.loads == 1
+    assert ledger_of(tmp_path)["uploaded"] == {} and list(ledger_of(tmp_path)["pending"]) == [job_id]
+    restarted = uploader_for(proxy, tmp_path)
+    drain(restarted)
+    assert "from an earlier run is in BigQuery: crediting its 2 hour(s)" in caplog.text
+    assert proxy.loads == 2  # the batch credited, not loaded again; hour 2 in a job of its own
+    assert table_totals(proxy.upstream)[0] == len(written)
+    ledger = ledger_of(tmp_path)
+    assert ledger["pending"] == {}
+    assert {k: e["job_id"] == job_id for k, e in ledger["uploaded"].items()} == {
+        "wattchecker-data.2026-07-01_00": True, "wattchecker-data.2026-07-01_01": True,
+        "wattchecker-data.2026-07-01_02": False}
+
+
+def test_a_batch_written_ahead_but_never_submitted_is_submitted_under_its_id(proxy, tmp_path):
+    written = write_hours(tmp_path, 3, per_hour=10)
+    crashed = uploader_for(proxy, tmp_path)
+    job_id, _ = write_ahead(crashed, crashed.backlog())
+    drain(uploader_for(proxy, tmp_path))
+    assert proxy.loads == 1 and table_totals(proxy.upstream)[0] == len(written)
+    ledger = ledger_of(tmp_path)
+    assert ledger["pending"] == {} and {e["job_id"] for e in ledger["uploaded"].values()} == {job_id}
+
+
+def test_a_batch_whose_job_failed_goes_back_to_the_queue_and_loads_once_under_a_new_id(proxy, tmp_path, caplog):
+    written = write_hours(tmp_path, 3, per_hour=10)
+    crashed = uploader_for(proxy, tmp_path)
+    job_id, _ = write_ahead(crashed, crashed.backlog())
+    job = crashed.target.submit(b"2026-07-01 00:00:00,not a number,1,1\n", job_id)  # its job fails
+    with pytest.raises(Exception):
+        crashed.target.outcome(job)
+    restarted = uploader_for(proxy, tmp_path)
+    drain(restarted)
+    assert "loaded nothing" in caplog.text and "its 3 hour(s) are queued again" in caplog.text
+    assert table_totals(proxy.upstream)[0] == len(written)  # none lost, none twice
+    ledger = ledger_of(tmp_path)
+    assert ledger["pending"] == {} and len(ledger["uploaded"]) == 3
+    assert {e["job_id"] for e in ledger["uploaded"].values()} == {job_id + "_retry1"}  # the failed id is used up
+    assert (proxy.load_requests, proxy.loads) == (3, 2)  # the failed job, a 409 on its id, the retry
+
+
+def test_a_rejected_batch_goes_back_whole_then_its_hours_load_alone_and_only_the_bad_one_fails(proxy, tmp_path, caplog):
+    written = write_hours(tmp_path, 3, per_hour=10)
+    bad = tmp_path / "wattchecker-data.json.2026-07-01_01.gz"
+    with gzip.open(bad, "rt") as f:
+        lines = f.read().splitlines(keepends=True)
+    lines[3] = lines[3].replace("2026-07-01 01:", "2026-07-01 25:", 1)  # a row BigQuery refuses
+    with gzip.open(bad, "wt") as f:
+        f.write("".join(lines))
+    uploader = uploader_for(proxy, tmp_path, clock=FakeClock(T0))
+    uploader.queue(uploader.backlog())
+    assert uploader.step() is True  # the batch failed, nothing of it is lost: on with the next step
+    assert table_totals(proxy.upstream)[0] == 0 and uploader.pending == 3
+    assert ledger_of(tmp_path) == {"version": 2, "uploaded": {}, "pending": {}}
+    assert not (tmp_path / "failed").exists()
+    assert "loading its hours one by one" in caplog.text
+    while uploader.step():
+        pass
+    assert table_totals(proxy.upstream)[0] == len(written) - 10  # hours 0 and 2, once each
+    assert sorted(ledger_of(tmp_path)["uploaded"]) == ["wattchecker-data.2026-07-01_00", "wattchecker-data.2026-07-01_02"]
+    assert sorted(p.name for p in (tmp_path / "failed").iterdir()) == [
+        "wattchecker-data.2026-07-01_01.reason", "wattchecker-data.csv.2026-07-01_01.gz",
+        "wattchecker-data.json.2026-07-01_01.gz"]
+    assert proxy.loads == 4  # the batch, then each hour alone
+
+
+def test_an_hour_in_the_ledger_is_never_sent_again(proxy, tmp_path):
+    """Without the ledger's check, a 409 would hide the second load: count the requests."""
+    written = write_hours(tmp_path, 2, per_hour=10)
+    drain(uploader_for(proxy, tmp_path))
+    before = (tmp_path / "uploaded.json").read_text()
+    assert proxy.load_requests == 1
+    again = uploader_for(proxy, tmp_path)
+    outcomes, rows = again.upload_group(hour_files(list(tmp_path.glob("*.gz"))))
+    assert outcomes == {"wattchecker-data.2026-07-01_00": "skipped", "wattchecker-data.2026-07-01_01": "skipped"}
+    assert rows == 0 and proxy.load_requests == 1  # not even a request
+    assert table_totals(proxy.upstream)[0] == len(written)
+    assert (tmp_path / "uploaded.json").read_text() == before
+
+
+# --- 403: a missing role --------------------------------------------------------------------
+
+
+def test_a_403_is_access_denied_unless_it_is_a_rate_or_quota_limit():
+    from google.api_core import exceptions as api
+
+    jobs = classify(api.Forbidden(DENIALS["jobs"][2], errors=[{"reason": "accessDenied"}]))
+    assert isinstance(jobs, AccessDenied)
+    assert missing_role(jobs, "p", "d") == "BigQuery Job User (roles/bigquery.jobUser) on project p"
+    table = classify(api.Forbidden("Access Denied: Table p:d.t: Permission bigquery.tables.updateData denied"))
+    assert isinstance(table, AccessDenied)
+    assert missing_role(table, "p", "d") == "BigQuery Data Editor (roles/bigquery.dataEditor) on dataset p.d"
+    quota = classify(api.Forbidden("Quota exceeded", errors=[{"reason": "quotaExceeded"}]))
+    assert isinstance(quota, TransientError) and not isinstance(quota, AccessDenied)
+    assert isinstance(classify(api.BadRequest("Invalid value")), PermanentError)
+
+
+@pytest.mark.parametrize("denied, role", [
+    ("jobs", "BigQuery Job User (roles/bigquery.jobUser) on project test-project"),
+    ("tables", "BigQuery Data Editor (roles/bigquery.dataEditor) on dataset test-project.wattchecker"),
+])
+def test_access_denied_keeps_hours_queued_names_the_role_once_and_heals(proxy, tmp_path, caplog, denied, role):
+    caplog.set_level(logging.INFO)
+    written = write_hours(tmp_path, 2, per_hour=10)
+    uploader_for(proxy, tmp_path).target.table()  # the table is there: the role is what is missing
+    proxy.deny = denied
+    clock = FakeClock(T0)
+    uploader = uploader_for(proxy, tmp_path, clock=clock, max_backoff=30)
+    uploader.queue(uploader.backlog())
+    assert uploader.step() is False
+    assert uploader.step() is False and proxy.denied == 1  # backing off: BigQuery not asked again yet
+    for _ in range(3):
+        clock.advance(31)
+        uploader.step()
+    assert proxy.denied == 4 and uploader.stats.retries == 4
+    assert uploader.pending == 2 and uploader.stats.failed == 0 and not (tmp_path / "failed").exists()
+    assert len(uploader.ledger) == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and f"the service account likely lacks {role}" in errors[0]
+    proxy.deny = None  # the role is granted
+    clock.advance(31)
+    while uploader.step():
+        pass
+    assert uploader.pending == 0 and table_totals(proxy.upstream)[0] == len(written)
+    assert "BigQuery reachable again" in caplog.text
 
 
 # --- retention ------------------------------------------------------------------------------
