@@ -65,12 +65,31 @@ def import_bleak() -> Any:
             "a Bluetooth LE meter (model btwattch2 at a MAC address) needs bleak: "
             "pip install 'wattchecker-client[ble]'"
         ) from None
-    # bleak's own warnings repeat, once per retry, what our one line says (or guess at
-    # BlueZ's version where bluetoothctl is missing); keep them for -v only.
-    quiet = logging.getLogger("bleak")
-    if quiet.level == logging.NOTSET and not logging.getLogger().isEnabledFor(logging.DEBUG):
-        quiet.setLevel(logging.ERROR)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        quiet_bleak(os.path.dirname(bleak.__file__))
     return bleak
+
+
+class FromPackage(logging.Filter):
+    """Drops records logged from files under one folder."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = folder + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(self.folder)
+
+
+def quiet_bleak(folder: str) -> None:
+    """Keep bleak's own warnings for -v: they repeat, once per retry, what our one line says,
+    or guess at BlueZ's version where bluetoothctl is missing (bleak 1.x through the root logger)."""
+    bleak_log = logging.getLogger("bleak")
+    if bleak_log.level == logging.NOTSET:
+        bleak_log.setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if not any(isinstance(f, FromPackage) for f in root.filters):
+        root.addFilter(FromPackage(folder))
 
 
 def system_bus() -> str:
