@@ -69,6 +69,15 @@ def test_the_first_channel_that_completes_the_handshake_is_kept_open(scripted):
         assert junk.rfcomm_factory(MAC, 5, 1.0).fileno() == -1  # its link was closed, not left hanging
 
 
+def test_an_unsynchronised_host_clock_is_not_set_on_the_meter_while_probing(scripted):
+    meter = scripted([ACK_START, reading(NOW)])
+    clock = FakeClock(NOW)
+    clock.set_synchronised(False)
+    channel, link = probe_channel(MAC, clock, rfcomm_factory=Channels({1: [meter]}), response_timeout=0.2)
+    link.close()
+    assert channel == 1 and meter.requests == [bytes([0x02, 0x00]), b"\x08"]
+
+
 def test_a_channel_answering_a_bad_reading_is_skipped(scripted):
     impossible = reading(NOW, watts=25_000.0)  # a valid frame of a value no WATT CHECKER gives
     wrong = scripted(HANDSHAKE + [impossible, impossible])
