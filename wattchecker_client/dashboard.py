@@ -26,8 +26,8 @@ SUMMARY_TTL = 5.0  # seconds one computed summary serves every open page
 
 
 def current(meter_live, monotonic_now: float) -> Optional[Measurement]:
-    """The reading to show as "now", or None: never 0, never a value older than ``STALE_AFTER``."""
-    if meter_live.measurement is None or meter_live.received_monotonic is None:
+    """The reading to show as "now", or None: never 0, never from a dropped link or older than ``STALE_AFTER``."""
+    if not meter_live.connected or meter_live.measurement is None or meter_live.received_monotonic is None:
         return None
     if monotonic_now - meter_live.received_monotonic > STALE_AFTER:
         return None

@@ -78,7 +78,7 @@ class LiveCollector(Collector):
         amps = GaugeMetricFamily(PREFIX + "current_amperes", "RMS current now; absent when the meter is quiet.",
                                  labels=["meter"])
         connected = GaugeMetricFamily(
-            PREFIX + "meter_connected", "1 while the link is up and a reading came within 10 s, else 0.",
+            PREFIX + "meter_connected", "1 while the link is up and a reading came within 10 s, else 0 (then no power, voltage or current).",
             labels=["meter"])
         stamp = GaugeMetricFamily(
             PREFIX + "last_reading_timestamp_seconds", "The meter's clock stamp of its last reading (Unix time).",
@@ -89,7 +89,7 @@ class LiveCollector(Collector):
         mono = self.clock.monotonic()
         for name, state in sorted(self.live.snapshot().items()):
             now = current(state, mono)
-            connected.add_metric([name], 1.0 if state.connected and now is not None else 0.0)
+            connected.add_metric([name], 0.0 if now is None else 1.0)
             energy.add_metric([name], state.energy_joules)
             if state.measurement is not None:
                 stamp.add_metric([name], float(utc_epoch(state.measurement.time)))

@@ -11,6 +11,7 @@ live state whenever a reading arrives.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -50,10 +51,8 @@ EXTRA_HINT = "pip install 'wattchecker-client[http]'"
 
 def check_setup(section: HttpConfig) -> List[str]:
     """Start-up's and check-config's check: the library is there; warn when the LAN can see it."""
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        raise SetupError(f"http: needs the prometheus_client library: {EXTRA_HINT}") from None
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise SetupError(f"http: needs the prometheus_client library: {EXTRA_HINT}")
     warnings = []
     if not _loopback(section.host):
         warnings.append(f"http.listen: {section.listen} is reachable from other machines; "
@@ -96,7 +95,7 @@ class _Server6(_Server):
 
 
 class WebServer:
-    """Binds at ``start`` (SetupError naming the port if it cannot) and serves until ``stop``."""
+    """Binds at ``bind`` (SetupError naming the port if it cannot), serves from ``start`` until ``stop``."""
 
     def __init__(self, config: Config, sources: Sources, clock: Clock) -> None:
         assert config.http is not None
@@ -112,7 +111,8 @@ class WebServer:
         self._httpd: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
 
-    def start(self) -> None:
+    def bind(self) -> None:
+        """Take the port first, so a port in use stops start-up before anything else starts."""
         self.metrics = _metrics_renderer(self.sources, self.clock)
         server_class = _Server6 if ":" in self.section.host else _Server
         try:
@@ -121,6 +121,12 @@ class WebServer:
             raise SetupError(_bind_problem(self.section, exc)) from None
         httpd.app = self  # type: ignore[attr-defined]
         self._httpd = httpd
+
+    def start(self) -> None:
+        """Serve in a thread of its own (once the live state holds its restored energy)."""
+        if self._httpd is None:
+            self.bind()
+        httpd = self._httpd
         self._thread = threading.Thread(target=httpd.serve_forever, args=(0.5,), name="http", daemon=True)
         self._thread.start()
         log.info("serving the live page, /metrics and /healthz on http://%s/", self.address)
@@ -152,7 +158,9 @@ class WebServer:
                 problems.append(f"{name}: no reading yet")
                 continue
             ages[name] = round(mono - state.received_monotonic, 1)
-            if current(state, mono) is None:
+            if not state.connected:
+                problems.append(f"{name}: not connected")
+            elif current(state, mono) is None:
                 problems.append(f"{name}: no reading for {ages[name]:.0f} s")
         if problems:
             return False, {"status": "unhealthy", "reason": "; ".join(problems), "reading_age_seconds": ages}
@@ -182,7 +190,7 @@ def status_of(state, mono: float) -> dict:
     now = current(state, mono)
     last = state.measurement
     return {
-        "connected": bool(state.connected and now is not None),
+        "connected": now is not None,
         "since": state.since.strftime("%Y-%m-%dT%H:%M:%SZ") if state.since else None,
         "last": utc_epoch(last.time) if last is not None else None,
         "w": now.watts if now else None,
@@ -228,7 +236,9 @@ class _Handler(BaseHTTPRequestHandler):
     """GET and HEAD only; everything else is 405."""
 
     server_version = "wattchecker-client"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version
     timeout = SOCKET_TIMEOUT
 
     @property

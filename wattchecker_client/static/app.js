@@ -74,7 +74,14 @@
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), zone),
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
-      scales: { y: { range: (u, min, max) => [0, Math.max(10, max * 1.1)] } },
+      scales: {
+        // Always the whole last hour, filling from the right as readings arrive.
+        x: { time: true, range: (u, min, max) => {
+          const end = max === null ? Date.now() / 1000 : max;
+          return [end - HOUR, end];
+        } },
+        y: { range: (u, min, max) => [0, Math.max(10, max * 1.1)] },
+      },
       axes: axes(zone, "W"),
       series: [{}, { label: "W", stroke: css("--accent"), width: 1.5, fill: css("--accent") + "22",
                      points: { show: false } }],
