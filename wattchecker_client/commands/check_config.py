@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  time sync: {time_sync(g.time_sync_wait)}")
     print(f"  BigQuery: {bigquery}")
     print(f"  MQTT: {mqtt_summary(config.mqtt) if config.mqtt else 'not configured'}")
+    print(f"  page: {f'http://{config.http.listen}/ (/metrics, /healthz)' if config.http else 'not configured'}")
     return EXIT_OK
 
 
