@@ -69,7 +69,8 @@ say "installing into $target"
 mkdir -p "$target/log"
 cp "$src/README.md" "$src/config_sample.yaml" "$target/"
 [ -x "$target/venv/bin/python" ] || "$python" -m venv "$target/venv"
-"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$src[bigquery]"
+# Extras: bigquery for uploads, http for the live page and /metrics (prometheus-client, ~0.5 MB).
+"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$src[bigquery,http]"
 
 if [ ! -e "$target/config.yaml" ]; then
     say "writing $prefix/config.yaml from the sample"
