@@ -8,6 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["wattchecker_client", "wattchecker_client.*"]),
+    # The live page and its vendored uPlot (MIT, licence alongside); served from the package.
+    package_data={"wattchecker_client": ["static/*"]},
     install_requires=[
         "crcmod>=1.7",
         "PyYAML>=5.4",
