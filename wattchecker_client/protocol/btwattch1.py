@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-from .frames import Dialect, Measurement, MeasurementError, ProtocolError, Reading, encode_frame
+from .frames import (
+    Dialect,
+    Limits,
+    Measurement,
+    MeasurementError,
+    ProtocolError,
+    Reading,
+    check_measurement_shape,
+    encode_frame,
+)
 
 CMD_SET_CLOCK = 0x01
 CMD_START = 0x02
@@ -61,6 +70,7 @@ def get_data_request() -> bytes:
 VOLTS_RANGE = (50.0, 140.0)
 MILLIAMPS_MAX = 20_000.0
 WATTS_MAX = 1966.08
+LIMITS = Limits(VOLTS_RANGE, MILLIAMPS_MAX, WATTS_MAX, "5-7", "2-4", "8-10")
 
 
 def _u24(data: bytes, offset: int) -> int:
@@ -69,14 +79,7 @@ def _u24(data: bytes, offset: int) -> int:
 
 def decode_measurement(payload: bytes) -> Measurement:
     """Decode a 0x08 response payload; raise MeasurementError if it is not trustworthy."""
-    if len(payload) != MEASUREMENT_PAYLOAD_SIZE or payload[0] != CMD_GET_DATA:
-        raise MeasurementError(
-            f"not a measurement: command 0x{payload[0]:02X}, {len(payload)}-byte payload"
-            if payload
-            else "not a measurement: empty payload"
-        )
-    if payload[1] != 0:
-        raise MeasurementError(f"meter reported status 0x{payload[1]:02X} (byte 1 of payload)")
+    check_measurement_shape(payload, CMD_GET_DATA, MEASUREMENT_PAYLOAD_SIZE)
     milliamps = _u24(payload, 2) / 128
     volts = _u24(payload, 5) / 1000
     watts = _u24(payload, 8) * 5 / 1000
@@ -88,13 +91,9 @@ def decode_measurement(payload: bytes) -> Measurement:
             f"invalid meter date {2000 + year:04d}-{month:02d}-{day:02d} "
             f"{hour:02d}:{minute:02d}:{second:02d} (payload bytes 11-16): {exc}"
         ) from None
-    if not VOLTS_RANGE[0] <= volts <= VOLTS_RANGE[1]:
-        raise MeasurementError(f"impossible voltage {volts} V (payload bytes 5-7)")
-    if milliamps > MILLIAMPS_MAX:
-        raise MeasurementError(f"impossible current {milliamps} mA (payload bytes 2-4)")
-    if watts > WATTS_MAX:
-        raise MeasurementError(f"impossible power {watts} W (payload bytes 8-10)")
-    return Measurement(when, volts, milliamps, watts)
+    measurement = Measurement(when, volts, milliamps, watts)
+    LIMITS.check(measurement)
+    return measurement
 
 
 def _u24_bytes(value: int) -> bytes:

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional
 
-from .frames import Dialect, Measurement, MeasurementError, ProtocolError, Reading, encode_frame
+from .frames import (
+    Dialect,
+    Limits,
+    Measurement,
+    MeasurementError,
+    ProtocolError,
+    Reading,
+    check_measurement_shape,
+    encode_frame,
+)
 
 CMD_SET_CLOCK = 0x01
 CMD_GET_DATA = 0x08
@@ -35,6 +44,7 @@ WATT_SCALE = 1 << 24
 VOLTS_RANGE = (50.0, 140.0)
 MILLIAMPS_MAX = 20_000.0
 WATTS_MAX = 2_800.0
+LIMITS = Limits(VOLTS_RANGE, MILLIAMPS_MAX, WATTS_MAX, "2-7", "8-13", "14-19")
 
 
 def _big(payload: bytes) -> bytes:
@@ -121,14 +131,7 @@ def decode_fields(payload: bytes) -> Reading:
     1000 first), which Python rounds once, correctly: no wrap, no sign, at any
     value. MeasurementError only for a wrong shape, a bad status or a bad date.
     """
-    if len(payload) != MEASUREMENT_PAYLOAD_SIZE or payload[0] != CMD_GET_DATA:
-        raise MeasurementError(
-            f"not a measurement: command 0x{payload[0]:02X}, {len(payload)}-byte payload"
-            if payload
-            else "not a measurement: empty payload"
-        )
-    if payload[1] != 0:
-        raise MeasurementError(f"meter reported status 0x{payload[1]:02X} (byte 1 of payload)")
+    check_measurement_shape(payload, CMD_GET_DATA, MEASUREMENT_PAYLOAD_SIZE)
     volts = _u48(payload, 2) / VOLT_SCALE
     milliamps = _u48(payload, 8) * 1000 / AMP_SCALE
     watts = _u48(payload, 14) / WATT_SCALE
@@ -141,13 +144,7 @@ def decode_fields(payload: bytes) -> Reading:
 def decode_reading(payload: bytes) -> Reading:
     """Decode a 0x08 response payload; raise MeasurementError if it is not trustworthy."""
     reading = decode_fields(payload)
-    m = reading.measurement
-    if not VOLTS_RANGE[0] <= m.volts <= VOLTS_RANGE[1]:
-        raise MeasurementError(f"impossible voltage {m.volts} V (payload bytes 2-7)")
-    if m.milliamps > MILLIAMPS_MAX:
-        raise MeasurementError(f"impossible current {m.milliamps} mA (payload bytes 8-13)")
-    if m.watts > WATTS_MAX:
-        raise MeasurementError(f"impossible power {m.watts} W (payload bytes 14-19)")
+    LIMITS.check(reading.measurement)
     return reading
 
 

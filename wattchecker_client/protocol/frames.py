@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, Iterator, Optional
+from typing import Callable, Deque, Iterator, Optional, Tuple
 
 import crcmod
 
@@ -167,6 +167,41 @@ class Measurement:
     volts: float
     milliamps: float
     watts: float
+
+
+def check_measurement_shape(payload: bytes, command: int, size: int) -> None:
+    """MeasurementError unless ``payload`` is a ``size``-byte answer to ``command`` with status OK."""
+    if len(payload) != size or payload[0] != command:
+        raise MeasurementError(
+            f"not a measurement: command 0x{payload[0]:02X}, {len(payload)}-byte payload"
+            if payload
+            else "not a measurement: empty payload"
+        )
+    if payload[1] != 0:
+        raise MeasurementError(f"meter reported status 0x{payload[1]:02X} (byte 1 of payload)")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a model's meter can honestly read; beyond it a frame is corrupt, not data.
+
+    The ``*_bytes`` name each field's payload bytes, for the message.
+    """
+
+    volts: Tuple[float, float]
+    milliamps_max: float
+    watts_max: float
+    volts_bytes: str
+    milliamps_bytes: str
+    watts_bytes: str
+
+    def check(self, m: Measurement) -> None:
+        if not self.volts[0] <= m.volts <= self.volts[1]:
+            raise MeasurementError(f"impossible voltage {m.volts} V (payload bytes {self.volts_bytes})")
+        if m.milliamps > self.milliamps_max:
+            raise MeasurementError(f"impossible current {m.milliamps} mA (payload bytes {self.milliamps_bytes})")
+        if m.watts > self.watts_max:
+            raise MeasurementError(f"impossible power {m.watts} W (payload bytes {self.watts_bytes})")
 
 
 @dataclass(frozen=True)
