@@ -134,3 +134,13 @@ def test_the_reader_searches_once_tells_the_user_and_reconnects_on_the_found_cha
     found = [r.getMessage() for r in caplog.records if "answers on RFCOMM channel" in r.getMessage()]
     assert found == [f"{MAC}: the meter answers on RFCOMM channel 4; put `channel: 4` under it in config.yaml "
                      "(or give `read --channel 4`) to skip this search"]
+
+
+@pytest.mark.skipif(hasattr(socket, "AF_BLUETOOTH"), reason="this Python has Bluetooth sockets")
+def test_read_without_bluetooth_sockets_is_one_line_that_names_no_guessed_channel():
+    from .conftest import run_cli
+
+    result = run_cli("read", MAC, "--count", "1", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].endswith(
+        f"or run `sudo rfcomm bind /dev/rfcomm0 {MAC} CHANNEL` and use /dev/rfcomm0 as the address")

@@ -310,6 +310,8 @@ def probe_channel(
     for channel in channels:
         try:
             link = open_link(mac, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory)
+        except SetupError as exc:  # no RFCOMM on this machine: its advice must not name a guessed channel
+            raise SetupError(str(exc).replace(f"{mac} {channel}`", f"{mac} CHANNEL`")) from None
         except LinkError as exc:
             if isinstance(exc.__context__, ConnectionRefusedError):
                 continue
