@@ -197,13 +197,33 @@ def test_reader_reconnects_and_skips_repeated_seconds(caplog):
 
 
 def test_reader_stops_when_asked_during_backoff():
-    stop = threading.Event()
-    clock = FakeClock()
-    reader = MeterReader("tcp://127.0.0.1:9", clock, stop, timeout=0.5, backoff=Backoff(1, 60))
-    readings = reader.readings()
-    threading.Timer(0.5, stop.set).start()
-    assert list(readings) == []
-    assert reader.stats.link_errors >= 1
+    """A stop set from another thread ends a real backoff wait at once.
+
+    The backoff lasts an hour, so only an honoured stop explains the return,
+    and the stop is set only once the reader is inside that wait.
+    """
+    stop, backing_off = threading.Event(), threading.Event()
+
+    class HourLongBackoff(Backoff):
+        def next_delay(self) -> float:
+            backing_off.set()
+            return 3600.0
+
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))  # bound, never listening: every connect is refused
+        address = "tcp://127.0.0.1:%d" % refusing.getsockname()[1]
+        reader = MeterReader(address, Clock(), stop, timeout=0.5, backoff=HourLongBackoff())
+        got = []
+        runner = threading.Thread(target=lambda: got.extend(reader.readings()), daemon=True)
+        runner.start()
+        assert backing_off.wait(10), "the link never failed"
+        stopper = threading.Timer(0.3, stop.set)  # well inside the hour-long wait
+        stopper.start()
+        runner.join(20)
+        stopper.cancel()
+    assert not runner.is_alive(), "the stop was ignored during the backoff"
+    assert stop.is_set() and got == []
+    assert reader.stats.link_errors == 1 and reader.stats.connects == 0  # stopped in the first backoff
 
 
 def test_reader_logs_an_outage_once_and_backs_off(caplog):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable, List, Optional
 
@@ -24,8 +25,42 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
+def terminal_width() -> int:
+    """What ``shutil.get_terminal_size()`` answers, without importing shutil."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, given the width: its own lookup imports shutil, bz2 and lzma (0.4 MB) into every process."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or terminal_width() - 2)
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of every command; ``on_use`` adds arguments whose imports only that command needs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.on_use: List[Callable[[argparse.ArgumentParser], None]] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        while self.on_use:
+            self.on_use.pop(0)(self)
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="wattchecker-client",
         description="Read RATOC Bluetooth power meters: the REX-BTWATTCH1 and the RS-BTWATTCH2.",
     )

@@ -423,11 +423,17 @@ class Writer:
     def pending_rows(self) -> int:
         return max((len(fs.pending) for fs in self.all_sets()), default=0)
 
-    def run(self, rows: "queue.Queue", stop: threading.Event, heartbeat: Callable[[], None]) -> None:
-        """The writer thread: take rows until ``stop`` and an empty queue, then flush everything."""
+    def run(self, rows: "queue.Queue", stop: threading.Event, heartbeat: Callable[[], None],
+            heartbeat_interval: float = 60.0) -> None:
+        """The writer thread: take rows until ``stop`` and an empty queue, then flush everything.
+
+        No idle polling: it sleeps until a row comes or a flush or hour close is
+        due, showing a sign of life at least every ``heartbeat_interval``.
+        Whoever sets ``stop`` also puts ``None`` on ``rows`` to wake it.
+        """
         while True:
             heartbeat()
-            item = self.clock.get(rows, timeout=0.5)
+            item = self.clock.get(rows, timeout=0.0 if stop.is_set() else self._idle_wait(heartbeat_interval))
             if item is not None:
                 self.add(*item)
             elif stop.is_set():
@@ -437,6 +443,21 @@ class Writer:
         if self.pending_rows():
             log.error("exiting with %d row(s) that could not be written (see the errors above)",
                       self.pending_rows())
+
+    def _idle_wait(self, longest: float) -> float:
+        """Seconds until the next flush or hour close is due, at most ``longest``.
+
+        A close already past due has failed (a full disk, ...): it is retried
+        at each tick, not in a busy loop.
+        """
+        wait = min(longest, self._next_flush - self.clock.monotonic())
+        now = self.clock.now()
+        for fs in self.all_sets():
+            if fs.current_hour is not None:
+                due = (fs.current_hour + HOUR - now).total_seconds() + self.grace
+                if due > 0:
+                    wait = min(wait, due)
+        return max(0.0, wait)
 
     def counts(self) -> Counter:
         return Counter({f"{fs.meter}/{fs.format}": fs.rows_written for fs in self.all_sets()})

@@ -9,14 +9,12 @@ address, name, signal strength and the values its advertisements carry
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import logging
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..ble import LoopThread, explain, import_bleak
 from ..clock import Clock
 from ..protocol import btwattch2
 from ..protocol.frames import ProtocolError
@@ -42,6 +40,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..ble import import_bleak  # asyncio and ssl: only when this command runs
+
     stop = threading.Event()
     on_stop_signals(stop)
 
@@ -124,6 +124,10 @@ def scan(
 
     SetupError, in one line, when no scan can start (no adapter, no BlueZ, no D-Bus).
     """
+    import concurrent.futures
+
+    from ..ble import LoopThread, explain
+
     seen = Sightings()
     loop = LoopThread("ble scan")
 

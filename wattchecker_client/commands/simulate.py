@@ -8,7 +8,6 @@ import threading
 from typing import List
 
 from ..clock import Clock
-from ..simulator import PtyServer, SimOptions, SimulatedMeter, TcpServer
 from ..transport import SetupError
 from .common import EXIT_OK, on_stop_signals
 
@@ -34,6 +33,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pty", action="store_true", help="serve on a pseudo-terminal, like /dev/rfcommN")
     p.add_argument("--link", metavar="PATH", help="with --pty: keep a symlink to the current pty here")
     p.add_argument("--all-faults", action="store_true", help="turn every fault on at a moderate rate")
+    p.on_use.append(add_meter_options)  # the simulator is imported only when this command runs
+    p.set_defaults(func=run)
+
+
+def add_meter_options(p: argparse.ArgumentParser) -> None:
+    """One flag per SimOptions field."""
+    from ..simulator import SimOptions
+
     for f in dataclasses.fields(SimOptions):
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -44,10 +51,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         else:
             kind = int if f.type == "int" else float
             p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default {f.default})")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..simulator import PtyServer, SimOptions, SimulatedMeter, TcpServer
+
     chosen = dict(ALL_FAULTS) if args.all_faults else {}
     for f in dataclasses.fields(SimOptions):
         value = getattr(args, f.name)
