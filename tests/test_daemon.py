@@ -231,27 +231,3 @@ def test_an_unreadable_key_file_stops_start_up_with_one_line(tmp_path):
         "No such file or directory"
     )
 
-
-def test_sigterm_mid_upload_then_restart_loads_every_hour_exactly_once(emulator, daemons, tmp_path):
-    """Hours of 3,600 rows take the emulator seconds to load: SIGTERM lands inside one."""
-    from .test_uploader import write_hours
-
-    emulator.start()
-    data_dir = tmp_path / "data"
-    written = write_hours(data_dir, 3, per_hour=3600)
-    config = write_config(tmp_path / "config.yaml", data_dir, "sim://?seed=7", poll_interval=1.0)
-    with open(config, "a") as f:
-        f.write(
-            f"bigquery:\n  dataset_id: wattchecker\n  table_id: power\n  project_id: {Emulator.PROJECT}\n"
-            f"  api_endpoint: {emulator.url}\n  create_table: true\n  max_backoff: 2\n"
-        )
-    first = daemons(config, tmp_path)
-    wait_for(lambda: "upload backlog: 3 hour(s)" in first.stderr(), what="the backlog")
-    wait_for(lambda: "created table" in first.stderr(), what="the first load to begin")
-    assert first.stop() == 0, first.stderr()
-    assert len(ledger_keys(data_dir)) < 3  # it was stopped before the backlog was done
-    second = daemons(config, tmp_path)
-    wait_for(lambda: len(ledger_keys(data_dir)) == 3, timeout=90, what="the rest of the backlog")
-    assert second.stop() == 0, second.stderr()
-    ((count,),) = emulator.query(f"SELECT COUNT(*) FROM `{Emulator.PROJECT}.wattchecker.power`")
-    assert count == len(written) == 3 * 3600
