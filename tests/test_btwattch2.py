@@ -156,7 +156,8 @@ def start_reader(address: str, model: str = "btwattch1"):
 
 
 def test_relay_requests_from_another_thread_are_run_between_polls():
-    reader, stop, thread, rows = start_reader("sim://?model=btwattch2&clock_speed=20&seed=4", "btwattch2")
+    # The address does not name the model: the reader's model must reach the simulated meter.
+    reader, stop, thread, rows = start_reader("sim://?clock_speed=20&seed=4", "btwattch2")
     try:
         wait_for(lambda: reader.relay is True, timeout=20, what="a first reading")
         assert reader.request_relay(False).result(timeout=20) is False
@@ -375,3 +376,10 @@ def test_demo_with_model_btwattch2(tmp_path):
     held = check_data_dir(data_dir, 1, model="btwattch2")["json"]
     stored = {json_line(air_conditioner(when, 1, "btwattch2")) + "\n" for when in held}
     assert set(shown + out.splitlines(keepends=True)) <= stored  # what it showed is what it wrote
+
+
+def test_read_refuses_a_channel_for_a_btwattch2():
+    result = run_cli("read", "AA:BB:CC:DD:EE:FF", "--model", "btwattch2", "--channel", "6")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("wattchecker-client: error: --channel only applies to a btwattch1 (RFCOMM); an "
+                             "RS-BTWATTCH2 is reached over Bluetooth LE by its MAC\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from fractions import Fraction
 
 import pytest
@@ -204,8 +205,6 @@ def raw_payload(volts: int, amps: int, watts: int, when: dt.datetime, relay: int
 
 
 def half_ulp(x: float) -> Fraction:
-    import math
-
     return Fraction(math.ulp(x)) / 2
 
 

@@ -9,7 +9,7 @@ from ..clock import Clock
 from ..formats import FORMATTERS
 from ..meter import Backoff, MeterReader
 from ..protocol import DEFAULT_MODEL, MODELS
-from ..transport import DEFAULT_TIMEOUT
+from ..transport import DEFAULT_TIMEOUT, SetupError
 from .common import EXIT_OK, byte_value, on_stop_signals, positive_float
 
 log = logging.getLogger("wattchecker_client")
@@ -32,6 +32,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import threading
 
+    if args.channel is not None and args.model != DEFAULT_MODEL:
+        raise SetupError("--channel only applies to a btwattch1 (RFCOMM); an RS-BTWATTCH2 is reached over "
+                         "Bluetooth LE by its MAC")
     stop = threading.Event()
     on_stop_signals(stop)
     reader = MeterReader(
