@@ -342,6 +342,22 @@ def test_a_missing_table_waits_unless_creation_is_allowed(emulator, tmp_path, ca
     assert table.clustering_fields is None  # one meter: nothing to cluster by
 
 
+def test_a_table_with_columns_we_do_not_write_keeps_every_hour_queued(emulator, tmp_path, caplog):
+    """The table's fault, not the files': nothing may go to failed/."""
+    from google.cloud import bigquery
+
+    emulator.start()
+    write_hours(tmp_path, 2, per_hour=5)
+    client = emulator.client()
+    client.create_dataset(f"{Emulator.PROJECT}.wattchecker")
+    client.create_table(bigquery.Table(TABLE, schema=[bigquery.SchemaField("datetime", "TIMESTAMP"),
+                                                      bigquery.SchemaField("kwh", "FLOAT")]))
+    uploader = uploader_for(emulator, tmp_path)
+    drain(uploader)
+    assert uploader.pending == 2 and uploader.stats.failed == 0 and not (tmp_path / "failed").exists()
+    assert f"table {TABLE} has columns this client does not write: kwh" in caplog.text
+
+
 def test_several_meters_share_a_table_with_a_device_column(emulator, tmp_path):
     emulator.start()
     aircon = write_hours(tmp_path, 1, meter="aircon", stem="wattchecker-data-aircon", seed=1)

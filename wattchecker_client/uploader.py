@@ -588,7 +588,7 @@ class Uploader:
         if not fresh:
             return outcomes, 0
         try:
-            columns = [f.name for f in self._table().schema]
+            columns = self._columns()
             batch = self._read_batch(fresh, columns, outcomes)
             if batch is None:
                 return outcomes, 0
@@ -675,7 +675,7 @@ class Uploader:
             log.warning("job %s loaded %d rows, its files hold %d", job_id, loaded, expected)
         self.stats.uploaded += len(entries)
         self.stats.rows += loaded
-        self.stats.jobs += 1
+        self.stats.jobs += bool(expected)  # hours without rows need no job
         self.stats.last_upload = self.clock.now()
         keys = sorted(entries)
         span = keys[0] if len(keys) == 1 else f"{keys[0]} .. {keys[-1]} ({len(keys)} hours)"
@@ -739,7 +739,7 @@ class Uploader:
         found = {h.key: h for h in hour_files(closed_files_in(self.data_dir)) if h.key in keys}
         if len(found) != len(keys):
             return None
-        columns = [f.name for f in self._table().schema]
+        columns = self._columns()
         device = found[keys[0]].meter_suffix or "wattchecker"
         return b"".join(csv_body(readable_rows(found[k])[1], columns, device) for k in keys)
 
@@ -774,6 +774,15 @@ class Uploader:
             if path.parent == failed and path.exists():
                 shutil.move(str(path), str(self.data_dir / path.name))
         (failed / f"{hour_file.key}.reason").unlink(missing_ok=True)
+
+    def _columns(self) -> List[str]:
+        """The table's columns; one this client does not write is the table's fault, never a file's."""
+        columns = [f.name for f in self._table().schema]
+        unknown = [c for c in columns if c not in COLUMNS and c != DEVICE_COLUMN]
+        if unknown:
+            raise TransientError(f"table {self.target.table_ref} has columns this client does not write: "
+                                 f"{', '.join(unknown)}; hours stay queued until the table is fixed")
+        return columns
 
     def _table(self):
         """The table; trouble reaching or creating it is never the file's fault: retry later."""
