@@ -63,10 +63,8 @@ class Accumulator:
     def add(self, t: int, watts: float) -> "Accumulator":
         if self.last is None:
             return Accumulator(self.credited, (t, watts))
-        seconds = held_seconds(t - self.last[0])
-        if not seconds:
-            return self  # a second already counted
-        return Accumulator(self.credited + self.last[1] * seconds, (t, watts))
+        # A repeated second credits nothing and the later row stands, as in the report.
+        return Accumulator(self.credited + self.last[1] * held_seconds(t - self.last[0]), (t, watts))
 
     @property
     def joules(self) -> float:
@@ -151,7 +149,7 @@ class LiveState:
         self._stored_watts = watts_as_stored(data_format)
         # Without a writer to ask, every row counts as on disk (tools and tests).
         self._durable_rows = durable_rows or (lambda name: self._meters[name].rows)
-        self._interval = checkpoint_interval
+        self.checkpoint_interval = checkpoint_interval
         self._next_save = clock.monotonic() + checkpoint_interval
         self._version = 0
         self._changed = threading.Condition(threading.Lock())
@@ -233,7 +231,7 @@ class LiveState:
         ``force``: at shutdown, after the writer's last flush, so everything
         received counts (if the writer says it is on disk).
         """
-        self._next_save = self.clock.monotonic() + self._interval
+        self._next_save = self.clock.monotonic() + self.checkpoint_interval
         if force:
             self._note()
         chosen = self._durable_states()

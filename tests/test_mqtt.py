@@ -1,0 +1,365 @@
+"""MQTT and Home Assistant discovery, end to end: a real Mosquitto, real `run` processes, the simulated meter."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pwd
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from wattchecker_client.clock import time_zone
+from wattchecker_client.report import meter_report
+from wattchecker_client.simulator import air_conditioner
+
+from .conftest import ROOT, free_port, run_cli, wait_for, write_config
+from .datacheck import check_data_dir
+
+mqtt = pytest.importorskip("paho.mqtt.client", reason="needs paho-mqtt: pip install 'wattchecker-client[mqtt]'")
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+SEED = 7
+FAST = ["--seed", str(SEED), "--clock-speed", "1200"]
+METER = "wattchecker"  # a single device: section is named this
+PREFIX = "wattchecker"
+ENTITIES = {
+    "power": ("W", "power", "W", "measurement"),
+    "voltage": ("V", "voltage", "V", "measurement"),
+    "current": ("A", "current", "A", "measurement"),
+    "energy": ("energy_kWh", "energy", "kWh", "total_increasing"),
+}
+
+
+class Mosquitto:
+    """A real broker on a free loopback port, anonymous or with a password file; stop and start again."""
+
+    def __init__(self, workdir: Path, users: Optional[Dict[str, str]] = None) -> None:
+        if not Path(MOSQUITTO).exists():
+            pytest.skip("needs the mosquitto broker (Debian package mosquitto)")
+        self.port = free_port()
+        self.log = workdir / "mosquitto.log"
+        self.conf = workdir / "mosquitto.conf"
+        # As root, mosquitto would switch to its own user, who cannot read the test's folder.
+        lines = [f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {self.port} 127.0.0.1"]
+        if users:
+            passwords = workdir / "mosquitto.passwd"
+            for i, (user, password) in enumerate(users.items()):
+                flags = ["-b", "-c"] if i == 0 else ["-b"]
+                subprocess.run(["mosquitto_passwd", *flags, str(passwords), user, password], check=True)
+            lines += ["allow_anonymous false", f"password_file {passwords}"]
+        else:
+            lines.append("allow_anonymous true")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: Optional[subprocess.Popen] = None
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
+
+        def accepting() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(accepting, timeout=10, what="mosquitto")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def brokers(tmp_path):
+    started: List[Mosquitto] = []
+
+    def start(**kwargs) -> Mosquitto:
+        broker = Mosquitto(tmp_path, **kwargs)
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+class Subscriber:
+    """A paho client subscribed to everything, reconnecting by itself; keeps every message in order."""
+
+    def __init__(self, port: int, username: Optional[str] = None, password: Optional[str] = None) -> None:
+        self.messages: List[Tuple[str, str, bool]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-subscriber-{port}")
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = lambda c, u, f, reason, p: c.subscribe("#", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self.lock:
+            self.messages.append((message.topic, message.payload.decode(), bool(message.retain)))
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+    def on(self, topic: str, since: int = 0) -> List[str]:
+        with self.lock:
+            return [payload for t, payload, _ in self.messages[since:] if t == topic]
+
+    def states(self, since: int = 0) -> List[dict]:
+        return [json.loads(p) for p in self.on(f"{PREFIX}/{METER}/state", since)]
+
+    def discovery(self, since: int = 0) -> Dict[str, dict]:
+        with self.lock:
+            return {t: json.loads(p) for t, p, _ in self.messages[since:]
+                    if t.startswith("homeassistant/") and t.endswith("/config")}
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def subscribers():
+    made: List[Subscriber] = []
+
+    def make(*args, **kwargs) -> Subscriber:
+        sub = Subscriber(*args, **kwargs)
+        made.append(sub)
+        return sub
+
+    yield make
+    for sub in made:
+        sub.close()
+
+
+def mqtt_config(path: Path, data_dir: Path, address: str, port: int, **mqtt_keys) -> Path:
+    write_config(path, data_dir, address)
+    keys = {"host": "127.0.0.1", "port": port, "publish_interval": 1, **mqtt_keys}
+    with open(path, "a") as f:
+        f.write("mqtt:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in keys.items()))
+    return path
+
+
+def assert_state_is_what_the_meter_measured(state: dict) -> None:
+    when = dt.datetime.strptime(state["timestamp"], "%Y-%m-%dT%H:%M:%SZ")
+    measured = air_conditioner(when, SEED)
+    assert (state["W"], state["V"], state["A"]) == (measured.watts, measured.volts, measured.milliamps / 1000)
+
+
+def assert_discovery_is_complete(configs: Dict[str, dict]) -> Dict[str, str]:
+    """Every key Home Assistant needs per entity; returns entity -> unique_id."""
+    by_entity = {}
+    for topic, config in configs.items():
+        match = re.fullmatch(r"homeassistant/sensor/(wattchecker_[a-z0-9_]+)/(\w+)/config", topic)
+        assert match, topic
+        node, entity = match.groups()
+        field, device_class, unit, state_class = ENTITIES[entity]
+        assert config["state_topic"] == f"{PREFIX}/{METER}/state"
+        assert config["value_template"] == f"{{{{ value_json.{field} }}}}"
+        assert (config["device_class"], config["unit_of_measurement"], config["state_class"]) == (
+            device_class, unit, state_class)
+        assert config["unique_id"] == f"{node}_{entity}"
+        assert config["availability"] == [{"topic": f"{PREFIX}/status"}, {"topic": f"{PREFIX}/{METER}/availability"}]
+        assert config["availability_mode"] == "all"
+        assert config["expire_after"] >= 60
+        device = config["device"]
+        assert device["identifiers"] == [node]
+        assert (device["manufacturer"], device["model"], device["name"]) == ("RATOC Systems", "REX-BTWATTCH1", METER)
+        assert device["sw_version"]
+        by_entity[entity] = config["unique_id"]
+    assert sorted(by_entity) == sorted(ENTITIES)
+    return by_entity
+
+
+def report_kwh(data_dir: Path) -> float:
+    return meter_report(data_dir, "wattchecker-data", METER, time_zone("UTC")).total().kwh
+
+
+def saved_kwh(data_dir: Path) -> float:
+    saved = json.loads((data_dir / "energy.json").read_text())["meters"][METER]
+    return (saved["credited_joules"] + (saved["last"][1] if saved["last"] else 0)) / 3_600_000
+
+
+def mqtt_warnings(log: str) -> List[str]:
+    return [line for line in log.splitlines() if re.search(r"(WARNING|ERROR) wattchecker_client\.mqtt", line)]
+
+
+def test_states_discovery_and_an_energy_that_only_grows_across_sigterm_and_sigkill(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    broker = brokers(users={"wattchecker": "s3cret", "ha": "ha-pass"})
+    sub = subscribers(broker.port, "ha", "ha-pass")
+    (address,) = simulator(*FAST).addresses
+    data_dir = tmp_path / "data"
+    (tmp_path / "mqtt-password").write_text("s3cret\n")
+    config = mqtt_config(tmp_path / "config.yaml", data_dir, address, broker.port,
+                         username="wattchecker", password_file="mqtt-password")
+
+    runs = []
+    for stop_with in (signal.SIGTERM, signal.SIGKILL, signal.SIGTERM):
+        since = sub.count()
+        daemon = daemons(config, tmp_path)
+        wait_for(lambda: len(sub.discovery(since)) == 4, timeout=30, what="discovery")
+        wait_for(lambda: len({s["energy_kWh"] for s in sub.states(since)} - {0}) >= 3, timeout=60,
+                 what="the energy growing in this run")
+        status = daemon.stop(stop_with)
+        runs.append((since, sub.count()))
+        if stop_with == signal.SIGTERM:
+            assert status == 0, daemon.stderr()
+        wait_for(lambda: sub.on(f"{PREFIX}/status", runs[-1][0])[-1:] == ["offline"], timeout=10,
+                 what="offline status (the clean goodbye, or the broker's last will after a SIGKILL)")
+
+    states = sub.states()
+    assert len(states) > 100
+    for state in states:
+        assert_state_is_what_the_meter_measured(state)
+    energies = [s["energy_kWh"] for s in states]
+    assert energies == sorted(energies), "energy went down"
+    stamps = [s["timestamp"] for s in states]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+    unique_ids = [assert_discovery_is_complete(sub.discovery(since)) for since, _ in runs]
+    assert unique_ids[0] == unique_ids[1] == unique_ids[2]  # stable across restarts
+    assert sub.on(f"{PREFIX}/status", runs[0][0])[0] == "online"
+    assert "online" in sub.on(f"{PREFIX}/{METER}/availability")
+
+    # The energy of the files, as the report counts it, is what was saved; nothing published exceeds it.
+    saved, reported = saved_kwh(data_dir), report_kwh(data_dir)
+    assert saved == pytest.approx(reported, rel=1e-9), (saved, reported)  # the same sum, in another order
+    assert max(energies) <= reported + 0.5e-6  # published with 6 decimals
+    check_data_dir(data_dir, SEED, formats_agree=False)
+
+
+def test_the_broker_stopped_and_started_again(simulator, daemons, brokers, subscribers, tmp_path):
+    broker = brokers()
+    sub = subscribers(broker.port)
+    (address,) = simulator(*FAST).addresses
+    data_dir = tmp_path / "data"
+    config = mqtt_config(tmp_path / "config.yaml", data_dir, address, broker.port)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(sub.states()) >= 20, timeout=30, what="states")
+
+    broker.stop()
+    wait_for(lambda: "lost the broker" in daemon.stderr(), timeout=30, what="the publisher to notice")
+    time.sleep(3)  # an outage of a few reconnect attempts
+    since = sub.count()
+    broker.start()  # no persistence: only a republished discovery brings the entities back
+    wait_for(lambda: len(sub.discovery(since)) == 4, timeout=60, what="discovery published again")
+    wait_for(lambda: len(sub.states(since)) >= 20, timeout=30, what="states again")
+    assert sub.on(f"{PREFIX}/status", since)[0] == "online"
+    assert daemon.stop() == 0
+    log = daemon.stderr()
+
+    (received,) = re.findall(r"final status writer: rows_received=(\d+)", log)
+    held = check_data_dir(data_dir, SEED)
+    assert len(held["csv"]) == int(received)  # every reading of the outage is in the files
+    warnings = mqtt_warnings(log)
+    assert len(warnings) == 1 and "lost the broker" in warnings[0], warnings
+    assert "mqtt: connected again" in log
+    assert re.search(r"final status mqtt: connected=no connects=2 outages=1 connect_failures=[1-9]", log), log
+    for state in sub.states(since):
+        assert_state_is_what_the_meter_measured(state)
+
+
+def test_an_unplugged_meter_goes_offline_then_online(simulator, daemons, brokers, subscribers, tmp_path):
+    broker = brokers()
+    sub = subscribers(broker.port)
+    (address,) = simulator(*FAST, "--drop-after", "300").addresses  # the link drops every 300 requests
+    config = mqtt_config(tmp_path / "config.yaml", tmp_path / "data", address, broker.port)
+    daemon = daemons(config, tmp_path)
+    topic = f"{PREFIX}/{METER}/availability"
+    wait_for(lambda: sub.on(topic)[-3:] == ["online", "offline", "online"], timeout=60,
+             what="availability online, offline, online")
+    assert daemon.stop() == 0
+    assert sub.on(f"{PREFIX}/status")[-1] == "offline"
+
+
+def test_a_wrong_password_costs_one_log_line_and_never_the_files(simulator, daemons, brokers, tmp_path):
+    broker = brokers(users={"wattchecker": "right"})
+    (address,) = simulator(*FAST).addresses
+    data_dir = tmp_path / "data"
+    config = mqtt_config(tmp_path / "config.yaml", data_dir, address, broker.port,
+                         username="wattchecker", password="wrong")
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: re.search(r"status mqtt: connected=no connects=0 outages=1 connect_failures=[2-9]",
+                               daemon.stderr()), timeout=30, what="a few refused attempts")
+    wait_for(lambda: len((data_dir / "wattchecker-data.csv").read_text().splitlines()) >= 100
+             if (data_dir / "wattchecker-data.csv").exists() else False, timeout=30, what="rows on disk")
+    assert daemon.stop() == 0
+    log = daemon.stderr()
+    warnings = mqtt_warnings(log)
+    assert len(warnings) == 1, warnings
+    assert "the broker refused the connection: Not authorized" in warnings[0]
+    (received,) = re.findall(r"final status writer: rows_received=(\d+)", log)
+    assert len(check_data_dir(data_dir, SEED)["csv"]) == int(received) > 100
+
+
+def test_check_config_validates_and_shows_the_section(tmp_path):
+    config = write_config(tmp_path / "config.yaml", tmp_path, "sim://")
+    text = config.read_text()
+    config.write_text(text + "mqtt:\n  host: broker.lan\n  topic_prefix: home/power\n  publish_interval: 5\n")
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert ("  MQTT: broker.lan:1883 as wattchecker-" + socket.gethostname() + ", states on "
+            "home/power/<meter>/state every 5 s, discovery under homeassistant/") in result.stdout
+    line = len(text.splitlines()) + 3
+    config.write_text(text + "mqtt:\n  host: broker.lan\n  topic_prefix: home/#\n")
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}:{line}: mqtt.topic_prefix: 'home/#' is not a topic prefix" in result.stderr
+    config.write_text(text + "mqtt:\n  host: broker.lan\n  username: me\n  password_file: missing\n")
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert f"mqtt.password_file: cannot read {tmp_path / 'missing'}: No such file or directory" in result.stderr
+
+
+def test_without_paho_one_line_names_the_extra(tmp_path):
+    config = write_config(tmp_path / "config.yaml", tmp_path, "sim://")
+    config.write_text(config.read_text() + "mqtt:\n  host: 127.0.0.1\n")
+    hide = "import sys; sys.modules['paho'] = None; sys.modules['paho.mqtt'] = None; sys.modules['paho.mqtt.client'] = None"
+    run = f"{hide}; from wattchecker_client.cli import main; sys.exit(main(['run', '--config', {str(config)!r}]))"
+    result = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "wattchecker-client: error: mqtt: the paho-mqtt library is not installed: pip install 'wattchecker-client[mqtt]'"]
+    assert not (tmp_path / "wattchecker-data.csv").exists()
+
+
+def test_the_relay_switch_of_an_rs_btwattch2(simulator, daemons, brokers, subscribers, tmp_path):
+    broker = brokers()
+    sub = subscribers(broker.port)
+    (address,) = simulator(*FAST, "--model", "btwattch2").addresses
+    config = mqtt_config(tmp_path / "config.yaml", tmp_path / "data", address, broker.port)
+    config.write_text(config.read_text().replace("  timeout: 2\n", "  timeout: 2\n  model: btwattch2\n"))
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(sub.discovery()) == 5, timeout=30, what="discovery with a switch")
+    (switch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/switch/")]
+    assert switch["command_topic"] == f"{PREFIX}/{METER}/relay/set"
+    assert switch["device"]["model"] == "RS-BTWATTCH2"
+    wait_for(lambda: sub.states(), timeout=30, what="a state")
+    first = sub.states()[-1]["relay"]
+    for command in (["OFF", "ON"] if first == "ON" else ["ON", "OFF"]):
+        since = sub.count()
+        sub.client.publish(switch["command_topic"], command, qos=1)
+        wait_for(lambda: any(s["relay"] == command for s in sub.states(since)), timeout=30,
+                 what=f"the relay {command}")
+    assert daemon.stop() == 0

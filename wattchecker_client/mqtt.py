@@ -1,0 +1,412 @@
+"""Live readings to an MQTT broker, announced to Home Assistant by MQTT discovery.
+
+One thread reads the live state (the newest reading per meter, never a queue
+that backs up) and publishes; paho-mqtt's own thread does the network. The
+publisher cannot slow a reader or the writer: it only takes snapshots. While
+the broker is away nothing is queued: the files hold every second, and the
+live values of the outage are not replayed.
+
+Topics, with ``P`` the topic prefix (``wattchecker``):
+
+- ``P/status``: ``online``, retained; the client's last will makes it ``offline``
+- ``P/<meter>/availability``: ``online`` while the meter's link is up, retained
+- ``P/<meter>/state``: JSON ``{"timestamp", "W", "V", "A", "energy_kWh"[, "relay"]}``
+- ``P/<meter>/relay/set``: ``ON``/``OFF`` switches an RS-BTWATTCH2's relay
+- ``<discovery prefix>/<component>/wattchecker_<address>/<entity>/config``:
+  Home Assistant discovery, retained, sent again on every (re)connect
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import __version__, protocol
+from .clock import Clock
+from .config import DeviceConfig, MqttConfig
+from .live import LiveState, MeterLive
+from .meter import Backoff
+from .transport import MAC_RE, SetupError
+
+log = logging.getLogger(__name__)
+
+MANUFACTURER = "RATOC Systems"
+INSTALL_HINT = "pip install 'wattchecker-client[mqtt]'"
+KEEPALIVE = 60
+WAKE_INTERVAL = 0.5  # seconds: how soon a (re)connect is announced when no reading wakes the thread
+RELAY_TIMEOUT = 30.0
+
+RelaySwitch = Callable[[Optional[bool]], "Future[bool]"]
+
+# entity -> (state field, discovery keys); the value_template picks the field
+SENSORS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "power": ("W", {"name": "Power", "device_class": "power", "unit_of_measurement": "W",
+                    "state_class": "measurement", "suggested_display_precision": 1}),
+    "voltage": ("V", {"name": "Voltage", "device_class": "voltage", "unit_of_measurement": "V",
+                      "state_class": "measurement", "suggested_display_precision": 1}),
+    "current": ("A", {"name": "Current", "device_class": "current", "unit_of_measurement": "A",
+                      "state_class": "measurement", "suggested_display_precision": 3}),
+    "energy": ("energy_kWh", {"name": "Energy", "device_class": "energy", "unit_of_measurement": "kWh",
+                              "state_class": "total_increasing", "suggested_display_precision": 3}),
+}
+
+
+def paho_library() -> Any:
+    """paho.mqtt.client, 2.x; SetupError naming the extra to install otherwise."""
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        raise SetupError(f"mqtt: the paho-mqtt library is not installed: {INSTALL_HINT}") from None
+    if not hasattr(mqtt, "CallbackAPIVersion"):
+        raise SetupError(f"mqtt: paho-mqtt 2.x is needed (an older one is installed): {INSTALL_HINT} --upgrade")
+    return mqtt
+
+
+def read_password(config: MqttConfig) -> Optional[str]:
+    if config.password_file is None:
+        return config.password
+    try:
+        password = config.password_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SetupError(f"mqtt.password_file: cannot read {config.password_file}: {exc.strerror or exc}") from None
+    if not password:
+        raise SetupError(f"mqtt.password_file: {config.password_file} is empty")
+    return password
+
+
+def check_setup(config: MqttConfig) -> List[str]:
+    """What start-up checks of an mqtt: section, without connecting: the library and the files."""
+    paho_library()
+    read_password(config)
+    if config.ca_file is not None:
+        try:
+            config.ca_file.read_bytes()
+        except OSError as exc:
+            raise SetupError(f"mqtt.ca_file: cannot read {config.ca_file}: {exc.strerror or exc}") from None
+    warnings = []
+    if config.username is not None and not config.tls:
+        warnings.append(f"mqtt: the password goes to {config.host} unencrypted (tls: false)")
+    return warnings
+
+
+def client_id(config: MqttConfig) -> str:
+    return config.client_id or f"wattchecker-{socket.gethostname()}"
+
+
+def summary(config: MqttConfig) -> str:
+    """One line for check-config."""
+    user = f"{config.username}@" if config.username else ""
+    tls = " with TLS" + (f" pinned to {config.ca_file}" if config.ca_file else "") if config.tls else ""
+    discovery = f"discovery under {config.discovery_prefix}/" if config.discovery_prefix else "no discovery"
+    return (f"{user}{config.host}:{config.port}{tls} as {client_id(config)}, states on {config.topic_prefix}/<meter>/state "
+            f"every {config.publish_interval:g} s, {discovery}")
+
+
+def address_key(address: str) -> str:
+    """A meter's identity for Home Assistant: from its address, so it survives restarts and reinstalls."""
+    if MAC_RE.match(address.strip()):
+        return address.strip().replace(":", "").lower()
+    return re.sub(r"[^a-z0-9]+", "_", address.lower()).strip("_")
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status"
+
+    def state(self, meter: str) -> str:
+        return f"{self.prefix}/{meter}/state"
+
+    def availability(self, meter: str) -> str:
+        return f"{self.prefix}/{meter}/availability"
+
+    def relay_set(self, meter: str) -> str:
+        return f"{self.prefix}/{meter}/relay/set"
+
+
+def state_payload(live: MeterLive) -> Dict[str, Any]:
+    """The state message of one meter's last reading."""
+    m = live.measurement
+    payload = {
+        "timestamp": m.time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "W": m.watts,
+        "V": m.volts,
+        "A": m.milliamps / 1000,
+        "energy_kWh": round(live.energy_joules / 3_600_000, 6),
+    }
+    if live.relay is not None:
+        payload["relay"] = "ON" if live.relay else "OFF"
+    return payload
+
+
+def discovery_messages(
+    config: MqttConfig, device: DeviceConfig, has_relay: bool = False
+) -> List[Tuple[str, Dict[str, Any]]]:
+    """(topic, payload) of every entity of one meter: one Home Assistant device, its sensors, its switch."""
+    topics = Topics(config.topic_prefix)
+    key = address_key(device.address)
+    node = f"wattchecker_{key}"
+    model = getattr(device, "model", protocol.DEFAULT_MODEL)
+    ha_device: Dict[str, Any] = {
+        "identifiers": [node],
+        "name": device.name,
+        "manufacturer": MANUFACTURER,
+        "model": protocol.dialect(model).product,
+        "sw_version": __version__,
+    }
+    if MAC_RE.match(device.address.strip()):
+        ha_device["connections"] = [["bluetooth", device.address.strip().lower()]]
+    common = {
+        "state_topic": topics.state(device.name),
+        "availability": [{"topic": topics.status}, {"topic": topics.availability(device.name)}],
+        "availability_mode": "all",
+        "device": ha_device,
+        "origin": {"name": "wattchecker-client", "sw_version": __version__},
+    }
+    expire_after = int(max(60, 3 * config.publish_interval))
+    messages = []
+    for entity, (field, keys) in SENSORS.items():
+        payload = {**keys, "unique_id": f"{node}_{entity}", "value_template": f"{{{{ value_json.{field} }}}}",
+                   "expire_after": expire_after, **common}
+        messages.append((f"{config.discovery_prefix}/sensor/{node}/{entity}/config", payload))
+    if has_relay:
+        payload = {"name": "Relay", "unique_id": f"{node}_relay", "device_class": "outlet",
+                   "command_topic": topics.relay_set(device.name), "payload_on": "ON", "payload_off": "OFF",
+                   "value_template": "{{ value_json.relay }}", "state_on": "ON", "state_off": "OFF", **common}
+        messages.append((f"{config.discovery_prefix}/switch/{node}/relay/config", payload))
+    return messages
+
+
+def describe(exc: BaseException) -> str:
+    """One line a user can act on, for a failed connection attempt."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate is not trusted ({exc.verify_message}); check mqtt.ca_file"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc}); does the broker speak TLS on this port? (mqtt.tls)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: is the broker running, and is mqtt.port right?"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "no answer (timed out)"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+@dataclass
+class MqttStats:
+    """Counters for the status line."""
+
+    connects: int = 0
+    connect_failures: int = 0
+    outages: int = 0
+    published: int = 0
+    dropped: int = 0
+    relay_commands: int = 0
+
+
+class Publisher:
+    """The MQTT thread's work: connect with backoff, announce, publish the live state."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        live: LiveState,
+        devices: Sequence[DeviceConfig],
+        clock: Clock,
+        *,
+        relays: Optional[Dict[str, RelaySwitch]] = None,
+        backoff: Optional[Backoff] = None,
+    ) -> None:
+        self.config = config
+        self.live = live
+        self.devices = list(devices)
+        self.clock = clock
+        self.relays = relays or {}
+        self.backoff = backoff or Backoff()
+        self.topics = Topics(config.topic_prefix)
+        self.stats = MqttStats()
+        self.where = f"{config.host}:{config.port}"
+        self._client: Any = None
+        self._session = False  # paho's network thread runs
+        self._down = threading.Event()  # no session: connect (again)
+        self._down.set()
+        self._up = threading.Event()  # the broker accepted us
+        self._announce = threading.Event()
+        self._outage_since: Optional[float] = None
+        self._available: Dict[str, bool] = {}  # per meter, as last published
+        self._sent: Dict[str, Any] = {}  # per meter, the meter time of the last state sent
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        return self._up.is_set()
+
+    # --- the thread ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop``: keep a session, publish what changes. Never raises for a broker's faults."""
+        version = 0
+        first = True
+        try:
+            while not stop.is_set():
+                if self._down.is_set():
+                    self._end_session()
+                    if not first and self.clock.sleep(self.backoff.next_delay(), stop):
+                        break
+                    first = False
+                    self._start_session()
+                    continue
+                version = self.live.wait(version, WAKE_INTERVAL)
+                if self._up.is_set():
+                    self._publish()
+        finally:
+            self._close()
+
+    def _start_session(self) -> None:
+        try:
+            if self._client is None:
+                self._client = self._make_client()
+            self._client.connect(self.config.host, self.config.port, keepalive=KEEPALIVE)
+        except (OSError, ValueError) as exc:
+            self._failed(describe(exc))
+            return
+        self._down.clear()
+        self._client.loop_start()
+        self._session = True
+
+    def _end_session(self) -> None:
+        if self._session:
+            self._client.loop_stop()
+            self._session = False
+
+    def _make_client(self) -> Any:
+        mqtt = paho_library()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(self.config),
+                             protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+        client.will_set(self.topics.status, "offline", qos=1, retain=True)
+        if self.config.username is not None:
+            client.username_pw_set(self.config.username, read_password(self.config))
+        if self.config.tls:
+            client.tls_set(ca_certs=str(self.config.ca_file) if self.config.ca_file else None)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        for name in self.relays:
+            client.message_callback_add(self.topics.relay_set(name), self._on_relay_command)
+        return client
+
+    # --- paho's thread -----------------------------------------------------------------------
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._failed(f"the broker refused the connection: {reason}; check mqtt.username and the password")
+            return
+        self.stats.connects += 1
+        if self._outage_since is not None:
+            log.info("mqtt: connected again to %s after %.0f s", self.where, self.clock.monotonic() - self._outage_since)
+        else:
+            log.info("mqtt: connected to %s as %s", self.where, client_id(self.config))
+        self._outage_since = None
+        self.backoff.reset()
+        self._up.set()
+        self._announce.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        was_up = self._up.is_set()
+        self._up.clear()
+        self._down.set()
+        if was_up and not self._closing:
+            self.stats.outages += 1
+            self._outage_since = self.clock.monotonic()
+            log.warning("mqtt: lost the broker at %s (%s); reconnecting, readings and files carry on",
+                        self.where, reason)
+
+    def _failed(self, why: str) -> None:
+        """A failed attempt: logged once per outage, counted always."""
+        self.stats.connect_failures += 1
+        if self._outage_since is None:
+            self.stats.outages += 1
+            self._outage_since = self.clock.monotonic()
+            log.warning("mqtt: cannot connect to %s: %s; retrying with backoff, readings and files carry on",
+                        self.where, why)
+        else:
+            log.debug("mqtt: still cannot connect to %s: %s", self.where, why)
+
+    def _on_relay_command(self, client: Any, userdata: Any, message: Any) -> None:
+        meter = message.topic[len(self.config.topic_prefix) + 1:].split("/", 1)[0]
+        command = message.payload.decode("utf-8", "replace").strip().upper()
+        if command not in ("ON", "OFF") or meter not in self.relays:
+            log.warning("mqtt: ignoring %r on %s (send ON or OFF)", command, message.topic)
+            return
+        self.stats.relay_commands += 1
+        future = self.relays[meter](command == "ON")
+        future.add_done_callback(lambda f: self._relay_done(meter, command, f))
+
+    def _relay_done(self, meter: str, command: str, future: "Future[bool]") -> None:
+        exc = future.exception()
+        if exc is not None:
+            log.warning("mqtt: %s: relay %s failed: %s", meter, command, exc)
+        else:
+            self._sent.pop(meter, None)  # send the next state at once: it carries the new relay state
+
+    # --- publishing (the publisher thread) ----------------------------------------------------
+
+    def _publish(self) -> None:
+        snapshot = self.live.snapshot()
+        if self._announce.is_set():
+            self._announce.clear()
+            self._send_announcement()
+        for name, state in snapshot.items():
+            if self._available.get(name) != state.connected:
+                self._send(self.topics.availability(name), "online" if state.connected else "offline", retain=True)
+                self._available[name] = state.connected
+            self._send_state(name, state)
+
+    def _send_announcement(self) -> None:
+        """Discovery, then availability: Home Assistant sees entities before their values."""
+        if self.config.discovery_prefix is not None:
+            for device in self.devices:
+                for topic, payload in discovery_messages(self.config, device, device.name in self.relays):
+                    self._send(topic, json.dumps(payload), retain=True)
+        self._send(self.topics.status, "online", retain=True)
+        self._available.clear()
+        for name in self.relays:
+            self._client.subscribe(self.topics.relay_set(name), qos=1)
+
+    def _send_state(self, name: str, state: MeterLive) -> None:
+        m = state.measurement
+        last = self._sent.get(name)
+        if m is None or (last is not None and (m.time - last).total_seconds() < self.config.publish_interval):
+            return
+        if self._send(self.topics.state(name), json.dumps(state_payload(state)), qos=0):
+            self.stats.published += 1
+        self._sent[name] = m.time
+
+    def _send(self, topic: str, payload: str, retain: bool = False, qos: int = 1) -> bool:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != 0:  # not connected any more: dropped, not queued (the files have it)
+            self.stats.dropped += 1
+            return False
+        return True
+
+    def _close(self) -> None:
+        """A clean goodbye: ``offline`` on the status topic (the will only fires on a lost link)."""
+        if self._client is None:
+            return
+        self._closing = True
+        if self._up.is_set():
+            try:
+                self._client.publish(self.topics.status, "offline", qos=1, retain=True).wait_for_publish(2.0)
+            except (RuntimeError, ValueError) as exc:
+                log.debug("mqtt: offline status not confirmed: %s", exc)
+            self._client.disconnect()
+        self._end_session()
