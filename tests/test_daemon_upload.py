@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from .conftest import Emulator, wait_for, write_config
 from .datacheck import read
 from .test_uploader import BigQueryProxy, write_hours
@@ -33,14 +31,6 @@ def table_rows(emulator: Emulator) -> list:
     return [(t.strftime("%Y-%m-%d %H:%M:%S"), v, ma, w) for t, v, ma, w in rows]
 
 
-@pytest.fixture
-def proxy(emulator):
-    emulator.start()
-    front = BigQueryProxy(emulator)
-    yield front
-    front.close()
-
-
 def test_the_daemon_loads_the_json_files_full_precision_row_for_row(emulator, daemons, tmp_path):
     """Both formats written: the table holds the JSON's floats exactly, not the CSV's two decimals."""
     emulator.start()
@@ -59,22 +49,23 @@ def test_the_daemon_loads_the_json_files_full_precision_row_for_row(emulator, da
     assert table_rows(emulator) == sorted((r["datetime"], r["V"], r["mA"], r["W"]) for r in expected)
 
 
-def test_a_backlog_waits_out_a_403_then_loads_one_job_per_utc_day(proxy, daemons, tmp_path):
-    data_dir = tmp_path / "data"
-    written = write_hours(data_dir, 48, per_hour=5)  # two UTC days, made by the real writer
-    config = write_config(tmp_path / "config.yaml", data_dir, "sim://?seed=7", poll_interval=1.0)
-    proxy.deny = "jobs"  # the service account lacks BigQuery Job User
-    daemon = daemons(with_bigquery(config, proxy.url), tmp_path)
-    wait_for(lambda: proxy.denied >= 3, what="retries with backoff")
-    assert ledger(data_dir)["uploaded"] == {} and not (data_dir / "failed").exists()
-    proxy.deny = None  # the role is granted
-    wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 48, timeout=60, what="the backlog uploaded")
-    assert daemon.stop() == 0, daemon.stderr()
-    log = daemon.stderr()
-    assert log.count("the service account likely lacks") == 1  # one error line per outage
-    assert "likely lacks BigQuery Job User (roles/bigquery.jobUser) on project test-project" in log
-    assert proxy.loads == 2  # 48 hours, two days: two load jobs
-    assert len(table_rows(proxy.upstream)) == len(written)
+def test_a_backlog_waits_out_a_403_then_loads_one_job_per_utc_day(emulator, daemons, tmp_path):
+    with BigQueryProxy(emulator.start()) as proxy:
+        data_dir = tmp_path / "data"
+        written = write_hours(data_dir, 48, per_hour=5)  # two UTC days, made by the real writer
+        config = write_config(tmp_path / "config.yaml", data_dir, "sim://?seed=7", poll_interval=1.0)
+        proxy.deny = "jobs"  # the service account lacks BigQuery Job User
+        daemon = daemons(with_bigquery(config, proxy.url), tmp_path)
+        wait_for(lambda: proxy.denied >= 3, what="retries with backoff")
+        assert ledger(data_dir)["uploaded"] == {} and not (data_dir / "failed").exists()
+        proxy.deny = None  # the role is granted
+        wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 48, timeout=60, what="the backlog uploaded")
+        assert daemon.stop() == 0, daemon.stderr()
+        log = daemon.stderr()
+        assert log.count("the service account likely lacks") == 1  # one error line per outage
+        assert "likely lacks BigQuery Job User (roles/bigquery.jobUser) on project test-project" in log
+        assert proxy.loads == 2  # 48 hours, two days: two load jobs
+        assert len(table_rows(proxy.upstream)) == len(written)
 
 
 def test_sigterm_mid_load_then_restart_credits_that_very_job_exactly_once(emulator, daemons, tmp_path):

@@ -110,7 +110,10 @@ class BigQueryProxy:
         request.end_headers()
         request.wfile.write(data)
 
-    def close(self) -> None:
+    def __enter__(self) -> "BigQueryProxy":
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
 
@@ -118,10 +121,8 @@ class BigQueryProxy:
 @pytest.fixture
 def proxy(emulator):
     """The emulator, started, behind a counting proxy."""
-    emulator.start()
-    front = BigQueryProxy(emulator)
-    yield front
-    front.close()
+    with BigQueryProxy(emulator.start()) as front:
+        yield front
 
 T0 = dt.datetime(2026, 7, 1, 0, 0, 0)
 TABLE = f"{Emulator.PROJECT}.wattchecker.power"
