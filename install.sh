@@ -27,6 +27,28 @@ src=$(cd "$(dirname "$0")" && pwd)
 die() { echo "install.sh: $*" >&2; exit 2; }
 say() { echo "install.sh: $*"; }
 
+# The unit starts after time-sync.target. That target means "synchronised" only
+# when a unit waits for it: with systemd-timesyncd, systemd-time-wait-sync.service.
+# Its own wait has no limit; ours caps it, so a Pi without network still starts.
+wait_sync_timeout=90
+wait_sync_dropin() {
+    local dir="$root/etc/systemd/system/systemd-time-wait-sync.service.d"
+    mkdir -p "$dir"
+    printf '%s\n' "# Installed by wattchecker-client's install.sh: without network, give up" \
+        "# waiting for the first synchronisation after this long (the default waits forever)." \
+        "[Service]" "TimeoutStartSec=${wait_sync_timeout}s" > "$dir/wattchecker-client.conf"
+}
+enable_wait_sync() {
+    if systemctl is-enabled --quiet systemd-timesyncd.service 2>/dev/null; then
+        systemctl enable --quiet systemd-time-wait-sync.service
+        say "enabled systemd-time-wait-sync.service: at boot the service starts once systemd-timesyncd" \
+            "has synchronised the clock, or after ${wait_sync_timeout} s without network"
+    else
+        say "systemd-timesyncd is not the time service here; with chrony, enable chrony-wait.service" \
+            "so that the service starts after the clock is synchronised"
+    fi
+}
+
 while [ $# -gt 0 ]; do
     case "$1" in
         --address) address=${2:?--address needs a value}; shift 2 ;;
@@ -89,9 +111,11 @@ fi
 mkdir -p "$root/etc/systemd/system"
 sed "s|/opt/wattchecker-client|$prefix|g" "$src/wattchecker_client.service" \
     > "$root/etc/systemd/system/wattchecker_client.service"
+wait_sync_dropin
 
 if [ "$system" = no ]; then
-    say "done (into $root: no user, no systemctl)"
+    say "done (into $root: no user, no systemctl; where systemd-timesyncd keeps the time," \
+        "also run: systemctl enable systemd-time-wait-sync.service)"
     exit 0
 fi
 
@@ -100,6 +124,7 @@ chown root:"$user" "$target/config.yaml"
 chmod 0640 "$target/config.yaml"
 systemctl daemon-reload
 systemctl enable wattchecker_client.service >/dev/null
+enable_wait_sync
 if ! "$target/venv/bin/wattchecker-client" check-config --config "$target/config.yaml" >/dev/null; then
     "$target/venv/bin/wattchecker-client" check-config --config "$target/config.yaml" || true
     say "edit $prefix/config.yaml (at least device.address), then: sudo systemctl restart wattchecker_client"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -23,10 +25,10 @@ def system_python() -> str:
     return "/usr/bin/python3" if probe.returncode == 0 else sys.executable
 
 
-def install(root: Path, *args: str) -> subprocess.CompletedProcess:
+def install(root: Path, *args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
     result = subprocess.run(
         ["bash", str(ROOT / "install.sh"), "--root", str(root), "--python", system_python(), *args],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -34,8 +36,15 @@ def install(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
+    """An install into a temporary root, with a systemctl on PATH that notes any call: --root makes none."""
     root = tmp_path_factory.mktemp("root")
-    first = install(root, "--address", "00:0C:BF:12:34:56", "--channel", "3")
+    bin_dir = tmp_path_factory.mktemp("bin")
+    tripwire = bin_dir / "systemctl"
+    tripwire.write_text(f"#!/bin/sh\necho \"$@\" >> {bin_dir / 'called'}\n")
+    tripwire.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    first = install(root, "--address", "00:0C:BF:12:34:56", "--channel", "3", env=env)
+    assert not (bin_dir / "called").exists(), (bin_dir / "called").read_text()
     return root, first
 
 
@@ -53,6 +62,17 @@ def test_install_lays_out_a_working_service(installed):
     )
     assert check.returncode == 0, check.stderr
     assert "meters: wattchecker at 00:0C:BF:12:34:56 channel 3" in check.stdout
+
+
+def test_install_caps_the_wait_for_time_sync_and_says_what_to_enable(installed):
+    """--root cannot tell the time service nor run systemctl: it writes the cap and says the rest."""
+    root, result = installed
+    dropin = root / "etc/systemd/system/systemd-time-wait-sync.service.d/wattchecker-client.conf"
+    assert "[Service]\nTimeoutStartSec=90s\n" in dropin.read_text()
+    assert "systemctl enable systemd-time-wait-sync.service" in result.stdout
+    unit = (root / "etc/systemd/system/wattchecker_client.service").read_text()
+    assert "\nWants=bluetooth.target time-sync.target\n" in unit
+    assert re.search(r"\nAfter=.*\btime-sync\.target\b", unit)
 
 
 def test_install_again_keeps_the_users_config_and_data(installed):
@@ -95,7 +115,7 @@ def test_unit_is_hardened(tmp_path):
     )
     match = re.search(r"Overall exposure level for wattchecker_client.service: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= 2.5
+    assert float(match.group(1)) <= 1.9
     for setting in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/opt/wattchecker-client/log",
                     "Type=notify", "WatchdogSec=", "Restart=always", "User=wattchecker"):
         assert setting in UNIT.read_text()

@@ -11,7 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import logging
+import platform
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from wattchecker_client.protocol import Measurement, encode_frame
 from wattchecker_client.simulator import SimOptions, SimulatedMeter, serve_link
 from wattchecker_client.transport import socket_link
 
-from .conftest import wait_for, write_config
+from .conftest import ROOT, wait_for, write_config
 from .datacheck import check_data_dir
 from .test_meter import ACK_CLOCK, ACK_START, ACK_STOP
 
@@ -381,3 +384,46 @@ def seconds_in(data: Path) -> list:
         return []
     lines = [line for line in path.read_text().splitlines() if line.count(",") == 3]
     return [dt.datetime.strptime(line.split(",")[0], "%Y-%m-%d %H:%M:%S") for line in lines]
+
+
+# --- where adjtimex is refused: the service's own unit (ProtectClock=yes) ------------------------
+
+REFUSE_ADJTIMEX = """
+import ctypes, sys
+from wattchecker_client import clock
+
+# A seccomp filter as ProtectClock=yes installs: adjtimex and clock_adjtime (which
+# glibc's adjtimex calls) fail with EPERM.
+AUDIT_ARCH_X86_64, NR_ADJTIMEX, NR_CLOCK_ADJTIME = 0xC000003E, 159, 305
+LD, JEQ, RET = 0x20, 0x15, 0x06
+program = [(LD, 0, 0, 4), (JEQ, 0, 4, AUDIT_ARCH_X86_64), (LD, 0, 0, 0), (JEQ, 1, 0, NR_ADJTIMEX),
+           (JEQ, 0, 1, NR_CLOCK_ADJTIME), (RET, 0, 0, 0x00050000 | 1), (RET, 0, 0, 0x7FFF0000)]
+
+class Insn(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
+
+insns = (Insn * len(program))(*[Insn(*i) for i in program])
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(Prog(len(program), insns)), 0, 0) == 0  # PR_SET_SECCOMP, filter
+print(clock.kernel_clock())
+for run_dir in sys.argv[1:]:
+    clock.TIMESYNCD_RUN_DIR = run_dir
+    print(clock.Clock().synchronised())
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the test's seccomp filter is written for x86_64")
+def test_where_adjtimex_is_refused_timesyncds_flag_file_decides(tmp_path):
+    absent, running, synced = tmp_path / "absent", tmp_path / "running", tmp_path / "synced"
+    running.mkdir()
+    synced.mkdir()
+    (synced / "synchronized").touch()
+    result = subprocess.run([sys.executable, "-c", REFUSE_ADJTIMEX, str(absent), str(running), str(synced)],
+                            capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    # the kernel cannot be asked; timesyncd not running: cannot tell (True); running, not yet; synchronised
+    assert result.stdout.split() == ["None", "True", "False", "True"]
