@@ -526,14 +526,16 @@ class MeterReader:
             future.set_result(state)
 
     def _relay_seen(self, state: Optional[bool]) -> None:
-        self.relay = state
+        """A measurement told the relay state (None: it did not); the reads waiting for it get it."""
         if state is None:
             return
+        self.relay = state
         readers, self._relay_readers = self._relay_readers, []
         for future in readers:
             future.set_result(state)
 
     def _fail_relay_requests(self, exc: Exception) -> None:
+        """When the reader ends, no relay request is left hanging: each fails with ``exc``."""
         pending = self._relay_readers
         self._relay_readers = []
         while True:
