@@ -298,14 +298,14 @@ def probe_channel(
 ) -> Tuple[int, Link]:
     """The first channel on which ``mac`` completes the handshake (clock set, a valid reading), still open.
 
-    (While the host clock is unsynchronised, the start command's acknowledgement stands in for the clock set.)
-
     Without an SDP module (pybluez does not install on current Pythons) this
     is the only way to find the channel. A refused channel, or one that
     accepts but does not speak the protocol (another service of the device),
     is skipped. Any other connect failure (a timeout, host down) means the
     meter itself is out of reach: LinkError at once, so the reader backs off
-    and searches again, instead of waiting out thirty timeouts.
+    and searches again, instead of waiting out thirty timeouts. While the host
+    clock is unsynchronised, the start command's acknowledgement stands in
+    for the clock set, so a wrong time never reaches the meter.
     """
     for channel in channels:
         try:
@@ -318,7 +318,7 @@ def probe_channel(
             raise LinkError(f"{mac}: cannot reach the meter to search its RFCOMM channel: {exc}") from None
         session = MeterSession(link, clock, response_timeout=response_timeout, retries=1)
         try:
-            session.start(set_clock=clock.synchronised())  # an unsynchronised host's time never reaches a meter
+            session.start(set_clock=clock.synchronised())
             session.poll()
         except (LinkError, MeasurementError) as exc:
             log.debug("%s: channel %d is not a WATT CHECKER: %s", mac, channel, exc)
