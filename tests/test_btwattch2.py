@@ -256,12 +256,14 @@ def test_the_two_models_quantize_the_same_load_differently():
 @pytest.mark.parametrize("transport", ["tcp", "pty"])
 def test_read_with_model_btwattch2_over_tcp_and_a_pty(simulator, tmp_path, transport):
     where = [] if transport == "tcp" else ["--pty", "--link", str(tmp_path / "tty")]
-    (address,) = simulator(*where, "--model", "btwattch2", "--seed", "6", "--clock-speed", "10",
-                           "--corrupt-rate", "0.1", "--junk-rate", "0.1", "--split-writes").addresses
-    result = run_cli("read", address, "--model", "btwattch2", "--count", "5", "--interval", "0.1")
+    (address,) = simulator(*where, "--model", "btwattch2", "--seed", "6", "--clock-speed", "10", "--all-faults",
+                           "--drop-after", "6").addresses
+    result = run_cli("read", address, "--model", "btwattch2", "--count", "12", "--interval", "0.1")
     assert result.returncode == 0, result.stderr
     rows = parse_json_rows(result.stdout)
-    assert len(rows) == 5 and all(row == air_conditioner(row.time, 6, "btwattch2") for row in rows)
+    assert len(rows) == 12 and all(row == air_conditioner(row.time, 6, "btwattch2") for row in rows)
+    assert len({row.time for row in rows}) == 12
+    assert re.search(r"connects=([3-9]|\d\d)", result.stderr), result.stderr  # the drops were survived
 
 
 def test_run_with_a_btwattch1_and_a_btwattch2_side_by_side_through_every_fault(simulator, daemons, tmp_path):
