@@ -20,7 +20,7 @@ from typing import Dict, Optional
 import pytest
 
 from tests.conftest import free_port, run_cli, wait_for, write_config
-from wattchecker_client.clock import FakeClock, time_zone, utc_epoch
+from wattchecker_client.clock import Clock, FakeClock, time_zone, utc_epoch
 from wattchecker_client.config import parse_config
 from wattchecker_client.daemon import Daemon
 from wattchecker_client.dashboard import EnergyView, history_seconds
@@ -33,6 +33,7 @@ prometheus_client = pytest.importorskip("prometheus_client", reason="pip install
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 PROMETHEUS = "/usr/bin/prometheus"
+SEED_HOURS = int(os.environ.get("WATTCHECKER_SEED_HOURS", "12"))  # 48 for the README's picture
 METER = "wattchecker"
 GAUGES = ["power_watts", "voltage_volts", "current_amperes", "meter_connected", "last_reading_timestamp_seconds",
           "buffered_rows", "upload_queued_files"]
@@ -95,6 +96,21 @@ def serving(port: int):
         except OSError:
             return False
     return up
+
+
+def seed_files(data_dir: Path, hours: int) -> dt.datetime:
+    """The simulated meter's last ``hours``, written by the real Writer as the service would have."""
+    end = Clock().now().replace(microsecond=0) - dt.timedelta(seconds=30)
+    clock = FakeClock((end - dt.timedelta(hours=hours)).replace(minute=0, second=0))
+    writer = Writer(data_dir, {METER: "wattchecker-data"}, ["csv", "json"], clock, buffer_seconds=3600)
+    writer.recover()
+    while clock.now() < end:
+        writer.add(METER, air_conditioner(clock.now(), 1))
+        clock.advance(1)
+        if clock.now().second == 0:
+            writer.tick()
+    writer.flush()
+    return end
 
 
 def expected_at(stamp: float):
@@ -399,6 +415,7 @@ def test_the_page_moves_with_the_meter_in_a_real_browser(tmp_path, simulator, da
 
     if chromium_path() is None:
         pytest.skip("needs a headless browser: apt-get install chromium")
+    seeded_until = seed_files(tmp_path / "data", SEED_HOURS)
     sim = simulator()
     port = free_port()
     daemons(http_config(tmp_path, sim.addresses[0], port), tmp_path)
@@ -417,6 +434,17 @@ def test_the_page_moves_with_the_meter_in_a_real_browser(tmp_path, simulator, da
         assert browser.evaluate("document.querySelector('.meter .state').textContent").startswith("connected")
         assert browser.evaluate("document.querySelector('.meter dd.v').textContent").endswith(" V")
         assert browser.evaluate("document.querySelector('.meter .u-over') !== null")
+        # The bars come from the files: each whole hour before the seeding ended is the report's.
+        xs, kwh = browser.evaluate(f"wattcheckerCharts['{METER}'].bars.data")
+        assert len(xs) == 48
+        report = meter_report(tmp_path / "data", "wattchecker-data", METER, time_zone("Asia/Tokyo"))
+        whole = {int((h - dt.datetime(1970, 1, 1)).total_seconds()): wh for h, wh in report.hourly_wh.items()
+                 if h + dt.timedelta(hours=1) <= seeded_until + dt.timedelta(hours=9)}  # Tokyo: UTC+9
+        shown = dict(zip(xs, kwh))
+        assert len([x for x in whole if x in shown]) >= min(SEED_HOURS, 47) - 2
+        for x, wh in whole.items():
+            if x in shown:
+                assert shown[x] == pytest.approx(wh / 1000, abs=1e-6)
         assert browser.errors() == []
         shot = browser.screenshot(tmp_path / f"page-{width}x{height}.png")
         print(f"screenshot: {shot}")

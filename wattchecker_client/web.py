@@ -127,7 +127,9 @@ class WebServer:
         if self._httpd is None:
             self.bind()
         httpd = self._httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.5,), name="http", daemon=True)
+        # No poll interval: the loop sleeps until a connection comes (stop pokes it),
+        # so an idle server costs no wake-ups at all.
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(None,), name="http", daemon=True)
         self._thread.start()
         log.info("serving the live page, /metrics and /healthz on http://%s/", self.address)
 
@@ -140,11 +142,24 @@ class WebServer:
     def stop(self) -> None:
         """Stop accepting, end open event streams (they notice within WAKE_EVERY)."""
         self.stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        if self._httpd is None:
+            return
         if self._thread is not None:
+            waiter = threading.Thread(target=self._httpd.shutdown, daemon=True)
+            waiter.start()
+            while waiter.is_alive():  # the loop sees shutdown's flag once a connection wakes it
+                self._poke()
+                waiter.join(0.2)
             self._thread.join(5)
+        self._httpd.server_close()
+
+    def _poke(self) -> None:
+        host, port = self._httpd.server_address[:2]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except OSError:
+            pass
 
     # --- what the routes return --------------------------------------------------
 
