@@ -31,11 +31,12 @@ from wattchecker_client.transport import socket_link
 
 from .conftest import ROOT, wait_for, write_config
 from .datacheck import check_data_dir
-from .test_meter import ACK_CLOCK, ACK_START, ACK_STOP
 
 TRUE_START = dt.datetime(2026, 11, 29, 6, 0, 0)  # the real time when a scenario starts
 TWO_DAYS = 2 * 86400.0
 MAC = "00:0C:BF:12:34:56"
+ACK_CLOCK, ACK_START, ACK_STOP = (encode_frame(protocol.ack_payload(command))
+                                  for command in (protocol.CMD_SET_CLOCK, protocol.CMD_START, protocol.CMD_STOP))
 
 
 class RecordingMeter(SimulatedMeter):
