@@ -139,7 +139,6 @@ def kernel_clock() -> Optional[KernelClock]:
     timex = _Timex()
     state = function(ctypes.byref(timex))
     if state < 0:
-        log.debug("adjtimex failed: errno %d", ctypes.get_errno())
         return None
     return KernelClock(state, timex.status, timex.maxerror, timex.tick, timex.time.tv_sec)
 
@@ -167,8 +166,8 @@ class Clock:
             return state.synchronised
         if not self._told_no_kernel:
             self._told_no_kernel = True
-            log.info("adjtimex is refused here (ProtectClock=yes?): the clock counts as synchronised "
-                     "when systemd-timesyncd says so, or when it does not run")
+            log.info("adjtimex is refused here (errno %d; ProtectClock=yes?): the clock counts as synchronised "
+                     "when systemd-timesyncd says so, or when it does not run", ctypes.get_errno())
         return timesyncd_synchronised() is not False
 
     def sleep(self, seconds: float, stop: Optional[threading.Event] = None) -> bool:
