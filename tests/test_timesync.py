@@ -22,14 +22,14 @@ import pytest
 
 from wattchecker_client import protocol
 from wattchecker_client.clock import Clock, FakeClock, kernel_clock, utc_epoch
-from wattchecker_client.config import parse_config
+from wattchecker_client.config import ConfigError, parse_config
 from wattchecker_client.daemon import Daemon
 from wattchecker_client.meter import MeterReader
 from wattchecker_client.protocol import Measurement, encode_frame
 from wattchecker_client.simulator import SimOptions, SimulatedMeter, serve_link
 from wattchecker_client.transport import socket_link
 
-from .conftest import ROOT, wait_for, write_config
+from .conftest import ROOT, run_cli, wait_for, write_config
 from .datacheck import check_data_dir
 
 TRUE_START = dt.datetime(2026, 11, 29, 6, 0, 0)  # the real time when a scenario starts
@@ -428,3 +428,22 @@ def test_where_adjtimex_is_refused_timesyncds_flag_file_decides(tmp_path):
     assert result.returncode == 0, result.stderr
     # the kernel cannot be asked; timesyncd not running: cannot tell (True); running, not yet; synchronised
     assert result.stdout.split() == ["None", "True", "False", "True"]
+
+
+# --- the setting ---------------------------------------------------------------------------------
+
+
+def test_check_config_shows_the_wait_and_the_clock_now(tmp_path):
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", MAC, time_sync_wait=30)
+    result = run_cli("check-config", "--config", str(config), timeout=30)
+    assert result.returncode == 0, result.stderr
+    now = "synchronised" if Clock().synchronised() else "NOT synchronised"
+    assert (f"  time sync: meter clocks are set only from a synchronised system clock, or after waiting 30 s "
+            f"(time_sync_wait); it is {now} now\n") in result.stdout
+
+
+def test_a_negative_wait_is_refused_with_one_line():
+    with pytest.raises(ConfigError) as error:
+        parse_config(f"general:\n  time_sync_wait: -5\ndevice:\n  address: '{MAC}'\n", "config.yaml")
+    assert str(error.value) == "config.yaml:2: general.time_sync_wait: must be at least 0, got -5"
+    assert parse_config(f"device:\n  address: '{MAC}'\n").general.time_sync_wait == 180
