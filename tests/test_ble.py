@@ -34,7 +34,7 @@ from wattchecker_client.simulator import SimOptions, SimulatedMeter, air_conditi
 from wattchecker_client.transport import LinkError, LinkTimeout  # noqa: E402
 
 from .conftest import ROOT, cli  # noqa: E402
-from .test_scan import system_bus_without_bluez  # noqa: E402,F401,F811  (a real dbus-daemon without bluetoothd)
+from .bluez import bus_without_bluez  # noqa: E402
 
 # protocol.md's vectors
 REQUEST = bytes.fromhex("AA 00 01 08 B3")
@@ -266,25 +266,16 @@ def test_a_characteristic_that_cannot_be_written_is_a_half_open_link(opened):
 # --- connects that half-succeed ----------------------------------------------------
 
 
-def test_services_not_resolved_drops_that_link_and_connects_again(opened):
+@pytest.mark.parametrize("fault", ["unresolved", "notify_failures"], ids=["services-not-resolved", "start-notify-fails"])
+def test_a_half_open_connect_is_dropped_and_tried_again(opened, fault):
     radio = Radio()
-    radio.unresolved = 1
+    setattr(radio, fault, 1)
     opener = opened(radio)
     with opener() as link:
         assert exchange(link) == MEASUREMENT[3:-1]
-    assert len(radio.clients) == 2
-    assert radio.clients[0].disconnects == 1  # the stale link was dropped before the retry
-    assert opener.stats.half_open == 1 and opener.stats.connects == 1
-
-
-def test_start_notify_failing_drops_that_link_and_connects_again(opened):
-    radio = Radio()
-    radio.notify_failures = 1
-    opener = opened(radio)
-    with opener() as link:
-        assert exchange(link) == MEASUREMENT[3:-1]
+    # The stale link was dropped before the retry; the good one when the link closed.
     assert [c.disconnects for c in radio.clients] == [1, 1]
-    assert opener.stats.half_open == 1
+    assert opener.stats.half_open == 1 and opener.stats.connects == 1
 
 
 def test_a_failed_connect_is_one_clear_link_error(opened):
@@ -548,8 +539,9 @@ def test_real_read_without_a_system_bus_says_what_to_start(tmp_path):
     assert len(lines) == 2 and lines[1].startswith("INFO wattchecker_client: 0 readings printed; ")
 
 
-def test_real_read_without_bluetoothd_says_what_to_start(system_bus_without_bluez):
-    lines = read_until_warned({"DBUS_SYSTEM_BUS_ADDRESS": system_bus_without_bluez})
+def test_real_read_without_bluetoothd_says_what_to_start(tmp_path):
+    with bus_without_bluez(tmp_path) as address:
+        lines = read_until_warned({"DBUS_SYSTEM_BUS_ADDRESS": address})
     assert lines[0] == (
         f"WARNING wattchecker_client.meter: {ADDRESS} (BLE): bluetoothd is not running "
         "(no org.bluez on the D-Bus system bus): `sudo systemctl start bluetooth`; reconnecting"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import threading
 
 import pytest
@@ -17,7 +15,8 @@ from wattchecker_client.commands import scan  # noqa: E402
 from wattchecker_client.protocol import btwattch2  # noqa: E402
 from wattchecker_client.transport import SetupError  # noqa: E402
 
-from .conftest import run_cli, wait_for  # noqa: E402
+from .bluez import bus_without_bluez  # noqa: E402
+from .conftest import run_cli  # noqa: E402
 
 PLUG_A = "F0:12:34:56:78:9A"
 PLUG_B = "F0:12:34:56:78:9B"
@@ -149,46 +148,10 @@ def test_real_scan_without_a_system_bus_is_one_line(tmp_path, monkeypatch):
     )
 
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={path}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-</busconfig>
-"""
-
-
-@pytest.fixture
-def system_bus_without_bluez(tmp_path):
-    """A real dbus-daemon standing in for the system bus, with no bluetoothd on it."""
-    daemon = shutil.which("dbus-daemon")
-    if daemon is None:
-        pytest.skip("dbus-daemon is not installed (Debian package dbus-daemon)")
-    socket_path = tmp_path / "system_bus_socket"
-    config = tmp_path / "bus.conf"
-    config.write_text(BUS_CONFIG.format(path=socket_path))
-    proc = subprocess.Popen([daemon, f"--config-file={config}", "--nofork", "--nopidfile"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(socket_path.exists, timeout=10, what="dbus-daemon's socket")
-        yield f"unix:path={socket_path}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_real_scan_without_bluetoothd_is_one_line(system_bus_without_bluez, monkeypatch):
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", system_bus_without_bluez)
-    result = run_cli("scan", "--seconds", "1")
+def test_real_scan_without_bluetoothd_is_one_line(tmp_path, monkeypatch):
+    with bus_without_bluez(tmp_path) as address:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+        result = run_cli("scan", "--seconds", "1")
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
         "wattchecker-client: error: cannot scan for meters: bluetoothd is not running "

@@ -302,6 +302,7 @@ class Bridge:
         self._pump: Optional[asyncio.Task] = None
         self._silence: Optional[asyncio.TimerHandle] = None
         self._resubscribed = False
+        self._resubscribing = False
         self._finished = False
         self._tasks: set = set()
 
@@ -410,7 +411,8 @@ class Bridge:
     # --- notifications that stop -------------------------------------------------
 
     def _expect_reply(self) -> None:
-        if self._silence is None and not self._finished:
+        # A request written while re-subscribing may lose its answer: only the next one counts.
+        if self._silence is None and not self._finished and not self._resubscribing:
             loop = asyncio.get_running_loop()
             self._silence = loop.call_later(self.opener.silence_timeout, self._silent)
 
@@ -438,6 +440,7 @@ class Bridge:
 
     async def _resubscribe(self) -> None:
         client, timeout = self.client, self.opener.timeout
+        self._resubscribing = True
         try:
             await asyncio.wait_for(client.stop_notify(self._rx), timeout)
         except Exception as exc:
@@ -446,6 +449,8 @@ class Bridge:
             await asyncio.wait_for(client.start_notify(self._rx, self._on_notify), timeout)
         except Exception as exc:
             await self.finish(f"re-subscribing failed: {explain(exc)}")
+        finally:
+            self._resubscribing = False
         # The next request re-arms the timer: no answer to it either, and the link closes.
 
     # --- closing ------------------------------------------------------------------
