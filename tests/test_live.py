@@ -52,6 +52,7 @@ def readings(offsets: List[int], seed: int = 7) -> List[Measurement]:
 def test_each_row_holds_for_its_step_up_to_5_s_and_one_second_before_a_longer_step(tmp_path):
     clock = FakeClock()
     live = LiveState(clock, tmp_path, {"m": STEM}, data_format=("json",))
+    live.restore()
     rows = [Measurement(START + dt.timedelta(seconds=s), 100.0, 1000.0, w)
             for s, w in [(0, 100.0), (5, 200.0), (11, 400.0), (12, 800.0)]]
     for m in rows:
@@ -121,6 +122,56 @@ def test_no_state_file_counts_every_file_once_and_a_broken_one_does_the_same(tmp
     assert "energy.json: unreadable" in caplog.text
     # restored once, saved again: a restart reads only the state file
     assert json.loads((tmp_path / STATE_FILE).read_text())["meters"]["m"]["credited_joules"] > 0
+
+
+def test_a_restore_in_the_background_joins_the_rows_read_meanwhile(tmp_path):
+    clock = FakeClock()
+    first = Rig(tmp_path, clock)
+    first.feed(readings(list(range(0, 3000, 2))))
+    first.writer.flush()
+    first.live.save(force=True)
+    saved = first.energy()
+    first.feed(readings(list(range(3002, 4000, 2))))  # on disk, newer than energy.json
+    first.writer.flush()
+
+    writer = Writer(tmp_path, {"m": STEM}, ("csv", "json"), clock, buffer_seconds=3600)
+    writer.recover()
+    live = LiveState(clock, tmp_path, {"m": STEM}, data_format=("csv", "json"),
+                     durable_rows=lambda name: min(fs.rows_written for fs in writer.sets[name]))
+    live.restore({"m": writer.last_time("m")}, background=True)
+    during = live.snapshot()["m"]
+    assert during.energy_known and saved <= during.energy_joules
+    # The readers go on meanwhile: rows appended to the plain file, its hour closed, new hours.
+    for m in readings(list(range(4001, 9000, 3))):
+        writer.add("m", m)
+        live.reading("m", m)
+        if m.time.second == 0:
+            writer.flush()
+            live.checkpoint()
+    writer.flush()
+    live.restorer.join(30)
+    live.save(force=True)
+    assert abs(live.snapshot()["m"].energy_joules / 3_600_000 - kwh_of_files(tmp_path)) < 1e-9
+
+
+def test_without_a_saved_energy_it_is_unknown_until_the_files_are_counted(tmp_path):
+    clock = FakeClock()
+    first = Rig(tmp_path, clock)
+    first.feed(readings(list(range(0, 600, 2))))
+    first.writer.flush()
+    (tmp_path / STATE_FILE).unlink()
+    live = LiveState(clock, tmp_path, {"m": STEM})
+    gate = threading.Lock()
+    gate.acquire()
+    live._finish_restore, finish = (lambda work: (gate.acquire(), finish(work))), live._finish_restore
+    on_disk = Writer(tmp_path, {"m": STEM}, ("csv", "json"), clock)
+    on_disk.recover()
+    live.restore({"m": on_disk.last_time("m")}, background=True)
+    assert not live.snapshot()["m"].energy_known
+    gate.release()
+    live.restorer.join(30)
+    assert live.snapshot()["m"].energy_known
+    assert abs(live.snapshot()["m"].energy_joules / 3_600_000 - kwh_of_files(tmp_path)) < 1e-12
 
 
 def test_the_energy_shown_never_decreases_across_restarts_gaps_and_kills(tmp_path):

@@ -174,7 +174,8 @@ def assert_discovery_is_complete(configs: Dict[str, dict]) -> Dict[str, str]:
         node, entity = match.groups()
         field, device_class, unit, state_class = ENTITIES[entity]
         assert config["state_topic"] == f"{PREFIX}/{METER}/state"
-        assert config["value_template"] == f"{{{{ value_json.{field} }}}}"
+        keep_if_missing = " | is_defined" if entity == "energy" else ""
+        assert config["value_template"] == f"{{{{ value_json.{field}{keep_if_missing} }}}}"
         assert (config["device_class"], config["unit_of_measurement"], config["state_class"]) == (
             device_class, unit, state_class)
         assert config["unique_id"] == f"{node}_{entity}"
@@ -219,7 +220,7 @@ def test_states_discovery_and_an_energy_that_only_grows_across_sigterm_and_sigki
         since = sub.count()
         daemon = daemons(config, tmp_path)
         wait_for(lambda: len(sub.discovery(since)) == 4, timeout=30, what="discovery")
-        wait_for(lambda: len({s["energy_kWh"] for s in sub.states(since)} - {0}) >= 3, timeout=60,
+        wait_for(lambda: len({s.get("energy_kWh", 0) for s in sub.states(since)} - {0}) >= 3, timeout=60,
                  what="the energy growing in this run")
         status = daemon.stop(stop_with)
         runs.append((since, sub.count()))
@@ -232,7 +233,8 @@ def test_states_discovery_and_an_energy_that_only_grows_across_sigterm_and_sigki
     assert len(states) > 100
     for state in states:
         assert_state_is_what_the_meter_measured(state)
-    energies = [s["energy_kWh"] for s in states]
+    energies = [s["energy_kWh"] for s in states if "energy_kWh" in s]  # absent only while the files are counted
+    assert len(energies) > 100
     assert energies == sorted(energies), "energy went down"
     stamps = [s["timestamp"] for s in states]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)

@@ -323,8 +323,8 @@ class Daemon:
         if self.web is not None:
             self.web.bind()  # a port in use stops start-up here, before anything starts
         self.writer.recover()
-        if self.live is not None:
-            self.live.restore()
+        if self.live is not None:  # in a thread of its own: counting years of files must not delay reading
+            self.live.restore({d.name: self.writer.last_time(d.name) for d in self.config.devices}, background=True)
         if self.web is not None:
             self.web.start()  # after restore: a scrape never sees the energy counter go back
         writer_stop, uploader_stop = threading.Event(), threading.Event()

@@ -18,6 +18,11 @@ rows already on disk are persisted:
   newer than its last row. Rows on disk never vanish and the checkpoint only
   holds rows on disk, so a restore after any crash gives at least what was
   shown, and exactly the report's kWh of the same files.
+* Counting years of files again (no ``energy.json`` yet) takes minutes on a
+  Pi, so the daemon restores in a thread while the readers already read: the
+  rows of this run form a segment that is joined to the restored total once it
+  is known (``Accumulator.then``). Until then outputs show the saved value
+  (``energy_known`` False when there is none).
 
 The price is a lag: the energy shown trails the power by the writer's flush
 interval plus up to one checkpoint interval.
@@ -32,12 +37,12 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .clock import Clock, utc_epoch
 from .formats import FORMATTERS
 from .protocol import Measurement
-from .report import held_seconds, parse_line, sources_for
+from .report import HourSources, held_seconds, parse_line, sources_for
 from .writer import atomic_write, hour_of
 
 log = logging.getLogger(__name__)
@@ -59,16 +64,28 @@ class Accumulator:
 
     credited: float = 0.0
     last: Optional[Tuple[int, float]] = None  # (UTC epoch second, W)
+    first: Optional[Tuple[int, float]] = None  # where this run of rows began, to join it to another
 
     def add(self, t: int, watts: float) -> "Accumulator":
         if self.last is None:
-            return Accumulator(self.credited, (t, watts))
+            return Accumulator(self.credited, (t, watts), self.first or (t, watts))
         # A repeated second credits nothing and the later row stands, as in the report.
-        return Accumulator(self.credited + self.last[1] * held_seconds(t - self.last[0]), (t, watts))
+        return Accumulator(self.credited + self.last[1] * held_seconds(t - self.last[0]), (t, watts), self.first)
+
+    def then(self, later: "Accumulator") -> "Accumulator":
+        """These rows followed by ``later``'s: as if every row had been added to one accumulator."""
+        if later.first is None:
+            return self
+        bridged = self.add(*later.first)  # our last row holds until their first
+        return Accumulator(bridged.credited + later.credited, later.last, bridged.first)
 
     @property
     def joules(self) -> float:
         return self.credited + (self.last[1] * held_seconds(None) if self.last else 0.0)
+
+    def saved(self) -> "Accumulator":
+        """As energy.json holds it: where the rows began is not kept."""
+        return Accumulator(self.credited, self.last)
 
     def to_json(self) -> dict:
         return {"credited_joules": self.credited, "last": list(self.last) if self.last else None}
@@ -93,6 +110,7 @@ class MeterLive:
     since: Optional[dt.datetime]  # host UTC time of the last connect or disconnect
     energy_joules: float  # persisted, never decreasing
     relay: Optional[bool]  # RS-BTWATTCH2 only, else None
+    energy_known: bool = True  # False while a first count of the files runs (no energy.json yet)
 
 
 class _Meter:
@@ -106,9 +124,11 @@ class _Meter:
         self.connected = False
         self.since: Optional[dt.datetime] = None
         self.relay: Optional[bool] = None
-        self.running = Accumulator()  # every row received
+        self.base: Optional[Accumulator] = None  # every row on disk at start-up; None until restored
+        self.running = Accumulator()  # the rows of this run
         self.rows = 0  # rows received since start-up, the writer counts the same rows
-        self.shown = Accumulator()  # persisted
+        self.shown = Accumulator()  # persisted: the base and a part of this run, or the saved value
+        self.known = False  # shown holds a saved or restored value
         self.candidates: Deque[Tuple[int, Accumulator]] = collections.deque(maxlen=MAX_CANDIDATES)
         self.history: Deque[Tuple[int, float]] = collections.deque(maxlen=history_seconds or None)
         self.keep_history = history_seconds > 0
@@ -153,7 +173,9 @@ class LiveState:
         self._next_save = clock.monotonic() + checkpoint_interval
         self._version = 0
         self._changed = threading.Condition(threading.Lock())
+        self._saving = threading.Lock()  # the restore thread and the supervisor both save
         self._failing = False
+        self.restorer: Optional[threading.Thread] = None
 
     # --- writers: the reader threads ---------------------------------------------------
 
@@ -198,7 +220,8 @@ class LiveState:
 
     @staticmethod
     def _copy(s: _Meter) -> MeterLive:
-        return MeterLive(s.name, s.measurement, s.received_monotonic, s.connected, s.since, s.shown.joules, s.relay)
+        return MeterLive(s.name, s.measurement, s.received_monotonic, s.connected, s.since, s.shown.joules, s.relay,
+                         s.known)
 
     def wait(self, version: int, timeout: float) -> int:
         """Block until something changed after ``version`` (or ``timeout``); the current version."""
@@ -231,73 +254,105 @@ class LiveState:
         ``force``: at shutdown, after the writer's last flush, so everything
         received counts (if the writer says it is on disk).
         """
-        self._next_save = self.clock.monotonic() + self.checkpoint_interval
-        if force:
-            self._note()
-        chosen = self._durable_states()
-        if not chosen and not force:
-            return
-        with self._changed:
-            document = self._document(chosen)
-        try:
-            atomic_write(self.path, json.dumps(document, indent=1).encode(), compress=False)
-        except OSError as exc:
-            self.stats.checkpoint_errors += 1
-            if not self._failing:
-                log.error("cannot save %s (%s); energy shown stays put until it can", self.path, exc.strerror or exc)
-            self._failing = True
-            return
-        if self._failing:
-            log.warning("%s saved again", self.path)
-        self._failing = False
-        self.stats.checkpoints += 1
-        with self._changed:
-            for name, acc in chosen.items():
-                self._meters[name].shown = acc
-            if chosen:
-                self._bump()
+        with self._saving:
+            self._next_save = self.clock.monotonic() + self.checkpoint_interval
+            if force:
+                self._note()
+            chosen = self._durable_states()
+            if not chosen and not force:
+                return
+            with self._changed:
+                document = self._document(chosen)
+            try:
+                atomic_write(self.path, json.dumps(document, indent=1).encode(), compress=False)
+            except OSError as exc:
+                self.stats.checkpoint_errors += 1
+                if not self._failing:
+                    log.error("cannot save %s (%s); energy shown stays put until it can", self.path,
+                              exc.strerror or exc)
+                self._failing = True
+                return
+            if self._failing:
+                log.warning("%s saved again", self.path)
+            self._failing = False
+            self.stats.checkpoints += 1
+            with self._changed:
+                for name, acc in chosen.items():
+                    self._meters[name].shown = acc
+                if chosen:
+                    self._bump()
 
     def _durable_states(self) -> Dict[str, Accumulator]:
-        """Per meter, the newest noted state that holds only rows on disk and moves the energy on."""
+        """Per meter, the newest noted state that holds only rows on disk and moves the energy on.
+
+        A meter still being restored has nothing to choose: its candidates wait.
+        """
         chosen: Dict[str, Accumulator] = {}
         for name, state in self._meters.items():
             durable = self._durable_rows(name)
             with self._changed:
+                if state.base is None:
+                    continue
                 best = None
                 while state.candidates and state.candidates[0][0] <= durable:
                     best = state.candidates.popleft()[1]
-                if best is not None and best != state.shown:
-                    chosen[name] = best
+                if best is not None:
+                    total = state.base.then(best)
+                    if total != state.shown:
+                        chosen[name] = total
         return chosen
 
     def _document(self, chosen: Dict[str, Accumulator]) -> dict:
         meters = {}
         for name, s in self._meters.items():
-            acc = chosen.get(name, s.shown)
-            meters[name] = {"stem": s.stem, **acc.to_json()}
+            if name in chosen or s.known:
+                meters[name] = {"stem": s.stem, **chosen.get(name, s.shown).to_json()}
         return {"version": STATE_VERSION, "meters": meters}
 
     # --- start-up ----------------------------------------------------------------------
 
-    def restore(self) -> None:
-        """energy.json plus the file rows newer than its last row; without it, every file once."""
+    def restore(self, until: Optional[Dict[str, Optional[dt.datetime]]] = None, background: bool = False) -> None:
+        """energy.json plus the file rows newer than its last row; without it, every file once.
+
+        ``until``: per meter, the newest second on disk before the readers
+        start (the writer's ``last_time``); later rows are this run's and come
+        through ``reading``. ``background``: count the closed files in a
+        thread of its own (the readers need not wait); energy.json and the
+        plain current files are read here, before anything appends to them.
+        """
         saved = self._read_state_file()
-        changed = False
+        work = []
         for name, state in self._meters.items():
             entry = saved.get(name)
-            acc = Accumulator()
+            start = Accumulator()
             if entry is not None and entry.get("stem") == state.stem:
                 try:
-                    acc = Accumulator.from_json(entry)
+                    start = Accumulator.from_json(entry)
+                    state.shown, state.known = start, True
                 except (KeyError, TypeError, ValueError) as exc:
                     log.warning("%s: meter %s: unusable entry (%s); counting its files again", self.path, name, exc)
-            before = acc
-            acc = self._integrate_files(state.stem, acc)
-            changed |= acc != before or entry is None
-            state.running = state.shown = acc
-            log.info("%s: energy %.3f kWh restored", name, acc.joules / 3_600_000)
-        if changed:
-            self.save(force=True)
+            limit = None if until is None else (utc_epoch(until[name]) if until.get(name) else -1)
+            work.append((name, start, FileRows(self.data_dir, state.stem, start.last[0] if start.last else None,
+                                               limit)))
+        if background:
+            self.restorer = threading.Thread(target=self._finish_restore, args=(work,), name="energy", daemon=True)
+            self.restorer.start()
+        else:
+            self._finish_restore(work)
+
+    def _finish_restore(self, work: List[Tuple[str, Accumulator, "FileRows"]]) -> None:
+        for name, start, rows in work:
+            base = start
+            for t, watts in rows:
+                base = base.add(t, watts)
+            with self._changed:
+                state = self._meters[name]
+                state.base = state.shown = base.saved()
+                state.known = True
+                self._bump()
+            log.info("%s: energy %.3f kWh restored (%d rows counted from the files)", name, base.joules / 3_600_000,
+                     rows.count)
+        self.save(force=True)
 
     def _read_state_file(self) -> Dict[str, dict]:
         try:
@@ -311,20 +366,39 @@ class LiveState:
             log.warning("%s: unreadable (%s); counting energy from the data files", self.path, exc)
             return {}
 
-    def _integrate_files(self, stem: str, acc: Accumulator) -> Accumulator:
-        """Move ``acc`` on by every row in the files newer than its last row."""
-        after = acc.last[0] if acc.last else None
+
+class FileRows:
+    """One meter's file rows after ``after`` and up to ``until`` (UTC epoch seconds), in time order.
+
+    Made before the readers start: it lists the files and reads the current
+    hour's plain files then (the writer appends to those, and closes them);
+    the closed ``.gz`` files it reads later never change.
+    """
+
+    def __init__(self, data_dir: Path, stem: str, after: Optional[int], until: Optional[int]) -> None:
+        self.after, self.until = after, until
+        self.count = 0
+        self.problems: List[str] = []
+        self.sources = sources_for(data_dir, stem)
         first_hour = hour_of(EPOCH + dt.timedelta(seconds=after)) if after is not None else None
-        sources = sources_for(self.data_dir, stem)
-        problems: List[str] = []
-        for hour in sorted(sources.by_hour):
-            if first_hour is not None and hour < first_hour:
-                continue
+        self.hours = [h for h in sorted(self.sources.by_hour) if first_hour is None or h >= first_hour]
+        self.plain: Dict[dt.datetime, List[Tuple[int, float]]] = {}
+        for hour in self.hours:
+            parts = self.sources.by_hour[hour]
+            for part in [p for p, paths in parts.items() if any(path.suffix != ".gz" for path in paths.values())]:
+                one = HourSources()
+                for fmt, path in parts.pop(part).items():
+                    one.add(hour, part, fmt, path)
+                self.plain[hour] = one.rows(hour, self.problems)
+
+    def __iter__(self) -> Iterator[Tuple[int, float]]:
+        for hour in self.hours:
             start = utc_epoch(hour)
-            for second, watts in sources.rows(hour, problems):
+            rows = self.sources.rows(hour, self.problems) if self.sources.by_hour[hour] else []
+            for second, watts in sorted(rows + self.plain.get(hour, [])):
                 t = start + second
-                if after is None or t > after:
-                    acc = acc.add(t, watts)
-        for problem in problems:
+                if (self.after is None or t > self.after) and (self.until is None or t <= self.until):
+                    self.count += 1
+                    yield t, watts
+        for problem in self.problems:
             log.warning("energy restore: %s", problem)
-        return acc

@@ -142,8 +142,9 @@ def state_payload(live: MeterLive) -> Dict[str, Any]:
         "W": m.watts,
         "V": m.volts,
         "A": m.milliamps / 1000,
-        "energy_kWh": round(live.energy_joules / 3_600_000, 6),
     }
+    if live.energy_known:  # not while a first count of the files runs: Home Assistant keeps its last value
+        payload["energy_kWh"] = round(live.energy_joules / 3_600_000, 6)
     if live.relay is not None:
         payload["relay"] = "ON" if live.relay else "OFF"
     return payload
@@ -176,7 +177,9 @@ def discovery_messages(
     expire_after = int(max(60, 3 * config.publish_interval))
     messages = []
     for entity, (field, keys) in SENSORS.items():
-        payload = {**keys, "unique_id": f"{node}_{entity}", "value_template": f"{{{{ value_json.{field} }}}}",
+        # is_defined: a message without the field leaves the entity as it was (energy while it is counted)
+        template = f"{{{{ value_json.{field} | is_defined }}}}" if entity == "energy" else f"{{{{ value_json.{field} }}}}"
+        payload = {**keys, "unique_id": f"{node}_{entity}", "value_template": template,
                    "expire_after": expire_after, **common}
         messages.append((f"{config.discovery_prefix}/sensor/{node}/{entity}/config", payload))
     if has_relay:
