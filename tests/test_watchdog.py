@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
 import threading
 import time
+from pathlib import Path
 
 from wattchecker_client.config import parse_config
 from wattchecker_client.daemon import Daemon
@@ -82,3 +84,31 @@ def test_abstract_notify_socket(tmp_path):
     assert sock.recv(100) == b"READY=1\nSTATUS=up"
     notifier.close()
     sock.close()
+
+
+def test_without_bigquery_no_uploader_thread_yet_old_hours_are_deleted(tmp_path):
+    """Retention runs in the main thread's cadence; each thread shows its name in top -H and ps -L."""
+    data = tmp_path / "data"
+    data.mkdir()
+    old = data / "wattchecker-data.csv.2020-01-01_00.gz"
+    with gzip.open(old, "wt") as f:
+        f.write("2020-01-01 00:00:00,100.00,1000.00,100.00\n")
+    config = parse_config(
+        f"general:\n  data_dir: {data}\n  retention_days: 1\n  status_interval: 0.2\n  log_file: null\n"
+        "device:\n  address: 'sim://'\n"
+    )
+    daemon = Daemon(config, environ={})
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while old.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        threads = {(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()}
+    finally:
+        daemon.stop.set()
+        runner.join(30)
+    assert not old.exists(), "retention did not delete the old hour"
+    assert {"writer", "reader wattchec"} <= threads
+    assert "uploader" not in threads
+    assert not runner.is_alive()

@@ -7,7 +7,6 @@ logs a status line now and then, and shuts everything down in order.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -30,6 +29,8 @@ from .writer import ClosedFile, Writer
 log = logging.getLogger(__name__)
 
 ROW_QUEUE_SIZE = 10_000
+# The writer sleeps until its next flush; rows past this many wake it sooner (flat-out polling).
+WAKE_WRITER_AT = ROW_QUEUE_SIZE // 10
 JOIN_TIMEOUT = 15.0
 RETENTION_INTERVAL = 3600.0
 EXIT_OK = 0
@@ -186,6 +187,7 @@ class Daemon:
         self._threads: List[threading.Thread] = []
         self._stuck_logged = False
         self._reading = "reading " + ", ".join(f"{d.name} at {d.address}" for d in config.devices)
+        self._status_waits = False  # the status line says the meters wait for the system clock
 
     def _uploader_for(self, config: Config):
         """An Uploader when BigQuery or retention is configured, else None (and no thread)."""
@@ -267,6 +269,8 @@ class Daemon:
         try:
             for measurement in reader.readings():
                 self.rows.put((name, measurement))
+                if self.rows.qsize() >= WAKE_WRITER_AT:  # else it takes them when it flushes
+                    self.writer.wake.set()
                 if self.live is not None:
                     self.live.reading(name, measurement, relay=reader.relay)
                 if self.echo is not None:
@@ -337,7 +341,9 @@ class Daemon:
         mqtt_thread = self._start("mqtt", self._publish_mqtt, mqtt_stop) if self.config.mqtt else None
         names = ", ".join(f"{d.name} at {d.address}" for d in self.config.devices)
         log.info("running: %s; data in %s", names, general.data_dir)
-        self.notifier.ready(self._reading + self._clock_note())
+        note = self._clock_note()
+        self._status_waits = bool(note)
+        self.notifier.ready(self._reading + note)
         self._supervise(writer_thread)
         self.notifier.stopping("stopping: flushing buffered rows")
         if self.web is not None:
@@ -345,8 +351,7 @@ class Daemon:
         for thread in self._threads:
             thread.join(JOIN_TIMEOUT)
         writer_stop.set()
-        with contextlib.suppress(queue.Full):  # a full queue wakes the writer anyway
-            self.rows.put_nowait(None)  # wakes it from its wait for the next row
+        self.writer.wake.set()
         writer_thread.join(JOIN_TIMEOUT + general.data_buffer_size)
         if self.live is not None:
             self.live.save(force=True)  # every row is on disk now: the energy shown catches up
@@ -411,13 +416,14 @@ class Daemon:
 
     def _clock_note(self) -> str:
         """What the status line adds while the meters' clocks wait for the system clock."""
-        if not any(r.waiting_for_sync for r in self.readers.values()):
+        if not any(r.waiting_for_sync for r in list(self.readers.values())):  # a copy: readers start meanwhile
             return ""
         return f"; waiting up to {self.config.general.time_sync_wait:g} s for the system clock to be synchronised"
 
     def _clock_wait_over(self) -> None:
         """A reader stopped waiting for the system clock (synchronised, or the wait ran out)."""
-        if not self._clock_note():
+        if self._status_waits and not self._clock_note():
+            self._status_waits = False
             self.notifier.status(self._reading)
 
     def _report(self, final: bool = False) -> None:

@@ -340,6 +340,8 @@ class Writer:
         }
         self._next_flush = clock.monotonic() + buffer_seconds
         self._failing = False
+        # Set to have the writer take its rows now: at stop, or when rows pile up.
+        self.wake = threading.Event()
         # (meter, hour, part) -> (first closed at, {format: ClosedFile}): not announced yet
         self._held: Dict[Tuple[str, dt.datetime, int], Tuple[float, Dict[str, ClosedFile]]] = {}
 
@@ -425,32 +427,44 @@ class Writer:
 
     def run(self, rows: "queue.Queue", stop: threading.Event, heartbeat: Callable[[], None],
             heartbeat_interval: float = 60.0) -> None:
-        """The writer thread: take rows until ``stop`` and an empty queue, then flush everything.
+        """The writer thread: take rows until ``stop``, then flush everything.
 
-        No idle polling: it sleeps until a row comes or a flush or hour close is
-        due, showing a sign of life at least every ``heartbeat_interval``.
-        Whoever sets ``stop`` also puts ``None`` on ``rows`` to wake it.
+        Rows wait in ``rows`` until a flush or an hour close is due: the writer
+        sleeps until then (a sign of life at least every ``heartbeat_interval``),
+        not woken by each row, since nothing is written before a flush anyway.
+        Whoever sets ``stop``, or sees many rows waiting, sets ``wake`` too.
         """
         while True:
             heartbeat()
-            item = self.clock.get(rows, timeout=0.0 if stop.is_set() else self._idle_wait(heartbeat_interval))
-            if item is not None:
-                self.add(*item)
-            elif stop.is_set():
-                break
+            self.wake.clear()  # a wake from here on is for rows not taken yet
+            self._take(rows)
             self.tick()
+            if stop.is_set():
+                break
+            self.clock.sleep(self._idle_wait(heartbeat_interval), self.wake)
+        self._take(rows)
         self.flush()
         if self.pending_rows():
             log.error("exiting with %d row(s) that could not be written (see the errors above)",
                       self.pending_rows())
 
+    def _take(self, rows: "queue.Queue") -> None:
+        """Every row waiting in ``rows``."""
+        while True:
+            try:
+                meter, measurement = rows.get_nowait()
+            except queue.Empty:
+                return
+            self.add(meter, measurement)
+
     def _idle_wait(self, longest: float) -> float:
-        """Seconds until the next flush or hour close is due, at most ``longest``.
+        """Seconds until a flush, an hour close or a held announcement is due, at most ``longest``.
 
         A close already past due has failed (a full disk, ...): it is retried
         at each tick, not in a busy loop.
         """
-        wait = min(longest, self._next_flush - self.clock.monotonic())
+        mono = self.clock.monotonic()
+        wait = min([longest, self._next_flush - mono] + [since + HOLD_LIMIT - mono for since, _ in self._held.values()])
         now = self.clock.now()
         for fs in self.all_sets():
             if fs.current_hour is not None:
