@@ -188,6 +188,7 @@ class Daemon:
         self._stuck_logged = False
         self._reading = "reading " + ", ".join(f"{d.name} at {d.address}" for d in config.devices)
         self._status_waits = False  # the status line says the meters wait for the system clock
+        self._status_lock = threading.Lock()
 
     def _uploader_for(self, config: Config):
         """An Uploader when BigQuery or retention is configured, else None (and no thread)."""
@@ -341,9 +342,10 @@ class Daemon:
         mqtt_thread = self._start("mqtt", self._publish_mqtt, mqtt_stop) if self.config.mqtt else None
         names = ", ".join(f"{d.name} at {d.address}" for d in self.config.devices)
         log.info("running: %s; data in %s", names, general.data_dir)
-        note = self._clock_note()
-        self._status_waits = bool(note)
-        self.notifier.ready(self._reading + note)
+        with self._status_lock:  # a reader that stops waiting meanwhile updates it after
+            note = self._clock_note()
+            self._status_waits = bool(note)
+            self.notifier.ready(self._reading + note)
         self._supervise(writer_thread)
         self.notifier.stopping("stopping: flushing buffered rows")
         if self.web is not None:
@@ -422,9 +424,10 @@ class Daemon:
 
     def _clock_wait_over(self) -> None:
         """A reader stopped waiting for the system clock (synchronised, or the wait ran out)."""
-        if self._status_waits and not self._clock_note():
-            self._status_waits = False
-            self.notifier.status(self._reading)
+        with self._status_lock:
+            if self._status_waits and not self._clock_note():
+                self._status_waits = False
+                self.notifier.status(self._reading)
 
     def _report(self, final: bool = False) -> None:
         for name, reader in self.readers.items():
