@@ -35,9 +35,11 @@ import time
 from pathlib import Path
 from typing import List
 
-import paho.mqtt.client as mqtt
-
 HERE = Path(__file__).resolve().parent
+# This folder's scripts are not modules: a benchmarks/http.py must not stand in for the standard library's http.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+import paho.mqtt.client as mqtt  # noqa: E402
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 

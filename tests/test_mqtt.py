@@ -315,6 +315,24 @@ def test_a_wrong_password_costs_one_log_line_and_never_the_files(simulator, daem
     assert len(check_data_dir(data_dir, SEED)["csv"]) == int(received) > 100
 
 
+def test_a_meters_ids_come_from_its_address_alone(tmp_path):
+    from wattchecker_client.config import parse_config
+    from wattchecker_client.mqtt import discovery_messages
+
+    def ids(host: str, name: str) -> dict:
+        config = parse_config(f"device: {{name: {name}, address: '00:0C:BF:12:34:AB', model: btwattch2}}\n"
+                              f"mqtt: {{host: {host}, client_id: c-{host}, discovery_prefix: ha}}\n")
+        return {topic: (payload["unique_id"], payload["device"]["identifiers"], payload["device"]["connections"])
+                for topic, payload in discovery_messages(config.mqtt, config.devices[0], has_relay=True)}
+
+    first = ids("broker-a", "aircon")
+    assert first == ids("broker-b", "aircon")  # another host, another client: the same entities
+    assert first["ha/sensor/wattchecker_000cbf1234ab/energy/config"] == (
+        "wattchecker_000cbf1234ab_energy", ["wattchecker_000cbf1234ab"], [["bluetooth", "00:0c:bf:12:34:ab"]])
+    assert sorted(first) == sorted(f"ha/{c}/wattchecker_000cbf1234ab/{e}/config" for c, e in [
+        ("sensor", "power"), ("sensor", "voltage"), ("sensor", "current"), ("sensor", "energy"), ("switch", "relay")])
+
+
 def test_check_config_validates_and_shows_the_section(tmp_path):
     config = write_config(tmp_path / "config.yaml", tmp_path, "sim://")
     text = config.read_text()

@@ -157,12 +157,11 @@ def discovery_messages(
     topics = Topics(config.topic_prefix)
     key = address_key(device.address)
     node = f"wattchecker_{key}"
-    model = getattr(device, "model", protocol.DEFAULT_MODEL)
     ha_device: Dict[str, Any] = {
         "identifiers": [node],
         "name": device.name,
         "manufacturer": MANUFACTURER,
-        "model": protocol.dialect(model).product,
+        "model": protocol.dialect(device.model).product,
         "sw_version": __version__,
     }
     if MAC_RE.match(device.address.strip()):
