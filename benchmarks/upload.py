@@ -4,7 +4,9 @@ Run: .venv/bin/python benchmarks/upload.py [--days 30]
 
 Makes the files with the real writer, starts the crucible emulator on a free
 loopback port, and uploads the backlog with the real uploader (load jobs over
-HTTP through google-cloud-bigquery). Then runs the daemon with BigQuery
+HTTP through google-cloud-bigquery, a UTC day of one meter per job). Prints the
+load jobs the backlog took (BigQuery counts them against a daily per-table
+quota of 1,500 and spends seconds on each), then runs the daemon with BigQuery
 configured for a few seconds and reads its peak RSS. Prints figures; asserts nothing.
 """
 
@@ -123,9 +125,11 @@ def main() -> None:
             emulator.send_signal(signal.SIGTERM)
             emulator.wait(30)
     print(f"backlog: {len(backlog)} hourly files, {rows} rows (made by the writer in {made:.1f} s)")
+    print(f"load jobs: {stats.jobs} for {len(backlog)} hourly files over {args.days:g} day(s) "
+          f"({len(backlog) / max(1, stats.jobs):.1f} hours per job; one job per hour would take {len(backlog)})")
     print(f"uploaded {stats.uploaded} files, {stats.rows} rows in {elapsed:.1f} s: "
-          f"{stats.rows / elapsed:,.0f} rows/s, {elapsed / max(1, stats.uploaded):.2f} s per hourly file "
-          f"(failed {stats.failed}, retries {stats.retries})")
+          f"{stats.rows / elapsed:,.0f} rows/s, {elapsed / max(1, stats.uploaded):.2f} s per hourly file, "
+          f"{elapsed / max(1, stats.jobs):.1f} s per load job (failed {stats.failed}, retries {stats.retries})")
     print(f"of which the client's own work (read .gz, build CSV): {prepare:.1f} s, "
           f"{rows / prepare:,.0f} rows/s; the rest is HTTP and the emulator's load")
     print(f"daemon peak RSS with BigQuery configured: {rss:.1f} MiB")
