@@ -393,16 +393,21 @@ def test_what_bluez_raises_becomes_one_line(monkeypatch, error, line):
 
 def test_without_bleak_the_line_names_the_extra():
     code = (
-        "import sys; sys.modules['bleak'] = None\n"
+        "import sys, collections; sys.modules['bleak'] = None\n"
         "from wattchecker_client import ble\n"
-        "try:\n    ble.BleOpener('00:0C:BF:12:34:56')()\n"
-        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+        "Meter = collections.namedtuple('Meter', 'address model')\n"
+        "print(ble.check_setup([Meter('00:0C:BF:12:34:56', 'btwattch1'), Meter('tcp://127.0.0.1:1', 'btwattch2')]))\n"
+        "for attempt in (lambda: ble.check_setup([Meter('f0:12:34:56:78:9a', 'btwattch2')]),\n"
+        "                ble.BleOpener('F0:12:34:56:78:9A')):\n"
+        "    try:\n        attempt()\n"
+        "    except Exception as exc:\n        print(type(exc).__name__, exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert out.stdout == (
+    line = (
         "SetupError a Bluetooth LE meter (model btwattch2 at a MAC address) needs bleak: "
         "pip install 'wattchecker-client[ble]'\n"
     )
+    assert out.stdout == "[]\n" + line + line
 
 
 # --- the real reader and session above the link, the simulated meter below it ---------------

@@ -157,3 +157,13 @@ def test_real_scan_without_bluetoothd_is_one_line(tmp_path, monkeypatch):
         "wattchecker-client: error: cannot scan for meters: bluetoothd is not running "
         "(no org.bluez on the D-Bus system bus): `sudo systemctl start bluetooth`\n"
     )
+
+
+def test_real_scan_without_bleak_names_the_extra(tmp_path, monkeypatch):
+    shadow = tmp_path / "bleak"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text('raise ImportError("No module named bleak")\n')  # as if not installed
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    result = run_cli("scan", "--seconds", "1")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "wattchecker-client: error: scanning for meters needs bleak: pip install 'wattchecker-client[ble]'\n"

@@ -34,9 +34,9 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
-from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, SetupError
+from .transport import DEFAULT_TIMEOUT, MAC_RE, Link, LinkError, LinkTimeout, SetupError
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,12 @@ DEFAULT_BUS = "unix:path=/run/dbus/system_bus_socket"
 ClientFactory = Callable[..., Any]
 
 
-def import_bleak() -> Any:
+def import_bleak(needed_for: str = "a Bluetooth LE meter (model btwattch2 at a MAC address)") -> Any:
     """The bleak module, or SetupError naming the extra: reinstalling is the only fix."""
     try:
         import bleak
     except ImportError:
-        raise SetupError(
-            "a Bluetooth LE meter (model btwattch2 at a MAC address) needs bleak: "
-            "pip install 'wattchecker-client[ble]'"
-        ) from None
+        raise SetupError(f"{needed_for} needs bleak: pip install 'wattchecker-client[ble]'") from None
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         quiet_bleak(os.path.dirname(bleak.__file__))
     return bleak
@@ -90,6 +87,19 @@ def quiet_bleak(folder: str) -> None:
     root = logging.getLogger()
     if not any(isinstance(f, FromPackage) for f in root.filters):
         root.addFilter(FromPackage(folder))
+
+
+def is_ble(address: str, model: str) -> bool:
+    """A meter reached over Bluetooth LE: an RS-BTWATTCH2 at a MAC address (not over tcp:// or a tty)."""
+    return model == "btwattch2" and bool(MAC_RE.match(address.strip()))
+
+
+def check_setup(meters: Iterable[Any]) -> List[str]:
+    """Start-up's check (``daemon.preflight``, so also check-config), for meters with ``address`` and
+    ``model``: a BLE meter without bleak installed is a SetupError there, not a reader that stops later."""
+    if any(is_ble(m.address, m.model) for m in meters):
+        import_bleak()
+    return []
 
 
 def system_bus() -> str:

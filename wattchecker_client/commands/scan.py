@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     def started() -> None:
         print(f"scanning for {args.seconds:g} s ...", file=sys.stderr, flush=True)
 
-    sightings, others = scan(import_bleak().BleakScanner, args.seconds, Clock(), stop, started)
+    bleak = import_bleak("scanning for meters")
+    sightings, others = scan(bleak.BleakScanner, args.seconds, Clock(), stop, started)
     for line in report(sightings, others, args.seconds):
         print(line)
     return EXIT_OK
