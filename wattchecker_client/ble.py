@@ -442,7 +442,7 @@ class Bridge:
                 self.finish(f"no notification for {self.opener.silence_timeout:g} s, even after re-subscribing")
             )
             return
-        self._resubscribed = True
+        self._resubscribed = self._resubscribing = True
         self.stats.resubscribes += 1
         log.info("%s: no notification for %g s after a request; re-subscribing",
                  self.opener.name, self.opener.silence_timeout)
@@ -450,7 +450,6 @@ class Bridge:
 
     async def _resubscribe(self) -> None:
         client, timeout = self.client, self.opener.timeout
-        self._resubscribing = True
         try:
             await asyncio.wait_for(client.stop_notify(self._rx), timeout)
         except Exception as exc:
