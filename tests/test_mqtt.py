@@ -315,6 +315,40 @@ def test_a_wrong_password_costs_one_log_line_and_never_the_files(simulator, daem
     assert len(check_data_dir(data_dir, SEED)["csv"]) == int(received) > 100
 
 
+@pytest.mark.parametrize("fault, why", [
+    ("tls", "TLS failed"),
+    ("closed port", "connection refused: is the broker running, and is mqtt.port right?"),
+    ("silent peer", "no answer within 10 s: is it an MQTT broker (mqtt.port, mqtt.tls)?"),
+])
+def test_a_wrong_port_or_tls_setting_costs_one_log_line_and_never_the_files(
+    simulator, daemons, brokers, tmp_path, fault, why
+):
+    keys = {}
+    silent = None
+    if fault == "tls":
+        port, keys["tls"] = brokers().port, True  # a plain broker, spoken to in TLS
+    elif fault == "closed port":
+        port = free_port()
+    else:  # takes the connection, never answers: some other service on that port
+        silent = socket.create_server(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+    (address,) = simulator(*FAST).addresses
+    data_dir = tmp_path / "data"
+    daemon = daemons(mqtt_config(tmp_path / "config.yaml", data_dir, address, port, **keys), tmp_path)
+    try:
+        wait_for(lambda: re.search(r"status mqtt: connected=no connects=0 outages=1 connect_failures=[1-9]",
+                                   daemon.stderr()), timeout=40, what="a failed attempt counted")
+        assert daemon.stop() == 0
+    finally:
+        if silent is not None:
+            silent.close()
+    log = daemon.stderr()
+    warnings = mqtt_warnings(log)
+    assert len(warnings) == 1 and f"mqtt: cannot connect to 127.0.0.1:{port}: {why}" in warnings[0], warnings
+    (received,) = re.findall(r"final status writer: rows_received=(\d+)", log)
+    assert len(check_data_dir(data_dir, SEED)["csv"]) == int(received) > 100
+
+
 def test_a_meters_ids_come_from_its_address_alone(tmp_path):
     from wattchecker_client.config import parse_config
     from wattchecker_client.mqtt import discovery_messages

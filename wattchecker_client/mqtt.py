@@ -41,6 +41,8 @@ MANUFACTURER = "RATOC Systems"
 INSTALL_HINT = "pip install 'wattchecker-client[mqtt]'"
 KEEPALIVE = 60
 WAKE_INTERVAL = 0.5  # seconds: how soon a (re)connect is announced when no reading wakes the thread
+# A peer that takes the connection but never answers (not a broker: a wrong port) is a failed attempt.
+CONNACK_TIMEOUT = 10.0
 RELAY_TIMEOUT = 30.0
 
 RelaySwitch = Callable[[Optional[bool]], "Future[bool]"]
@@ -189,12 +191,13 @@ def discovery_messages(
     return messages
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException, tls: bool) -> str:
     """One line a user can act on, for a failed connection attempt."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS: the broker's certificate is not trusted ({exc.verify_message}); check mqtt.ca_file"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failed ({exc.reason or exc}); does the broker speak TLS on this port? (mqtt.tls)"
+    if isinstance(exc, ssl.SSLError) or (tls and isinstance(exc, (ConnectionResetError, ConnectionAbortedError))):
+        why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        return f"TLS failed ({why}); does the broker speak TLS on this port? (mqtt.tls, mqtt.port)"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the host name ({exc.strerror})"
     if isinstance(exc, ConnectionRefusedError):
@@ -248,6 +251,7 @@ class Publisher:
         self._available: Dict[str, bool] = {}  # per meter, as last published
         self._sent: Dict[str, Any] = {}  # per meter, the meter time of the last state sent
         self._closing = False
+        self._session_started = 0.0
 
     @property
     def connected(self) -> bool:
@@ -271,6 +275,9 @@ class Publisher:
                 version = self.live.wait(version, WAKE_INTERVAL)
                 if self._up.is_set():
                     self._publish()
+                elif self.clock.monotonic() - self._session_started > CONNACK_TIMEOUT:
+                    self._failed(f"no answer within {CONNACK_TIMEOUT:g} s: is it an MQTT broker (mqtt.port, mqtt.tls)?")
+                    self._down.set()
         finally:
             self._close()
 
@@ -280,9 +287,10 @@ class Publisher:
                 self._client = self._make_client()
             self._client.connect(self.config.host, self.config.port, keepalive=KEEPALIVE)
         except (OSError, ValueError) as exc:
-            self._failed(describe(exc))
+            self._failed(describe(exc, self.config.tls))
             return
         self._down.clear()
+        self._session_started = self.clock.monotonic()
         self._client.loop_start()
         self._session = True
 
