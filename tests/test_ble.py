@@ -30,7 +30,7 @@ from wattchecker_client.clock import FakeClock  # noqa: E402
 from wattchecker_client.meter import Backoff, MeterReader  # noqa: E402
 from wattchecker_client.protocol import btwattch2  # noqa: E402
 from wattchecker_client.protocol.frames import FrameDecoder, Measurement, encode_frame  # noqa: E402
-from wattchecker_client.simulator import SimOptions, SimulatedMeter, air_conditioner  # noqa: E402
+from wattchecker_client.simulator import SimOptions, SimulatedMeter, air_conditioner, switched_off  # noqa: E402
 from wattchecker_client.transport import LinkError, LinkTimeout  # noqa: E402
 
 from .conftest import ROOT, cli  # noqa: E402
@@ -487,6 +487,25 @@ def test_reader_reconnects_when_re_subscribing_does_not_help():
     assert_measured(readings)
     assert radio.unsubscribes == 1 and len(radio.clients) == 2 and reader.stats.connects == 2
     assert radio.clients[0].disconnects == 1  # the silent link was dropped, not left to BlueZ
+
+
+def test_relay_switched_over_ble_and_the_rows_show_it():
+    clock = FakeClock(dt.datetime(2026, 7, 2, 9, 24, 30))
+    radio, meter = simulated_radio(clock)
+    reader = ble_reader(radio, clock)
+    readings = reader.readings()
+    try:
+        on = [next(readings) for _ in range(2)]
+        switched = reader.request_relay(False)
+        off = [next(readings) for _ in range(2)]
+        assert switched.result(timeout=0) is False
+    finally:
+        readings.close()
+    assert_measured(on)
+    assert off == [switched_off(air_conditioner(m.time, 1, "btwattch2")) for m in off]  # the line's V, 0 mA, 0 W
+    assert [m.watts for m in off] == [0.0, 0.0]
+    assert not meter.relay and reader.relay is False
+    assert bytes.fromhex("AA 00 02 A7 00 DC") in b"".join(data for data, _ in radio.writes)
 
 
 def test_reader_backs_off_through_a_failed_connect_with_one_line(caplog):
