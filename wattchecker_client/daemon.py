@@ -33,6 +33,7 @@ ROW_QUEUE_SIZE = 10_000
 WAKE_WRITER_AT = ROW_QUEUE_SIZE // 10
 JOIN_TIMEOUT = 15.0
 RETENTION_INTERVAL = 3600.0
+M_ARENA_MAX = -8  # mallopt(3) parameter, from glibc's malloc.h
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -106,6 +107,22 @@ def preflight(config: Config) -> List[str]:
     elif not data_dir.is_dir():
         warnings.append(f"general.data_dir: {data_dir} is not a folder: start-up will exit 1")
     return warnings
+
+
+def one_malloc_arena() -> None:
+    """Have glibc's malloc keep one arena for all threads, as MALLOC_ARENA_MAX=1 would.
+
+    By default each thread gets an arena of its own; this service's threads
+    allocate little and rarely at once, and sharing one saves about 0.3 MB
+    (measured) of the 20 MB it may use on a Pi. ctypes is loaded anyway (the
+    clock's adjtimex). Other C libraries: nothing changes.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+    except (AttributeError, OSError):
+        pass
 
 
 def name_os_thread(name: str) -> None:
@@ -325,6 +342,7 @@ class Daemon:
     def run(self) -> int:
         """Run until ``stop`` is set; 0 after a clean stop, 1 after a failure."""
         general = self.config.general
+        one_malloc_arena()  # before the threads start: each would take an arena
         if self.web is not None:
             self.web.bind()  # a port in use stops start-up here, before anything starts
         self.writer.recover()
