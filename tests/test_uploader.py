@@ -200,6 +200,24 @@ def test_an_original_datetime_table_gets_the_same_csv_and_its_own_schema():
     assert csv_body(rows, [f.name for f in schema], "x") == b"2019-09-07 09:24:30,102.931,2311.75,181.385\n"
 
 
+def test_the_service_leaves_an_hour_the_writer_is_closing_in_another_format_to_its_announcement(tmp_path):
+    """Started while the writer is between closing the CSV and the JSON, the backlog must not take the CSV."""
+    writer = Writer(tmp_path, {"wattchecker": "wattchecker-data"}, ("csv", "json"), FakeClock(T0))
+    writer.recover()
+    for i in range(5):
+        writer.add("wattchecker", air_conditioner(T0 + dt.timedelta(seconds=i)))
+    writer.flush()
+    csv_set, json_set = writer.sets["wattchecker"]
+    csv_set.close_current()  # the JSON's plain file still holds the hour
+    uploader = Uploader(tmp_path, None, Clock())
+    assert [h.key for h in uploader.backlog()] == ["wattchecker-data.2026-07-01_00"]  # `upload` would take it
+    assert uploader.backlog(settled_only=True) == []
+    json_set.close_current()
+    (hour,) = uploader.backlog(settled_only=True)
+    assert [p.name for p in hour.sources] == [
+        "wattchecker-data.json.2026-07-01_00.gz", "wattchecker-data.csv.2026-07-01_00.gz"]
+
+
 def test_a_table_with_columns_we_do_not_write_is_a_permanent_error():
     from wattchecker_client.uploader import PermanentError
 

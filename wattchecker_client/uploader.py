@@ -41,13 +41,15 @@ from .clock import Clock
 from .config import BigQueryConfig
 from .meter import Backoff
 from .transport import SetupError
-from .writer import HOUR_FORMAT, ClosedFile, atomic_write, closed_files_in, open_text, parse_closed
+from .writer import (HOUR_FORMAT, ClosedFile, atomic_write, closed_files_in, hour_of, line_stamp, open_text,
+                     parse_closed, parse_stamp)
 
 log = logging.getLogger(__name__)
 
 LEDGER_NAME = "uploaded.json"
 FAILED_DIR = "failed"
 COLUMNS = ("datetime", "V", "mA", "W")
+PLAIN_RE = re.compile(r"^(?P<stem>.+)\.(csv|json)$")  # the writer's current hour
 DEVICE_COLUMN = "device"
 API_TIMEOUT = 60.0
 # The request that carries a batch's rows: up to a day of them on a slow uplink.
@@ -179,6 +181,24 @@ def job_id_for(table: str, hours: Sequence[HourFile], body: bytes, attempt: int 
     span = hours[0].key + (f"_{len(hours)}h" if len(hours) > 1 else "")
     raw = f"wattchecker_{table}_{span}_{digest}" + (f"_retry{attempt}" if attempt else "")
     return re.sub(r"[^A-Za-z0-9_-]", "_", raw)[:1024]
+
+
+def open_hours(data_dir: Path) -> Set[Tuple[str, dt.datetime]]:
+    """(stem, hour) of the writer's plain files: an hour closed in one format while another
+    format's plain file still holds it is being closed right now."""
+    found = set()
+    for entry in os.scandir(data_dir) if data_dir.is_dir() else ():
+        match = PLAIN_RE.match(entry.name)
+        if not match:
+            continue
+        try:
+            with open_text(Path(entry.path)) as f:
+                stamp = line_stamp(f.readline())
+        except (OSError, UnicodeDecodeError):
+            continue
+        if stamp:
+            found.add((match.group("stem"), hour_of(parse_stamp(stamp))))
+    return found
 
 
 def day_groups(hours: Sequence[HourFile]) -> List[List[HourFile]]:
@@ -549,9 +569,17 @@ class Uploader:
         # Hours of a batch BigQuery rejected: each is loaded alone, so only the bad one fails.
         self._single: Set[str] = set()
 
-    def backlog(self) -> List[HourFile]:
-        """Closed hours in the data dir that the ledger does not hold, oldest first."""
-        return [h for h in hour_files(closed_files_in(self.data_dir)) if h.key not in self.ledger]
+    def backlog(self, settled_only: bool = False) -> List[HourFile]:
+        """Closed hours in the data dir that the ledger does not hold, oldest first.
+
+        ``settled_only``: without the hours the writer is closing in another format right
+        now; the running service hears of those once every format is closed.
+        """
+        hours = [h for h in hour_files(closed_files_in(self.data_dir)) if h.key not in self.ledger]
+        if settled_only:
+            closing = open_hours(self.data_dir)
+            hours = [h for h in hours if (h.stem, h.hour) not in closing]
+        return hours
 
     def queue(self, files: Sequence[HourFile]) -> None:
         for hour_file in files:
@@ -853,7 +881,7 @@ class Uploader:
     def run(self, closed_files: "queue.Queue[ClosedFile]", stop: threading.Event) -> None:
         """The uploader thread: the backlog first, then each hour as the writer closes it."""
         if self.target is not None:
-            self.queue(self.backlog())
+            self.queue(self.backlog(settled_only=True))
             if self._queued:
                 log.info("upload backlog: %d hour(s)", len(self._queued))
         next_retention = 0.0
