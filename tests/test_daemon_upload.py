@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 from .conftest import Emulator, wait_for, write_config
@@ -92,3 +93,22 @@ def test_sigterm_mid_load_then_restart_credits_that_very_job_exactly_once(emulat
     assert final["pending"] == {} and {e["job_id"] for e in final["uploaded"].values()} == {job_id}
     ((count,),) = emulator.query(f"SELECT COUNT(*) FROM `{TABLE}`")
     assert count == len(written) == 8 * 3600
+
+
+def test_sigkill_once_the_batch_is_written_ahead_then_restart_loads_every_hour_exactly_once(emulator, daemons, tmp_path):
+    """Killed wherever the load was (not yet sent, running, done but not credited): the restart settles it."""
+    emulator.start()
+    data_dir = tmp_path / "data"
+    written = write_hours(data_dir, 4, per_hour=600)
+    config = with_bigquery(write_config(tmp_path / "config.yaml", data_dir, "sim://?seed=7", poll_interval=1.0),
+                           emulator.url)
+    first = daemons(config, tmp_path)
+    wait_for(lambda: ledger(data_dir)["pending"], what="the batch written ahead")
+    first.stop(signal.SIGKILL)
+    second = daemons(config, tmp_path)
+    wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 4, timeout=90, what="the backlog credited")
+    assert second.stop() == 0, second.stderr()
+    final = ledger(data_dir)
+    assert final["pending"] == {} and len({e["job_id"] for e in final["uploaded"].values()}) == 1
+    ((count,),) = emulator.query(f"SELECT COUNT(*) FROM `{TABLE}`")
+    assert count == len(written) == 4 * 600
