@@ -174,6 +174,27 @@ def test_without_a_saved_energy_it_is_unknown_until_the_files_are_counted(tmp_pa
     assert abs(live.snapshot()["m"].energy_joules / 3_600_000 - kwh_of_files(tmp_path)) < 1e-12
 
 
+def test_files_older_than_the_saved_energy_never_take_it_down(tmp_path):
+    clock = FakeClock()
+    first = Rig(tmp_path, clock)
+    first.feed(readings(list(range(1000, 1600, 2))))
+    first.writer.flush()
+    first.live.save(force=True)
+    saved = first.energy()
+    for path in tmp_path.glob("wattchecker-data*"):  # an older backup of the data folder, say
+        path.unlink()
+    second = Rig(tmp_path, clock)
+    assert second.energy() == saved
+    seen = []
+    # the day before at standby (under 1 W, while the saved last row was the compressor's), then on past it
+    for start in list(range(-18 * 3600, -18 * 3600 + 1000, 100)) + list(range(2000, 2600, 100)):
+        second.feed(readings(list(range(start, start + 100, 2))))
+        second.writer.flush()
+        second.live.save(force=True)
+        seen.append(second.energy())
+    assert seen == sorted(seen) and seen[0] == saved < seen[-1]
+
+
 def test_the_energy_shown_never_decreases_across_restarts_gaps_and_kills(tmp_path):
     clock = FakeClock()
     rng = random.Random(3)

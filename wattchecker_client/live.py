@@ -298,7 +298,8 @@ class LiveState:
                     best = state.candidates.popleft()[1]
                 if best is not None:
                     total = state.base.then(best)
-                    if total != state.shown:
+                    # Never below what was shown, even if the files went back in time (a restored backup).
+                    if total != state.shown and total.joules >= state.shown.joules:
                         chosen[name] = total
         return chosen
 
