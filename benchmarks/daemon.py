@@ -132,6 +132,7 @@ class Client:
     is_up: Callable[[], bool]
     stop_signal: int
     rows: Callable[[], int]
+    errors: Path
     start: Optional[Sample] = None
     end: Optional[Sample] = None
     rss: float = 0.0
@@ -179,7 +180,7 @@ def start_ours(workdir: Path, address: str, poll: float, tag: str) -> Client:
         found = re.findall(r"final status writer: rows_received=(\d+)", err.read_text())
         return int(found[-1]) if found else 0
 
-    return Client("this client", process, lambda: "running:" in err.read_text(), signal.SIGTERM, rows)
+    return Client("this client", process, lambda: "running:" in err.read_text(), signal.SIGTERM, rows, err)
 
 
 def start_original(original: Path, workdir: Path, address: str) -> Client:
@@ -194,7 +195,8 @@ def start_original(original: Path, workdir: Path, address: str) -> Client:
     (stand_in / "bluetooth.py").write_text(BLUETOOTH_STAND_IN)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(stand_in), os.environ.get("PYTHONPATH", "")]),
                WATTCHECKER_SIM_TCP=address.split("://", 1)[1])
-    with open(workdir / "original.err", "w") as err:
+    errors = workdir / "original.err"
+    with open(errors, "w") as err:
         process = subprocess.Popen([sys.executable, str(original / "main.py"), "--config", "config.yaml"],
                                    cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=err)
     log_file = home / "log" / "wattchecker-client.log"
@@ -204,7 +206,7 @@ def start_original(original: Path, workdir: Path, address: str) -> Client:
 
     return Client("original", process,
                   lambda: log_file.exists() and "Starting measurement" in log_file.read_text(),
-                  signal.SIGINT, rows)
+                  signal.SIGINT, rows, errors)
 
 
 def read_maybe_gzipped(path: Path) -> str:
@@ -219,7 +221,8 @@ def measure(clients: List[Client], seconds: float) -> None:
     while not all(c.is_up() for c in clients):
         for c in clients:
             if c.process.poll() is not None:
-                raise SystemExit(f"{c.label} exited with status {c.process.returncode} before it was up")
+                tail = "\n".join(c.errors.read_text().splitlines()[-5:])
+                raise SystemExit(f"{c.label} exited with status {c.process.returncode} before it was up:\n{tail}")
         if time.monotonic() > deadline:
             raise SystemExit("a client did not come up within 30 s")
         time.sleep(0.05)
@@ -278,7 +281,8 @@ def flat_out(seconds: float, workdir: Path) -> dict:
 
 def print_side_by_side(labels: List[str], results: List[dict]) -> None:
     width = 16
-    print(f"1 Hz, {results[0]['elapsed']:.0f} s, run at the same time:".ljust(44)
+    together = ", run at the same time" if len(results) > 1 else ""
+    print(f"1 Hz, {results[0]['elapsed']:.0f} s{together}:".ljust(44)
           + "".join(label.rjust(width) for label in labels))
     rows = [
         ("seconds captured per second", lambda r: f"{r['captured_per_second']:.2f}"),
