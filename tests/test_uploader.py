@@ -454,11 +454,13 @@ def test_a_crash_between_submit_and_credit_credits_exactly_that_batch(proxy, tmp
         "wattchecker-data.2026-07-01_02": False}
 
 
-def test_a_batch_written_ahead_but_never_submitted_is_submitted_under_its_id(proxy, tmp_path):
+def test_a_batch_written_ahead_but_never_submitted_is_submitted_under_its_id(proxy, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     written = write_hours(tmp_path, 3, per_hour=10)
     crashed = uploader_for(proxy, tmp_path)
     job_id, _ = write_ahead(crashed, crashed.backlog())
     drain(uploader_for(proxy, tmp_path))
+    assert "never reached BigQuery: sending it now" in caplog.text
     assert proxy.loads == 1 and table_totals(proxy.upstream)[0] == len(written)
     ledger = ledger_of(tmp_path)
     assert ledger["pending"] == {} and {e["job_id"] for e in ledger["uploaded"].values()} == {job_id}

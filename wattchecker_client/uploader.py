@@ -746,8 +746,10 @@ class Uploader:
                 body = self._reread(keys)
                 if body is None:
                     raise PermanentError("its files are no longer all there")
+                log.info("batch %s from an earlier run never reached BigQuery: sending it now", job_id)
                 loaded = self._run_job(job_id, body)
             else:
+                log.info("batch %s from an earlier run is in BigQuery: crediting its %d hour(s)", job_id, len(keys))
                 loaded = self._call(lambda: self.target.outcome(job))
         except (JobFailed, PermanentError, StaleJobId) as exc:
             self.ledger.abort(job_id)
@@ -758,7 +760,6 @@ class Uploader:
         except TransientError as exc:
             self._waiting(exc, keys[0])
             return False
-        log.info("batch %s from an earlier run is in BigQuery: crediting its %d hour(s)", job_id, len(keys))
         self._credit(job_id, record, loaded)
         return True
 
