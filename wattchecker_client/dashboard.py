@@ -75,6 +75,7 @@ class EnergyView:
         self._settled_hour: Optional[int] = None
         self._files: Dict[str, _FilePart] = {}
         self._summary: Optional[Tuple[float, Dict[str, dict]]] = None
+        self._older: Dict[str, Tuple[int, List[Tuple[int, float]]]] = {}  # meter -> (memory's first second, rows)
         self.file_reads = 0  # how often the files were read: once per closed hour, not per view
 
     def summary(self) -> Dict[str, dict]:
@@ -88,6 +89,26 @@ class EnergyView:
             result = {meter: self._meter_summary(meter, now) for meter in self.stems}
             self._summary = (mono, result)
             return result
+
+    def last_hour(self, meter: str) -> List[Tuple[int, float]]:
+        """The chart's hour of (epoch second, W): memory, and the files for what memory lacks.
+
+        Memory lacks the start of the hour only after a restart; those rows are
+        read once per start-up (cached by memory's first second), not per page.
+        """
+        history = self.live.history(meter)
+        end = history[-1][0] if history else utc_epoch(self.clock.now())
+        start = end - 3600
+        first = history[0][0] if history else end + 1
+        older: List[Tuple[int, float]] = []
+        if first > start + 1:
+            with self._lock:
+                cached = self._older.get(meter)
+                if cached is None or cached[0] != first:
+                    self.file_reads += 1
+                    cached = self._older[meter] = (first, file_rows(self.data_dir, self.stems[meter], start, first))
+            older = [row for row in cached[1] if row[0] > start]
+        return older + [row for row in history if row[0] > start]
 
     def _refresh_files(self, now: int) -> None:
         """Re-read the files only when another hour has surely reached the disk."""
@@ -147,6 +168,18 @@ def integrate_files(report: MeterReport, data_dir: Path, stem: str, tz: dt.tzinf
 def stored_watts(watts: float) -> float:
     """W as a CSV row keeps it (two decimals), read back."""
     return float(f"{watts:.2f}")
+
+
+def file_rows(data_dir: Path, stem: str, start: int, end: int) -> List[Tuple[int, float]]:
+    """(epoch second, W) of one meter's file rows with start < t < end."""
+    sources = sources_for(data_dir, stem)
+    rows: List[Tuple[int, float]] = []
+    problems: List[str] = []
+    for hour in sorted(sources.by_hour):
+        hour_start = utc_epoch(hour)
+        if start - 3600 < hour_start < end:
+            rows += [(hour_start + s, w) for s, w in sources.rows(hour, problems) if start < hour_start + s < end]
+    return rows
 
 
 def by_hour(history: List[Tuple[int, float]], stored: Callable[[float], float] = float

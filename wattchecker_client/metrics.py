@@ -33,6 +33,13 @@ METER_COUNTERS: Dict[str, Tuple[str, str]] = {
     "missing_seconds": ("missing_seconds", "Seconds with no reading, summed over all gaps."),
     "connects": ("connects", "Successful connections (handshake done), the first included."),
     "link_errors": ("link_errors", "Failed connection attempts and dropped links."),
+    "truncated": ("truncated_frames", "Frames cut off before their end."),
+    "duplicates": ("duplicate_readings", "Readings of a second already recorded (skipped)."),
+    "stale_seconds": ("stale_readings", "Readings older than the last one kept (a clock set back; skipped)."),
+    "ahead_of_host": ("readings_ahead_of_host", "Readings stamped ahead of the synchronised host clock (skipped)."),
+    "behind_host": ("readings_behind_host", "Readings stamped behind a host clock known to be right (skipped)."),
+    "clock_resets": ("clock_resets", "Times the meter's clock was set again (drift, a host clock step, a stamp ahead)."),
+    "clock_steps": ("host_clock_steps", "Steps of the host clock seen (the meter's clock is then checked at once)."),
 }
 WRITER_COUNTERS: Dict[str, Tuple[str, str]] = {
     "write_errors": ("write_errors", "Failed file writes (rows stay buffered and are retried)."),

@@ -188,10 +188,7 @@ class WebServer:
         mono = self.clock.monotonic()
         meters = {}
         for name in (d.name for d in self.config.devices):
-            history = self.sources.live.history(name)
-            if history:
-                newest = history[-1][0]
-                history = [row for row in history if row[0] > newest - 3600]
+            history = self.energy.last_hour(name)
             meters[name] = {
                 "history": [[t for t, _ in history], [w for _, w in history]],
                 "status": status_of(snapshot[name], mono) if name in snapshot else None,
