@@ -12,17 +12,25 @@ from .conftest import run_cli, write_config
 
 # A meta path finder that makes google-cloud-bigquery look uninstalled in the
 # process under test, whatever the venv holds.
-HIDE_BIGQUERY = """\
+HIDE_MODULE = """\
 import sys
 
-class HideBigQuery:
+class Hide:
     def find_spec(self, name, path=None, target=None):
-        if name == "google.cloud.bigquery" or name.startswith("google.cloud.bigquery."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        if name == {module!r} or name.startswith({module!r} + "."):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
 
-sys.meta_path.insert(0, HideBigQuery())
+sys.meta_path.insert(0, Hide())
 """
+
+
+def hide_module(tmp_path: Path, monkeypatch, module: str) -> None:
+    """Make ``module`` look uninstalled to the processes this test starts."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HIDE_MODULE.format(module=module))
+    monkeypatch.setenv("PYTHONPATH", str(hook))
 
 
 def config_with_bigquery(tmp_path: Path, **bigquery: str) -> Path:
@@ -109,20 +117,17 @@ def test_a_good_key_passes_and_a_loose_mode_is_a_warning(tmp_path):
     result = run_cli("check-config", "--config", str(config), timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
-        f"wattchecker-client: warning: {key} is readable by other users (mode 644): chmod 600 it"]
+        f"wattchecker-client: warning: {key} is readable by other users (mode 644): chmod o-rwx it"]
     assert result.stdout.splitlines()[0] == f"{config}: OK"
     assert "BigQuery: d.t" in result.stdout
     assert "PRIVATE KEY" not in result.stdout + result.stderr
-    key.chmod(0o600)
+    key.chmod(0o640)  # as the README installs it: the service's group reads it, nobody else
     quiet = run_cli("check-config", "--config", str(config), timeout=30)
     assert (quiet.returncode, quiet.stderr) == (0, "")
 
 
 def test_google_cloud_bigquery_not_installed_fails_both(tmp_path, monkeypatch):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HIDE_BIGQUERY)
-    monkeypatch.setenv("PYTHONPATH", str(hook))
+    hide_module(tmp_path, monkeypatch, "google.cloud.bigquery")
     config = config_with_bigquery(tmp_path, project_id="p", api_endpoint="http://127.0.0.1:9")
     assert_both_stop_with(config, "wattchecker-client: error: bigquery: is configured but google-cloud-bigquery "
                                   "is not installed: pip install 'google-cloud-bigquery>=3'")
@@ -147,3 +152,19 @@ def test_a_missing_data_folder_is_a_warning_and_nothing_is_created(tmp_path):
         "or exits 1 (systemd retries) when it cannot, as when its disk is not mounted yet"]
     assert result.stdout.splitlines()[0] == f"{config}: OK"
     assert not (tmp_path / "mnt").exists()
+
+
+def test_a_ble_meter_without_bleak_fails_both(tmp_path, monkeypatch):
+    hide_module(tmp_path, monkeypatch, "bleak")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"general:\n  data_dir: {data_dir}\n"
+                      "device:\n  address: 'F0:12:34:56:78:9A'\n  model: btwattch2\n")
+    checked = run_cli("check-config", "--config", str(config), timeout=30)
+    started = run_cli("run", "--config", str(config), timeout=60)
+    assert (checked.returncode, started.returncode) == (2, 2), (checked.stderr, started.stderr)
+    last = checked.stderr.splitlines()[-1]
+    assert last == started.stderr.splitlines()[-1]
+    assert last.startswith("wattchecker-client: error: ") and "[ble]" in last
+    assert list(data_dir.iterdir()) == []  # nothing started, nothing written

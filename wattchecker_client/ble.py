@@ -36,7 +36,7 @@ import threading
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, List, Optional
 
-from .transport import DEFAULT_TIMEOUT, MAC_RE, Link, LinkError, LinkTimeout, SetupError
+from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, SetupError, is_ble
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,6 @@ def quiet_bleak(folder: str) -> None:
     root = logging.getLogger()
     if not any(isinstance(f, FromPackage) for f in root.filters):
         root.addFilter(FromPackage(folder))
-
-
-def is_ble(address: str, model: str) -> bool:
-    """A meter reached over Bluetooth LE: an RS-BTWATTCH2 at a MAC address (not over tcp:// or a tty)."""
-    return model == "btwattch2" and bool(MAC_RE.match(address.strip()))
 
 
 def check_setup(meters: Iterable[Any]) -> List[str]:

@@ -43,6 +43,14 @@ class SetupError(Exception):
 
 RfcommFactory = Callable[[str, int, float], socket.socket]
 
+# Models whose MAC address means Bluetooth LE (opened by ble.py) rather than RFCOMM.
+BLE_MODELS = ("btwattch2",)
+
+
+def is_ble(address: str, model: str) -> bool:
+    """A meter reached over Bluetooth LE: an RS-BTWATTCH2 at a MAC address (not over tcp:// or a tty)."""
+    return model in BLE_MODELS and bool(MAC_RE.match(address.strip()))
+
 
 class Link:
     """A connected byte stream over a file descriptor, with poll-based timeouts."""

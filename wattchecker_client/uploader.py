@@ -356,8 +356,8 @@ def credentials_and_project(config: BigQueryConfig, warn: Callable[[str], None])
                 pass
         except OSError as exc:
             raise SetupError(f"bigquery.service_account_json: cannot read {path}: {exc.strerror or exc}") from None
-        if mode & 0o077:
-            warn(f"{path} is readable by other users (mode {mode & 0o777:o}): chmod 600 it")
+        if mode & 0o007:  # the service's own group may read it (the README installs it 0640)
+            warn(f"{path} is readable by other users (mode {mode & 0o777:o}): chmod o-rwx it")
         from google.oauth2 import service_account
 
         try:
