@@ -21,7 +21,7 @@ from .config import Config, DeviceConfig
 from .meter import MeterReader
 from .notify import Notifier
 from .protocol import Measurement
-from .transport import RfcommFactory, SetupError
+from .transport import RfcommFactory, SetupError, is_ble
 from .writer import ClosedFile, Writer
 
 # The uploader module is imported only when BigQuery or retention is configured:
@@ -128,6 +128,10 @@ def preflight(config: Config) -> List[str]:
         from .web import check_setup as check_http
 
         warnings += check_http(config.http)
+    if any(is_ble(d.address, d.model) for d in config.devices):
+        from .ble import check_setup as check_ble
+
+        warnings += check_ble(config.devices)
     data_dir = config.general.data_dir
     if not data_dir.exists():
         warnings.append(

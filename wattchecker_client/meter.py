@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Seque
 from . import protocol
 from .clock import Clock, utc_epoch
 from .protocol import Frame, Measurement, MeasurementError, ProtocolError, btwattch2
-from .transport import DEFAULT_TIMEOUT, MAC_RE, Link, LinkError, LinkTimeout, RfcommFactory, SetupError, open_link
+from .transport import (
+    DEFAULT_TIMEOUT, MAC_RE, Link, LinkError, LinkTimeout, RfcommFactory, SetupError, is_ble, open_link,
+)
 
 if TYPE_CHECKING:  # concurrent.futures costs the service 0.9 MB: imported when a relay is switched
     from concurrent.futures import Future
@@ -262,7 +264,7 @@ def link_opener(
         from .simulator import embedded_opener
 
         return embedded_opener(address.strip(), timeout, model=model)
-    if model == btwattch2.DIALECT.model and MAC_RE.match(address.strip()):
+    if is_ble(address, model):
         from .ble import BleOpener  # bleak itself is imported when the link first opens
 
         return BleOpener(address.strip(), timeout, client_factory=ble_client_factory)
