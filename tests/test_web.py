@@ -324,6 +324,30 @@ def test_healthz_is_503_while_the_writer_is_stalled(tmp_path):
 # --- start-up and check-config -----------------------------------------------------------------
 
 
+def test_ipv6_listen_serves_on_the_v6_loopback(tmp_path):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    config = parse_config(f"general:\n  data_dir: {tmp_path / 'data'}\n  log_file: null\n"
+                          f"device:\n  address: 'sim://'\nhttp:\n  listen: '[::1]:{port}'\n")
+    daemon = Daemon(config)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    try:
+        status, _, body = wait_for(status_is(f"http://[::1]:{port}/metrics", 200), 30, what="/metrics over IPv6")
+        assert b'wattchecker_readings_total{meter="wattchecker"}' in body
+    finally:
+        daemon.stop.set()
+        runner.join(30)
+    assert not runner.is_alive()
+    with pytest.raises(OSError):  # the port is given back at shutdown: nothing listens there now
+        socket.create_connection(("::1", port), timeout=2).close()
+
+
+
 def test_bad_listen_fails_check_config_with_one_line(tmp_path):
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://")
     config.write_text(config.read_text() + "http:\n  listen: 127.0.0.1:99999\n")
