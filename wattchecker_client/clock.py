@@ -18,11 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-try:
-    import zoneinfo
-except ImportError:  # pragma: no cover - Python 3.9 has it; keep the error clear anyway
-    zoneinfo = None  # type: ignore[assignment]
-
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +28,8 @@ def utc_epoch(when: dt.datetime) -> int:
 
 def time_zone(name: str) -> dt.tzinfo:
     """A zone by its IANA name; ValueError with a hint for a wrong one."""
+    import zoneinfo  # here, not at the top: the service itself never needs a zone (files are UTC)
+
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):

@@ -7,7 +7,6 @@ Drop-in compatible with the original client's config (``general.data_buffer_size
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -383,6 +382,8 @@ def _section(ctx: _Context, path: List[Any], data: Any, spec: Spec) -> Dict[str,
 def _no_unknown_keys(ctx: _Context, path: List[Any], data: dict, known: Sequence[str]) -> None:
     for key in data:
         if key not in known:
+            import difflib  # only a config with a mistake pays for it
+
             hint = difflib.get_close_matches(str(key), list(known), n=1)
             did_you_mean = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
             raise ctx.error(path + [key], f"unknown key{did_you_mean}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Optional
 
 from .frames import (
@@ -155,6 +154,8 @@ def decode_measurement(payload: bytes) -> Measurement:
 
 def raw_fields(m: Measurement) -> tuple:
     """(voltage, current, power) as the meter's 48-bit ints, rounded to the nearest step."""
+    from fractions import Fraction  # exact rounding; only the simulator and tests encode
+
     return (
         round(Fraction(m.volts) * VOLT_SCALE),
         round(Fraction(m.milliamps) * AMP_SCALE / 1000),
