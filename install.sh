@@ -92,7 +92,7 @@ mkdir -p "$target/log"
 cp "$src/README.md" "$src/config_sample.yaml" "$target/"
 [ -x "$target/venv/bin/python" ] || "$python" -m venv "$target/venv"
 # Extras: bigquery for uploads, http for the live page and /metrics (prometheus-client, ~0.5 MB).
-"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$src[bigquery,http,mqtt]"
+"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$src[bigquery,http,mqtt,ble]"
 
 if [ ! -e "$target/config.yaml" ]; then
     say "writing $prefix/config.yaml from the sample"

@@ -20,7 +20,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("address", help="MAC (00:0C:BF:..), tty path (/dev/rfcomm0), tcp://HOST:PORT or sim://")
     p.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
                    help="btwattch1 (REX-BTWATTCH1, the default) or btwattch2 (RS-BTWATTCH2, Bluetooth LE)")
-    p.add_argument("--channel", type=int, help="btwattch1: RFCOMM channel (default: look it up over SDP)")
+    p.add_argument("--channel", type=int, help="btwattch1: RFCOMM channel (default: look it up over SDP, else try 1-30)")
     p.add_argument("--count", type=int, default=0, help="stop after this many readings (0: until Ctrl-C)")
     p.add_argument("--format", choices=sorted(FORMATTERS), default="json", help="row format (default json)")
     p.add_argument("--interval", type=positive_float, default=1.0, help="seconds between polls (default 1)")
