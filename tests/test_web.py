@@ -469,3 +469,32 @@ def test_the_page_moves_with_the_meter_in_a_real_browser(tmp_path, simulator, da
             shutil.copy(shot, Path(keep) / shot.name)
     finally:
         browser.close()
+
+
+# --- the uploader's figures, after real loads ------------------------------------------------------
+
+
+def test_upload_metrics_after_loads_into_the_bigquery_emulator(tmp_path, emulator):
+    from prometheus_client import generate_latest
+
+    from tests.test_uploader import drain, uploader_for, write_hours
+    from wattchecker_client.metrics import LiveCollector, registry_for
+
+    emulator.start()
+    data_dir = tmp_path / "data"
+    write_hours(data_dir, 3)
+    clock = FakeClock(dt.datetime(2026, 7, 1, 5, 0, 0))
+    uploader = uploader_for(emulator, data_dir, clock)
+    writer = Writer(data_dir, {METER: "wattchecker-data"}, ["csv"], clock)
+    live = LiveState(clock, data_dir, {METER: "wattchecker-data"})
+    registry = registry_for(LiveCollector(live, lambda: {}, writer, uploader, clock))
+    before = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert sample(before, "wattchecker_uploaded_files") == 0
+    assert "wattchecker_last_upload_timestamp_seconds" not in before  # no upload yet: no sample, not 0
+    drain(uploader)
+    after = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert sample(after, "wattchecker_uploaded_files") == 3
+    assert sample(after, "wattchecker_upload_failed_files") == 0
+    assert sample(after, "wattchecker_upload_queued_files") == 0
+    assert after["wattchecker_last_upload_timestamp_seconds"].type == "gauge"
+    assert sample(after, "wattchecker_last_upload_timestamp_seconds") == utc_epoch(clock.now())
