@@ -20,7 +20,7 @@ from typing import Dict, Optional
 import pytest
 
 from tests.browser import end_process
-from tests.conftest import free_port, run_cli, wait_for, write_config
+from tests.conftest import cli, free_port, run_cli, wait_for, write_config
 from wattchecker_client.clock import Clock, FakeClock, time_zone, utc_epoch
 from wattchecker_client.config import parse_config
 from wattchecker_client.daemon import Daemon
@@ -355,6 +355,21 @@ def test_bad_listen_fails_check_config_with_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
     assert "http.listen: port 99999" in done.stderr
+
+
+def test_without_the_library_check_config_names_the_extra(tmp_path):
+    """An installation where prometheus_client cannot be imported (here: first on the path, broken)."""
+    broken = tmp_path / "site" / "prometheus_client"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('No module named prometheus_client')\n")
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://")
+    config.write_text(config.read_text() + "http:\n")
+    done = subprocess.run(cli("check-config", "--config", str(config)), capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "wattchecker-client: error: http: needs the prometheus_client library: "
+        "pip install 'wattchecker-client[http]'"]
 
 
 def test_a_port_in_use_stops_start_up_naming_it(tmp_path):

@@ -11,7 +11,7 @@ live state whenever a reading arrives.
 from __future__ import annotations
 
 import errno
-import importlib.util
+import importlib
 import ipaddress
 import json
 import logging
@@ -51,8 +51,10 @@ EXTRA_HINT = "pip install 'wattchecker-client[http]'"
 
 def check_setup(section: HttpConfig) -> List[str]:
     """Start-up's and check-config's check: the library is there; warn when the LAN can see it."""
-    if importlib.util.find_spec("prometheus_client") is None:
-        raise SetupError(f"http: needs the prometheus_client library: {EXTRA_HINT}")
+    try:
+        importlib.import_module("prometheus_client")
+    except ImportError:
+        raise SetupError(f"http: needs the prometheus_client library: {EXTRA_HINT}") from None
     warnings = []
     if not _loopback(section.host):
         warnings.append(f"http.listen: {section.listen} is reachable from other machines; "
