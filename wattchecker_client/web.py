@@ -332,6 +332,7 @@ class EventStream:
         self.live = app.sources.live
         self.sent: Dict[str, int] = {}  # meter -> newest epoch second sent
         self.status: Dict[str, tuple] = {}
+        self.chunks: List[bytes] = []  # one write per wake-up, however many events it has
 
     def run(self) -> None:
         clock = self.app.clock
@@ -341,26 +342,24 @@ class EventStream:
             times = meter["history"][0]
             self.sent[name] = times[-1] if times else 0
         self._send("init", info)
+        self._write()
         next_summary = next_keepalive = clock.monotonic()
         next_summary += SUMMARY_EVERY
         while not self.app.stopping.is_set():
             version = self.live.wait(version, WAKE_EVERY)
-            wrote = self._readings_and_status()
+            self._readings_and_status()
             mono = clock.monotonic()
             if mono >= next_summary:
                 next_summary = mono + SUMMARY_EVERY
                 self._send("summary", self.app.energy.summary())
-                wrote = True
-            if wrote:
+            if not self.chunks and mono >= next_keepalive:
+                self.chunks.append(b": keepalive\n\n")
+            if self.chunks:
                 next_keepalive = mono + KEEPALIVE_EVERY
-            elif mono >= next_keepalive:
-                next_keepalive = mono + KEEPALIVE_EVERY
-                self.out.write(b": keepalive\n\n")
-                self.out.flush()
+                self._write()
 
-    def _readings_and_status(self) -> bool:
+    def _readings_and_status(self) -> None:
         mono = self.app.clock.monotonic()
-        wrote = False
         for name, state in self.live.snapshot().items():
             status = status_of(state, mono)
             m = state.measurement
@@ -373,14 +372,15 @@ class EventStream:
                 for t, watts in points:
                     self._send("reading", {"m": name, "t": t, "w": watts})
                 self.sent[name] = newest
-                wrote = True
             key = (status["connected"], status["since"], status["w"], status["last"])
             if key != self.status.get(name):
                 self.status[name] = key
                 self._send("status", {"m": name, **status})
-                wrote = True
-        return wrote
 
     def _send(self, event: str, data: object) -> None:
-        self.out.write(f"event: {event}\ndata: ".encode() + _json_line(data) + b"\n")
+        self.chunks.append(f"event: {event}\ndata: ".encode() + _json_line(data) + b"\n")
+
+    def _write(self) -> None:
+        self.out.write(b"".join(self.chunks))
         self.out.flush()
+        self.chunks.clear()
