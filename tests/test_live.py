@@ -9,10 +9,14 @@ import threading
 from pathlib import Path
 from typing import List
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from wattchecker_client.clock import FakeClock, time_zone
+from wattchecker_client.formats import FORMATTERS, watts_as_stored
 from wattchecker_client.live import STATE_FILE, LiveState
 from wattchecker_client.protocol import Measurement
-from wattchecker_client.report import meter_report
+from wattchecker_client.report import meter_report, parse_line
 from wattchecker_client.simulator import air_conditioner
 from wattchecker_client.writer import Writer
 
@@ -236,3 +240,11 @@ def test_wait_wakes_on_a_reading_and_history_keeps_the_newest(tmp_path):
     assert state.connected and state.since == clock.now() and state.measurement == readings([4])[0]
     live.disconnected("m")
     assert not live.snapshot()["m"].connected
+
+
+@given(st.floats(min_value=0, max_value=2800, allow_nan=False), st.sampled_from([["csv"], ["json"], ["csv", "json"]]))
+def test_live_watts_are_the_watts_the_report_reads_back(watts, data_format):
+    """The energy counter and the report must integrate the very same W, in either file format."""
+    m = Measurement(dt.datetime(2026, 7, 2, 9, 24, 30), 100.5, 250.0, watts)
+    fmt = "csv" if "csv" in data_format else "json"
+    assert watts_as_stored(data_format)(m) == parse_line(FORMATTERS[fmt](m))[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Callable, Sequence
 
 from .protocol import Measurement
 
@@ -16,9 +17,24 @@ def json_line(m: Measurement) -> str:
     )
 
 
+def csv_value(value: float) -> str:
+    """A CSV field: two decimals, as the original client wrote them."""
+    return f"{value:.2f}"
+
+
 def csv_line(m: Measurement) -> str:
     """``datetime,V,mA,W`` with two decimals, no header."""
-    return f"{m.time.strftime(DATETIME_FORMAT)},{m.volts:.2f},{m.milliamps:.2f},{m.watts:.2f}"
+    return f"{m.time.strftime(DATETIME_FORMAT)},{csv_value(m.volts)},{csv_value(m.milliamps)},{csv_value(m.watts)}"
 
 
 FORMATTERS = {"json": json_line, "csv": csv_line}
+
+
+def watts_as_stored(data_format: Sequence[str]) -> Callable[[Measurement], float]:
+    """W of a reading exactly as a reader of the files gets it back: CSV first (two decimals), else JSON.
+
+    JSON keeps the float as it is (its repr round-trips), so only CSV rounds.
+    """
+    if "csv" in data_format:
+        return lambda m: float(csv_value(m.watts))
+    return lambda m: m.watts

@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .clock import Clock, utc_epoch
-from .formats import FORMATTERS
+from .formats import watts_as_stored
 from .protocol import Measurement
-from .report import HourSources, held_seconds, parse_line, sources_for
+from .report import HourSources, held_seconds, sources_for
 from .writer import atomic_write, hour_of
 
 log = logging.getLogger(__name__)
@@ -138,13 +138,6 @@ class _Meter:
 class LiveStats:
     checkpoints: int = 0
     checkpoint_errors: int = 0
-
-
-def watts_as_stored(data_format: Sequence[str]) -> Callable[[Measurement], float]:
-    """W of a reading exactly as the report will read it back from the files (CSV keeps 2 decimals)."""
-    fmt = "csv" if "csv" in data_format else "json"
-    formatter = FORMATTERS[fmt]
-    return lambda m: parse_line(formatter(m))[1]
 
 
 class LiveState:
