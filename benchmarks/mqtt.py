@@ -35,17 +35,13 @@ import time
 from pathlib import Path
 from typing import List
 
-HERE = Path(__file__).resolve().parent
-# This folder's scripts are not modules: a benchmarks/http.py must not stand in for the standard library's http.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-import paho.mqtt.client as mqtt  # noqa: E402
+import paho.mqtt.client as mqtt
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
 def load_daemon_benchmark():
     """benchmarks/daemon.py's process sampling, shared rather than copied."""
-    spec = importlib.util.spec_from_file_location("daemon_benchmark", HERE / "daemon.py")
+    spec = importlib.util.spec_from_file_location("daemon_benchmark", Path(__file__).resolve().parent / "daemon.py")
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,6 +1,6 @@
 """What the http: section costs the service: CPU per hour at 1 Hz, with and without it.
 
-Run: .venv/bin/python benchmarks/http.py [--seconds 120]
+Run: .venv/bin/python benchmarks/web.py [--seconds 120]
 
 Six `run` processes at the same time (so the machine's other load falls on
 all alike), each against its own `simulate` process over TCP on 127.0.0.1,
@@ -18,25 +18,18 @@ plain runs. The issue's budget: idle at most 1.10. Prints figures; asserts nothi
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import signal
+import socket
+import subprocess
 import sys
-
-# Run as a script, this file's folder comes first on sys.path, and this file's
-# name would hide the standard library's http package from urllib.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Dict, List, Optional  # noqa: E402
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Optional
 
 CLI = [sys.executable, "-m", "wattchecker_client"]
 SETTLE = 8.0  # seconds: start-up (imports, restore, first connect) is not steady state
