@@ -261,7 +261,7 @@ def test_a_key_file_that_is_not_a_key_refuses_and_a_loose_mode_warns(tmp_path, c
     )
     with pytest.raises(SetupError, match="is not a service account key"):
         BigQueryTarget(config.bigquery, False)
-    assert "readable by other users (mode 644): chmod 600 it" in caplog.text
+    assert "readable by other users (mode 644): chmod o-rwx it" in caplog.text
     assert "project_id" not in caplog.text  # nothing of the key is logged
 
 
