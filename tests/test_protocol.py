@@ -19,6 +19,8 @@ from wattchecker_client.protocol import (
     encode_frame,
 )
 
+from . import framing
+
 CAPTURED = bytes.fromhex("AA 11 00 08 00 BC 6E 00 3E 9C 01 89 00 00 1E 26 0F 0F 08 13 9E")
 BUILT = bytes.fromhex("AA 11 00 08 00 E0 83 04 13 92 01 B5 8D 00 1E 18 09 07 09 13 65")
 ACK_SET_CLOCK = bytes.fromhex("AA 02 00 01 00 97")
@@ -216,57 +218,13 @@ valid_frames = st.one_of(
 )
 
 
-@st.composite
-def corrupted_frames(draw):
-    """A valid frame with one bit flipped in its payload or CRC byte.
-
-    CRC-8 catches every single-bit error, so such a frame never passes. Its
-    bytes after the sync hold no 0xAA, which could otherwise start a frame
-    whose CRC matches by chance (1 in 256) and no 8-bit CRC can rule out.
-    A corrupted length field has that same 1-in-256 chance against the
-    bytes that follow, so it has tests of its own below.
-    """
-    frame = bytearray(draw(valid_frames))
-    bit = draw(st.integers(3 * 8, len(frame) * 8 - 1))
-    frame[bit // 8] ^= 1 << (bit % 8)
-    if 0xAA in frame[1:]:
-        frame[1:] = bytes(b if b != 0xAA else 0xAB for b in frame[1:])
-        good_crc = crc8(bytes(frame[3:-1]))
-        frame[-1] = good_crc ^ (0x01 if good_crc ^ 0x01 != 0xAA else 0x02)
-    return bytes(frame)
-
-
-junk = st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\xaa", b"\x55"))
 stray_acks = st.sampled_from([ACK_START, ACK_SET_CLOCK])
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    pieces=st.lists(
-        st.one_of(
-            valid_frames.map(lambda f: ("valid", f)),
-            stray_acks.map(lambda f: ("valid", f)),
-            corrupted_frames().map(lambda f: ("bad", f)),
-            junk.map(lambda f: ("junk", f)),
-        ),
-        max_size=30,
-    ),
-    cuts=st.lists(st.integers(0, 2000), max_size=20),
-)
-def test_exactly_the_valid_frames_come_out_in_order(pieces, cuts):
-    stream = b"".join(data for _, data in pieces)
-    expected = [data[3:-1] for kind, data in pieces if kind == "valid"]
-    decoder = FrameDecoder()
-    got = []
-    start = 0
-    for cut in sorted(set(c for c in cuts if c < len(stream))) + [len(stream)]:
-        decoder.feed(stream[start:cut])
-        got.extend(f.payload for f in decoder)
-        assert decoder.buffered < MAX_FRAME
-        start = cut
-    assert got == expected
-    assert decoder.crc_errors == sum(1 for kind, _ in pieces if kind == "bad")
-    assert decoder.buffered == 0
+@given(parts=framing.pieces(valid_frames, stray_acks), splits=framing.cuts)
+def test_exactly_the_valid_frames_come_out_in_order(parts, splits):
+    framing.assert_only_valid_frames_come_out(parts, splits, FrameDecoder())
 
 
 @pytest.mark.parametrize("length", [0x10, 0x13, 0x15, 0x19, 0x01, 0x31, 0x91])

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from wattchecker_client import protocol
 from wattchecker_client.protocol import (
-    MAX_FRAME,
     Advertisement,
     FrameDecoder,
     Measurement,
@@ -25,6 +24,8 @@ from wattchecker_client.protocol import (
     encode_advertisement,
     encode_frame,
 )
+
+from . import framing
 
 # protocol.md lists this vector with one more byte (0x31) after the CRC (0x30):
 # 3 header bytes + 27 payload bytes + 1 CRC byte is 31 bytes, so the 32nd
@@ -269,47 +270,10 @@ valid_frames = st.one_of(
 )
 
 
-@st.composite
-def corrupted_frames(draw):
-    """A valid frame with one payload or CRC bit flipped, and no 0xAA after its sync (see test_protocol)."""
-    frame = bytearray(draw(valid_frames))
-    bit = draw(st.integers(3 * 8, len(frame) * 8 - 1))
-    frame[bit // 8] ^= 1 << (bit % 8)
-    if 0xAA in frame[1:]:
-        frame[1:] = bytes(b if b != 0xAA else 0xAB for b in frame[1:])
-        good_crc = crc8(bytes(frame[3:-1]))
-        frame[-1] = good_crc ^ (0x01 if good_crc ^ 0x01 != 0xAA else 0x02)
-    return bytes(frame)
-
-
-junk = st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\xaa", b"\x55"))
-
-
 @settings(max_examples=300, deadline=None)
-@given(
-    pieces=st.lists(
-        st.one_of(
-            valid_frames.map(lambda f: ("valid", f)),
-            corrupted_frames().map(lambda f: ("bad", f)),
-            junk.map(lambda f: ("junk", f)),
-        ),
-        max_size=30,
-    ),
-    cuts=st.lists(st.integers(0, 2000), max_size=20),
-)
-def test_exactly_the_valid_frames_come_out_in_order(pieces, cuts):
-    stream = b"".join(data for _, data in pieces)
-    decoder = FrameDecoder(big_endian=True)
-    got = []
-    start = 0
-    for cut in sorted(set(c for c in cuts if c < len(stream))) + [len(stream)]:
-        decoder.feed(stream[start:cut])
-        got.extend(f.payload for f in decoder)
-        assert decoder.buffered < MAX_FRAME
-        start = cut
-    assert got == [data[3:-1] for kind, data in pieces if kind == "valid"]
-    assert decoder.crc_errors == sum(1 for kind, _ in pieces if kind == "bad")
-    assert decoder.buffered == 0
+@given(parts=framing.pieces(valid_frames), splits=framing.cuts)
+def test_exactly_the_valid_frames_come_out_in_order(parts, splits):
+    framing.assert_only_valid_frames_come_out(parts, splits, FrameDecoder(big_endian=True))
 
 
 def test_notifications_split_at_20_bytes_reassemble():
