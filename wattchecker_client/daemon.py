@@ -257,8 +257,7 @@ class Daemon:
 
     def _live_for(self, config: Config):
         """The live state when an output shows it (MQTT, the page), else None; run() restores its energy."""
-        http = getattr(config, "http", None)
-        if config.mqtt is None and http is None:
+        if config.mqtt is None and config.http is None:
             return None
         from .dashboard import history_seconds
         from .live import LiveState
@@ -268,7 +267,7 @@ class Daemon:
             self.clock,
             general.data_dir,
             {d.name: config.file_stem(d) for d in config.devices},
-            history_seconds=history_seconds(config) if http is not None else 0,  # the page's last hour
+            history_seconds=history_seconds(config) if config.http is not None else 0,  # the page's last hour
             data_format=general.data_format,
             durable_rows=self._rows_on_disk,
             # Energy is saved (and shown) once its rows are on disk: saving more often than the writer flushes gains nothing.
@@ -482,13 +481,14 @@ class Daemon:
                 self.notifier.status(self._reading)
 
     def _report(self, final: bool = False) -> None:
+        prefix = "final status " if final else "status "
         for name, reader in self.readers.items():
             s = reader.stats
             log.info(
                 "%s%s: readings=%d duplicates=%d stale_seconds=%d gaps=%d missing_seconds=%d "
                 "crc_errors=%d rejected=%d stray_frames=%d retries=%d timeouts=%d reconnects=%d "
                 "link_errors=%d clock_resets=%d clock_steps=%d ahead_of_host=%d behind_host=%d",
-                "final status " if final else "status ", name, s.readings, s.duplicates, s.stale_seconds,
+                prefix, name, s.readings, s.duplicates, s.stale_seconds,
                 s.gaps, s.missing_seconds, s.crc_errors, s.rejected, s.stray_frames, s.retries, s.timeouts,
                 max(0, s.connects - 1), s.link_errors, s.clock_resets, s.clock_steps, s.ahead_of_host,
                 s.behind_host,
@@ -497,21 +497,20 @@ class Daemon:
         written = " ".join(f"{k}={v}" for k, v in sorted(self.writer.counts().items()))
         log.info(
             "%swriter: rows_received=%d written: %s buffered=%d files_closed=%d write_errors=%d rows_dropped=%d",
-            "final status " if final else "status ", w.rows_received, written, self.writer.pending_rows(),
+            prefix, w.rows_received, written, self.writer.pending_rows(),
             w.files_closed, w.write_errors, w.rows_dropped,
         )
         if self.config.bigquery:
             u = self.uploader.stats
-            log.info("%suploader: uploaded=%d rows=%d queued=%d failed=%d retries=%d deleted=%d",
-                     "final status " if final else "status ", u.uploaded, u.rows, self.uploader.pending,
-                     u.failed, u.retries, u.deleted)
+            log.info("%suploader: uploaded=%d rows=%d jobs=%d queued=%d failed=%d retries=%d deleted=%d",
+                     prefix, u.uploaded, u.rows, u.jobs, self.uploader.pending, u.failed, u.retries, u.deleted)
         if self.mqtt is not None:
             m = self.mqtt.stats
             log.info("%smqtt: connected=%s connects=%d outages=%d connect_failures=%d published=%d dropped=%d "
-                     "relay_commands=%d", "final status " if final else "status ", "yes" if self.mqtt.connected else "no",
+                     "relay_commands=%d", prefix, "yes" if self.mqtt.connected else "no",
                      m.connects, m.outages, m.connect_failures, m.published, m.dropped, m.relay_commands)
         if self.live is not None and self.live.stats.checkpoint_errors:
-            log.info("%senergy: checkpoints=%d checkpoint_errors=%d", "final status " if final else "status ",
+            log.info("%senergy: checkpoints=%d checkpoint_errors=%d", prefix,
                      self.live.stats.checkpoints, self.live.stats.checkpoint_errors)
         total = sum(r.stats.readings for r in self.readers.values())
         self.notifier.status(f"{total} readings, {w.files_closed} hours closed, {self.writer.pending_rows()} buffered"
