@@ -7,6 +7,7 @@
 # Options:
 #   --address MAC|PATH   the meter (written into a new config.yaml only)
 #   --channel N          its RFCOMM channel (likewise)
+#   --model M            btwattch1 (default) or btwattch2 (an RS-BTWATTCH2 over BLE; likewise)
 #   --prefix DIR         where to install (default /opt/wattchecker-client)
 #   --root DIR           install into DIR as if it were / (for packaging and tests):
 #                        no apt, no user, no systemctl
@@ -20,6 +21,7 @@ root=/
 python=/usr/bin/python3
 address=""
 channel=""
+model=""
 start=yes
 user=wattchecker
 src=$(cd "$(dirname "$0")" && pwd)
@@ -53,11 +55,12 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --address) address=${2:?--address needs a value}; shift 2 ;;
         --channel) channel=${2:?--channel needs a value}; shift 2 ;;
+        --model) model=${2:?--model needs a value}; shift 2 ;;
         --prefix) prefix=${2:?--prefix needs a value}; shift 2 ;;
         --root) root=${2:?--root needs a value}; shift 2 ;;
         --python) python=${2:?--python needs a value}; shift 2 ;;
         --no-start) start=no; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -99,6 +102,9 @@ if [ ! -e "$target/config.yaml" ]; then
     sed_args=()
     [ -n "$address" ] && sed_args+=(-e "s|\"00:0C:BF:XX:XX:XX\"|\"$address\"|")
     [ -n "$channel" ] && sed_args+=(-e "s|^  channel: 6$|  channel: $channel|")
+    # An RS-BTWATTCH2 has no RFCOMM channel and no start argument: their lines go.
+    [ -n "$model" ] && sed_args+=(-e "s|^  model: btwattch1$|  model: $model|")
+    [ "$model" = btwattch2 ] && sed_args+=(-e "/^  channel: /d" -e "/^  start_argument: /d")
     if [ ${#sed_args[@]} -gt 0 ]; then
         sed "${sed_args[@]}" "$src/config_sample.yaml" > "$target/config.yaml"
     else

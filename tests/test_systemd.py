@@ -88,6 +88,27 @@ def test_install_again_keeps_the_users_config_and_data(installed):
     assert (target / "log" / "wattchecker-data.csv").read_text().startswith("2019-09-07 09:24:30")
 
 
+def test_install_writes_a_config_for_an_rs_btwattch2(installed):
+    """--model btwattch2: the sample loses the keys only a BTWATTCH1 has, and check-config passes."""
+    root, _ = installed
+    target = root / PREFIX.lstrip("/")
+    kept = (target / "config.yaml").read_text()
+    (target / "config.yaml").unlink()
+    try:
+        install(root, "--address", "F0:12:34:56:78:9A", "--model", "btwattch2")
+        config = (target / "config.yaml").read_text()
+        assert 'address: "F0:12:34:56:78:9A"' in config and "\n  model: btwattch2\n" in config
+        assert "\n  channel:" not in config and "\n  start_argument:" not in config
+        check = subprocess.run(
+            [str(target / "venv/bin/wattchecker-client"), "check-config", "--config", str(target / "config.yaml")],
+            capture_output=True, text=True,
+        )
+        assert check.returncode == 0, check.stderr
+        assert "meters: wattchecker at F0:12:34:56:78:9A" in check.stdout
+    finally:
+        (target / "config.yaml").write_text(kept)
+
+
 def test_install_refuses_bad_options(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "install.sh"), "--root", str(tmp_path), "--bogus"],
                             capture_output=True, text=True)
