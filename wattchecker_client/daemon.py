@@ -379,6 +379,8 @@ class Daemon:
         if self.web is not None:
             self.web.bind()  # a port in use stops start-up here, before anything starts
         self.writer.recover()
+        for device in self.config.devices:  # before the page: /metrics names every meter from the first scrape
+            self.readers[device.name] = self._reader_for(device)
         if self.live is not None:  # in a thread of its own: counting years of files must not delay reading
             self.live.restore({d.name: self.writer.last_time(d.name) for d in self.config.devices}, background=True)
         if self.web is not None:
@@ -386,9 +388,8 @@ class Daemon:
         writer_stop, uploader_stop = threading.Event(), threading.Event()
         writer_thread = self._writer_thread = self._start("writer", self._write, writer_stop)
         uploader_thread = self._start("uploader", self._upload, uploader_stop) if self.config.bigquery else None
-        for device in self.config.devices:
-            reader = self.readers[device.name] = self._reader_for(device)
-            self._threads.append(self._start(f"reader {device.name}", self._read_meter, device.name, reader))
+        for name, reader in self.readers.items():
+            self._threads.append(self._start(f"reader {name}", self._read_meter, name, reader))
         mqtt_stop = threading.Event()
         mqtt_thread = self._start("mqtt", self._publish_mqtt, mqtt_stop) if self.config.mqtt else None
         names = ", ".join(f"{d.name} at {d.address}" for d in self.config.devices)
@@ -469,7 +470,7 @@ class Daemon:
 
     def _clock_note(self) -> str:
         """What the status line adds while the meters' clocks wait for the system clock."""
-        if not any(r.waiting_for_sync for r in list(self.readers.values())):  # a copy: readers start meanwhile
+        if not any(r.waiting_for_sync for r in self.readers.values()):
             return ""
         return f"; waiting up to {self.config.general.time_sync_wait:g} s for the system clock to be synchronised"
 
