@@ -70,29 +70,32 @@ def test_a_backlog_waits_out_a_403_then_loads_one_job_per_utc_day(emulator, daem
 
 
 def test_sigterm_mid_load_then_restart_credits_that_very_job_exactly_once(emulator, daemons, tmp_path):
-    """Eight hours of 3,600 rows take the emulator about 25 s to load in one job: longer than the
-    daemon waits for its uploader after SIGTERM, so the signal lands inside the load."""
-    emulator.start()
-    data_dir = tmp_path / "data"
-    written = write_hours(data_dir, 8, per_hour=3600)
-    config = write_config(tmp_path / "config.yaml", data_dir, "sim://?seed=7", poll_interval=1.0)
-    with_bigquery(config, emulator.url)
-    first = daemons(config, tmp_path)
-    wait_for(lambda: ledger(data_dir)["pending"], what="the batch written ahead")
-    ((job_id, batch),) = ledger(data_dir)["pending"].items()
-    assert len(batch["hours"]) == 8
-    assert first.stop() == 0, first.stderr()
-    assert "an upload is still in flight" in first.stderr()  # stopped inside the load ...
-    after_stop = ledger(data_dir)
-    assert after_stop["uploaded"] == {} and list(after_stop["pending"]) == [job_id]  # ... before its credit
-    second = daemons(config, tmp_path)
-    wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 8, timeout=120, what="the batch credited")
-    assert second.stop() == 0, second.stderr()
-    assert f"batch {job_id} from an earlier run is in BigQuery: crediting its 8 hour(s)" in second.stderr()
-    final = ledger(data_dir)
-    assert final["pending"] == {} and {e["job_id"] for e in final["uploaded"].values()} == {job_id}
-    ((count,),) = emulator.query(f"SELECT COUNT(*) FROM `{TABLE}`")
-    assert count == len(written) == 8 * 3600
+    """The proxy holds the load's answer, so the SIGTERM lands inside the load on any machine:
+    BigQuery has the rows, the daemon has not heard so."""
+    with BigQueryProxy(emulator.start()) as proxy:
+        data_dir = tmp_path / "data"
+        written = write_hours(data_dir, 8, per_hour=600)
+        config = write_config(tmp_path / "config.yaml", data_dir, "sim://?seed=7", poll_interval=1.0)
+        with_bigquery(config, proxy.url)
+        proxy.hold_loads()
+        first = daemons(config, tmp_path)
+        wait_for(proxy.held.is_set, what="the load reaching BigQuery")
+        ((job_id, batch),) = ledger(data_dir)["pending"].items()
+        assert len(batch["hours"]) == 8
+        assert first.stop() == 0, first.stderr()
+        assert "an upload is still in flight" in first.stderr()  # stopped inside the load ...
+        after_stop = ledger(data_dir)
+        assert after_stop["uploaded"] == {} and list(after_stop["pending"]) == [job_id]  # ... before its credit
+        proxy.release()
+        second = daemons(config, tmp_path)
+        wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 8, timeout=120, what="the batch credited")
+        assert second.stop() == 0, second.stderr()
+        assert f"batch {job_id} from an earlier run is in BigQuery: crediting its 8 hour(s)" in second.stderr()
+        final = ledger(data_dir)
+        assert final["pending"] == {} and {e["job_id"] for e in final["uploaded"].values()} == {job_id}
+        assert proxy.loads == 1  # the restart asked about the job, it did not load again
+        ((count,),) = emulator.query(f"SELECT COUNT(*) FROM `{TABLE}`")
+        assert count == len(written) == 8 * 600
 
 
 def test_sigkill_once_the_batch_is_written_ahead_then_restart_loads_every_hour_exactly_once(emulator, daemons, tmp_path):

@@ -50,10 +50,13 @@ DENIALS = {
 
 
 class BigQueryProxy:
-    """A loopback HTTP proxy in front of the emulator: counts load jobs, and can deny like IAM does.
+    """A loopback HTTP proxy in front of the emulator: counts load jobs, can deny like IAM does,
+    and can hold a load's answer.
 
     The emulator has no job listing and never answers 403; real requests from the
-    real client library pass through here unchanged otherwise.
+    real client library pass through here unchanged otherwise. With `hold_loads()`,
+    a load's rows reach the emulator but its answer waits until `release()`: the load is
+    in flight for as long as a test needs, however fast the machine.
     """
 
     HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
@@ -64,6 +67,9 @@ class BigQueryProxy:
         self.loads = 0  # load jobs the server accepted
         self.denied = 0
         self.deny: Optional[str] = None  # a key of DENIALS
+        self.holding = False
+        self.held = threading.Event()  # a load's answer is being held
+        self.released = threading.Event()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -84,6 +90,9 @@ class BigQueryProxy:
     def relay(self, request) -> None:
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
         starts_load = request.command == "POST" and request.path.startswith("/upload/")
+        # the request carrying the rows: a resumable upload's PUT, or a one-shot multipart POST
+        sends_rows = request.path.startswith("/upload/") and (
+            request.command == "PUT" or "uploadType=multipart" in request.path)
         denial = DENIALS.get(self.deny)
         if denial and request.command == denial[0] and request.path.startswith(denial[1]):
             self.denied += 1
@@ -99,6 +108,9 @@ class BigQueryProxy:
         if starts_load:
             self.load_requests += 1
             self.loads += response.status == 200
+        if sends_rows and self.holding:
+            self.held.set()
+            self.released.wait(timeout=600)
         self.answer(request, response.status, [(k, v) for k, v in response.getheaders() if k.lower() not in self.HOP], data)
 
     @staticmethod
@@ -110,10 +122,18 @@ class BigQueryProxy:
         request.end_headers()
         request.wfile.write(data)
 
+    def hold_loads(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        self.holding = False
+        self.released.set()
+
     def __enter__(self) -> "BigQueryProxy":
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()
 
