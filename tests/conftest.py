@@ -314,3 +314,33 @@ def emulator(tmp_path):
     emu = Emulator(tmp_path)
     yield emu
     emu.stop()
+
+
+# --- the fast subset: `pytest -m "not process"` -------------------------------------------------
+
+# Fixtures that start a real process (a daemon, a simulator, a broker, the emulator, a mount).
+PROCESS_FIXTURES = {"daemons", "simulator", "emulator", "proxy", "brokers", "installed", "tiny_disk"}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "process: starts a real process (the daemon, a broker, a tool); "
+                                       "`-m 'not process'` leaves these out")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)
+
+
+@pytest.fixture(autouse=True)
+def _in_process_stays_in_process(request, monkeypatch):
+    """A test not marked `process` that starts one fails here, so the fast subset stays honest."""
+    if request.node.get_closest_marker("process"):
+        return
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it "
+                             "`@pytest.mark.process` (or the module: `pytestmark = pytest.mark.process`)")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)

@@ -391,6 +391,7 @@ def test_what_bluez_raises_becomes_one_line(monkeypatch, error, line):
     assert ble.explain(error) == line
 
 
+@pytest.mark.process
 def test_without_bleak_the_line_names_the_extra():
     code = (
         "import sys, collections; sys.modules['bleak'] = None\n"
@@ -553,6 +554,7 @@ def read_until_warned(env: dict) -> List[str]:
     return lines + rest.splitlines()
 
 
+@pytest.mark.process
 def test_real_read_without_a_system_bus_says_what_to_start(tmp_path):
     lines = read_until_warned({"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"})
     assert lines[0] == (
@@ -563,6 +565,7 @@ def test_real_read_without_a_system_bus_says_what_to_start(tmp_path):
     assert len(lines) == 2 and lines[1].startswith("INFO wattchecker_client: 0 readings printed; ")
 
 
+@pytest.mark.process
 def test_real_read_without_bluetoothd_says_what_to_start(tmp_path):
     with bus_without_bluez(tmp_path) as address:
         lines = read_until_warned({"DBUS_SYSTEM_BUS_ADDRESS": address})

@@ -341,6 +341,7 @@ def test_switch_off_and_on_shows_in_the_files(simulator, daemons, tmp_path):
     assert relay_runs(data_dir) == ["on", "off", "on"]
 
 
+@pytest.mark.process
 def test_switch_refuses_a_meter_without_a_relay_in_one_line(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("devices:\n  - name: aircon\n    address: tcp://127.0.0.1:9\n")
@@ -355,6 +356,7 @@ def test_switch_refuses_a_meter_without_a_relay_in_one_line(tmp_path):
     assert unknown.stderr == f"wattchecker-client: error: {config}: no device named 'fridge' (known: aircon)\n"
 
 
+@pytest.mark.process
 def test_switch_says_in_one_line_when_the_meter_cannot_be_reached():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -364,6 +366,7 @@ def test_switch_says_in_one_line_when_the_meter_cannot_be_reached():
     assert re.fullmatch(rf"wattchecker-client: error: {address}: connect failed: [^\n]+\n", result.stderr)
 
 
+@pytest.mark.process
 def test_demo_with_model_btwattch2(tmp_path):
     data_dir = tmp_path / "demo"
     proc = subprocess.Popen(cli("demo", "--model", "btwattch2", "--data-dir", str(data_dir), "--speed", "600"),
@@ -380,6 +383,7 @@ def test_demo_with_model_btwattch2(tmp_path):
     assert set(shown + out.splitlines(keepends=True)) <= stored  # what it showed is what it wrote
 
 
+@pytest.mark.process
 def test_read_refuses_a_channel_for_a_btwattch2():
     result = run_cli("read", "AA:BB:CC:DD:EE:FF", "--model", "btwattch2", "--channel", "6")
     assert (result.returncode, result.stdout) == (2, "")

@@ -73,6 +73,7 @@ def assert_both_stop_with(config: Path, line: str) -> None:
     assert "OK" not in checked.stdout
 
 
+@pytest.mark.process
 def test_a_missing_key_file_fails_check_config_as_it_fails_start_up(tmp_path):
     config = config_with_bigquery(tmp_path, service_account_json="missing-key.json")
     assert_both_stop_with(config, f"wattchecker-client: error: bigquery.service_account_json: cannot read "
@@ -80,6 +81,7 @@ def test_a_missing_key_file_fails_check_config_as_it_fails_start_up(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []  # run created nothing either
 
 
+@pytest.mark.process
 def test_an_unreadable_key_file_fails_both(tmp_path):
     # Tests run as root, for whom chmod 000 still reads: a folder where the key
     # should be is unreadable as a file for every user.
@@ -98,6 +100,7 @@ def test_a_mode_000_key_file_fails_both(tmp_path):
                                   f"{key}: Permission denied")
 
 
+@pytest.mark.process
 def test_a_key_that_is_not_a_key_fails_both(tmp_path):
     (tmp_path / "key.json").write_text('{"type": "service_account", "project_id": "p"}')
     (tmp_path / "key.json").chmod(0o600)
@@ -114,6 +117,7 @@ def test_a_key_that_is_not_a_key_fails_both(tmp_path):
         frozenset({"client_email", "token_uri"})}
 
 
+@pytest.mark.process
 def test_a_good_key_passes_and_a_loose_mode_is_a_warning(tmp_path):
     pytest.importorskip("cryptography")
     key = service_account_key(tmp_path / "key.json")
@@ -131,6 +135,7 @@ def test_a_good_key_passes_and_a_loose_mode_is_a_warning(tmp_path):
     assert (quiet.returncode, our_lines(quiet.stderr)) == (0, [])
 
 
+@pytest.mark.process
 def test_google_cloud_bigquery_not_installed_fails_both(tmp_path, monkeypatch):
     hide_module(tmp_path, monkeypatch, "google.cloud.bigquery")
     config = config_with_bigquery(tmp_path, project_id="p", api_endpoint="http://127.0.0.1:9")
@@ -141,12 +146,14 @@ def test_google_cloud_bigquery_not_installed_fails_both(tmp_path, monkeypatch):
     assert installed.returncode == 0, installed.stderr  # the hook, not the config, made the difference
 
 
+@pytest.mark.process
 def test_no_project_anywhere_fails_both(tmp_path):
     config = config_with_bigquery(tmp_path, api_endpoint="http://127.0.0.1:9")
     assert_both_stop_with(
         config, "wattchecker-client: error: bigquery.project_id: missing, and the credentials name no project")
 
 
+@pytest.mark.process
 def test_a_missing_data_folder_is_a_warning_and_nothing_is_created(tmp_path):
     data_dir = tmp_path / "mnt" / "data"
     config = write_config(tmp_path / "config.yaml", data_dir, "sim://")
@@ -159,6 +166,7 @@ def test_a_missing_data_folder_is_a_warning_and_nothing_is_created(tmp_path):
     assert not (tmp_path / "mnt").exists()
 
 
+@pytest.mark.process
 def test_a_ble_meter_without_bleak_fails_both(tmp_path, monkeypatch):
     hide_module(tmp_path, monkeypatch, "bleak")
     data_dir = tmp_path / "data"

@@ -76,6 +76,7 @@ def test_read_csv_format(simulator):
         assert (volts, milliamps, watts) == (f"{m.volts:.2f}", f"{m.milliamps:.2f}", f"{m.watts:.2f}")
 
 
+@pytest.mark.process
 def test_read_the_embedded_simulator():
     result = run_cli("read", "sim://?clock_speed=10&seed=7", "--count", "3", "--interval", "0.1")
     assert result.returncode == 0, result.stderr
@@ -117,6 +118,7 @@ def test_sigterm_stops_the_simulator_and_removes_its_link(simulator, tmp_path):
         (["simulate", "--corrupt-rate", "3"], "corrupt_rate must be between 0 and 1"),
     ],
 )
+@pytest.mark.process
 def test_setup_errors_are_one_line_and_exit_2(args, message):
     result = run_cli(*args, timeout=20)
     assert result.returncode == 2
@@ -124,6 +126,7 @@ def test_setup_errors_are_one_line_and_exit_2(args, message):
     assert result.stderr.count("\n") == 1 and message in result.stderr
 
 
+@pytest.mark.process
 def test_read_retries_a_meter_that_is_not_there_yet_and_says_so_once():
     proc = subprocess.Popen(
         cli("read", "tcp://127.0.0.1:9", "--interval", "0.1"),

@@ -116,6 +116,7 @@ def test_ready_watchdog_status_and_stopping_reach_a_real_notify_socket(daemons, 
     assert any(m.startswith("STOPPING=1\nSTATUS=stopping") for m in rest)
 
 
+@pytest.mark.process
 def test_a_broken_config_stops_start_up_with_one_line(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("general:\n  data_buffer_size: soon\ndevice:\n  address: sim://\n")
@@ -127,6 +128,7 @@ def test_a_broken_config_stops_start_up_with_one_line(tmp_path):
     assert not (tmp_path / "log").exists()
 
 
+@pytest.mark.process
 def test_check_config_reports_what_it_would_run(tmp_path):
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", "00:0C:BF:12:34:56")
     result = run_cli("check-config", "--config", str(config), timeout=30)
@@ -220,6 +222,7 @@ def test_uploads_heal_through_an_emulator_that_starts_late_and_gets_killed(emula
     assert re.search(r"final status uploader: uploaded=[1-9]\d*", daemon.stderr())
 
 
+@pytest.mark.process
 def test_an_unreadable_key_file_stops_start_up_with_one_line(tmp_path):
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://")
     with open(config, "a") as f:

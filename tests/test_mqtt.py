@@ -367,6 +367,7 @@ def test_a_meters_ids_come_from_its_address_alone(tmp_path):
         ("sensor", "power"), ("sensor", "voltage"), ("sensor", "current"), ("sensor", "energy"), ("switch", "relay")])
 
 
+@pytest.mark.process
 def test_check_config_validates_and_shows_the_section(tmp_path):
     config = write_config(tmp_path / "config.yaml", tmp_path, "sim://")
     text = config.read_text()
@@ -386,6 +387,7 @@ def test_check_config_validates_and_shows_the_section(tmp_path):
     assert f"mqtt.password_file: cannot read {tmp_path / 'missing'}: No such file or directory" in result.stderr
 
 
+@pytest.mark.process
 def test_without_paho_one_line_names_the_extra(tmp_path):
     config = write_config(tmp_path / "config.yaml", tmp_path, "sim://")
     config.write_text(config.read_text() + "mqtt:\n  host: 127.0.0.1\n")

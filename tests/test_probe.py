@@ -136,6 +136,7 @@ def test_the_reader_searches_once_tells_the_user_and_reconnects_on_the_found_cha
                      "(or give `read --channel 4`) to skip this search"]
 
 
+@pytest.mark.process
 @pytest.mark.skipif(hasattr(socket, "AF_BLUETOOTH"), reason="this Python has Bluetooth sockets")
 def test_read_without_bluetooth_sockets_is_one_line_that_names_no_guessed_channel():
     from .conftest import run_cli

@@ -143,6 +143,7 @@ def config_file(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
+@pytest.mark.process
 def test_report_command_prints_the_table_and_writes_csv(tmp_path):
     write(tmp_path / "data", constant(dt.datetime(2026, 7, 1, 15), 2 * 86400, 125.0))
     config = config_file(tmp_path, "report:\n  timezone: Asia/Tokyo\n  price: 30\n  currency: JPY\n")
@@ -159,6 +160,7 @@ def test_report_command_prints_the_table_and_writes_csv(tmp_path):
         "date,meter,kwh,cost,hours_covered,peak_w\n2026-07-02,wattchecker,3.000000,90.0000,24.0000,125.0\n")
 
 
+@pytest.mark.process
 def test_png_without_matplotlib_says_how_to_install_it(tmp_path):
     write(tmp_path / "data", constant(dt.datetime(2026, 7, 1), 3600, 100.0))
     code = ("import sys; sys.modules['matplotlib'] = None\n"
@@ -171,6 +173,7 @@ def test_png_without_matplotlib_says_how_to_install_it(tmp_path):
         "wattchecker-client: error: --png needs matplotlib: pip install 'wattchecker-client[report]'")
 
 
+@pytest.mark.process
 def test_the_chart_renders(tmp_path):
     pytest.importorskip("matplotlib")
     rows = [air_conditioner(dt.datetime(2026, 7, 1, 15) + dt.timedelta(seconds=s)) for s in range(0, 3 * 86400, 1)]

@@ -136,6 +136,7 @@ def test_an_adapter_that_is_off_is_one_line():
 # --- the real bleak, on a machine without BlueZ -------------------------------------------
 
 
+@pytest.mark.process
 def test_real_scan_without_a_system_bus_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
     result = run_cli("scan", "--seconds", "1")
@@ -148,6 +149,7 @@ def test_real_scan_without_a_system_bus_is_one_line(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.process
 def test_real_scan_without_bluetoothd_is_one_line(tmp_path, monkeypatch):
     with bus_without_bluez(tmp_path) as address:
         monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
@@ -159,6 +161,7 @@ def test_real_scan_without_bluetoothd_is_one_line(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.process
 def test_real_scan_without_bleak_names_the_extra(tmp_path, monkeypatch):
     shadow = tmp_path / "bleak"
     shadow.mkdir()

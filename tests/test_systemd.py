@@ -109,6 +109,7 @@ def test_install_writes_a_config_for_an_rs_btwattch2(installed):
         (target / "config.yaml").write_text(kept)
 
 
+@pytest.mark.process
 def test_install_refuses_bad_options(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "install.sh"), "--root", str(tmp_path), "--bogus"],
                             capture_output=True, text=True)
@@ -127,6 +128,7 @@ def test_unit_verifies(installed, tmp_path):
     assert result.returncode == 0 and not problems, result.stderr
 
 
+@pytest.mark.process
 @needs_analyze
 def test_unit_is_hardened(tmp_path):
     checked = tmp_path / "wattchecker_client.service"

@@ -417,6 +417,7 @@ for run_dir in sys.argv[1:]:
 """
 
 
+@pytest.mark.process
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the test's seccomp filter is written for x86_64")
 def test_where_adjtimex_is_refused_timesyncds_flag_file_decides(tmp_path):
     absent, running, synced = tmp_path / "absent", tmp_path / "running", tmp_path / "synced"
@@ -433,6 +434,7 @@ def test_where_adjtimex_is_refused_timesyncds_flag_file_decides(tmp_path):
 # --- the setting ---------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_check_config_shows_the_wait_and_the_clock_now(tmp_path):
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", MAC, time_sync_wait=30)
     result = run_cli("check-config", "--config", str(config), timeout=30)

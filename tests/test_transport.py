@@ -217,6 +217,7 @@ def system_python_has_bluetooth() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not system_python_has_bluetooth(), reason="no system Python with AF_BLUETOOTH")
 def test_kernel_without_bluetooth_gives_one_clear_line():
     """The real RFCOMM socket call, on this kernel (no Bluetooth: errno 97)."""

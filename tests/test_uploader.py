@@ -669,6 +669,7 @@ def test_upload_command_resends_a_file_from_failed_after_it_is_fixed(emulator, t
     assert len(list(data.glob("*.gz"))) == 2
 
 
+@pytest.mark.process
 def test_upload_command_with_bigquery_down_leaves_everything_queued(tmp_path):
     emulator = Emulator(tmp_path)  # never started: nothing listens there
     write_hours(tmp_path / "data", 2)

@@ -348,6 +348,7 @@ def test_ipv6_listen_serves_on_the_v6_loopback(tmp_path):
 
 
 
+@pytest.mark.process
 def test_bad_listen_fails_check_config_with_one_line(tmp_path):
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://")
     config.write_text(config.read_text() + "http:\n  listen: 127.0.0.1:99999\n")
@@ -357,6 +358,7 @@ def test_bad_listen_fails_check_config_with_one_line(tmp_path):
     assert "http.listen: port 99999" in done.stderr
 
 
+@pytest.mark.process
 def test_without_the_library_check_config_names_the_extra(tmp_path):
     """An installation where prometheus_client cannot be imported (here: first on the path, broken)."""
     broken = tmp_path / "site" / "prometheus_client"
@@ -372,6 +374,7 @@ def test_without_the_library_check_config_names_the_extra(tmp_path):
         "pip install 'wattchecker-client[http]'"]
 
 
+@pytest.mark.process
 def test_a_port_in_use_stops_start_up_naming_it(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
