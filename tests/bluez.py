@@ -332,6 +332,7 @@ class StandInBlueZ:
         # (meter second, measurement, the client subscribed) per measurement answered
         self.ledger: List[Tuple[dt.datetime, Any, bool]] = []
         self.writes: List[bytes] = []
+        self.advertised: List[bytes] = []  # manufacturer data sent while discovering
         self.calls: List[str] = []
         self.connects = 0
         self._decoder: Any = None
@@ -479,8 +480,11 @@ class StandInBlueZ:
         from dbus_fast import Variant
 
         if self.present and not self.connected:
-            data = Variant("ay", self.meter.advertisement())
-            self._device.emit_properties_changed({"RSSI": -60, "ManufacturerData": {self.manufacturer_id: data}})
+            data = self.meter.advertisement()
+            self.advertised.append(data)
+            self._device.emit_properties_changed(
+                {"RSSI": -60, "ManufacturerData": {self.manufacturer_id: Variant("ay", data)}}
+            )
         self._advertiser = self._loop.call_later(ADVERTISE_EVERY, self._advertise)
 
     # --- fault switches (from the test's thread) ---------------------------------------

@@ -94,3 +94,31 @@ def test_run_keeps_every_second_the_plug_served_through_bluez(bluez, tmp_path):
     assert counts["written"] >= 0.98 * counts["served_up"] >= 0.98 * 60
     assert bluez.connects == 1 and "Disconnect" in bluez.calls  # one link, let go at shutdown
     assert len(rows(tmp_path / "data", "other")) >= 55
+
+
+def test_scan_lists_the_plug_with_its_advertised_values(bluez, monkeypatch):
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bluez.address)
+    result = run_cli("scan", "--seconds", "1")
+    assert (result.returncode, result.stderr) == (0, "scanning for 1 s ...\n")
+    first, last = result.stdout.splitlines()
+    advertised = [btwattch2.decode_advertisement(data) for data in bluez.advertised]
+    assert first in [  # one of them: the scan's last before it stopped listening
+        f"{MAC}  BTWATTCH2_789A    -60 dBm  RS-BTWATTCH2  "
+        f"relay on, {ad.volts:g} V, {ad.milliamps:g} mA, {ad.watts:g} W" for ad in advertised
+    ]
+    assert all(ad.relay is True and 90 < ad.volts < 110 for ad in advertised)
+    assert last == "1 meter found in 1 s"
+    assert bluez.calls[:2] == ["SetDiscoveryFilter", "StartDiscovery"] and "StopDiscovery" in bluez.calls
+
+
+def test_switch_turns_the_plugs_relay_with_the_exact_bytes(bluez, monkeypatch):
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bluez.address)
+    off = run_cli("switch", MAC, "off", "--model", "btwattch2")
+    assert (off.returncode, off.stdout) == (0, f"{MAC}: relay off\n"), off.stderr
+    assert bluez.meter.relay is False
+    assert bluez.writes[-1] == bytes.fromhex("AA 00 02 A7 00 DC")
+    on = run_cli("switch", MAC, "on", "--model", "btwattch2")
+    assert (on.returncode, on.stdout) == (0, f"{MAC}: relay on\n"), on.stderr
+    assert bluez.meter.relay is True
+    assert bluez.writes[-1] == bytes.fromhex("AA 00 02 A7 01 59")
+    assert bluez.calls.count("Connect") == 2 and bluez.calls.count("Disconnect") == 2
