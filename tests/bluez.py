@@ -425,6 +425,7 @@ class StandInBlueZ:
         for path, interface in reversed(self._gatt):
             self._bus.unexport(path, interface)
         self._gatt, self._rx = [], None
+        self.muted = False  # a link's silence ends with the link
         if self.connected:
             self.connected = False
             self._device.emit_properties_changed({"Connected": False})

@@ -122,3 +122,60 @@ def test_switch_turns_the_plugs_relay_with_the_exact_bytes(bluez, monkeypatch):
     assert bluez.meter.relay is True
     assert bluez.writes[-1] == bytes.fromhex("AA 00 02 A7 01 59")
     assert bluez.calls.count("Connect") == 2 and bluez.calls.count("Disconnect") == 2
+
+
+# --- the faults BlueZ shows in practice: each heals by itself, loses nothing served, stops no other meter ---
+
+DROPPED = "the meter or BlueZ dropped the BLE connection"
+FAULTS = {
+    # name: (set before `run` starts, applied while reading, undone HEAL_AFTER s later,
+    #        the one warning, (Connect calls, links made))
+    "notifications stop, re-subscribing heals": (None, lambda b: b.mute(), None, None, (1, 1)),
+    "notifications stop for good on that link": (
+        None, lambda b: b.mute(heals_on_resubscribe=False), None,
+        "no notification for 2 s, even after re-subscribing", (2, 2),
+    ),
+    "the device disappears": (None, lambda b: b.vanish(), lambda b: b.reappear(), DROPPED, (2, 2)),
+    "the adapter powers off": (None, lambda b: b.power(False), lambda b: b.power(True), DROPPED, (2, 2)),
+    "services never resolve": (
+        lambda b: b.half_open(1), None, None,
+        "timed out (is the meter plugged in, in range, and not connected to a phone?)", (2, 2),
+    ),
+    "Connect fails": (
+        lambda b: b.fail_connects(2), None, None,
+        "org.bluez.Error.Failed le-connection-abort-by-remote (BleakDBusError)", (3, 1),
+    ),
+}
+HEAL_AFTER = 3.0
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_run_heals_by_itself(bluez, tmp_path, fault):
+    """One line per outage, healed without help, no served second lost, the other meter never held up."""
+    before, during, undo, warning, links = FAULTS[fault]
+    if before:
+        before(bluez)
+    daemon = DaemonProcess(write_config(tmp_path), tmp_path, env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address})
+    data_dir = tmp_path / "data"
+    try:
+        wait_for(lambda: len(rows(data_dir, "plug")) >= 3, timeout=60, what="the plug's first rows")
+        if during:
+            during(bluez)
+            if undo:
+                Clock().sleep(HEAL_AFTER)  # an outage a user would notice
+                undo(bluez)
+        healed_from = len(rows(data_dir, "plug"))
+        wait_for(lambda: len(rows(data_dir, "plug")) >= healed_from + 3, timeout=60, what="rows after the fault")
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+    log = daemon.stderr()
+    warnings = [line.split(" WARNING ", 1)[1] for line in log.splitlines() if " WARNING " in line]
+    assert warnings == ([f"wattchecker_client.meter: plug: {NAME}: {warning}; reconnecting"] if warning else [])
+    resubscribed = "stop" in fault
+    assert log.count("re-subscribing\n") == resubscribed
+    assert bluez.calls.count("StopNotify") == resubscribed
+    assert (bluez.calls.count("Connect"), bluez.connects) == links
+    counts = check_against_ledger(rows(data_dir, "plug"), bluez)
+    assert counts["lost_up"] == 0 and counts["written"] >= 6
+    other = seconds_of(rows(data_dir, "other"))
+    assert max(b - a for a, b in zip(other, other[1:])) <= dt.timedelta(seconds=2)  # never held up
