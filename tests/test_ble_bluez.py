@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import re
+import shutil
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
 
 pytest.importorskip("bleak", reason="bleak is the [ble] extra: pip install -e '.[test]'")
-
 from wattchecker_client.clock import Clock  # noqa: E402
 from wattchecker_client.formats import json_line  # noqa: E402
 from wattchecker_client.protocol import btwattch2  # noqa: E402
 from wattchecker_client.simulator import SimOptions, SimulatedMeter  # noqa: E402
 
-from .bluez import stand_in_bluez  # noqa: E402
+from .bluez import SKIP_REASON, stand_in_bluez  # noqa: E402
 from .conftest import DaemonProcess, run_cli, wait_for  # noqa: E402
 from .datacheck import read  # noqa: E402
+
+if shutil.which("dbus-daemon") is None:  # one line for the whole file, not one per test
+    pytest.skip(SKIP_REASON, allow_module_level=True)
 
 MAC = "F0:12:34:56:78:9A"
 NAME = f"{MAC} (BLE)"
@@ -75,11 +76,6 @@ def check_against_ledger(lines: List[str], bluez) -> Dict[str, int]:
         assert line in [text for text, _ in served.get(second, [])], f"not what was served: {line}"
     up = {second for second, answers in served.items() if any(u for _, u in answers)}
     return {"served_up": len(up), "written": len(stamps), "lost_up": len(up - set(stamps))}
-
-
-def ble_lines(stderr: str) -> List[str]:
-    """The log's lines about the plug at INFO and above, without the timestamps."""
-    return [line for line in stderr.splitlines() if NAME in line or f" {MAC}:" in line or "plug" in line]
 
 
 def test_run_keeps_every_second_the_plug_served_through_bluez(bluez, tmp_path):
