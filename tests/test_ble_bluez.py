@@ -139,7 +139,8 @@ FAULTS = {
     ),
     "Connect fails": (
         lambda b: b.fail_connects(2), None, None,
-        "org.bluez.Error.Failed le-connection-abort-by-remote (BleakDBusError)", (3, 1),
+        "BlueZ failed: le-connection-abort-by-remote "
+        "(is the meter plugged in, in range, and not connected to a phone?)", (3, 1),
     ),
 }
 HEAL_AFTER = 3.0
