@@ -98,6 +98,8 @@ NUS_TX = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"  # host -> meter (write)
 NUS_RX = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"  # meter -> host (notify)
 NOTIFY_CHUNK = 20  # the default ATT payload: a 31-byte answer is two notifications
 ADVERTISE_EVERY = 0.2
+RSSI = -60
+MANUFACTURER_ID = 0x0B60  # RATOC's company id, from docs/protocol.md (not from the code under test)
 FAILED = "org.bluez.Error.Failed"
 NOT_READY = "org.bluez.Error.NotReady"
 
@@ -112,37 +114,31 @@ def _interfaces():
     from dbus_fast import DBusError, PropertyAccess, Variant
     from dbus_fast.service import ServiceInterface, dbus_property, method
 
-    read = PropertyAccess.READ
+    def readable(name: str, signature: str, value: Callable[[Any], Any]) -> Any:
+        """A read-only D-Bus property ``name`` of type ``signature``, worth ``value(interface)``."""
+
+        def getter(self: Any) -> Any:
+            return value(self)
+
+        getter.__name__ = name
+        getter.__annotations__ = {"return": signature}
+        return dbus_property(access=PropertyAccess.READ, name=name)(getter)
 
     class Adapter(ServiceInterface):
         """org.bluez.Adapter1 of hci0."""
+
+        Address = readable("Address", "s", lambda a: "00:1A:7D:DA:71:13")
+        Name = readable("Name", "s", lambda a: "stand-in")
+        Powered = readable("Powered", "b", lambda a: a.bluez.powered)
+        Discovering = readable("Discovering", "b", lambda a: a.bluez.discovering)
+        Roles = readable("Roles", "as", lambda a: ["central", "peripheral"])
 
         def __init__(self, bluez: "StandInBlueZ") -> None:
             super().__init__("org.bluez.Adapter1")
             self.bluez = bluez
 
-        @dbus_property(access=read)
-        def Address(self) -> "s":  # noqa: F821, N802 (D-Bus names and signatures)
-            return "00:1A:7D:DA:71:13"
-
-        @dbus_property(access=read)
-        def Name(self) -> "s":  # noqa: F821, N802
-            return "stand-in"
-
-        @dbus_property(access=read)
-        def Powered(self) -> "b":  # noqa: F821, N802
-            return self.bluez.powered
-
-        @dbus_property(access=read)
-        def Discovering(self) -> "b":  # noqa: F821, N802
-            return self.bluez.discovering
-
-        @dbus_property(access=read)
-        def Roles(self) -> "as":  # noqa: F821, N802
-            return ["central", "peripheral"]
-
         @method()
-        def SetDiscoveryFilter(self, properties: "a{sv}"):  # noqa: F821, N802
+        def SetDiscoveryFilter(self, properties: "a{sv}"):  # noqa: F821, N802 (D-Bus names and signatures)
             self.bluez.calls.append("SetDiscoveryFilter")
 
         @method()
@@ -163,63 +159,28 @@ def _interfaces():
             self.bluez.vanish()
 
     class Device(ServiceInterface):
-        """org.bluez.Device1 of the RS-BTWATTCH2."""
+        """org.bluez.Device1 of the RS-BTWATTCH2: paired and trusted, as the README's setup leaves it."""
+
+        Address = readable("Address", "s", lambda d: d.bluez.mac)
+        AddressType = readable("AddressType", "s", lambda d: "public")
+        Name = readable("Name", "s", lambda d: d.bluez.name)
+        Alias = readable("Alias", "s", lambda d: d.bluez.name)
+        Adapter = readable("Adapter", "o", lambda d: ADAPTER_PATH)
+        Paired = readable("Paired", "b", lambda d: True)
+        Bonded = readable("Bonded", "b", lambda d: True)
+        Trusted = readable("Trusted", "b", lambda d: True)
+        Connected = readable("Connected", "b", lambda d: d.bluez.connected)
+        ServicesResolved = readable("ServicesResolved", "b", lambda d: d.bluez.resolved)
+        RSSI = readable("RSSI", "n", lambda d: RSSI)
+        UUIDs = readable("UUIDs", "as", lambda d: [NUS_SERVICE])
+        ManufacturerData = readable(
+            "ManufacturerData", "a{qv}",
+            lambda d: {MANUFACTURER_ID: Variant("ay", d.bluez.meter.advertisement())},
+        )
 
         def __init__(self, bluez: "StandInBlueZ") -> None:
             super().__init__("org.bluez.Device1")
             self.bluez = bluez
-
-        @dbus_property(access=read)
-        def Address(self) -> "s":  # noqa: F821, N802
-            return self.bluez.mac
-
-        @dbus_property(access=read)
-        def AddressType(self) -> "s":  # noqa: F821, N802
-            return "public"
-
-        @dbus_property(access=read)
-        def Name(self) -> "s":  # noqa: F821, N802
-            return self.bluez.name
-
-        @dbus_property(access=read)
-        def Alias(self) -> "s":  # noqa: F821, N802
-            return self.bluez.name
-
-        @dbus_property(access=read)
-        def Adapter(self) -> "o":  # noqa: F821, N802
-            return ADAPTER_PATH
-
-        @dbus_property(access=read)
-        def Paired(self) -> "b":  # noqa: F821, N802
-            return True
-
-        @dbus_property(access=read)
-        def Bonded(self) -> "b":  # noqa: F821, N802
-            return True
-
-        @dbus_property(access=read)
-        def Trusted(self) -> "b":  # noqa: F821, N802
-            return True
-
-        @dbus_property(access=read)
-        def Connected(self) -> "b":  # noqa: F821, N802
-            return self.bluez.connected
-
-        @dbus_property(access=read)
-        def ServicesResolved(self) -> "b":  # noqa: F821, N802
-            return self.bluez.resolved
-
-        @dbus_property(access=read)
-        def RSSI(self) -> "n":  # noqa: F821, N802
-            return -60
-
-        @dbus_property(access=read)
-        def UUIDs(self) -> "as":  # noqa: F821, N802
-            return [NUS_SERVICE]
-
-        @dbus_property(access=read)
-        def ManufacturerData(self) -> "a{qv}":  # noqa: F821, N802
-            return {self.bluez.manufacturer_id: Variant("ay", self.bluez.meter.advertisement())}
 
         @method()
         async def Connect(self):  # noqa: N802
@@ -233,54 +194,29 @@ def _interfaces():
     class Service(ServiceInterface):
         """org.bluez.GattService1: the Nordic UART service."""
 
+        UUID = readable("UUID", "s", lambda s: NUS_SERVICE)
+        Device = readable("Device", "o", lambda s: s.device)
+        Primary = readable("Primary", "b", lambda s: True)
+
         def __init__(self, device: str) -> None:
             super().__init__("org.bluez.GattService1")
             self.device = device
 
-        @dbus_property(access=read)
-        def UUID(self) -> "s":  # noqa: F821, N802
-            return NUS_SERVICE
-
-        @dbus_property(access=read)
-        def Device(self) -> "o":  # noqa: F821, N802
-            return self.device
-
-        @dbus_property(access=read)
-        def Primary(self) -> "b":  # noqa: F821, N802
-            return True
-
     class Characteristic(ServiceInterface):
         """org.bluez.GattCharacteristic1: RX (notify) or TX (write)."""
+
+        UUID = readable("UUID", "s", lambda c: c.uuid)
+        Service = readable("Service", "o", lambda c: c.service)
+        Value = readable("Value", "ay", lambda c: c.value)
+        Notifying = readable("Notifying", "b", lambda c: c.notifying)
+        Flags = readable("Flags", "as", lambda c: c.flags)
+        MTU = readable("MTU", "q", lambda c: NOTIFY_CHUNK + 3)
 
         def __init__(self, bluez: "StandInBlueZ", uuid: str, service: str, flags: List[str]) -> None:
             super().__init__("org.bluez.GattCharacteristic1")
             self.bluez, self.uuid, self.service, self.flags = bluez, uuid, service, flags
             self.value = b""
             self.notifying = False
-
-        @dbus_property(access=read)
-        def UUID(self) -> "s":  # noqa: F821, N802
-            return self.uuid
-
-        @dbus_property(access=read)
-        def Service(self) -> "o":  # noqa: F821, N802
-            return self.service
-
-        @dbus_property(access=read)
-        def Value(self) -> "ay":  # noqa: F821, N802
-            return self.value
-
-        @dbus_property(access=read)
-        def Notifying(self) -> "b":  # noqa: F821, N802
-            return self.notifying
-
-        @dbus_property(access=read)
-        def Flags(self) -> "as":  # noqa: F821, N802
-            return self.flags
-
-        @dbus_property(access=read)
-        def MTU(self) -> "q":  # noqa: F821, N802
-            return 23
 
         @method()
         def StartNotify(self):  # noqa: N802
@@ -311,8 +247,6 @@ def _interfaces():
 
 class StandInBlueZ:
     """``org.bluez`` with one RS-BTWATTCH2, on its own event loop thread; see the module's docstring."""
-
-    manufacturer_id = 0x0B60
 
     def __init__(self, address: str, mac: str, meter: Any) -> None:
         self.address = address
@@ -484,7 +418,7 @@ class StandInBlueZ:
             data = self.meter.advertisement()
             self.advertised.append(data)
             self._device.emit_properties_changed(
-                {"RSSI": -60, "ManufacturerData": {self.manufacturer_id: Variant("ay", data)}}
+                {"RSSI": RSSI, "ManufacturerData": {MANUFACTURER_ID: Variant("ay", data)}}
             )
         self._advertiser = self._loop.call_later(ADVERTISE_EVERY, self._advertise)
 
