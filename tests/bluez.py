@@ -26,8 +26,9 @@ Fault switches, callable from the test's thread (each applies on the service's l
 ``mute()`` (notifications stop while connected; ``heals_on_resubscribe`` says whether
 StopNotify/StartNotify brings them back), ``vanish()``/``reappear()`` (the device's
 objects go: ``InterfacesRemoved``), ``half_open(n)`` (the next n connects never
-resolve services), ``power(False)`` (the adapter powers off, dropping the link),
-``fail_connects(n)`` (the next n ``Connect`` calls fail with ``org.bluez.Error.Failed``).
+resolve services), ``fail_subscribes(n)`` (the next n ``StartNotify`` fail),
+``power(False)`` (the adapter powers off, dropping the link), ``fail_connects(n)``
+(the next n ``Connect`` calls fail with ``org.bluez.Error.Failed``).
 
 It needs the ``dbus-daemon`` binary (Debian package ``dbus-daemon``); without it the
 tests that use it skip with one line.
@@ -263,6 +264,7 @@ class StandInBlueZ:
         self.heals_on_resubscribe = True
         self.half_opens = 0
         self.connect_failures = 0
+        self.notify_failures = 0
         # (meter second, measurement, the client subscribed) per measurement answered
         self.ledger: List[Tuple[dt.datetime, Any, bool]] = []
         self.writes: List[bytes] = []
@@ -365,10 +367,13 @@ class StandInBlueZ:
             self._device.emit_properties_changed({"Connected": False})
 
     def subscribe(self, characteristic: Any, on: bool) -> None:
-        if characteristic is not self._rx:
-            from dbus_fast import DBusError
+        from dbus_fast import DBusError
 
+        if characteristic is not self._rx:
             raise DBusError("org.bluez.Error.NotSupported", "Operation is not supported")
+        if on and self.notify_failures:
+            self.notify_failures -= 1
+            raise DBusError(FAILED, "Operation failed with ATT error: 0x0e")
         characteristic.notifying = on
         characteristic.emit_properties_changed({"Notifying": on})
         if on and self.heals_on_resubscribe:
@@ -462,6 +467,10 @@ class StandInBlueZ:
     def fail_connects(self, count: int = 1) -> None:
         """The next ``count`` Connect calls fail with org.bluez.Error.Failed."""
         self.call(setattr, self, "connect_failures", count)
+
+    def fail_subscribes(self, count: int = 1) -> None:
+        """The next ``count`` StartNotify calls fail: connected and resolved, but no notifications."""
+        self.call(setattr, self, "notify_failures", count)
 
     def power(self, on: bool) -> None:
         """The adapter powers off (dropping the link) or back on."""

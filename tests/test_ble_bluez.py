@@ -137,6 +137,7 @@ FAULTS = {
         lambda b: b.half_open(1), None, None,
         "timed out (is the meter plugged in, in range, and not connected to a phone?)", (2, 2),
     ),
+    "subscribing fails": (lambda b: b.fail_subscribes(1), None, None, None, (2, 2)),
     "Connect fails": (
         lambda b: b.fail_connects(2), None, None,
         "BlueZ failed: le-connection-abort-by-remote "
@@ -171,6 +172,7 @@ def test_run_heals_by_itself(bluez, tmp_path, fault):
     resubscribed = "stop" in fault
     assert log.count("re-subscribing\n") == resubscribed
     assert bluez.calls.count("StopNotify") == resubscribed
+    assert log.count("dropping that link\n") == (fault == "subscribing fails")  # half-open: retried in the same open
     assert (bluez.calls.count("Connect"), bluez.connects) == links
     counts = check_against_ledger(rows(data_dir, "plug"), bluez)
     assert counts["lost_up"] == 0 and counts["written"] >= 6
