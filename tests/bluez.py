@@ -46,6 +46,9 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
+from wattchecker_client.protocol import btwattch2
+from wattchecker_client.protocol.frames import FrameDecoder
+
 from .conftest import wait_for
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -298,6 +301,8 @@ class StandInBlueZ:
         await self._bus.request_name("org.bluez")
 
     def close(self) -> None:
+        """Leave the bus, then stop the loop's thread."""
+
         async def stop() -> None:
             self._bus.disconnect()
 
@@ -349,8 +354,6 @@ class StandInBlueZ:
                       (f"{service}/char000f", self._rx)]
         for path, interface in self._gatt:
             self._bus.export(path, interface)
-        from wattchecker_client.protocol.frames import FrameDecoder
-
         self._decoder = FrameDecoder(big_endian=True)
 
     def drop(self) -> None:
@@ -392,9 +395,7 @@ class StandInBlueZ:
                     self._rx.notify(answer[at : at + NOTIFY_CHUNK])
 
     def _record(self, request: bytes, answer: bytes, up: bool) -> None:
-        from wattchecker_client.protocol import btwattch2
-        from wattchecker_client.protocol.frames import FrameDecoder
-
+        """Into the ledger: the measurement in ``answer``, as the meter's clock stamped it."""
         if request[0] != btwattch2.CMD_GET_DATA:
             return
         decoder = FrameDecoder(big_endian=True)
@@ -453,6 +454,8 @@ class StandInBlueZ:
             self.call(apply)
 
     def reappear(self) -> None:
+        """The device is in range again: its objects come back (InterfacesAdded), ready to connect."""
+
         def apply() -> None:
             if not self.present:
                 self.present = True
