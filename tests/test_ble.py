@@ -383,8 +383,10 @@ def test_one_silent_meter_does_not_hold_up_another(opened):
          "not found by a scan: is it plugged in, in range, and not connected to another host (a phone app)? "
          "`wattchecker-client scan` lists the meters nearby"),
         (asyncio.TimeoutError(), "timed out (is the meter plugged in, in range, and not connected to a phone?)"),
+        (bleak_exc.BleakDBusError("org.bluez.Error.Failed", ["le-connection-abort-by-remote"]),
+         "BlueZ failed: le-connection-abort-by-remote (is the meter plugged in, in range, and not connected to a phone?)"),
     ],
-    ids=["no-dbus", "no-bluetoothd", "powered-off", "no-adapter", "not-found", "timeout"],
+    ids=["no-dbus", "no-bluetoothd", "powered-off", "no-adapter", "not-found", "timeout", "bluez-failed"],
 )
 def test_what_bluez_raises_becomes_one_line(monkeypatch, error, line):
     monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)

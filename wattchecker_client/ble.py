@@ -51,6 +51,8 @@ CONNECT_ATTEMPTS = 2
 MIN_CONNECT_TIMEOUT = 10.0
 SILENCE_TIMEOUT = 3.0
 DEFAULT_BUS = "unix:path=/run/dbus/system_bus_socket"
+# What to check when BlueZ cannot reach the meter over the air.
+OUT_OF_REACH = "is the meter plugged in, in range, and not connected to a phone?"
 
 # bleak.BleakClient or a stand-in: (address, disconnected_callback=..., timeout=...)
 ClientFactory = Callable[..., Any]
@@ -105,7 +107,7 @@ def system_bus() -> str:
 def explain(exc: BaseException) -> str:
     """What bleak, D-Bus or BlueZ raised, as one line a user can act on."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timed out (is the meter plugged in, in range, and not connected to a phone?)"
+        return f"timed out ({OUT_OF_REACH})"
     if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
         return (
             f"cannot reach BlueZ: no D-Bus system bus at {system_bus()} ({exc.strerror}): "
@@ -130,6 +132,9 @@ def explain(exc: BaseException) -> str:
         return (
             f"D-Bus denied access to BlueZ ({text}): run as root or as a member of group `bluetooth`"
         )
+    if dbus_error == "org.bluez.Error.Failed":
+        # BlueZ's catch-all, with its reason as the body (le-connection-abort-by-remote, ...): mostly radio.
+        return f"BlueZ failed: {getattr(exc, 'dbus_error_details', None) or 'no reason given'} ({OUT_OF_REACH})"
     if type(exc).__name__ == "BleakDeviceNotFoundError":
         return (
             "not found by a scan: is it plugged in, in range, and not connected to another host "

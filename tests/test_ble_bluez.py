@@ -1,0 +1,180 @@
+"""The RS-BTWATTCH2 end to end through the real bleak and a real D-Bus: `run`, `scan` and `switch`
+as real processes, a stand-in BlueZ (tests/bluez.py) on a private dbus-daemon, the simulated meter
+behind it. What is compared is what a user sees: the hourly files' rows against the ledger of what
+the stand-in served, the log's lines, the relay's bytes on the characteristic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+pytest.importorskip("bleak", reason="bleak is the [ble] extra: pip install -e '.[test]'")
+from wattchecker_client.clock import Clock  # noqa: E402
+from wattchecker_client.formats import json_line  # noqa: E402
+from wattchecker_client.protocol import btwattch2  # noqa: E402
+from wattchecker_client.simulator import SimOptions, SimulatedMeter  # noqa: E402
+
+from .bluez import SKIP_REASON, stand_in_bluez  # noqa: E402
+from .conftest import DaemonProcess, run_cli, wait_for  # noqa: E402
+from .datacheck import read  # noqa: E402
+
+if shutil.which("dbus-daemon") is None:  # one line for the whole file, not one per test
+    pytest.skip(SKIP_REASON, allow_module_level=True)
+
+MAC = "F0:12:34:56:78:9A"
+NAME = f"{MAC} (BLE)"
+
+
+@pytest.fixture
+def bluez(tmp_path):
+    meter = SimulatedMeter(SimOptions(model="btwattch2", seed=3), Clock())
+    with stand_in_bluez(tmp_path, MAC, meter) as stand_in:
+        yield stand_in
+
+
+def write_config(tmp_path: Path, poll_interval: float = 1.0) -> Path:
+    """The plug through BlueZ, and a second meter (simulated in-process) that must never stop."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"general:\n  data_dir: {tmp_path / 'data'}\n  data_buffer_size: 1\n  data_format: [json]\n"
+        f"  poll_interval: {poll_interval}\n  status_interval: 600\n"
+        "devices:\n"
+        f"  - name: plug\n    address: '{MAC}'\n    model: btwattch2\n    timeout: 2\n"
+        "  - name: other\n    address: 'sim://?seed=8'\n"
+    )
+    return config
+
+
+def rows(data_dir: Path, name: str) -> List[str]:
+    """Every JSON row of one meter, closed hours and the current file, in file order."""
+    lines: List[str] = []
+    for path in sorted(data_dir.glob(f"wattchecker-data-{name}.json.*.gz")):
+        lines += read(path)
+    current = data_dir / f"wattchecker-data-{name}.json"
+    return lines + (read(current) if current.exists() else [])
+
+
+def seconds_of(lines: List[str]) -> List[dt.datetime]:
+    return [dt.datetime.strptime(json.loads(line)["datetime"], "%Y-%m-%d %H:%M:%S") for line in lines]
+
+
+def check_against_ledger(lines: List[str], bluez) -> Dict[str, int]:
+    """Each row is exactly what the stand-in served at that second, none twice; the counts."""
+    served = {}
+    for second, m, up in bluez.served():
+        served.setdefault(second, []).append((json_line(m), up))
+    stamps = seconds_of(lines)
+    assert len(stamps) == len(set(stamps)), "a second written twice"
+    assert stamps == sorted(stamps)
+    for line, second in zip(lines, stamps):
+        assert line in [text for text, _ in served.get(second, [])], f"not what was served: {line}"
+    up = {second for second, answers in served.items() if any(u for _, u in answers)}
+    return {"served_up": len(up), "written": len(stamps), "lost_up": len(up - set(stamps))}
+
+
+def test_run_keeps_every_second_the_plug_served_through_bluez(bluez, tmp_path):
+    """`run` for 60 s at 1 Hz: >= 98 % of the seconds served, exact values, none twice."""
+    daemon = DaemonProcess(write_config(tmp_path), tmp_path, env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address})
+    try:
+        wait_for(lambda: len(bluez.served()) >= 61, timeout=120, what="61 readings served")
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+    counts = check_against_ledger(rows(tmp_path / "data", "plug"), bluez)
+    print(counts)
+    assert counts["written"] >= 0.98 * counts["served_up"] >= 0.98 * 60
+    assert bluez.connects == 1 and "Disconnect" in bluez.calls  # one link, let go at shutdown
+    assert len(rows(tmp_path / "data", "other")) >= 55
+
+
+def test_scan_lists_the_plug_with_its_advertised_values(bluez, monkeypatch):
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bluez.address)
+    result = run_cli("scan", "--seconds", "1")
+    assert (result.returncode, result.stderr) == (0, "scanning for 1 s ...\n")
+    first, last = result.stdout.splitlines()
+    advertised = [btwattch2.decode_advertisement(data) for data in bluez.advertised]
+    assert first in [  # one of them: the scan's last before it stopped listening
+        f"{MAC}  BTWATTCH2_789A    -60 dBm  RS-BTWATTCH2  "
+        f"relay on, {ad.volts:g} V, {ad.milliamps:g} mA, {ad.watts:g} W" for ad in advertised
+    ]
+    assert all(ad.relay is True and 90 < ad.volts < 110 for ad in advertised)
+    assert last == "1 meter found in 1 s"
+    assert bluez.calls[:2] == ["SetDiscoveryFilter", "StartDiscovery"] and "StopDiscovery" in bluez.calls
+
+
+def test_switch_turns_the_plugs_relay_with_the_exact_bytes(bluez, monkeypatch):
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bluez.address)
+    off = run_cli("switch", MAC, "off", "--model", "btwattch2")
+    assert (off.returncode, off.stdout) == (0, f"{MAC}: relay off\n"), off.stderr
+    assert bluez.meter.relay is False
+    assert bluez.writes[-1] == bytes.fromhex("AA 00 02 A7 00 DC")
+    on = run_cli("switch", MAC, "on", "--model", "btwattch2")
+    assert (on.returncode, on.stdout) == (0, f"{MAC}: relay on\n"), on.stderr
+    assert bluez.meter.relay is True
+    assert bluez.writes[-1] == bytes.fromhex("AA 00 02 A7 01 59")
+    assert bluez.calls.count("Connect") == 2 and bluez.calls.count("Disconnect") == 2
+
+
+# --- the faults BlueZ shows in practice: each heals by itself, loses nothing served, stops no other meter ---
+
+DROPPED = "the meter or BlueZ dropped the BLE connection"
+FAULTS = {
+    # name: (set before `run` starts, applied while reading, undone HEAL_AFTER s later,
+    #        the one warning, (Connect calls, links made))
+    "notifications stop, re-subscribing heals": (None, lambda b: b.mute(), None, None, (1, 1)),
+    "notifications stop for good on that link": (
+        None, lambda b: b.mute(heals_on_resubscribe=False), None,
+        "no notification for 2 s, even after re-subscribing", (2, 2),
+    ),
+    "the device disappears": (None, lambda b: b.vanish(), lambda b: b.reappear(), DROPPED, (2, 2)),
+    "the adapter powers off": (None, lambda b: b.power(False), lambda b: b.power(True), DROPPED, (2, 2)),
+    "services never resolve": (
+        lambda b: b.half_open(1), None, None,
+        "timed out (is the meter plugged in, in range, and not connected to a phone?)", (2, 2),
+    ),
+    "subscribing fails": (lambda b: b.fail_subscribes(1), None, None, None, (2, 2)),
+    "Connect fails": (
+        lambda b: b.fail_connects(2), None, None,
+        "BlueZ failed: le-connection-abort-by-remote "
+        "(is the meter plugged in, in range, and not connected to a phone?)", (3, 1),
+    ),
+}
+HEAL_AFTER = 3.0
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_run_heals_by_itself(bluez, tmp_path, fault):
+    """One line per outage, healed without help, no served second lost, the other meter never held up."""
+    before, during, undo, warning, links = FAULTS[fault]
+    if before:
+        before(bluez)
+    daemon = DaemonProcess(write_config(tmp_path), tmp_path, env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address})
+    data_dir = tmp_path / "data"
+    try:
+        wait_for(lambda: len(rows(data_dir, "plug")) >= 3, timeout=60, what="the plug's first rows")
+        if during:
+            during(bluez)
+            if undo:
+                Clock().sleep(HEAL_AFTER)  # an outage a user would notice
+                undo(bluez)
+        healed_from = len(rows(data_dir, "plug"))
+        wait_for(lambda: len(rows(data_dir, "plug")) >= healed_from + 3, timeout=60, what="rows after the fault")
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+    log = daemon.stderr()
+    warnings = [line.split(" WARNING ", 1)[1] for line in log.splitlines() if " WARNING " in line]
+    assert warnings == ([f"wattchecker_client.meter: plug: {NAME}: {warning}; reconnecting"] if warning else [])
+    resubscribed = "stop" in fault
+    assert log.count("re-subscribing\n") == resubscribed
+    assert bluez.calls.count("StopNotify") == resubscribed
+    assert log.count("dropping that link\n") == (fault == "subscribing fails")  # half-open: retried in the same open
+    assert (bluez.calls.count("Connect"), bluez.connects) == links
+    counts = check_against_ledger(rows(data_dir, "plug"), bluez)
+    assert counts["lost_up"] == 0 and counts["written"] >= 6
+    other = seconds_of(rows(data_dir, "other"))
+    assert max(b - a for a, b in zip(other, other[1:])) <= dt.timedelta(seconds=2)  # never held up
