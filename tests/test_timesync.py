@@ -156,51 +156,52 @@ def test_a_right_meter_clock_is_left_alone_while_the_host_clock_is_stale(caplog)
     assert "the system clock is synchronised" in caplog.text
 
 
-def test_a_wrong_meter_clock_is_skipped_until_the_host_clock_is_synchronised_then_set(caplog):
-    """A meter that lost power too: 30 days behind. Nothing recorded, nothing set, until NTP answers."""
-    clock, meter = booted_stale(meter_offset=-30 * 86400)
+def test_a_meter_behind_an_unsynchronised_host_lost_its_power_and_is_set_forward_at_once(caplog):
+    """The Pi's clock is 2 days behind and unsynchronised; the meter 2 days behind that (it lost its power).
+
+    Its stamps are surely wrong: the first reading is skipped and the meter set
+    forward to the host clock, the best lower bound of the real time; rows are
+    in that time from then on, with no second twice.
+    """
+    clock, meter = booted_stale(meter_offset=-2 * TWO_DAYS)
     reader = reader_for(clock, meter, time_sync_wait=180)
     caplog.set_level(logging.INFO)
-    got = drive(reader, clock, 40, {20: synchronise(TWO_DAYS)})
-    ((set_at, set_to),) = meter.sets  # once, right after the synchronisation
+    got = drive(reader, clock, 40)
+    ((set_at, set_to),) = meter.sets  # once, at the first reading
     elapsed_at_set = set_at - (clock.monotonic() - 40)
-    assert 20 <= elapsed_at_set <= 21.5
-    assert off_by(set_to, TRUE_START + dt.timedelta(seconds=elapsed_at_set)) <= 1
-    assert got and all(elapsed > 20 for elapsed, _, _ in got)
-    assert max(off_by(m.time, host) for _, host, m in got) <= 1  # stamped right
+    assert elapsed_at_set <= 1.5
+    assert off_by(set_to, TRUE_START - dt.timedelta(seconds=TWO_DAYS - elapsed_at_set)) <= 1
+    assert max(off_by(m.time, host) for _, host, m in got) <= 1  # stamped as the host clock says
     assert_each_second_once(got)
     s = reader.stats
-    assert s.behind_host == 20  # 19 polls while waiting, and the one that showed the offset
-    assert len(got) + s.behind_host == s.readings
-    assert s.missing_seconds == 0
+    assert (s.behind_host, s.clock_resets) == (1, 1)
+    assert len(got) == s.readings - 1 == 38
+    assert "behind the unsynchronised host clock; reading skipped" in caplog.text
 
 
-def test_the_wait_running_out_goes_on_with_the_host_clock_and_warns_once(caplog):
-    """No network: never synchronised. After time_sync_wait the meter is set from the host clock."""
-    clock = FakeClock(TRUE_START, synchronised=False)
-    meter = RecordingMeter(clock)
-    clock.step(3600)  # the meter is an hour behind this host clock
-    reader = reader_for(clock, meter, time_sync_wait=30)
+def test_a_right_meter_is_never_set_back_by_an_unsynchronised_host_when_the_wait_runs_out(caplog):
+    """No network: never synchronised, the host clock 2 days behind. The wait runs out; the meter keeps its time."""
+    clock, meter = booted_stale()
+    reader = reader_for(clock, meter, time_sync_wait=15)
     caplog.set_level(logging.INFO)
     got = drive(reader, clock, 60)
     warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [f"{MAC}: the system clock is not synchronised (waited 30 s for it); going on with it: "
-                        "the meter's clock is set from it"]
-    ((set_at, set_to),) = meter.sets
-    assert 30 <= set_at - (clock.monotonic() - 60) <= 31.5
-    assert got and min(elapsed for elapsed, _, _ in got) > 30  # recorded anyway, once the wait ran out
-    assert len(got) >= 28
-    assert max(off_by(m.time, host) for _, host, m in got) <= 1
+    assert warnings == [f"{MAC}: the system clock is not synchronised (waited 15 s for it); going on: it may lag, "
+                        "so it only ever sets a meter's clock forward"]
+    assert meter.sets == []
+    assert len(got) == reader.stats.readings == 59  # every second kept, before the wait ran out and after
+    assert max(off_by(m.time, TRUE_START + dt.timedelta(seconds=elapsed)) for elapsed, _, m in got) <= 1
     assert_each_second_once(got)
+    assert reader.stats.stale_seconds == 0
 
 
-def test_with_no_wait_an_unsynchronised_host_clock_sets_the_meter_at_once(caplog):
+def test_with_no_wait_an_unsynchronised_host_sets_only_a_meter_behind_it(caplog):
     clock = FakeClock(TRUE_START, synchronised=False)
     meter = RecordingMeter(clock)
     reader = reader_for(clock, meter, time_sync_wait=0)
     caplog.set_level(logging.INFO)
     got = drive(reader, clock, 5)
-    assert [when for _, when in meter.sets] == [TRUE_START + dt.timedelta(seconds=0)]
+    assert meter.sets == []  # right: left alone
     assert len(got) == 4
     assert caplog.text.count("not synchronised (waited 0 s for it)") == 1
 
