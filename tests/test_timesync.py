@@ -206,6 +206,39 @@ def test_with_no_wait_an_unsynchronised_host_sets_only_a_meter_behind_it(caplog)
     assert caplog.text.count("not synchronised (waited 0 s for it)") == 1
 
 
+class ServingMeter(RecordingMeter):
+    """The recording meter, also noting every second its clock shows in a measurement it serves."""
+
+    def __init__(self, clock: Clock, **options) -> None:
+        super().__init__(clock, **options)
+        self.served = set()
+
+    def respond(self, payload: bytes) -> bytes:
+        if payload[0] == protocol.CMD_GET_DATA:
+            self.served.add(self.now())
+        return super().respond(payload)
+
+
+SECONDS = 240
+
+
+def test_a_fast_meter_clock_polled_flat_out_on_an_unsynchronised_host_keeps_every_served_second_once(caplog):
+    """A simulated meter whose clock runs 4x fast, polled 8 times a second for 4 minutes; never synchronised.
+
+    It runs ever further ahead of the host clock, which may lag: nothing sets
+    it back and nothing is judged stale, so every second it serves is kept, once.
+    """
+    clock = FakeClock(TRUE_START, synchronised=False)
+    meter = ServingMeter(clock, clock_speed=4.0)
+    reader = reader_for(clock, meter, time_sync_wait=15, poll_interval=0.125)
+    got = drive(reader, clock, SECONDS)
+    assert stamps(got) == sorted(meter.served)
+    assert len(got) >= 4 * (SECONDS - 1)
+    s = reader.stats
+    assert (s.stale_seconds, s.ahead_of_host, s.behind_host, s.clock_resets) == (0, 0, 0, 0)
+    assert meter.sets == []
+
+
 # --- steps while running -----------------------------------------------------------------
 
 
