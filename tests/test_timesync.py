@@ -362,9 +362,10 @@ def test_the_service_says_it_waits_for_the_clock_and_records_the_meters_right_ti
         runner.join(20)
         notify.close()
     ended = Clock().now()
-    assert ready == (f"READY=1\nSTATUS=reading wattchecker at {MAC}; "
+    assert ready == (f"READY=1\nSTATUS=reading wattchecker at {MAC}; clock: the meter's (the system clock is not "
+                     "synchronised and may lag; a meter behind it is set forward, never back); "
                      "waiting up to 60 s for the system clock to be synchronised")
-    assert after == f"STATUS=reading wattchecker at {MAC}"
+    assert after == f"STATUS=reading wattchecker at {MAC}; clock: the system's (synchronised)"
     assert meter.sets == []
     seconds = check_data_dir(data, 3)["csv"]
     assert seconds and all(started <= when <= ended for when in seconds)
@@ -483,9 +484,13 @@ def test_check_config_shows_the_wait_and_the_clock_now(tmp_path):
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", MAC, time_sync_wait=30)
     result = run_cli("check-config", "--config", str(config), timeout=30)
     assert result.returncode == 0, result.stderr
-    now = "synchronised" if Clock().synchronised() else "NOT synchronised"
-    assert (f"  time sync: meter clocks are set only from a synchronised system clock, or after waiting 30 s "
-            f"(time_sync_wait); it is {now} now\n") in result.stdout
+    if Clock().synchronised():
+        trust = "the system clock is synchronised: it sets the meters' clocks"
+    else:
+        trust = ("the system clock is not synchronised and may lag; a meter behind it is set forward, never back; "
+                 "a meter ahead of it keeps its time")
+    assert (f"  time sync: {trust} (now); the service waits up to 30 s for synchronisation (time_sync_wait)\n"
+            in result.stdout)
 
 
 def test_a_negative_wait_is_refused_with_one_line():

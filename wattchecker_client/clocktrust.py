@@ -41,6 +41,16 @@ CLOCK_TOLERANCE = MAX_CLOCK_DRIFT + 1
 HOST_STEP = 2.0
 
 
+UNSYNCHRONISED = "the system clock is not synchronised and may lag; a meter behind it is set forward, never back"
+
+
+def trust_in_words(synchronised: bool) -> str:
+    """Which clock the service trusts on a host whose clock is (or is not) synchronised, for check-config."""
+    if synchronised:
+        return "the system clock is synchronised: it sets the meters' clocks"
+    return UNSYNCHRONISED + "; a meter ahead of it keeps its time"
+
+
 @dataclass(frozen=True)
 class Host:
     """What the host knows of its own time at one moment."""
@@ -97,10 +107,10 @@ class ClockTrust:
     def describe(self) -> str:
         """Which clock is trusted and why, in a phrase for the status line."""
         if self._synced:
-            return "host clock trusted (synchronised)"
+            return "clock: the system's (synchronised)"
         if self._stepped:
-            return "host clock trusted (it stepped)"
-        return "host clock not synchronised: meter clocks kept unless behind it"
+            return "clock: the system's (it stepped, so someone set it)"
+        return "clock: the meter's (" + UNSYNCHRONISED + ")"
 
     def take_events(self) -> List[Tuple[str, float]]:
         events, self.events = self.events, []

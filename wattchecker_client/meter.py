@@ -377,7 +377,7 @@ class MeterReader:
         heartbeat: Callable[[], None] = lambda: None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         time_sync_wait: float = 0.0,
-        on_wait_over: Callable[[], None] = lambda: None,
+        on_clock_trust: Callable[[], None] = lambda: None,
         on_connect: Callable[[], None] = lambda: None,
         on_disconnect: Callable[[], None] = lambda: None,
     ) -> None:
@@ -407,7 +407,7 @@ class MeterReader:
         self._rejected_before = 0
         # The host clock: how long to wait for its synchronisation, and what is known of it.
         self.time_sync_wait = time_sync_wait
-        self.on_wait_over = on_wait_over
+        self.on_clock_trust = on_clock_trust  # the status line: which clock is trusted changed
         # The live state follows the link: up after the handshake, down on a failure or at stop.
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
@@ -623,6 +623,8 @@ class MeterReader:
     def _tell(self, events) -> None:
         """Log what the policy noticed of the host clock; tell the daemon when the wait is over."""
         for kind, value in events:
+            if kind in (STEPPED, SYNCHRONISED, WAIT_OVER):
+                self.on_clock_trust()
             if kind == STEPPED:
                 self.stats.clock_steps += 1
                 log.warning("%s: the host clock stepped %+.1f s; checking the meter's clock now", self.name, value)
@@ -636,7 +638,6 @@ class MeterReader:
                     log.warning("%s: the system clock is not synchronised (waited %g s for it); going on: it "
                                 "may lag, so it only ever sets a meter's clock forward", self.name,
                                 self.trust.time_sync_wait)
-                self.on_wait_over()
             elif kind == IGNORES_SET:
                 log.warning("%s: the meter's clock stays %+.0f s ahead of the host clock after being set; "
                             "recording its stamps as they are", self.name, value)
