@@ -286,6 +286,27 @@ def test_a_backward_step_re_sets_the_meter_and_the_watermark_follows(caplog):
     assert len(got) + s.ahead_of_host + s.duplicates == s.readings
 
 
+def test_an_unsynchronised_host_stepping_back_sets_a_meter_back_keeping_its_reading_and_the_seconds_after(caplog):
+    """A step proves the host clock was set: the meter, now 60 s ahead, is set back; its reading is kept.
+
+    The watermark follows the set after that reading, so the right seconds
+    that follow are kept; only the eleven already recorded are not, again.
+    """
+    clock = FakeClock(TRUE_START, synchronised=False)
+    meter = RecordingMeter(clock)
+    reader = reader_for(clock, meter, time_sync_wait=0)
+    got = drive(reader, clock, 80, {10.5: lambda c: c.step(-60)})
+    ((set_at, set_to),) = meter.sets
+    assert set_to == TRUE_START + dt.timedelta(seconds=11 - 60)
+    times = stamps(got)
+    assert times[:11] == [TRUE_START + dt.timedelta(seconds=k) for k in range(1, 12)]  # the ahead one kept
+    assert times[11] == set_to + dt.timedelta(seconds=1)
+    assert len(times) == len(set(times)), "a second recorded twice"
+    s = reader.stats
+    assert (s.stale_seconds, s.duplicates, s.clock_resets) == (0, 11, 1)
+    assert len(got) + s.duplicates == s.readings
+
+
 def test_a_meter_far_ahead_of_a_synchronised_host_is_skipped_counted_and_set(scripted):
     """A meter back from a power cut with a wrong clock; the seconds after the fix are kept."""
     start = dt.datetime(2026, 7, 1, 12, 0, 0)

@@ -413,6 +413,7 @@ class MeterReader:
         self.on_disconnect = on_disconnect
         self.trust = ClockTrust(self._host(), time_sync_wait=time_sync_wait, poll_interval=poll_interval)
         self._recent: Dict[dt.datetime, None] = {}  # the seconds last recorded, oldest first
+        self._set_back_to: Optional[dt.datetime] = None  # where the watermark goes after this reading
         self._skip_gap = False  # the next jump in stamps is a clock re-set, not missing seconds
 
     @property
@@ -489,9 +490,11 @@ class MeterReader:
                 log.log(level, "%s: reading dropped: %s", self.name, exc)
                 continue
             self._relay_seen(session.relay)
-            if self._can_be_right(session, measurement.time):
-                if self._is_new(measurement.time):
-                    yield measurement
+            right = self._can_be_right(session, measurement.time)
+            new = right and self._is_new(measurement.time)
+            self._follow_set_back()  # after the reading: one kept while the clock was set must not raise it again
+            if new:
+                yield measurement
 
     def _run_relay_requests(self, session: MeterSession) -> None:
         """Switch as asked; a read waits for the poll that follows, whose measurement carries the state."""
@@ -560,7 +563,9 @@ class MeterReader:
         """Only seconds after the last one kept: no second is ever recorded twice.
 
         A meter clock set back (a reconnect, a drift correction) repeats
-        seconds already recorded; those are counted and skipped.
+        seconds already recorded; those are counted and skipped: the ones
+        before the high-water mark, and, after the service itself set the
+        clock back and moved the mark, the ones it remembers recording.
         """
         last = self.last_time
         if when in self._recent or (last is not None and when <= last):
@@ -612,9 +617,14 @@ class MeterReader:
         session.set_clock(when)
         self.stats.clock_resets += 1
         self._skip_gap = True
-        mark = when.replace(microsecond=0) - dt.timedelta(seconds=1)
-        if back and self.last_time is not None and self.last_time > mark:
-            log.info("%s: the meter's clock was set back; rows from %s UTC on are kept again", self.name, mark)
+        if back:
+            self._set_back_to = when.replace(microsecond=0) - dt.timedelta(seconds=1)
+
+    def _follow_set_back(self) -> None:
+        """The high-water mark moves back to a time the meter's clock was just set back to."""
+        mark, self._set_back_to = self._set_back_to, None
+        if mark is not None and self.last_time is not None and self.last_time > mark:
+            log.info("%s: the meter's clock was set back; seconds after %s UTC are kept again", self.name, mark)
             self.last_time = mark
 
     def _host(self) -> Host:
