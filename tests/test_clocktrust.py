@@ -162,7 +162,7 @@ def test_events_tell_the_wait_and_the_synchronisation_once_each():
     trust.reading(T0 + dt.timedelta(seconds=5), Host(T0 + dt.timedelta(seconds=5), 5.0, True))
     assert trust.take_events() == [(SYNCHRONISED, 0.0), (WAIT_OVER, 1.0)]
     assert not trust.waiting(6.0)
-    assert trust.describe() == "host clock trusted (synchronised)"
+    assert trust.describe() == "clock: the system's (synchronised)"
 
 
 def test_the_wait_running_out_is_told_and_changes_no_rule():
@@ -172,4 +172,5 @@ def test_the_wait_running_out_is_told_and_changes_no_rule():
     late = Host(T0 + dt.timedelta(seconds=11), 11.0, False)
     assert trust.reading(late.wall + dt.timedelta(days=2), late) == Decision(True, offset=2 * 86400.0)
     assert trust.take_events() == [(WAIT_OVER, 0.0)]
-    assert trust.describe() == "host clock not synchronised: meter clocks kept unless behind it"
+    assert trust.describe() == ("clock: the meter's (the system clock is not synchronised and may lag; "
+                                "a meter behind it is set forward, never back)")
