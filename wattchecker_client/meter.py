@@ -468,7 +468,6 @@ class MeterReader:
             self._tell(self.trust.take_events())
             if set_to is not None:
                 session.set_clock(set_to)  # where the meter's clock stood is unknown: the watermark stays
-                self._skip_gap = True
             session.start(set_clock=False)
             self._rejected_before = self.stats.rejected
             self._connected()
