@@ -112,6 +112,13 @@ def test_a_meter_out_of_reach_stops_the_search_at_once():
     assert calls == [1]  # not thirty page timeouts
 
 
+class SynchronisedClock(Clock):
+    """The real clock, said synchronised: the reader sets the meter at each handshake, as the script expects."""
+
+    def synchronised(self) -> bool:
+        return True
+
+
 def test_the_reader_searches_once_tells_the_user_and_reconnects_on_the_found_channel(scripted, caplog):
     now = Clock().now().replace(microsecond=0)
     first = scripted(HANDSHAKE + [reading(now)]  # the search's handshake and reading
@@ -119,7 +126,7 @@ def test_the_reader_searches_once_tells_the_user_and_reconnects_on_the_found_cha
     second = scripted(HANDSHAKE + [reading(now + dt.timedelta(seconds=2), watts=50.0)])
     channels = Channels({4: [first, second]})
     stop = threading.Event()
-    reader = MeterReader(MAC, Clock(), stop, poll_interval=0.05, rfcomm_factory=channels,
+    reader = MeterReader(MAC, SynchronisedClock(), stop, poll_interval=0.05, rfcomm_factory=channels,
                          backoff=Backoff(0.01, 0.05))
     caplog.set_level(logging.INFO)
     got = []

@@ -170,6 +170,21 @@ def test_a_late_row_for_a_closed_hour_becomes_a_part_never_an_overwrite(tmp_path
     assert announced(writer)[-1] == ("csv", "wattchecker-data.csv.2019-09-07_09.part1.gz")
 
 
+def test_a_meter_clock_set_back_never_writes_a_second_of_the_current_hour_twice(tmp_path):
+    """After the reader's watermark follows a set-back clock, repeated seconds reach the writer: it leaves them out."""
+    clock = FakeClock(T9 + dt.timedelta(minutes=30))
+    writer = make_writer(tmp_path, clock, formats=("csv",))
+    first = rows(T9 + dt.timedelta(minutes=10), 10)
+    feed(writer, first)
+    writer.flush()
+    earlier = rows(T9 + dt.timedelta(minutes=5), 1)  # a second not written yet, before the others
+    again = rows(T9 + dt.timedelta(minutes=10, seconds=5), 10)  # five written already, five new
+    feed(writer, earlier + again + again[-2:])
+    writer.flush()
+    expected = first + earlier + again[5:]
+    assert (tmp_path / "wattchecker-data.csv").read_text() == "".join(csv_line(m) + "\n" for m in expected)
+
+
 def test_restart_keeps_appending_to_the_current_hour(tmp_path):
     clock = FakeClock(T9 + dt.timedelta(minutes=30))
     writer = make_writer(tmp_path, clock, formats=("csv",))

@@ -238,7 +238,7 @@ class Daemon:
         self._threads: List[threading.Thread] = []
         self._stuck_logged = False
         self._reading = "reading " + ", ".join(f"{d.name} at {d.address}" for d in config.devices)
-        self._status_waits = False  # the status line says the meters wait for the system clock
+        self._ready_sent = False  # READY sent: a change of clock trust updates the status line
         self._status_lock = threading.Lock()
 
     def _uploader_for(self, config: Config):
@@ -311,7 +311,7 @@ class Daemon:
             heartbeat=self.heartbeats.beater(f"reader {device.name}"),
             heartbeat_interval=self.heartbeat_interval,
             time_sync_wait=self.config.general.time_sync_wait,
-            on_wait_over=self._clock_wait_over,
+            on_clock_trust=self._clock_trust_changed,
             on_connect=partial(self.live.connected, device.name) if self.live else (lambda: None),
             on_disconnect=partial(self.live.disconnected, device.name) if self.live else (lambda: None),
         )
@@ -396,7 +396,7 @@ class Daemon:
         log.info("running: %s; data in %s", names, general.data_dir)
         with self._status_lock:  # a reader that stops waiting meanwhile updates it after
             note = self._clock_note()
-            self._status_waits = bool(note)
+            self._ready_sent = True
             self.notifier.ready(self._reading + note)
         self._supervise(writer_thread)
         self.notifier.stopping("stopping: flushing buffered rows")
@@ -469,17 +469,19 @@ class Daemon:
         return dead + self.heartbeats.stale(self.config.general.watchdog_stall)
 
     def _clock_note(self) -> str:
-        """What the status line adds while the meters' clocks wait for the system clock."""
-        if not any(r.waiting_for_sync for r in self.readers.values()):
+        """What the status line adds: which clock is trusted and why, and the wait for the system clock."""
+        if not self.readers:
             return ""
-        return f"; waiting up to {self.config.general.time_sync_wait:g} s for the system clock to be synchronised"
+        note = "; " + next(iter(self.readers.values())).trust.describe()
+        if any(r.waiting_for_sync for r in self.readers.values()):
+            note += f"; waiting up to {self.config.general.time_sync_wait:g} s for the system clock to be synchronised"
+        return note
 
-    def _clock_wait_over(self) -> None:
-        """A reader stopped waiting for the system clock (synchronised, or the wait ran out)."""
+    def _clock_trust_changed(self) -> None:
+        """A reader's view of the clocks changed (synchronised, stepped, the wait ran out): say so."""
         with self._status_lock:
-            if self._status_waits and not self._clock_note():
-                self._status_waits = False
-                self.notifier.status(self._reading)
+            if self._ready_sent:
+                self.notifier.status(self._reading + self._clock_note())
 
     def _report(self, final: bool = False) -> None:
         prefix = "final status " if final else "status "

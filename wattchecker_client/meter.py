@@ -17,10 +17,11 @@ import queue
 import random
 import threading
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import protocol
 from .clock import Clock, utc_epoch
+from .clocktrust import IGNORES_SET, STEPPED, SYNCHRONISED, WAIT_OVER, WAITING, ClockTrust, Host
 from .protocol import Frame, Measurement, MeasurementError, ProtocolError, btwattch2
 from .transport import (
     DEFAULT_TIMEOUT, MAC_RE, Link, LinkError, LinkTimeout, RfcommFactory, SetupError, is_ble, open_link,
@@ -39,19 +40,13 @@ SETTLE_TIME = 0.2
 RETRIES = 3
 # Every channel RFCOMM allows, tried in turn when none is configured and SDP is missing.
 PROBE_CHANNELS = range(1, 31)
-# Re-set a drifting meter clock at most this often, and only past this drift.
-CLOCK_RESET_INTERVAL = 3600.0
-MAX_CLOCK_DRIFT = 2.0
-# How far a right meter's stamp can be from the host clock: the drift allowed,
-# plus one because the meter's second is truncated.
-CLOCK_TOLERANCE = MAX_CLOCK_DRIFT + 1
-# The host clock stepped when wall minus monotonic time moves by more than this
-# between two polls: NTP's first answer after a boot, or someone's `date -s`.
-HOST_STEP = 2.0
 # Longest sleep between two signs of life to the watchdog: a third of the
 # daemon's default stall limit (general.watchdog_stall, 180 s), so a live
 # reader in a long backoff never looks stuck. The daemon passes its own.
 HEARTBEAT_INTERVAL = 60.0
+# How many recorded seconds a reader remembers, so a meter clock set back an hour or less repeats none
+# of them (older ones the writer keeps out of its files).
+RECENT_SECONDS = 3600
 
 
 @dataclass
@@ -382,7 +377,7 @@ class MeterReader:
         heartbeat: Callable[[], None] = lambda: None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         time_sync_wait: float = 0.0,
-        on_wait_over: Callable[[], None] = lambda: None,
+        on_clock_trust: Callable[[], None] = lambda: None,
         on_connect: Callable[[], None] = lambda: None,
         on_disconnect: Callable[[], None] = lambda: None,
     ) -> None:
@@ -409,28 +404,22 @@ class MeterReader:
         self.heartbeat = heartbeat
         self.heartbeat_interval = heartbeat_interval
         self._failing_since: Optional[float] = None
-        self._clock_set_at = 0.0
         self._rejected_before = 0
         # The host clock: how long to wait for its synchronisation, and what is known of it.
         self.time_sync_wait = time_sync_wait
-        self.on_wait_over = on_wait_over
+        self.on_clock_trust = on_clock_trust  # the status line: which clock is trusted changed
         # The live state follows the link: up after the handshake, down on a failure or at stop.
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
-        self._sync_deadline = clock.monotonic() + time_sync_wait
-        self._synced = clock.synchronised()
-        self._waiting = not self._synced  # until synchronised, or the wait runs out
-        self._host_offset = self._wall_minus_monotonic()
-        self._reset_due = False  # check the meter's clock at the next poll, not an hour later
-        self._just_set = False  # the meter's clock was set; no reading has confirmed it yet
-        self._ignores_set_logged = False
-        self._told_waiting = False
+        self.trust = ClockTrust(self._host(), time_sync_wait=time_sync_wait, poll_interval=poll_interval)
+        self._recent: Dict[dt.datetime, None] = {}  # the seconds last recorded, oldest first
+        self._set_back_to: Optional[dt.datetime] = None  # where the watermark goes after this reading
         self._skip_gap = False  # the next jump in stamps is a clock re-set, not missing seconds
 
     @property
     def waiting_for_sync(self) -> bool:
         """True while the host clock is unsynchronised and the wait for it has not run out."""
-        return self._waiting and self.clock.monotonic() < self._sync_deadline
+        return self.trust.waiting(self.clock.monotonic())
 
     def readings(self) -> Iterator[Measurement]:
         """Yield readings until ``stop`` is set. SetupError propagates: retrying cannot fix it."""
@@ -475,10 +464,11 @@ class MeterReader:
                 stats=self.stats,
                 model=self.model,
             )
-            trusted = self._host_clock_trusted()
-            session.start(set_clock=trusted)
-            if trusted:
-                self._clock_was_set()
+            set_to = self.trust.on_connect(self._host())
+            self._tell(self.trust.take_events())
+            if set_to is not None:
+                session.set_clock(set_to)  # where the meter's clock stood is unknown: the watermark stays
+            session.start(set_clock=False)
             self._rejected_before = self.stats.rejected
             self._connected()
             try:
@@ -499,9 +489,11 @@ class MeterReader:
                 log.log(level, "%s: reading dropped: %s", self.name, exc)
                 continue
             self._relay_seen(session.relay)
-            if self._can_be_right(session, measurement.time):
-                if self._is_new(measurement.time):
-                    yield measurement
+            right = self._can_be_right(session, measurement.time)
+            new = right and self._is_new(measurement.time)
+            self._follow_set_back()  # after the reading: one kept while the clock was set must not raise it again
+            if new:
+                yield measurement
 
     def _run_relay_requests(self, session: MeterSession) -> None:
         """Switch as asked; a read waits for the poll that follows, whose measurement carries the state."""
@@ -570,16 +562,19 @@ class MeterReader:
         """Only seconds after the last one kept: no second is ever recorded twice.
 
         A meter clock set back (a reconnect, a drift correction) repeats
-        seconds already recorded; those are counted and skipped.
+        seconds already recorded; those are counted and skipped: the ones
+        before the high-water mark, and, after the service itself set the
+        clock back and moved the mark, the ones it remembers recording.
         """
         last = self.last_time
-        if last is not None and when <= last:
-            if when == last:
+        if when in self._recent or (last is not None and when <= last):
+            if when == last or when in self._recent:
                 self.stats.duplicates += 1
             else:
                 self.stats.stale_seconds += 1
             return False
         self.last_time = when
+        self._remember(when)
         skip_gap, self._skip_gap = self._skip_gap, False
         if last is not None and not skip_gap:  # a jump made by re-setting the clock is not a gap
             step = int((when - last).total_seconds())
@@ -589,107 +584,72 @@ class MeterReader:
                 self.stats.missing_seconds += step - expected
         return True
 
+    def _remember(self, when: dt.datetime) -> None:
+        """Keep the last hour of recorded seconds: after the meter's clock is set back they are not yielded again."""
+        self._recent[when] = None
+        if len(self._recent) > RECENT_SECONDS:
+            del self._recent[next(iter(self._recent))]
+
     # --- the host clock and the meter's ----------------------------------------------
 
     def _can_be_right(self, session: MeterSession, meter_time: dt.datetime) -> bool:
-        """Check the host clock, then the meter's against it; False for a stamp that cannot be right.
+        """Ask the clock-trust policy about this stamp and carry out its decision (see clocktrust.py)."""
+        decision = self.trust.reading(meter_time, self._host())
+        self._tell(self.trust.take_events())
+        if decision.counter:
+            setattr(self.stats, decision.counter, getattr(self.stats, decision.counter) + 1)
+        if decision.set_clock is not None:
+            log.info("%s: meter clock is %+.0f s %s; %ssetting it to %s UTC", self.name, decision.offset,
+                     decision.why, "" if decision.record else "reading skipped, ",
+                     decision.set_clock.replace(microsecond=0))
+            self._set_meter_clock(session, decision.set_clock, back=decision.offset > 0)
+        return decision.record
 
-        While the host clock is unsynchronised (and the wait for it lasts) it is
-        never used to set the meter's. It only lags: a Pi restores its clock at
-        boot from the last one saved, so a meter stamp behind it is wrong, while
-        one ahead of it may well be right. A stamp ahead of a synchronised host
-        clock is wrong too, and would make every right second after it look
-        stale. So is one behind a host clock that has just been proven right (it
-        stepped, synchronised, or the wait ended). A meter slowly drifting off a
-        steady clock keeps its stamps and is set again at most once an hour.
+    def _set_meter_clock(self, session: MeterSession, when: dt.datetime, back: bool) -> None:
+        """Set the meter's clock; when that moves it back, the high-water mark follows (README: Time).
+
+        Stamps after the set are the right ones: judged against the wrong ones
+        already kept, every right second would look stale until the meter
+        caught up. Seconds already written are still never written again (the
+        writer keeps them out of its files); late rows go to ``.partN`` files.
         """
-        if self._host_clock_stepped():
-            self._reset_due = True
-        trusted = self._host_clock_trusted()
-        now = self.clock.now()
-        offset = (meter_time - now).total_seconds()
-        behind = offset < -CLOCK_TOLERANCE
-        if not trusted:
-            self.stats.behind_host += behind
-            return not behind
-        if self._synced and offset > CLOCK_TOLERANCE + self.poll_interval:
-            return self._ahead_of_host(session, offset, now)
-        self._just_set = False
-        wrong = behind and self._reset_due
-        self.stats.behind_host += wrong
-        self._correct_drift(session, offset, now)
-        return not wrong
-
-    def _ahead_of_host(self, session: MeterSession, offset: float, now: dt.datetime) -> bool:
-        """Skip the reading and set the meter's clock, unless it was just set and ignored that."""
-        if self._just_set:  # it keeps its own time (a simulated fast clock): skipping would lose everything
-            if not self._ignores_set_logged:
-                self._ignores_set_logged = True
-                log.warning("%s: the meter's clock stays %+.0f s ahead of the host clock after being set; "
-                            "recording its stamps as they are", self.name, offset)
-            self._correct_drift(session, offset, now)
-            return True
-        self.stats.ahead_of_host += 1
-        log.info("%s: meter clock is %+.0f s ahead of the synchronised host clock; reading skipped, "
-                 "setting it to %s UTC", self.name, offset, now.replace(microsecond=0))
-        self._set_meter_clock(session, now)
-        return False
-
-    def _correct_drift(self, session: MeterSession, drift: float, now: dt.datetime) -> None:
-        """Re-set a meter clock more than 2 s off: at once after a host clock step or
-        synchronisation, else at most once an hour. Rows keep their stamps."""
-        if abs(drift) <= CLOCK_TOLERANCE:
-            self._reset_due = False
-            return
-        if not self._reset_due and self.clock.monotonic() - self._clock_set_at < CLOCK_RESET_INTERVAL:
-            return
-        log.info("%s: meter clock is %+.0f s off; setting it to %s UTC", self.name, drift, now.replace(microsecond=0))
-        self._set_meter_clock(session, now)
-
-    def _set_meter_clock(self, session: MeterSession, now: dt.datetime) -> None:
-        session.set_clock(now)
+        session.set_clock(when)
         self.stats.clock_resets += 1
         self._skip_gap = True
-        self._clock_was_set()
+        if back:
+            self._set_back_to = when.replace(microsecond=0) - dt.timedelta(seconds=1)
 
-    def _clock_was_set(self) -> None:
-        self._clock_set_at = self.clock.monotonic()
-        self._reset_due = False
-        self._just_set = True
+    def _follow_set_back(self) -> None:
+        """The high-water mark moves back to a time the meter's clock was just set back to."""
+        mark, self._set_back_to = self._set_back_to, None
+        if mark is not None and self.last_time is not None and self.last_time > mark:
+            log.info("%s: the meter's clock was set back; seconds after %s UTC are kept again", self.name, mark)
+            self.last_time = mark
 
-    def _wall_minus_monotonic(self) -> float:
-        now = self.clock.now()
-        return utc_epoch(now) + now.microsecond / 1e6 - self.clock.monotonic()
+    def _host(self) -> Host:
+        return Host(self.clock.now(), self.clock.monotonic(), self.clock.synchronised())
 
-    def _host_clock_stepped(self) -> bool:
-        """True when the wall clock jumped against the monotonic one since the last poll."""
-        offset = self._wall_minus_monotonic()
-        step, self._host_offset = offset - self._host_offset, offset
-        if abs(step) <= HOST_STEP:
-            return False
-        self.stats.clock_steps += 1
-        log.warning("%s: the host clock stepped %+.1f s; checking the meter's clock now", self.name, step)
-        return True
-
-    def _host_clock_trusted(self) -> bool:
-        """Whether the host clock may set the meter's: synchronised, or the wait for that is over."""
-        synced = self.clock.synchronised()
-        if synced and not self._synced:
-            log.info("%s: the system clock is synchronised", self.name)
-            self._reset_due = True
-        self._synced = synced
-        if self._waiting and (synced or self.clock.monotonic() >= self._sync_deadline):
-            self._waiting = False
-            self._reset_due = True
-            if not synced:
-                log.warning("%s: the system clock is not synchronised (waited %g s for it); going on with it: "
-                            "the meter's clock is set from it", self.name, self.time_sync_wait)
-            self.on_wait_over()
-        elif self._waiting and not self._told_waiting:
-            self._told_waiting = True
-            log.info("%s: the system clock is not synchronised; waiting up to %g s for it before setting "
-                     "the meter's clock (readings stamped behind it are skipped)", self.name, self.time_sync_wait)
-        return synced or not self._waiting
+    def _tell(self, events) -> None:
+        """Log what the policy noticed of the host clock; tell the daemon when the wait is over."""
+        for kind, value in events:
+            if kind in (STEPPED, SYNCHRONISED, WAIT_OVER):
+                self.on_clock_trust()
+            if kind == STEPPED:
+                self.stats.clock_steps += 1
+                log.warning("%s: the host clock stepped %+.1f s; checking the meter's clock now", self.name, value)
+            elif kind == SYNCHRONISED:
+                log.info("%s: the system clock is synchronised", self.name)
+            elif kind == WAITING:
+                log.info("%s: the system clock is not synchronised; waiting up to %g s for it (a meter clock "
+                         "behind it is set forward, never back)", self.name, value)
+            elif kind == WAIT_OVER:
+                if not value:
+                    log.warning("%s: the system clock is not synchronised (waited %g s for it); going on: it "
+                                "may lag, so it only ever sets a meter's clock forward", self.name,
+                                self.trust.time_sync_wait)
+            elif kind == IGNORES_SET:
+                log.warning("%s: the meter's clock stays %+.0f s ahead of the host clock after being set; "
+                            "recording its stamps as they are", self.name, value)
 
     def _connected(self) -> None:
         self.stats.connects += 1

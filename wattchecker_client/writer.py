@@ -203,10 +203,35 @@ class FileSet:
             self.close_current()
             self.current_hour = hour
         if hour == self.current_hour:
-            self._append(rows)
+            rows = self._not_written(rows)
+            if rows:
+                self._append(rows)
         else:
             log.info("%s: %d late row(s) for closed hour %s", self.base, len(rows), hour.strftime(HOUR_FORMAT))
             self._write_closed(hour, [self.format_row(m) + "\n" for m in rows])
+
+    def _not_written(self, rows: List[Measurement]) -> List[Measurement]:
+        """The rows whose second the current file does not hold yet, each once.
+
+        A meter clock set back repeats seconds (README: Time); no second is
+        ever written twice. The file is read only when a row is not later than
+        every second already written, which a steady meter never causes.
+        """
+        last = self.last_time
+        if all(a.time < b.time for a, b in zip(rows, rows[1:])) and (last is None or rows[0].time > last):
+            self.last_time = rows[-1].time
+            return rows
+        held = {parse_stamp(line_stamp(l)) for l in self._read_current()} if self.current_path.exists() else set()
+        new = []
+        for m in rows:
+            if m.time not in held:
+                held.add(m.time)
+                new.append(m)
+        if new:
+            self.last_time = max(last or new[0].time, max(m.time for m in new))
+        if len(new) < len(rows):
+            log.info("%s: %d row(s) for seconds already written left out", self.base, len(rows) - len(new))
+        return new
 
     def _append(self, rows: Sequence[Measurement]) -> None:
         """Append whole rows or nothing: a failed write is cut back to where it began."""

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..clock import Clock
+from ..clocktrust import trust_in_words
 from ..config import load_config
 from .common import EXIT_OK
 
@@ -41,9 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def time_sync(wait: float) -> str:
-    """The time_sync_wait setting in words, and whether this machine's clock is synchronised now."""
-    now = "synchronised" if Clock().synchronised() else "NOT synchronised"
+    """Which clock is trusted now and why (README: Time), and the time_sync_wait setting in words."""
+    trust = trust_in_words(Clock().synchronised())
     if not wait:
-        return f"meter clocks are set from the system clock at once (time_sync_wait: 0); it is {now} now"
-    return (f"meter clocks are set only from a synchronised system clock, or after waiting {wait:g} s "
-            f"(time_sync_wait); it is {now} now")
+        return f"{trust} (now); no wait for synchronisation (time_sync_wait: 0)"
+    return f"{trust} (now); the service waits up to {wait:g} s for synchronisation (time_sync_wait)"
