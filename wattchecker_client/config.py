@@ -305,6 +305,7 @@ RELAY: Spec = {
     "max_watts_for": (number(0, exclusive=False), 10.0),
     "on_connect": (on_connect, "keep"),
     "auto_off_after": (optional(number()), None),
+    "max_age": (number(), 30.0),
 }
 BIGQUERY: Spec = {
     "service_account_json": (optional(text), None),

@@ -159,6 +159,15 @@ class MeterSession:
         self.relay = dialect.decode_relay_ack(frame.payload)
         return self.relay
 
+    def identify(self) -> bool:
+        """Blink the LED (0x3E); True if the meter acknowledged it (its answer is not documented: none is fine)."""
+        request = self.dialect.identify_request
+        if request is None:
+            raise SetupError(f"{self.link.name}: this meter ({self.dialect.product}) has no identify command")
+        self._drop_stale()
+        self.link.write(request())
+        return self._await(btwattch2.CMD_IDENTIFY, self.response_timeout) is not None
+
     def _read_relay(self) -> bool:
         for _ in range(self.retries + 1):
             try:
