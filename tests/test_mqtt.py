@@ -417,3 +417,132 @@ def test_the_relay_switch_of_an_rs_btwattch2(simulator, daemons, brokers, subscr
         wait_for(lambda: any(s["relay"] == command for s in sub.states(since)), timeout=30,
                  what=f"the relay {command}")
     assert daemon.stop() == 0
+
+
+# --- the relay is safe to own (issue 16): a real broker, a simulated RS-BTWATTCH2 over TCP ---------------
+
+
+RELAY_SET = f"{PREFIX}/{METER}/relay/set"
+
+
+def relay_setup(simulator, brokers, subscribers, tmp_path, relay=None, sim_args=(), port=None):
+    """(broker, subscriber, simulator, config) for one btwattch2 at real speed, polled 4 times a second."""
+    broker = brokers()
+    sub = subscribers(broker.port)
+    tcp = ["--tcp", f"127.0.0.1:{port}"] if port else []
+    sim = simulator("--model", "btwattch2", "--seed", str(SEED), *tcp, *sim_args)
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", sim.addresses[0], poll_interval=0.25)
+    text = config.read_text().replace("  timeout: 2\n", "  timeout: 2\n  model: btwattch2\n")
+    if relay:
+        text += "  relay:\n" + "".join(f"    {k}: {json.dumps(v)}\n" for k, v in relay.items())
+    text += f"mqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n  publish_interval: 1\n"
+    config.write_text(text)
+    return broker, sub, sim, config
+
+
+def relay_writes(sim) -> List[str]:
+    """Every relay write that reached the simulated meter, byte-exact (the simulator logs each)."""
+    return re.findall(r"relay write (a7 [0-9a-f]{2})", sim.log())
+
+
+def relay_states(sub, since: int = 0) -> List[str]:
+    return [s["relay"] for s in sub.states(since) if "relay" in s]
+
+
+def final_gaps(log: str) -> int:
+    (gaps,) = re.findall(rf"final status {METER}: .*?\bgaps=(\d+)", log)
+    return int(gaps)
+
+
+def test_a_flood_of_commands_switches_a_handful_of_times_ends_in_the_last_and_reading_never_stalls(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: relay_states(sub)[-3:] == ["ON"] * 3, timeout=30, what="states with the relay on")
+    commander = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flood")
+    commander.connect("127.0.0.1", broker.port)
+    commander.loop_start()
+    sent = [commander.publish(RELAY_SET, "ON" if i % 2 == 0 else "OFF", qos=1) for i in range(200)]  # ends OFF
+    for info in sent:
+        info.wait_for_publish(10)
+    commander.loop_stop()
+    since = sub.count()
+    wait_for(lambda: relay_states(sub, since)[-5:] == ["OFF"] * 5, timeout=30, what="five states with the relay off")
+    assert daemon.stop() == 0
+    log = daemon.stderr()
+    writes = relay_writes(sim)
+    assert 1 <= len(writes) <= 3 and writes[-1] == "a7 00", writes
+    assert final_gaps(log) == 0, log[-2000:]  # every meter second recorded through the flood
+    assert re.search(r"final status mqtt: .*relay_commands=200", log), log[-2000:]
+
+
+def test_a_retained_command_is_ignored_at_every_start_with_one_line_saying_how_to_clear_it(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path)
+    sub.client.publish(RELAY_SET, "OFF", qos=1, retain=True).wait_for_publish(10)
+    for run in range(2):
+        since = sub.count()
+        daemon = daemons(config, tmp_path)
+        wait_for(lambda: relay_states(sub, since)[-5:] == ["ON"] * 5, timeout=30, what="five states, relay on")
+        assert daemon.stop() == 0
+        warnings = mqtt_warnings(daemon.stderr())
+        assert len(warnings) == 1, warnings
+        assert warnings[0].endswith(f"ignoring a retained command on {RELAY_SET}: a command is for now, not for "
+                                    f"every restart; clear it with `mosquitto_pub -r -n -t {RELAY_SET}`")
+    assert relay_writes(sim) == []
+
+
+def test_a_command_given_while_the_meter_is_away_is_not_carried_out_when_it_comes_back(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    port = free_port()
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path, relay={"max_age": 3},
+                                           port=port)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: relay_states(sub)[-3:] == ["ON"] * 3, timeout=30, what="states with the relay on")
+    sim.stop()
+    wait_for(lambda: "reconnecting" in daemon.stderr(), timeout=30, what="the meter gone")
+    sub.client.publish(RELAY_SET, "OFF", qos=1).wait_for_publish(10)
+    wait_for(lambda: "relay_commands=1" in daemon.stderr(), timeout=30, what="the command taken")
+    time.sleep(4)  # the meter stays away longer than relay.max_age (3 s)
+    back = simulator("--model", "btwattch2", "--seed", str(SEED), "--tcp", f"127.0.0.1:{port}")
+    since = sub.count()
+    wait_for(lambda: relay_states(sub, since)[-5:] == ["ON"] * 5, timeout=90, what="the meter back, relay on")
+    assert daemon.stop() == 0
+    assert relay_writes(back) == []
+    assert re.search(r"WARNING wattchecker_client\.meter: wattchecker: relay off dropped: asked \d+ s ago, older "
+                     r"than 3 s by the time the meter could be reached", daemon.stderr())
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+
+
+def test_a_20_mb_payload_costs_no_memory_and_one_short_line_and_garbage_a_line_a_minute(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(relay_states(sub)) >= 5, timeout=30, what="states")
+    time.sleep(2)
+    before = rss_kb(daemon.proc.pid)
+    sub.client.publish(RELAY_SET, b"X" * 20_000_000, qos=1).wait_for_publish(60)
+    wait_for(lambda: "20000000-byte payload" in daemon.stderr(), timeout=60, what="the payload refused")
+    time.sleep(2)
+    after = rss_kb(daemon.proc.pid)
+    for i in range(1000):
+        sub.client.publish(RELAY_SET, f"garbage{i}", qos=0)
+    wait_for(lambda: "bad_commands=1001" in daemon.stderr(), timeout=60, what="1000 garbage messages counted")
+    assert daemon.stop() == 0
+    print(f"RSS before {before} kB, after the 20 MB payload {after} kB")
+    assert abs(after - before) < 5 * 1024, (before, after)
+    warnings = mqtt_warnings(daemon.stderr())
+    assert warnings[0].endswith(f"mqtt: ignoring a 20000000-byte payload 'XXXXXXXXXXXXXXXX'... on {RELAY_SET} "
+                                "(send ON or OFF)")
+    assert len(warnings[0]) < 200
+    # The garbage: one count when the minute ends (here: at shutdown), never a line each.
+    assert len(warnings) == 2 and warnings[1].endswith("mqtt: 1000 more bad relay commands ignored in the last 60 s")
+    assert relay_writes(sim) == []
