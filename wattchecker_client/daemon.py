@@ -35,7 +35,9 @@ ROW_QUEUE_SIZE = 10_000
 WAKE_WRITER_AT = ROW_QUEUE_SIZE // 10
 JOIN_TIMEOUT = 15.0
 RETENTION_INTERVAL = 3600.0
-M_ARENA_MAX = -8  # mallopt(3) parameter, from glibc's malloc.h
+M_ARENA_MAX = -8  # mallopt(3) parameters, from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept
 EXIT_OK = 0
 EXIT_FAILED = 1
 RELAY_FILE = "relay.json"  # per btwattch2: the over-power latch and the state the service last set
@@ -152,11 +154,18 @@ def one_malloc_arena() -> None:
     allocate little and rarely at once, and sharing one saves about 0.3 MB
     (measured) of the 20 MB it may use on a Pi. ctypes is loaded anyway (the
     clock's adjtimex). Other C libraries: nothing changes.
+
+    A fixed mmap threshold too: by default glibc raises it after each large
+    block freed (up to 32 MB), so a huge message (a 20 MB MQTT payload, which
+    paho reads whole before anyone can refuse it) would leave its memory in
+    the heap for good; with it fixed, every large block goes back at free.
     """
     import ctypes
 
     try:
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_ARENA_MAX, 1)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (AttributeError, OSError):
         pass
 
@@ -551,8 +560,9 @@ class Daemon:
         if self.mqtt is not None:
             m = self.mqtt.stats
             log.info("%smqtt: connected=%s connects=%d outages=%d connect_failures=%d published=%d dropped=%d "
-                     "relay_commands=%d", prefix, "yes" if self.mqtt.connected else "no",
-                     m.connects, m.outages, m.connect_failures, m.published, m.dropped, m.relay_commands)
+                     "relay_commands=%d bad_commands=%d retained_commands=%d", prefix,
+                     "yes" if self.mqtt.connected else "no", m.connects, m.outages, m.connect_failures, m.published,
+                     m.dropped, m.relay_commands, m.bad_commands, m.retained_commands)
         if self.live is not None and self.live.stats.checkpoint_errors:
             log.info("%senergy: checkpoints=%d checkpoint_errors=%d", prefix,
                      self.live.stats.checkpoints, self.live.stats.checkpoint_errors)
