@@ -23,7 +23,7 @@ from wattchecker_client.report import meter_report
 from wattchecker_client.simulator import air_conditioner
 
 from .conftest import ROOT, free_port, run_cli, wait_for, write_config
-from .datacheck import check_data_dir
+from .datacheck import check_data_dir, read
 
 mqtt = pytest.importorskip("paho.mqtt.client", reason="needs paho-mqtt: pip install 'wattchecker-client[mqtt]'")
 
@@ -546,3 +546,101 @@ def test_a_20_mb_payload_costs_no_memory_and_one_short_line_and_garbage_a_line_a
     # The garbage: one count when the minute ends (here: at shutdown), never a line each.
     assert len(warnings) == 2 and warnings[1].endswith("mqtt: 1000 more bad relay commands ignored in the last 60 s")
     assert relay_writes(sim) == []
+
+
+def overload_rows(data_dir: Path) -> List[Tuple[dt.datetime, float]]:
+    rows = [json.loads(line) for path in data_dir.glob("wattchecker-data.json*") for line in read(path)]
+    return sorted((dt.datetime.strptime(r["datetime"], "%Y-%m-%d %H:%M:%S"), r["W"]) for r in rows)
+
+
+def test_over_power_cuts_the_relay_off_latches_across_a_restart_and_an_explicit_on_clears_it(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    # The simulated load never reads below 0.5 W while on: over the limit from the first reading.
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path,
+                                           relay={"max_watts": 0.5, "max_watts_for": 2})
+    data_dir = tmp_path / "data"
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(sub.discovery()) == 6, timeout=30, what="discovery with the switch and the latch")
+    (latch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/binary_sensor/")]
+    assert (latch["device_class"], latch["payload_on"], latch["payload_off"]) == ("problem", "ON", "OFF")
+    assert latch["value_template"] == "{{ value_json.overloaded | is_defined }}"
+    assert latch["state_topic"] == f"{PREFIX}/{METER}/state" and latch["unique_id"].endswith("_overloaded")
+    wait_for(lambda: [s.get("overloaded") for s in sub.states()][-3:] == ["ON"] * 3, timeout=30, what="latched")
+    assert relay_states(sub)[-1] == "OFF"
+    assert daemon.stop() == 0
+    log = daemon.stderr()
+    assert re.search(r"WARNING wattchecker_client\.meter: wattchecker: over 0\.5 W for 2 s: switching the relay "
+                     r"off and latching 'overloaded' until an explicit ON", log)
+    rows = overload_rows(data_dir)
+    first_off = next(t for t, watts in rows if watts == 0)
+    assert rows[0][1] > 0.5 and (first_off - rows[0][0]).total_seconds() <= 2 + 2  # meter seconds
+    assert json.loads((data_dir / "relay.json").read_text())["meters"][METER] == {"overloaded": True,
+                                                                                  "last_set": False}
+
+    since = sub.count()
+    daemon = daemons(config, tmp_path)  # after a SIGTERM: still latched, still off, nothing written
+    wait_for(lambda: len(sub.states(since)) >= 5, timeout=30, what="states after the restart")
+    assert {s["overloaded"] for s in sub.states(since)} == {"ON"}
+    assert {s["relay"] for s in sub.states(since)} == {"OFF"}
+    since = sub.count()
+    sub.client.publish(RELAY_SET, "ON", qos=1)
+    wait_for(lambda: any(s["relay"] == "ON" and s["overloaded"] == "OFF" for s in sub.states(since)), timeout=30,
+             what="an explicit ON clearing the latch")
+    assert daemon.stop() == 0
+    assert "relay ON asked: the over-power latch is cleared" in daemon.stderr()
+    assert relay_writes(sim)[:2] == ["a7 00", "a7 01"]  # the cut-off once, then the ON (it may trip again after)
+
+
+@pytest.mark.parametrize("mode, before, expected", [
+    # (on_connect, the relay before the service starts, every write that reached the meter)
+    ("keep", "off", ["a7 00", "a7 01"]),  # ours, then our `switch on`: the service never switched
+    ("on", "off", ["a7 00", "a7 01", "a7 00", "a7 01"]),
+    ("off", "on", ["a7 00", "a7 01", "a7 00"]),
+    ("restore", "on", ["a7 00", "a7 01", "a7 00"]),  # last set: off, as a previous run saved it
+])
+def test_on_connect_applies_at_the_first_connect_and_after_a_link_drop(
+    simulator, daemons, brokers, subscribers, tmp_path, mode, before, expected
+):
+    # The link drops every 40 requests (10 s at 4 polls a second); `switch` comes from another client.
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path, relay={"on_connect": mode},
+                                           sim_args=("--drop-after", "40"))
+    address = sim.addresses[0]
+    if mode == "restore":
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "relay.json").write_text(json.dumps(
+            {"meters": {METER: {"overloaded": False, "last_set": False}}}))
+    if before == "off":
+        assert run_cli("switch", address, "off", "--model", "btwattch2").returncode == 0
+    after = {"keep": "OFF", "on": "ON", "off": "OFF", "restore": "OFF"}[mode]
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: relay_states(sub)[-3:] == [after] * 3, timeout=30, what=f"on_connect: {mode} at the start")
+    flip = "off" if after == "ON" else "on"
+    assert run_cli("switch", address, flip, "--model", "btwattch2").returncode == 0  # behind the service's back
+    connects = daemon.stderr().count("connected again")
+    wait_for(lambda: daemon.stderr().count("connected again") > connects, timeout=30, what="a link drop")
+    since = sub.count()
+    wait_for(lambda: len(relay_states(sub, since)) >= 3, timeout=30, what="states after the reconnect")
+    assert daemon.stop() == 0
+    assert relay_writes(sim) == expected
+    assert relay_states(sub, since)[-1] == (after if mode != "keep" else flip.upper())
+    if mode != "keep":
+        assert daemon.stderr().count(f"relay switched {after.lower()} (on_connect)") == 2
+
+
+def test_auto_off_after_any_on(simulator, daemons, brokers, subscribers, tmp_path):
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path, relay={"auto_off_after": 2})
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: relay_states(sub)[-3:] == ["OFF"] * 3, timeout=30, what="off 2 s after it was first seen on")
+    assert run_cli("switch", sim.addresses[0], "on", "--model", "btwattch2").returncode == 0  # another path
+    wait_for(lambda: relay_writes_so_far(daemon) >= 2, timeout=30, what="off again")
+    since = sub.count()
+    sub.client.publish(RELAY_SET, "ON", qos=1)
+    wait_for(lambda: relay_writes_so_far(daemon) >= 4 and relay_states(sub, since)[-1:] == ["OFF"], timeout=30,
+             what="ON by MQTT, then off by itself")
+    assert daemon.stop() == 0
+    assert relay_writes(sim) == ["a7 00", "a7 01", "a7 00", "a7 01", "a7 00"]
+
+
+def relay_writes_so_far(daemon) -> int:
+    return len(re.findall(r"relay switched", daemon.stderr()))
