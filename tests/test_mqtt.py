@@ -364,7 +364,8 @@ def test_a_meters_ids_come_from_its_address_alone(tmp_path):
     assert first["ha/sensor/wattchecker_000cbf1234ab/energy/config"] == (
         "wattchecker_000cbf1234ab_energy", ["wattchecker_000cbf1234ab"], [["bluetooth", "00:0c:bf:12:34:ab"]])
     assert sorted(first) == sorted(f"ha/{c}/wattchecker_000cbf1234ab/{e}/config" for c, e in [
-        ("sensor", "power"), ("sensor", "voltage"), ("sensor", "current"), ("sensor", "energy"), ("switch", "relay")])
+        ("sensor", "power"), ("sensor", "voltage"), ("sensor", "current"), ("sensor", "energy"), ("switch", "relay"),
+        ("binary_sensor", "overloaded")])
 
 
 def test_check_config_validates_and_shows_the_section(tmp_path):
@@ -405,7 +406,7 @@ def test_the_relay_switch_of_an_rs_btwattch2(simulator, daemons, brokers, subscr
     config = mqtt_config(tmp_path / "config.yaml", tmp_path / "data", address, broker.port)
     config.write_text(config.read_text().replace("  timeout: 2\n", "  timeout: 2\n  model: btwattch2\n"))
     daemon = daemons(config, tmp_path)
-    wait_for(lambda: len(sub.discovery()) == 5, timeout=30, what="discovery with a switch")
+    wait_for(lambda: len(sub.discovery()) == 6, timeout=30, what="discovery with a switch and the latch")
     (switch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/switch/")]
     assert switch["command_topic"] == f"{PREFIX}/{METER}/relay/set"
     assert switch["device"]["model"] == "RS-BTWATTCH2"
