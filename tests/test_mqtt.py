@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+from urllib.request import urlopen
 
 import pytest
 
@@ -426,7 +427,7 @@ def test_the_relay_switch_of_an_rs_btwattch2(simulator, daemons, brokers, subscr
 RELAY_SET = f"{PREFIX}/{METER}/relay/set"
 
 
-def relay_setup(simulator, brokers, subscribers, tmp_path, relay=None, sim_args=(), port=None):
+def relay_setup(simulator, brokers, subscribers, tmp_path, relay=None, sim_args=(), port=None, http=None):
     """(broker, subscriber, simulator, config) for one btwattch2 at real speed, polled 4 times a second."""
     broker = brokers()
     sub = subscribers(broker.port)
@@ -437,6 +438,8 @@ def relay_setup(simulator, brokers, subscribers, tmp_path, relay=None, sim_args=
     if relay:
         text += "  relay:\n" + "".join(f"    {k}: {json.dumps(v)}\n" for k, v in relay.items())
     text += f"mqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n  publish_interval: 1\n"
+    if http:
+        text += f"http:\n  listen: 127.0.0.1:{http}\n"
     config.write_text(text)
     return broker, sub, sim, config
 
@@ -558,8 +561,9 @@ def test_over_power_cuts_the_relay_off_latches_across_a_restart_and_an_explicit_
     simulator, daemons, brokers, subscribers, tmp_path
 ):
     # The simulated load never reads below 0.5 W while on: over the limit from the first reading.
+    http = free_port()
     broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path,
-                                           relay={"max_watts": 0.5, "max_watts_for": 2})
+                                           relay={"max_watts": 0.5, "max_watts_for": 2}, http=http)
     data_dir = tmp_path / "data"
     daemon = daemons(config, tmp_path)
     wait_for(lambda: len(sub.discovery()) == 6, timeout=30, what="discovery with the switch and the latch")
@@ -569,6 +573,11 @@ def test_over_power_cuts_the_relay_off_latches_across_a_restart_and_an_explicit_
     assert latch["state_topic"] == f"{PREFIX}/{METER}/state" and latch["unique_id"].endswith("_overloaded")
     wait_for(lambda: [s.get("overloaded") for s in sub.states()][-3:] == ["ON"] * 3, timeout=30, what="latched")
     assert relay_states(sub)[-1] == "OFF"
+    # On /metrics and on the page too.
+    metrics = urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10).read().decode()
+    assert f'wattchecker_relay_overloaded{{meter="{METER}"}} 1.0' in metrics.splitlines()
+    page = json.loads(urlopen(f"http://127.0.0.1:{http}/api/page", timeout=10).read())
+    assert page["meters"][METER]["status"]["overloaded"] is True
     assert daemon.stop() == 0
     log = daemon.stderr()
     assert re.search(r"WARNING wattchecker_client\.meter: wattchecker: over 0\.5 W for 2 s: switching the relay "
