@@ -75,6 +75,13 @@ def test_on_connect(mode, last_set, state, expected):
     assert [w[1] for w in writes] == expected
 
 
+def test_on_connect_asks_the_meter_first_what_changed_while_the_link_was_down():
+    policy = RelayPolicy(RelaySettings(on_connect="off"))
+    assert run(policy, [(0.0, "connect"), (0.1, "seen", True, 50.0)]) == [(0.1, False, "on_connect")]
+    # Switched on by its button while the link was down: the old "off" is not trusted.
+    assert run(policy, [(10.0, "connect"), (10.1, "seen", True, 50.0)]) == [(10.1, False, "on_connect")]
+
+
 def test_on_connect_leaves_a_waiting_command_alone():
     policy = RelayPolicy(RelaySettings(on_connect="off"))
     policy.command(True, 0.0)

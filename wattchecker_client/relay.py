@@ -87,7 +87,12 @@ class RelayPolicy:
             self._above_since = None
 
     def connected(self, now: float) -> None:
-        """The link is up (first time or again): ``on_connect``, unless a command still waits."""
+        """The link is up (first time or again): ``on_connect``, unless a command still waits.
+
+        What the relay did while the link was down is unknown (its button, another
+        client) until the first measurement says.
+        """
+        self.state = None
         if self.wanted is not None and self.wanted.why == COMMAND:
             return
         rule = self.settings.on_connect
@@ -140,6 +145,8 @@ class RelayPolicy:
         if wanted.on == self.state:  # already so: nothing to write
             self.wanted = None
             return Decision(settled=True)
+        if self.state is None and wanted.why != COMMAND:  # a rule waits for a measurement to know
+            return Decision()
         if now - self._last_switch < self.settings.min_interval:
             return Decision()
         return Decision(switch=wanted)
