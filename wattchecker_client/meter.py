@@ -567,8 +567,7 @@ class MeterReader:
     def _settle_waiters(self, exc: Optional[Exception] = None) -> None:
         """The command's Futures once its wish is gone: the state the meter acknowledged, or ``exc``."""
         with self._relay_lock:
-            if self.relay_policy is not None and self.relay_policy.wanted is not None \
-                    and self.relay_policy.wanted.why == "command":
+            if self.relay_policy is not None and self.relay_policy.waiting_command:
                 return
             waiters, self._relay_waiters = self._relay_waiters, []
         if exc is not None:

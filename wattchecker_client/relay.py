@@ -79,6 +79,11 @@ class RelayPolicy:
         """What must survive a restart: the latch, and the state ``on_connect: restore`` brings back."""
         return {"overloaded": self.overloaded, "last_set": self.last_set}
 
+    @property
+    def waiting_command(self) -> bool:
+        """True while an explicit command is still to be carried out."""
+        return self.wanted is not None and self.wanted.why == COMMAND
+
     def command(self, on: bool, now: float) -> None:
         """An explicit command replaces any older wish; an ON clears the over-power latch."""
         self.wanted = Wanted(on, now, COMMAND)
@@ -93,7 +98,7 @@ class RelayPolicy:
         client) until the first measurement says.
         """
         self.state = None
-        if self.wanted is not None and self.wanted.why == COMMAND:
+        if self.waiting_command:
             return
         rule = self.settings.on_connect
         on = {"on": True, "off": False, "restore": self.last_set}.get(rule)
