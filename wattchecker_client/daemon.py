@@ -350,7 +350,8 @@ class Daemon:
             return None
         from .relay import RelayPolicy, RelaySettings
 
-        saved = self._relay_saved.get(device.name, {})
+        saved = self._relay_saved.get(device.name)
+        saved = saved if isinstance(saved, dict) else {}
         if self.live is not None:
             self.live.relay_latch(device.name, bool(saved.get("overloaded")))
         return RelayPolicy(device.relay or RelaySettings(), bool(saved.get("overloaded")), saved.get("last_set"))
