@@ -123,3 +123,16 @@ def test_a_btwattch2s_relay_section_and_its_one_line_errors():
         with pytest.raises(ConfigError) as err:
             parse_config(text)
         assert str(err.value) == message
+
+
+def test_check_config_says_what_the_relay_will_do(tmp_path):
+    from .conftest import run_cli
+
+    config = tmp_path / "config.yaml"
+    config.write_text("devices:\n  - name: heater\n    address: sim://\n    model: btwattch2\n    relay:\n"
+                      "      max_watts: 1500\n      auto_off_after: 7200\n  - name: aircon\n    address: sim://\n")
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert ("  relay of heater: at most one switch per 2 s, commands older than 30 s dropped, off above 1500 W "
+            "for 10 s (latched until an ON), on connect: keep, off 7200 s after any ON\n") in result.stdout
+    assert "relay of aircon" not in result.stdout

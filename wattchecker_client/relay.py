@@ -45,6 +45,15 @@ class RelaySettings:
     max_age: float = COMMAND_MAX_AGE
 
 
+def describe(settings: RelaySettings) -> str:
+    """The relay: section in words, for check-config."""
+    cut = (f"off above {settings.max_watts:g} W for {settings.max_watts_for:g} s (latched until an ON)"
+           if settings.max_watts is not None else "no over-power cut-off")
+    auto = f"off {settings.auto_off_after:g} s after any ON" if settings.auto_off_after is not None else "no auto-off"
+    return (f"at most one switch per {settings.min_interval:g} s, commands older than {settings.max_age:g} s "
+            f"dropped, {cut}, on connect: {settings.on_connect}, {auto}")
+
+
 @dataclass(frozen=True)
 class Wanted:
     on: bool
