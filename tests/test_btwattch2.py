@@ -389,3 +389,22 @@ def test_read_refuses_a_channel_for_a_btwattch2():
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == ("wattchecker-client: error: --channel only applies to a btwattch1 (RFCOMM); an "
                              "RS-BTWATTCH2 is reached over Bluetooth LE by its MAC\n")
+
+
+# --- identify (0x3E): blink the LED -----------------------------------------------------------------
+
+
+def test_identify_sends_0x3e_byte_exact_and_the_simulated_meter_answers(meter_link):
+    assert btwattch2.identify_request() == bytes.fromhex("AA 00 05 3E 01 02 02 0F 8E")
+    meter, link = meter_link
+    assert MeterSession(link, FakeClock(T0), model="btwattch2").identify() is True
+    assert meter.requests == [bytes.fromhex("3E 01 02 02 0F")] and meter.identified == 1
+    assert meter.relay_writes == []  # identify never touches the relay
+
+
+def test_switch_identify_blinks_the_plug(simulator):
+    sim = simulator("--model", "btwattch2")
+    (address,) = sim.addresses
+    result = run_cli("switch", address, "identify", "--model", "btwattch2")
+    assert (result.returncode, result.stdout) == (0, f"{address}: LED blinking\n"), result.stderr
+    assert "identify 3e 01 02 02 0f: LED blinking" in sim.log()

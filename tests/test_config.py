@@ -99,3 +99,40 @@ def test_unreadable_file(tmp_path):
     binary.write_bytes(b"general:\n  x: \xff\n")
     with pytest.raises(ConfigError, match=r"binary.yaml: not UTF-8 text \(byte 14\)"):
         load_config(str(binary))
+
+
+def test_a_btwattch2s_relay_section_and_its_one_line_errors():
+    from wattchecker_client.config import RELAY
+    from wattchecker_client.relay import RelaySettings
+
+    sample = (ROOT / "config_sample.yaml").read_text()
+    for key in RELAY:
+        assert f"  {key}:" in sample, f"config_sample.yaml does not document relay.{key}"
+    device = "device:\n  address: sim://\n  model: btwattch2\n"
+    assert parse_config(device).devices[0].relay is None  # the defaults
+    config = parse_config(device + "  relay:\n    max_watts: 1500\n    on_connect: Restore\n    auto_off_after: 60\n")
+    assert config.devices[0].relay == RelaySettings(max_watts=1500.0, on_connect="restore", auto_off_after=60.0)
+    for text, message in [
+        ("device:\n  address: sim://\n  relay:\n    max_watts: 1500\n",
+         "<config>:3: device.relay: only an RS-BTWATTCH2 (model: btwattch2) has a relay"),
+        (device + "  relay:\n    on_connect: toggle\n",
+         "<config>:5: device.relay.on_connect: must be one of keep, on, off, restore, got 'toggle'"),
+        (device + "  relay:\n    max_wats: 1500\n", "<config>:5: device.relay.max_wats: unknown key; did you mean 'max_watts'?"),
+        (device + "  relay:\n    max_watts: -1\n", "<config>:5: device.relay.max_watts: must be above 0, got -1"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(text)
+        assert str(err.value) == message
+
+
+def test_check_config_says_what_the_relay_will_do(tmp_path):
+    from .conftest import run_cli
+
+    config = tmp_path / "config.yaml"
+    config.write_text("devices:\n  - name: heater\n    address: sim://\n    model: btwattch2\n    relay:\n"
+                      "      max_watts: 1500\n      auto_off_after: 7200\n  - name: aircon\n    address: sim://\n")
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert ("  relay of heater: at most one switch per 2 s, commands older than 30 s dropped, off above 1500 W "
+            "for 10 s (latched until an ON), on connect: keep, off 7200 s after any ON\n") in result.stdout
+    assert "relay of aircon" not in result.stdout

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+from urllib.request import urlopen
 
 import pytest
 
@@ -23,7 +24,7 @@ from wattchecker_client.report import meter_report
 from wattchecker_client.simulator import air_conditioner
 
 from .conftest import ROOT, free_port, run_cli, wait_for, write_config
-from .datacheck import check_data_dir
+from .datacheck import check_data_dir, read
 
 mqtt = pytest.importorskip("paho.mqtt.client", reason="needs paho-mqtt: pip install 'wattchecker-client[mqtt]'")
 
@@ -364,7 +365,8 @@ def test_a_meters_ids_come_from_its_address_alone(tmp_path):
     assert first["ha/sensor/wattchecker_000cbf1234ab/energy/config"] == (
         "wattchecker_000cbf1234ab_energy", ["wattchecker_000cbf1234ab"], [["bluetooth", "00:0c:bf:12:34:ab"]])
     assert sorted(first) == sorted(f"ha/{c}/wattchecker_000cbf1234ab/{e}/config" for c, e in [
-        ("sensor", "power"), ("sensor", "voltage"), ("sensor", "current"), ("sensor", "energy"), ("switch", "relay")])
+        ("sensor", "power"), ("sensor", "voltage"), ("sensor", "current"), ("sensor", "energy"), ("switch", "relay"),
+        ("binary_sensor", "overloaded")])
 
 
 @pytest.mark.process
@@ -407,7 +409,7 @@ def test_the_relay_switch_of_an_rs_btwattch2(simulator, daemons, brokers, subscr
     config = mqtt_config(tmp_path / "config.yaml", tmp_path / "data", address, broker.port)
     config.write_text(config.read_text().replace("  timeout: 2\n", "  timeout: 2\n  model: btwattch2\n"))
     daemon = daemons(config, tmp_path)
-    wait_for(lambda: len(sub.discovery()) == 5, timeout=30, what="discovery with a switch")
+    wait_for(lambda: len(sub.discovery()) == 6, timeout=30, what="discovery with a switch and the latch")
     (switch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/switch/")]
     assert switch["command_topic"] == f"{PREFIX}/{METER}/relay/set"
     assert switch["device"]["model"] == "RS-BTWATTCH2"
@@ -419,3 +421,238 @@ def test_the_relay_switch_of_an_rs_btwattch2(simulator, daemons, brokers, subscr
         wait_for(lambda: any(s["relay"] == command for s in sub.states(since)), timeout=30,
                  what=f"the relay {command}")
     assert daemon.stop() == 0
+
+
+# --- the relay is safe to own (issue 16): a real broker, a simulated RS-BTWATTCH2 over TCP ---------------
+
+
+RELAY_SET = f"{PREFIX}/{METER}/relay/set"
+
+
+def relay_setup(simulator, brokers, subscribers, tmp_path, relay=None, sim_args=(), port=None, http=None):
+    """(broker, subscriber, simulator, config) for one btwattch2 at real speed, polled 4 times a second."""
+    broker = brokers()
+    sub = subscribers(broker.port)
+    tcp = ["--tcp", f"127.0.0.1:{port}"] if port else []
+    sim = simulator("--model", "btwattch2", "--seed", str(SEED), *tcp, *sim_args)
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", sim.addresses[0], poll_interval=0.25)
+    text = config.read_text().replace("  timeout: 2\n", "  timeout: 2\n  model: btwattch2\n")
+    if relay:
+        text += "  relay:\n" + "".join(f"    {k}: {json.dumps(v)}\n" for k, v in relay.items())
+    text += f"mqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n  publish_interval: 1\n"
+    if http:
+        text += f"http:\n  listen: 127.0.0.1:{http}\n"
+    config.write_text(text)
+    return broker, sub, sim, config
+
+
+def relay_writes(sim) -> List[str]:
+    """Every relay write that reached the simulated meter, byte-exact (the simulator logs each)."""
+    return re.findall(r"relay write (a7 [0-9a-f]{2})", sim.log())
+
+
+def relay_states(sub, since: int = 0) -> List[str]:
+    return [s["relay"] for s in sub.states(since) if "relay" in s]
+
+
+def final_gaps(log: str) -> int:
+    (gaps,) = re.findall(rf"final status {METER}: .*?\bgaps=(\d+)", log)
+    return int(gaps)
+
+
+def test_a_flood_of_commands_switches_a_handful_of_times_ends_in_the_last_and_reading_never_stalls(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: relay_states(sub)[-3:] == ["ON"] * 3, timeout=30, what="states with the relay on")
+    commander = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flood")
+    commander.connect("127.0.0.1", broker.port)
+    commander.loop_start()
+    sent = [commander.publish(RELAY_SET, "ON" if i % 2 == 0 else "OFF", qos=1) for i in range(200)]  # ends OFF
+    for info in sent:
+        info.wait_for_publish(10)
+    commander.loop_stop()
+    since = sub.count()
+    wait_for(lambda: relay_states(sub, since)[-5:] == ["OFF"] * 5, timeout=30, what="five states with the relay off")
+    assert daemon.stop() == 0
+    log = daemon.stderr()
+    writes = relay_writes(sim)
+    assert 1 <= len(writes) <= 3 and writes[-1] == "a7 00", writes
+    assert final_gaps(log) == 0, log[-2000:]  # every meter second recorded through the flood
+    assert re.search(r"final status mqtt: .*relay_commands=200", log), log[-2000:]
+
+
+def test_a_retained_command_is_ignored_at_every_start_with_one_line_saying_how_to_clear_it(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path)
+    sub.client.publish(RELAY_SET, "OFF", qos=1, retain=True).wait_for_publish(10)
+    for run in range(2):
+        since = sub.count()
+        daemon = daemons(config, tmp_path)
+        wait_for(lambda: relay_states(sub, since)[-5:] == ["ON"] * 5, timeout=30, what="five states, relay on")
+        assert daemon.stop() == 0
+        warnings = mqtt_warnings(daemon.stderr())
+        assert len(warnings) == 1, warnings
+        assert warnings[0].endswith(f"ignoring a retained command on {RELAY_SET}: a command is for now, not for "
+                                    f"every restart; clear it with `mosquitto_pub -r -n -t {RELAY_SET}`")
+    assert relay_writes(sim) == []
+
+
+def test_a_command_given_while_the_meter_is_away_is_not_carried_out_when_it_comes_back(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    port = free_port()
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path, relay={"max_age": 3},
+                                           port=port)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: relay_states(sub)[-3:] == ["ON"] * 3, timeout=30, what="states with the relay on")
+    sim.stop()
+    wait_for(lambda: "reconnecting" in daemon.stderr(), timeout=30, what="the meter gone")
+    sub.client.publish(RELAY_SET, "OFF", qos=1).wait_for_publish(10)
+    wait_for(lambda: "relay_commands=1" in daemon.stderr(), timeout=30, what="the command taken")
+    time.sleep(4)  # the meter stays away longer than relay.max_age (3 s)
+    back = simulator("--model", "btwattch2", "--seed", str(SEED), "--tcp", f"127.0.0.1:{port}")
+    since = sub.count()
+    wait_for(lambda: relay_states(sub, since)[-5:] == ["ON"] * 5, timeout=90, what="the meter back, relay on")
+    assert daemon.stop() == 0
+    assert relay_writes(back) == []
+    assert re.search(r"WARNING wattchecker_client\.meter: wattchecker: relay off dropped: asked \d+ s ago, older "
+                     r"than 3 s by the time the meter could be reached", daemon.stderr())
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+
+
+def test_a_20_mb_payload_costs_no_memory_and_one_short_line_and_garbage_a_line_a_minute(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(relay_states(sub)) >= 5, timeout=30, what="states")
+    time.sleep(2)
+    before = rss_kb(daemon.proc.pid)
+    sub.client.publish(RELAY_SET, b"X" * 20_000_000, qos=1).wait_for_publish(60)
+    wait_for(lambda: "20000000-byte payload" in daemon.stderr(), timeout=60, what="the payload refused")
+    time.sleep(2)
+    after = rss_kb(daemon.proc.pid)
+    for i in range(1000):
+        sub.client.publish(RELAY_SET, f"garbage{i}", qos=0)
+    wait_for(lambda: "bad_commands=1001" in daemon.stderr(), timeout=60, what="1000 garbage messages counted")
+    assert daemon.stop() == 0
+    print(f"RSS before {before} kB, after the 20 MB payload {after} kB")
+    assert abs(after - before) < 5 * 1024, (before, after)
+    warnings = mqtt_warnings(daemon.stderr())
+    assert warnings[0].endswith(f"mqtt: ignoring a 20000000-byte payload 'XXXXXXXXXXXXXXXX'... on {RELAY_SET} "
+                                "(send ON or OFF)")
+    assert len(warnings[0]) < 200
+    # The garbage: one count when the minute ends (here: at shutdown), never a line each.
+    assert len(warnings) == 2 and warnings[1].endswith("mqtt: 1000 more bad relay commands ignored in the last 60 s")
+    assert relay_writes(sim) == []
+
+
+def overload_rows(data_dir: Path) -> List[Tuple[dt.datetime, float]]:
+    rows = [json.loads(line) for path in data_dir.glob("wattchecker-data.json*") for line in read(path)]
+    return sorted((dt.datetime.strptime(r["datetime"], "%Y-%m-%d %H:%M:%S"), r["W"]) for r in rows)
+
+
+def test_over_power_cuts_the_relay_off_latches_across_a_restart_and_an_explicit_on_clears_it(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    # The simulated load never reads below 0.5 W while on: over the limit from the first reading.
+    http = free_port()
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path,
+                                           relay={"max_watts": 0.5, "max_watts_for": 2}, http=http)
+    data_dir = tmp_path / "data"
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(sub.discovery()) == 6, timeout=30, what="discovery with the switch and the latch")
+    (latch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/binary_sensor/")]
+    assert (latch["device_class"], latch["payload_on"], latch["payload_off"]) == ("problem", "ON", "OFF")
+    assert latch["value_template"] == "{{ value_json.overloaded | is_defined }}"
+    assert latch["state_topic"] == f"{PREFIX}/{METER}/state" and latch["unique_id"].endswith("_overloaded")
+    wait_for(lambda: [s.get("overloaded") for s in sub.states()][-3:] == ["ON"] * 3, timeout=30, what="latched")
+    assert relay_states(sub)[-1] == "OFF"
+    # On /metrics and on the page too.
+    metrics = urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10).read().decode()
+    assert f'wattchecker_relay_overloaded{{meter="{METER}"}} 1.0' in metrics.splitlines()
+    page = json.loads(urlopen(f"http://127.0.0.1:{http}/api/page", timeout=10).read())
+    assert page["meters"][METER]["status"]["overloaded"] is True
+    assert daemon.stop() == 0
+    log = daemon.stderr()
+    assert re.search(r"WARNING wattchecker_client\.meter: wattchecker: over 0\.5 W for 2 s: switching the relay "
+                     r"off and latching 'overloaded' until an explicit ON", log)
+    rows = overload_rows(data_dir)
+    first_off = next(t for t, watts in rows if watts == 0)
+    assert rows[0][1] > 0.5 and (first_off - rows[0][0]).total_seconds() <= 2 + 2  # meter seconds
+    assert json.loads((data_dir / "relay.json").read_text())["meters"][METER] == {"overloaded": True,
+                                                                                  "last_set": False}
+
+    since = sub.count()
+    daemon = daemons(config, tmp_path)  # after a SIGTERM: still latched, still off, nothing written
+    wait_for(lambda: len(sub.states(since)) >= 5, timeout=30, what="states after the restart")
+    assert {s["overloaded"] for s in sub.states(since)} == {"ON"}
+    assert {s["relay"] for s in sub.states(since)} == {"OFF"}
+    since = sub.count()
+    sub.client.publish(RELAY_SET, "ON", qos=1)
+    wait_for(lambda: any(s["relay"] == "ON" and s["overloaded"] == "OFF" for s in sub.states(since)), timeout=30,
+             what="an explicit ON clearing the latch")
+    assert daemon.stop() == 0
+    assert "relay ON asked: the over-power latch is cleared" in daemon.stderr()
+    assert relay_writes(sim)[:2] == ["a7 00", "a7 01"]  # the cut-off once, then the ON (it may trip again after)
+
+
+@pytest.mark.parametrize("mode, before, expected", [
+    # (on_connect, the relay before the service starts, every write that reached the meter)
+    ("keep", "off", ["a7 00", "a7 01"]),  # ours, then our `switch on`: the service never switched
+    ("on", "off", ["a7 00", "a7 01", "a7 00", "a7 01"]),
+    ("off", "on", ["a7 00", "a7 01", "a7 00"]),
+    ("restore", "on", ["a7 00", "a7 01", "a7 00"]),  # last set: off, as a previous run saved it
+])
+def test_on_connect_applies_at_the_first_connect_and_after_a_link_drop(
+    simulator, daemons, brokers, subscribers, tmp_path, mode, before, expected
+):
+    # The link drops every 40 requests (10 s at 4 polls a second); `switch` comes from another client.
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path, relay={"on_connect": mode},
+                                           sim_args=("--drop-after", "40"))
+    address = sim.addresses[0]
+    if mode == "restore":
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "relay.json").write_text(json.dumps(
+            {"meters": {METER: {"overloaded": False, "last_set": False}}}))
+    if before == "off":
+        assert run_cli("switch", address, "off", "--model", "btwattch2").returncode == 0
+    after = {"keep": "OFF", "on": "ON", "off": "OFF", "restore": "OFF"}[mode]
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: relay_states(sub)[-3:] == [after] * 3, timeout=30, what=f"on_connect: {mode} at the start")
+    flip = "off" if after == "ON" else "on"
+    assert run_cli("switch", address, flip, "--model", "btwattch2").returncode == 0  # behind the service's back
+    connects = daemon.stderr().count("connected again")
+    wait_for(lambda: daemon.stderr().count("connected again") > connects, timeout=30, what="a link drop")
+    since = sub.count()
+    wait_for(lambda: len(relay_states(sub, since)) >= 3, timeout=30, what="states after the reconnect")
+    assert daemon.stop() == 0
+    assert relay_writes(sim) == expected
+    assert relay_states(sub, since)[-1] == (after if mode != "keep" else flip.upper())
+    if mode != "keep":
+        assert daemon.stderr().count(f"relay switched {after.lower()} (on_connect)") == 2
+
+
+def test_auto_off_after_any_on(simulator, daemons, brokers, subscribers, tmp_path):
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path, relay={"auto_off_after": 2})
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: relay_states(sub)[-3:] == ["OFF"] * 3, timeout=30, what="off 2 s after it was first seen on")
+    assert run_cli("switch", sim.addresses[0], "on", "--model", "btwattch2").returncode == 0  # another path
+    wait_for(lambda: relay_writes_so_far(daemon) >= 2, timeout=30, what="off again")
+    since = sub.count()
+    sub.client.publish(RELAY_SET, "ON", qos=1)
+    wait_for(lambda: relay_writes_so_far(daemon) >= 4 and relay_states(sub, since)[-1:] == ["OFF"], timeout=30,
+             what="ON by MQTT, then off by itself")
+    assert daemon.stop() == 0
+    assert relay_writes(sim) == ["a7 00", "a7 01", "a7 00", "a7 01", "a7 00"]
+
+
+def relay_writes_so_far(daemon) -> int:
+    return len(re.findall(r"relay switched", daemon.stderr()))

@@ -18,6 +18,7 @@ import yaml
 
 from .clock import time_zone
 from .protocol import DEFAULT_MODEL, MODELS
+from .relay import ON_CONNECT, RelaySettings
 from .transport import MAC_RE
 
 DEFAULT_NAME = "wattchecker"
@@ -36,6 +37,7 @@ class DeviceConfig:
     start_argument: int
     timeout: float
     model: str = DEFAULT_MODEL
+    relay: Optional[RelaySettings] = None  # a btwattch2's relay: section; None: the defaults
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,12 @@ def meter_model(value: Any) -> str:
     return value.strip().lower()
 
 
+def on_connect(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in ON_CONNECT:
+        raise ValueError(f"must be one of {', '.join(ON_CONNECT)}, got {value!r}")
+    return value.strip().lower()
+
+
 def topic(value: Any) -> str:
     value = text(value)
     if any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/") or "//" in value:
@@ -289,6 +297,15 @@ DEVICE: Spec = {
     "channel": (optional(integer(1, 30)), None),
     "start_argument": (integer(0, 255), 0),
     "timeout": (number(), 5.0),
+    "relay": (lambda value: value, None),  # checked by _device against RELAY
+}
+RELAY: Spec = {
+    "min_interval": (number(0, exclusive=False), 2.0),
+    "max_watts": (optional(number()), None),
+    "max_watts_for": (number(0, exclusive=False), 10.0),
+    "on_connect": (on_connect, "keep"),
+    "auto_off_after": (optional(number()), None),
+    "max_age": (number(), 30.0),
 }
 BIGQUERY: Spec = {
     "service_account_json": (optional(text), None),
@@ -426,6 +443,10 @@ def _device(ctx: _Context, path: List[Any], data: Any) -> DeviceConfig:
         if where.startswith("/dev/rfcomm"):
             raise ctx.error(path + ["address"], f"{where} is a Bluetooth Classic (RFCOMM) tty, but an "
                             "RS-BTWATTCH2 speaks Bluetooth LE: use its MAC (`wattchecker-client scan` lists it)")
+    if values["relay"] is not None:
+        if values["model"] != "btwattch2":
+            raise ctx.error(path + ["relay"], "only an RS-BTWATTCH2 (model: btwattch2) has a relay")
+        values["relay"] = RelaySettings(**_section(ctx, path + ["relay"], values["relay"], RELAY))
     simulated = dict(parse_qsl(urlsplit(where).query)).get("model") if where.startswith("sim:") else None
     if simulated is not None and simulated != values["model"]:
         raise ctx.error(path + ["model"], f"is {values['model']}, but the address simulates a {simulated}: "

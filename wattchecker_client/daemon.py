@@ -7,6 +7,7 @@ logs a status line now and then, and shuts everything down in order.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -22,7 +23,7 @@ from .meter import MeterReader
 from .notify import Notifier
 from .protocol import Measurement
 from .transport import RfcommFactory, SetupError, is_ble
-from .writer import ClosedFile, Writer
+from .writer import ClosedFile, Writer, atomic_write
 
 # The uploader module is imported only when BigQuery or retention is configured:
 # with hashlib's OpenSSL it costs about 4 MB of memory, a fifth of the service's.
@@ -34,9 +35,12 @@ ROW_QUEUE_SIZE = 10_000
 WAKE_WRITER_AT = ROW_QUEUE_SIZE // 10
 JOIN_TIMEOUT = 15.0
 RETENTION_INTERVAL = 3600.0
-M_ARENA_MAX = -8  # mallopt(3) parameter, from glibc's malloc.h
+M_ARENA_MAX = -8  # mallopt(3) parameters, from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept
 EXIT_OK = 0
 EXIT_FAILED = 1
+RELAY_FILE = "relay.json"  # per btwattch2: the over-power latch and the state the service last set
 
 # syslog priorities, which journald reads from a "<N>" line prefix
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -150,11 +154,18 @@ def one_malloc_arena() -> None:
     allocate little and rarely at once, and sharing one saves about 0.3 MB
     (measured) of the 20 MB it may use on a Pi. ctypes is loaded anyway (the
     clock's adjtimex). Other C libraries: nothing changes.
+
+    A fixed mmap threshold too: by default glibc raises it after each large
+    block freed (up to 32 MB), so a huge message (a 20 MB MQTT payload, which
+    paho reads whole before anyone can refuse it) would leave its memory in
+    the heap for good; with it fixed, every large block goes back at free.
     """
     import ctypes
 
     try:
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_ARENA_MAX, 1)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (AttributeError, OSError):
         pass
 
@@ -240,6 +251,21 @@ class Daemon:
         self._reading = "reading " + ", ".join(f"{d.name} at {d.address}" for d in config.devices)
         self._ready_sent = False  # READY sent: a change of clock trust updates the status line
         self._status_lock = threading.Lock()
+        self._relay_saved = self._read_relay_file()
+        self._relay_file_lock = threading.Lock()  # the readers save it
+
+    def _read_relay_file(self) -> Dict[str, dict]:
+        path = self.config.general.data_dir / RELAY_FILE
+        try:
+            meters = json.loads(path.read_text(encoding="utf-8"))["meters"]
+            if not isinstance(meters, dict):
+                raise ValueError("meters is not a mapping")
+            return meters
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: unreadable (%s); no relay is latched", path, exc)
+            return {}
 
     def _uploader_for(self, config: Config):
         """An Uploader when BigQuery or retention is configured, else None (and no thread)."""
@@ -314,7 +340,34 @@ class Daemon:
             on_clock_trust=self._clock_trust_changed,
             on_connect=partial(self.live.connected, device.name) if self.live else (lambda: None),
             on_disconnect=partial(self.live.disconnected, device.name) if self.live else (lambda: None),
+            relay=self._relay_policy(device),
+            on_relay_memory=partial(self._relay_memory, device.name),
         )
+
+    def _relay_policy(self, device: DeviceConfig):
+        """A btwattch2's relay policy, with its latch and last set state as saved (relay.json)."""
+        if device.model != "btwattch2":
+            return None
+        from .relay import RelayPolicy, RelaySettings
+
+        saved = self._relay_saved.get(device.name)
+        saved = saved if isinstance(saved, dict) else {}
+        if self.live is not None:
+            self.live.relay_latch(device.name, bool(saved.get("overloaded")))
+        return RelayPolicy(device.relay or RelaySettings(), bool(saved.get("overloaded")), saved.get("last_set"))
+
+    def _relay_memory(self, name: str, policy) -> None:
+        """Save a relay's latch and last set state at once: both must survive a restart (relay.json)."""
+        if self.live is not None:
+            self.live.relay_latch(name, policy.overloaded)
+        with self._relay_file_lock:
+            self._relay_saved[name] = policy.memory
+            data = json.dumps({"meters": self._relay_saved}, indent=1).encode()
+            try:
+                atomic_write(self.config.general.data_dir / RELAY_FILE, data, compress=False)
+            except OSError as exc:
+                log.error("%s: cannot save %s (%s): the relay's latch would not survive a restart", name,
+                          RELAY_FILE, exc.strerror or exc)
 
     def _read_meter(self, name: str, reader: MeterReader) -> None:
         try:
@@ -510,8 +563,9 @@ class Daemon:
         if self.mqtt is not None:
             m = self.mqtt.stats
             log.info("%smqtt: connected=%s connects=%d outages=%d connect_failures=%d published=%d dropped=%d "
-                     "relay_commands=%d", prefix, "yes" if self.mqtt.connected else "no",
-                     m.connects, m.outages, m.connect_failures, m.published, m.dropped, m.relay_commands)
+                     "relay_commands=%d bad_commands=%d retained_commands=%d", prefix,
+                     "yes" if self.mqtt.connected else "no", m.connects, m.outages, m.connect_failures, m.published,
+                     m.dropped, m.relay_commands, m.bad_commands, m.retained_commands)
         if self.live is not None and self.live.stats.checkpoint_errors:
             log.info("%senergy: checkpoints=%d checkpoint_errors=%d", prefix,
                      self.live.stats.checkpoints, self.live.stats.checkpoint_errors)

@@ -111,6 +111,7 @@ class MeterLive:
     energy_joules: float  # persisted, never decreasing
     relay: Optional[bool]  # RS-BTWATTCH2 only, else None
     energy_known: bool = True  # False while a first count of the files runs (no energy.json yet)
+    overloaded: Optional[bool] = None  # an RS-BTWATTCH2's over-power latch, else None
 
 
 class _Meter:
@@ -124,6 +125,7 @@ class _Meter:
         self.connected = False
         self.since: Optional[dt.datetime] = None
         self.relay: Optional[bool] = None
+        self.overloaded: Optional[bool] = None
         self.base: Optional[Accumulator] = None  # every row on disk at start-up; None until restored
         self.running = Accumulator()  # the rows of this run
         self.rows = 0  # rows received since start-up, the writer counts the same rows
@@ -187,6 +189,12 @@ class LiveState:
                 state.history.append((t, m.watts))
             self._bump()
 
+    def relay_latch(self, meter: str, overloaded: bool) -> None:
+        """The over-power latch of a meter's relay, set or cleared."""
+        with self._changed:
+            self._meters[meter].overloaded = overloaded
+            self._bump()
+
     def connected(self, meter: str) -> None:
         self._set_link(meter, True)
 
@@ -214,7 +222,7 @@ class LiveState:
     @staticmethod
     def _copy(s: _Meter) -> MeterLive:
         return MeterLive(s.name, s.measurement, s.received_monotonic, s.connected, s.since, s.shown.joules, s.relay,
-                         s.known)
+                         s.known, s.overloaded)
 
     def wait(self, version: int, timeout: float) -> int:
         """Block until something changed after ``version`` (or ``timeout``); the current version."""

@@ -13,7 +13,6 @@ import datetime as dt
 import importlib.util
 import logging
 import math
-import queue
 import random
 import threading
 from dataclasses import dataclass, fields
@@ -23,6 +22,7 @@ from . import protocol
 from .clock import Clock, utc_epoch
 from .clocktrust import IGNORES_SET, STEPPED, SYNCHRONISED, WAIT_OVER, WAITING, ClockTrust, Host
 from .protocol import Frame, Measurement, MeasurementError, ProtocolError, btwattch2
+from .relay import RelayPolicy, RelaySettings, RelayStale, RelaySuperseded
 from .transport import (
     DEFAULT_TIMEOUT, MAC_RE, Link, LinkError, LinkTimeout, RfcommFactory, SetupError, is_ble, open_link,
 )
@@ -153,6 +153,15 @@ class MeterSession:
         frame = self.request(dialect.relay_request(on), btwattch2.CMD_RELAY)
         self.relay = dialect.decode_relay_ack(frame.payload)
         return self.relay
+
+    def identify(self) -> bool:
+        """Blink the LED (0x3E); True if the meter acknowledged it (its answer is not documented: none is fine)."""
+        request = self.dialect.identify_request
+        if request is None:
+            raise SetupError(f"{self.link.name}: this meter ({self.dialect.product}) has no identify command")
+        self._drop_stale()
+        self.link.write(request())
+        return self._await(btwattch2.CMD_IDENTIFY, self.response_timeout) is not None
 
     def _read_relay(self) -> bool:
         for _ in range(self.retries + 1):
@@ -380,6 +389,8 @@ class MeterReader:
         on_clock_trust: Callable[[], None] = lambda: None,
         on_connect: Callable[[], None] = lambda: None,
         on_disconnect: Callable[[], None] = lambda: None,
+        relay: Optional[RelayPolicy] = None,
+        on_relay_memory: Callable[[RelayPolicy], None] = lambda policy: None,
     ) -> None:
         self.address = address
         self.clock = clock
@@ -396,7 +407,11 @@ class MeterReader:
         )
         # The relay as the last measurement said (None: unknown, or no relay), for the live state.
         self.relay: Optional[bool] = None
-        self._relay_requests: "queue.SimpleQueue" = queue.SimpleQueue()
+        # The relay's desired state (one slot, never a queue), shared with the threads that command it.
+        self.relay_policy = (relay or RelayPolicy(RelaySettings())) if self.dialect.has_relay else None
+        self.on_relay_memory = on_relay_memory
+        self._relay_lock = threading.Lock()
+        self._relay_waiters: List[Future] = []  # the futures of the newest command only
         self._relay_readers: List[Future] = []
         self.name = name or address
         self.stats = MeterStats()
@@ -439,19 +454,32 @@ class MeterReader:
     def request_relay(self, on: Optional[bool]) -> "Future[bool]":
         """Switch the relay (None: read it) from any thread; the Future holds the acknowledged state.
 
-        The reader thread runs the request between two polls, so it waits at
-        most a poll interval while connected (longer while reconnecting: give
-        ``result()`` a timeout). A BTWATTCH1 fails it at once with NoRelayError.
+        The newest command replaces an older one still waiting (whose Future
+        fails with RelaySuperseded): one slot, never a queue. The reader
+        carries it out between two polls, at most one switch per
+        ``relay.min_interval``; one older than ``COMMAND_MAX_AGE`` by the time
+        the link can carry it fails with RelayStale. A BTWATTCH1 fails it at
+        once with NoRelayError.
         """
         from concurrent.futures import Future
 
         future: "Future[bool]" = Future()
-        if not self.dialect.has_relay:
+        if self.relay_policy is None:
             future.set_exception(no_relay(self.name, self.dialect))
         elif self.stop.is_set():
             future.set_exception(LinkError(f"{self.name}: the reader is stopping"))
+        elif on is None:
+            with self._relay_lock:
+                self._relay_readers.append(future)
         else:
-            self._relay_requests.put((on, future))
+            with self._relay_lock:
+                changed = on and self.relay_policy.overloaded
+                self.relay_policy.command(on, self.clock.monotonic())
+                superseded, self._relay_waiters = self._relay_waiters, [future]
+            _fail_all(superseded, RelaySuperseded(f"{self.name}: relay {_word(on)} replaced an older command"))
+            if changed:
+                log.warning("%s: relay ON asked: the over-power latch is cleared", self.name)
+                self.on_relay_memory(self.relay_policy)
         return future
 
     def _one_connection(self) -> Iterator[Measurement]:
@@ -480,7 +508,7 @@ class MeterReader:
 
     def _poll_until_stopped(self, session: MeterSession) -> Iterator[Measurement]:
         while not self._sleep(seconds_until_next_tick(self.clock.now(), self.poll_interval)):
-            self._run_relay_requests(session)
+            self._drive_relay(session)
             try:
                 measurement = session.poll()
             except MeasurementError as exc:
@@ -488,59 +516,84 @@ class MeterReader:
                 level = logging.WARNING if session.stats.rejected == self._rejected_before + 1 else logging.DEBUG
                 log.log(level, "%s: reading dropped: %s", self.name, exc)
                 continue
-            self._relay_seen(session.relay)
+            self._relay_seen(session.relay, measurement.watts)
             right = self._can_be_right(session, measurement.time)
             new = right and self._is_new(measurement.time)
             self._follow_set_back()  # after the reading: one kept while the clock was set must not raise it again
             if new:
                 yield measurement
 
-    def _run_relay_requests(self, session: MeterSession) -> None:
-        """Switch as asked; a read waits for the poll that follows, whose measurement carries the state."""
-        while True:
-            try:
-                on, future = self._relay_requests.get_nowait()
-            except queue.Empty:
-                return
-            if not future.set_running_or_notify_cancel():
-                continue
-            if on is None:
-                self._relay_readers.append(future)
-                continue
-            try:
-                state = session.switch_relay(on)
-            except ProtocolError as exc:
-                future.set_exception(exc)
-                continue
-            except LinkError as exc:
-                future.set_exception(exc)
-                raise
-            log.info("%s: relay switched %s", self.name, "on" if state else "off")
-            self.relay = state
-            future.set_result(state)
+    def _drive_relay(self, session: MeterSession) -> None:
+        """Carry out the relay's wanted state, if one is due: at most one write between two polls."""
+        policy = self.relay_policy
+        if policy is None:
+            return
+        now = self.clock.monotonic()
+        with self._relay_lock:
+            decision = policy.due(now)
+        if decision.dropped is not None:
+            age = now - decision.dropped.asked
+            log.warning("%s: relay %s dropped: asked %.0f s ago, older than %g s by the time the meter could "
+                        "be reached", self.name, _word(decision.dropped.on), age, policy.settings.max_age)
+            self._settle_waiters(RelayStale(f"{self.name}: relay {_word(decision.dropped.on)} asked {age:.0f} s "
+                                            "ago: too late, dropped"))
+        elif decision.settled:
+            self._settle_waiters()
+        if decision.switch is None:
+            return
+        try:
+            state = session.switch_relay(decision.switch.on)
+        except ProtocolError as exc:
+            log.warning("%s: relay %s failed: %s", self.name, _word(decision.switch.on), exc)
+            with self._relay_lock:
+                policy.failed(now)
+            self._settle_waiters(exc)
+            return
+        log.info("%s: relay switched %s (%s)", self.name, _word(state), decision.switch.why)
+        self.relay = state
+        with self._relay_lock:
+            policy.switched(state, now)
+        self.on_relay_memory(policy)
+        self._settle_waiters()
 
-    def _relay_seen(self, state: Optional[bool]) -> None:
+    def _settle_waiters(self, exc: Optional[Exception] = None) -> None:
+        """The command's Futures once its wish is gone: the state the meter acknowledged, or ``exc``."""
+        with self._relay_lock:
+            if self.relay_policy is not None and self.relay_policy.waiting_command:
+                return
+            waiters, self._relay_waiters = self._relay_waiters, []
+        if exc is not None:
+            _fail_all(waiters, exc)
+        else:
+            for future in waiters:
+                if not future.done():
+                    future.set_result(self.relay)
+
+    def _relay_seen(self, state: Optional[bool], watts: float) -> None:
         """A measurement told the relay state (None: it did not); the reads waiting for it get it."""
+        policy = self.relay_policy
+        if policy is not None:
+            with self._relay_lock:
+                tripped = policy.seen(state, watts, self.clock.monotonic())
+            if tripped:
+                log.warning("%s: over %g W for %g s: switching the relay off and latching 'overloaded' until "
+                            "an explicit ON", self.name, policy.settings.max_watts, policy.settings.max_watts_for)
+                self.on_relay_memory(policy)
         if state is None:
             return
         self.relay = state
-        readers, self._relay_readers = self._relay_readers, []
+        with self._relay_lock:
+            readers, self._relay_readers = self._relay_readers, []
         for future in readers:
-            future.set_result(state)
+            if not future.done():
+                future.set_result(state)
 
     def _fail_relay_requests(self, exc: Exception) -> None:
         """When the reader ends, no relay request is left hanging: each fails with ``exc``."""
-        pending = self._relay_readers
-        self._relay_readers = []
-        while True:
-            try:
-                _, future = self._relay_requests.get_nowait()
-            except queue.Empty:
-                break
-            if future.set_running_or_notify_cancel():
-                pending.append(future)
-        for future in pending:
-            future.set_exception(exc)
+        with self._relay_lock:
+            pending = self._relay_readers + self._relay_waiters
+            self._relay_readers, self._relay_waiters = [], []
+        _fail_all(pending, exc)
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep until ``seconds`` have passed or ``stop`` is set; True if asked to stop.
@@ -660,6 +713,9 @@ class MeterReader:
             log.info("%s: connected", self.name)
         self._failing_since = None
         self.backoff.reset()
+        if self.relay_policy is not None:
+            with self._relay_lock:
+                self.relay_policy.connected(self.clock.monotonic())
         self.on_connect()
 
     def _link_failed(self, exc: LinkError) -> None:
@@ -672,3 +728,13 @@ class MeterReader:
             log.warning("%s%s; reconnecting", where, exc)
         else:
             log.debug("%sstill failing: %s", where, exc)
+
+
+def _word(on: bool) -> str:
+    return "on" if on else "off"
+
+
+def _fail_all(futures: List["Future[bool]"], exc: Exception) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)

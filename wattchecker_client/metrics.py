@@ -105,6 +105,17 @@ class LiveCollector(Collector):
                 volts.add_metric([name], now.volts)
                 amps.add_metric([name], now.milliamps / 1000)
         yield from (power, volts, amps, connected, stamp, energy)
+        yield from self._relay_latches()
+
+    def _relay_latches(self) -> Iterator[Metric]:
+        """The over-power latch of each RS-BTWATTCH2 (relay.max_watts); absent for a meter without a relay."""
+        latch = GaugeMetricFamily(
+            PREFIX + "relay_overloaded", "1 while the relay is latched off for over-power, until an explicit ON.",
+            labels=["meter"])
+        for name, state in sorted(self.live.snapshot().items()):
+            if state.overloaded is not None:
+                latch.add_metric([name], 1.0 if state.overloaded else 0.0)
+        yield latch
 
     def _meter_counters(self) -> Iterator[Metric]:
         stats = self.meter_stats()

@@ -33,6 +33,7 @@ from .clock import Clock
 from .config import DeviceConfig, MqttConfig
 from .live import LiveState, MeterLive
 from .meter import Backoff
+from .relay import RelayStale, RelaySuperseded
 from .transport import MAC_RE, SetupError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,11 @@ KEEPALIVE = 60
 WAKE_INTERVAL = 0.5  # seconds: how soon a (re)connect is announced when no reading wakes the thread
 # A peer that takes the connection but never answers (not a broker: a wrong port) is a failed attempt.
 CONNACK_TIMEOUT = 10.0
-RELAY_TIMEOUT = 30.0
+# A relay command is ON or OFF: anything longer is dropped before it is decoded (a 20 MB
+# payload must not be copied, decoded or logged), and a warning quotes at most this much.
+MAX_COMMAND_BYTES = 8
+QUOTED_CHARS = 16
+WARNING_WINDOW = 60.0  # bad commands: one warning, then one count per minute
 
 RelaySwitch = Callable[[Optional[bool]], "Future[bool]"]
 
@@ -111,6 +116,12 @@ def summary(config: MqttConfig) -> str:
             f"every {config.publish_interval:g} s, {discovery}")
 
 
+def quote(payload: bytes) -> str:
+    """At most ``QUOTED_CHARS`` of a payload, for a log line; the rest is never decoded."""
+    head = bytes(payload[:QUOTED_CHARS]).decode("utf-8", "replace")
+    return repr(head) + ("..." if len(payload) > QUOTED_CHARS else "")
+
+
 def address_key(address: str) -> str:
     """A meter's identity for Home Assistant: from its address, so it survives restarts and reinstalls."""
     if MAC_RE.match(address.strip()):
@@ -149,6 +160,8 @@ def state_payload(live: MeterLive) -> Dict[str, Any]:
         payload["energy_kWh"] = round(live.energy_joules / 3_600_000, 6)
     if live.relay is not None:
         payload["relay"] = "ON" if live.relay else "OFF"
+    if live.overloaded is not None:
+        payload["overloaded"] = "ON" if live.overloaded else "OFF"
     return payload
 
 
@@ -188,6 +201,11 @@ def discovery_messages(
                    "command_topic": topics.relay_set(device.name), "payload_on": "ON", "payload_off": "OFF",
                    "value_template": "{{ value_json.relay }}", "state_on": "ON", "state_off": "OFF", **common}
         messages.append((f"{config.discovery_prefix}/switch/{node}/relay/config", payload))
+        # The over-power latch (relay.max_watts): a problem until an explicit ON clears it.
+        payload = {"name": "Overloaded", "unique_id": f"{node}_overloaded", "device_class": "problem",
+                   "value_template": "{{ value_json.overloaded | is_defined }}", "payload_on": "ON",
+                   "payload_off": "OFF", **common}
+        messages.append((f"{config.discovery_prefix}/binary_sensor/{node}/overloaded/config", payload))
     return messages
 
 
@@ -217,6 +235,36 @@ class MqttStats:
     published: int = 0
     dropped: int = 0
     relay_commands: int = 0
+    bad_commands: int = 0
+    retained_commands: int = 0
+
+
+class WarningWindow:
+    """One warning at once, then the count of the others once per window: a flood costs a line a minute."""
+
+    def __init__(self, clock: Clock, window: float = WARNING_WINDOW) -> None:
+        self.clock = clock
+        self.window = window
+        self._lock = threading.Lock()  # paho's thread notes, the publisher's flushes
+        self._opened: Optional[float] = None
+        self._more = 0
+
+    def note(self, message: str) -> None:
+        self.flush()
+        with self._lock:
+            if self._opened is not None:
+                self._more += 1
+                return
+            self._opened = self.clock.monotonic()
+        log.warning("%s", message)
+
+    def flush(self, force: bool = False) -> None:
+        with self._lock:
+            if self._opened is None or (not force and self.clock.monotonic() - self._opened < self.window):
+                return
+            more, self._opened, self._more = self._more, None, 0
+        if more:
+            log.warning("mqtt: %d more bad relay commands ignored in the last %g s", more, self.window)
 
 
 class Publisher:
@@ -252,6 +300,8 @@ class Publisher:
         self._sent: Dict[str, Any] = {}  # per meter, the meter time of the last state sent
         self._closing = False
         self._session_started = 0.0
+        self._bad_commands = WarningWindow(clock)
+        self._retained_told: set = set()
 
     @property
     def connected(self) -> bool:
@@ -273,6 +323,7 @@ class Publisher:
                     self._start_session()
                     continue
                 version = self.live.wait(version, WAKE_INTERVAL)
+                self._bad_commands.flush()
                 if self._up.is_set():
                     self._publish()
                 elif self.clock.monotonic() - self._session_started > CONNACK_TIMEOUT:
@@ -352,21 +403,42 @@ class Publisher:
             log.debug("mqtt: still cannot connect to %s: %s", self.where, why)
 
     def _on_relay_command(self, client: Any, userdata: Any, message: Any) -> None:
-        meter = message.topic[len(self.config.topic_prefix) + 1:].split("/", 1)[0]
-        command = message.payload.decode("utf-8", "replace").strip().upper()
+        """ON or OFF, sent now: a retained, oversized or unknown payload is ignored, and said so sparingly."""
+        topic = message.topic
+        meter = topic[len(self.config.topic_prefix) + 1:].split("/", 1)[0]
+        payload = message.payload
+        if message.retain:
+            self._retained(topic)
+            return
+        if len(payload) > MAX_COMMAND_BYTES:
+            self._bad(topic, f"a {len(payload)}-byte payload {quote(payload)}")
+            return
+        command = payload.decode("ascii", "replace").strip().upper()
         if command not in ("ON", "OFF") or meter not in self.relays:
-            log.warning("mqtt: ignoring %r on %s (send ON or OFF)", command, message.topic)
+            self._bad(topic, quote(payload))
             return
         self.stats.relay_commands += 1
         future = self.relays[meter](command == "ON")
         future.add_done_callback(lambda f: self._relay_done(meter, command, f))
 
+    def _bad(self, topic: str, what: str) -> None:
+        self.stats.bad_commands += 1
+        self._bad_commands.note(f"mqtt: ignoring {what} on {topic} (send ON or OFF)")
+
+    def _retained(self, topic: str) -> None:
+        """A retained command would switch the relay at every restart and reconnect: ignored, told once."""
+        self.stats.retained_commands += 1
+        if topic in self._retained_told:
+            return
+        self._retained_told.add(topic)
+        log.warning("mqtt: ignoring a retained command on %s: a command is for now, not for every restart; "
+                    "clear it with `mosquitto_pub -r -n -t %s`", topic, topic)
+
     def _relay_done(self, meter: str, command: str, future: "Future[bool]") -> None:
         exc = future.exception()
-        if exc is not None:
+        if exc is not None and not isinstance(exc, (RelayStale, RelaySuperseded)):  # those the reader told
             log.warning("mqtt: %s: relay %s failed: %s", meter, command, exc)
-        else:
-            self._sent.pop(meter, None)  # send the next state at once: it carries the new relay state
+        self._sent.pop(meter, None)  # send the next state at once: it carries the real relay state
 
     # --- publishing (the publisher thread) ----------------------------------------------------
 
@@ -410,6 +482,7 @@ class Publisher:
 
     def _close(self) -> None:
         """A clean goodbye: ``offline`` on the status topic (the will only fires on a lost link)."""
+        self._bad_commands.flush(force=True)
         if self._client is None:
             return
         self._closing = True

@@ -160,6 +160,8 @@ class SimulatedMeter:
         self.rng = random.Random(options.seed)
         self.measuring = False
         self.relay = True  # a BTWATTCH2 comes out of the box switched on
+        self.relay_writes: List[bytes] = []  # every 0xA7 payload, so a test can count what reached the meter
+        self.identified = 0
         self._lock = threading.Lock()
         self._rtc_base = clock.now()
         self._rtc_mono = clock.monotonic()
@@ -206,9 +208,15 @@ class SimulatedMeter:
             return dialect.measurement_payload(self.measure(), self.relay)
         if command == btwattch2.CMD_RELAY and dialect.has_relay:
             return self._switch(payload)
+        if command == btwattch2.CMD_IDENTIFY and dialect.identify_request:
+            self.identified += 1
+            log.info("identify %s: LED blinking", payload.hex(" "))
+            return protocol.ack_payload(command, 0 if payload[1:] == btwattch2.IDENTIFY_ARGUMENTS else 0x01)
         return protocol.ack_payload(command, 0x01)
 
     def _switch(self, payload: bytes) -> bytes:
+        self.relay_writes.append(payload)
+        log.info("relay write %s", payload.hex(" "))
         if payload[1:] not in (b"\x00", b"\x01"):
             return btwattch2.relay_ack_payload(self.relay, 0x01)
         self.relay = payload[1] == 1

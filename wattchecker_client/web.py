@@ -210,6 +210,7 @@ def status_of(state, mono: float) -> dict:
         "w": now.watts if now else None,
         "v": now.volts if now else None,
         "a": round(now.milliamps / 1000, 5) if now else None,
+        "overloaded": state.overloaded,  # the relay's over-power latch; None without a relay
     }
 
 

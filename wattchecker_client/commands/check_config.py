@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{args.config}: OK")
     print(f"  meters: {meters}")
+    for d in config.devices:
+        if d.model == "btwattch2":
+            from ..relay import RelaySettings, describe
+
+            print(f"  relay of {d.name}: {describe(d.relay or RelaySettings())}")
     print(f"  data: {g.data_dir} ({', '.join(g.data_format)}), flushed every {g.data_buffer_size:g} s")
     print(f"  time sync: {time_sync(g.time_sync_wait)}")
     print(f"  BigQuery: {bigquery}")

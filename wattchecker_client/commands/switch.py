@@ -14,6 +14,7 @@ from ..transport import DEFAULT_TIMEOUT, LinkError
 from .common import EXIT_FAILED, EXIT_OK, positive_float
 
 STATES = {"on": True, "off": False, "status": None}
+IDENTIFY = "identify"
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("address", help="the meter's address (MAC, tcp://HOST:PORT, tty, sim://), "
                                    "or with --config the name of a configured device")
-    p.add_argument("state", choices=tuple(STATES), help="on, off, or status (only read it)")
+    p.add_argument("state", choices=(*STATES, IDENTIFY),
+                   help="on, off, status (only read it), or identify (blink its LED to tell plugs apart)")
     p.add_argument("--model", choices=MODELS,
                    help="the meter's model when ADDRESS is an address; only btwattch2 has a relay")
     p.add_argument("--config", help="config.yaml: ADDRESS names one of its devices (address and model from there)")
@@ -64,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
     opener = link_opener(meter.address, channel=meter.channel, timeout=meter.timeout, model=meter.model)
     try:
         with opener() as link:
-            state = MeterSession(link, Clock(), model=meter.model).switch_relay(STATES[args.state])
+            session = MeterSession(link, Clock(), model=meter.model)
+            if args.state == IDENTIFY:
+                answered = session.identify()
+                print(f"{meter.name}: LED blinking" + ("" if answered else " (sent; the meter did not answer)"))
+                return EXIT_OK
+            state = session.switch_relay(STATES[args.state])
     except (LinkError, ProtocolError) as exc:
         print(f"wattchecker-client: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

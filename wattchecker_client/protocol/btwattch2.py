@@ -27,6 +27,9 @@ from .frames import (
 CMD_SET_CLOCK = 0x01
 CMD_GET_DATA = 0x08
 CMD_RELAY = 0xA7
+CMD_IDENTIFY = 0x3E
+# 0x3E's arguments as every client sends them; what each byte means is not documented.
+IDENTIFY_ARGUMENTS = bytes((0x01, 0x02, 0x02, 0x0F))
 
 MEASUREMENT_PAYLOAD_SIZE = 27
 FIELD_BYTES = 6
@@ -81,6 +84,11 @@ def get_data_request() -> bytes:
 def relay_request(on: bool) -> bytes:
     """Command 0xA7: switch the relay (and the load plugged into the meter) on or off."""
     return _big(bytes((CMD_RELAY, 1 if on else 0)))
+
+
+def identify_request() -> bytes:
+    """Command 0x3E: blink the LED, the simplest way to tell plugs apart. Its answer is not documented."""
+    return _big(bytes((CMD_IDENTIFY,)) + IDENTIFY_ARGUMENTS)
 
 
 def relay_ack_payload(state: bool, status: int = 0) -> bytes:
@@ -243,4 +251,5 @@ DIALECT = Dialect(
     measurement_payload=lambda m, relay: measurement_payload(m, relay),
     relay_request=relay_request,
     decode_relay_ack=decode_relay_ack,
+    identify_request=identify_request,
 )

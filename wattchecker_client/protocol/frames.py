@@ -234,6 +234,7 @@ class Dialect:
     stop_request: Optional[Callable[[], bytes]] = None
     relay_request: Optional[Callable[[bool], bytes]] = None
     decode_relay_ack: Optional[Callable[[bytes], bool]] = None
+    identify_request: Optional[Callable[[], bytes]] = None
 
     @property
     def has_relay(self) -> bool:

@@ -137,6 +137,8 @@
     if (up) c.state.textContent = "connected" + (s.since ? " since " + clockText(Date.parse(s.since) / 1000) : "");
     else if (s.last) c.state.textContent = "no reading since " + clockText(s.last, true);
     else c.state.textContent = "not connected" + (s.since ? " since " + clockText(Date.parse(s.since) / 1000) : "");
+    if (s.overloaded) c.state.textContent += " · relay off: overloaded (an ON clears it)";
+    c.state.classList.toggle("overloaded", !!s.overloaded);
     c.power.classList.toggle("none", s.w === null);
     c.power.replaceChildren(s.w === null ? "–" : watts(s.w), el("small", "", "W"));
     c.parts.v.textContent = s.v === null ? "–" : s.v.toFixed(1) + " V";
