@@ -127,7 +127,12 @@ class Sources:
 
 
 class _Server(ThreadingHTTPServer):
-    """At most MAX_CONNECTIONS served at once, a thread each; a reset or a timeout is no error."""
+    """At most MAX_CONNECTIONS served at once, a thread each; a reset or a timeout is no error.
+
+    When all are taken, the one that has been sending its request head the
+    longest is cut off for the newcomer: slow clients then cannot keep a
+    scrape or a page out, and only whole, answered requests are ever refused.
+    """
 
     daemon_threads = True
     request_queue_size = REQUEST_QUEUE
@@ -138,15 +143,21 @@ class _Server(ThreadingHTTPServer):
         self.refused = 0  # connections closed at once because MAX_CONNECTIONS were open
         self.dropped = 0  # clients that went away or were too slow
         self.errors_seen: Counter = Counter()
+        self.heads: Dict[socket.socket, None] = {}  # connections still sending their request head, oldest first
         super().__init__(*args, **kwargs)
 
     def process_request(self, request, client_address) -> None:
         with self.lock:
-            full = self.active >= MAX_CONNECTIONS
+            slowest = next(iter(self.heads), None) if self.active >= MAX_CONNECTIONS else None
+            if slowest is not None:
+                del self.heads[slowest]
+            full = self.active >= MAX_CONNECTIONS and slowest is None
             if full:
                 self.refused += 1
             else:
                 self.active += 1
+        if slowest is not None:
+            _cut(slowest)  # its thread sees the end of the stream and finishes
         if full:
             self.shutdown_request(request)
             return
@@ -164,6 +175,14 @@ class _Server(ThreadingHTTPServer):
         finally:
             with self.lock:
                 self.active -= 1
+                self.heads.pop(request, None)
+
+    def head_started(self, request: socket.socket, started: bool) -> None:
+        with self.lock:
+            if started:
+                self.heads[request] = None
+            else:
+                self.heads.pop(request, None)
 
     def handle_error(self, request, client_address) -> None:
         """Quiet for a client gone or too slow; anything else logged, with its traceback the first time."""
@@ -182,6 +201,13 @@ class _Server(ThreadingHTTPServer):
         # hang a Pi without network. The name is not needed.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+
+def _cut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
 
 
 class _Server6(_Server):
@@ -405,11 +431,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         self._budget.start()
+        self.server.head_started(self.connection, True)  # type: ignore[attr-defined]
         super().handle_one_request()
 
     def parse_request(self) -> bool:
         ok = super().parse_request()
         self._budget.open()
+        self.server.head_started(self.connection, False)  # type: ignore[attr-defined]
         if ok and not host_allowed(self.headers.get("Host"), self.app.section):
             self._send(HTTPStatus.MISDIRECTED_REQUEST, b"unknown Host: add the name to http.allowed_hosts\n",
                        "text/plain; charset=utf-8", {"Connection": "close"})
