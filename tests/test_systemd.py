@@ -158,6 +158,7 @@ def test_unit_is_hardened(tmp_path):
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 1.9
     for setting in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/opt/wattchecker-client/log",
-                    "Type=notify", "WatchdogSec=", "Restart=always", "User=wattchecker"):
+                    "Type=notify", "WatchdogSec=", "Restart=always", "User=wattchecker", "TasksMax=128",
+                    "MemoryMax=256M"):
         assert setting in UNIT.read_text()
     assert re.search(r"RestrictAddressFamilies=.*AF_BLUETOOTH", UNIT.read_text())

@@ -22,11 +22,16 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 TOKEN = "s3cret-token-for-the-test"
 
 
-def threads_of(pid: int) -> int:
+def status_field(pid: int, field: str) -> int:
+    """A number from /proc/PID/status (Threads:, VmHWM: in kB, ...)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise AssertionError("no Threads: line")
+    raise AssertionError(f"no {field}: line")
+
+
+def threads_of(pid: int) -> int:
+    return status_field(pid, "Threads")
 
 
 def rows_by_second(data_dir: Path) -> set:
@@ -114,7 +119,8 @@ def test_150_slow_clients_hold_few_threads_and_metrics_and_rows_carry_on(tmp_pat
     for sock in slow:
         sock.close()
     last_second = time.time()
-    print(f"threads: {idle_threads} idle, at most {most_threads} with 150 slow clients; {scrapes} scrapes answered")
+    print(f"threads: {idle_threads} idle, at most {most_threads} with 150 slow clients; {scrapes} scrapes answered; "
+          f"peak RSS {status_field(daemon.proc.pid, 'VmHWM') / 1024:.1f} MB (the unit's TasksMax and MemoryMax)")
     assert most_threads <= 64
     # Rows for at least 90 % of the seconds the slow clients trickled (the flush lags by a second or two).
     wait_for(lambda: len(rows_by_second(tmp_path / "data") - before) >= 0.9 * (last_second - first_second), 10,
