@@ -439,6 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._budget.open()
         self.server.head_started(self.connection, False)  # type: ignore[attr-defined]
         if ok and not host_allowed(self.headers.get("Host"), self.app.section):
+            self._head_only = self.command == "HEAD"
             self._send(HTTPStatus.MISDIRECTED_REQUEST, b"unknown Host: add the name to http.allowed_hosts\n",
                        "text/plain; charset=utf-8", {"Connection": "close"})
             self.close_connection = True
