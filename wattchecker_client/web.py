@@ -22,13 +22,13 @@ import socketserver
 import sys
 import threading
 from collections import Counter
-from http.cookies import CookieError, SimpleCookie
 from dataclasses import dataclass
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qsl
 from typing import Callable, Dict, List, Optional, Tuple
+from urllib.parse import parse_qsl
 
 from .clock import Clock, utc_epoch
 from .config import Config, HttpConfig
