@@ -276,6 +276,8 @@ class WebServer:
                 waiter.join(0.2)
             self._thread.join(5)
         self._httpd.server_close()
+        log.info("http: final: refused=%d (all %d connections busy) dropped=%d (clients gone or too slow)",
+                 self._httpd.refused, MAX_CONNECTIONS, self._httpd.dropped)
 
     def _poke(self) -> None:
         host, port = self._httpd.server_address[:2]
