@@ -65,7 +65,16 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-case "$prefix" in /*) ;; *) die "--prefix must be an absolute path" ;; esac
+# Checked before anything is touched: the values go into sed expressions and a config file.
+if [ -n "$address" ] && ! [[ "$address" =~ ^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$ ]] \
+        && ! [[ "$address" =~ ^/dev/[A-Za-z0-9_]+$ ]]; then
+    die "--address $(printf %q "$address"): not a Bluetooth MAC (00:0C:BF:12:34:56) or a tty (/dev/rfcomm0)"
+fi
+if [ -n "$channel" ] && ! [[ "$channel" =~ ^([1-9]|[12][0-9]|30)$ ]]; then
+    die "--channel $(printf %q "$channel"): must be a number from 1 to 30"
+fi
+case "$model" in ""|btwattch1|btwattch2) ;; *) die "--model $(printf %q "$model"): must be btwattch1 or btwattch2" ;; esac
+[[ "$prefix" =~ ^/[A-Za-z0-9._/-]*$ ]] || die "--prefix must be an absolute path of letters, digits and ._-/"
 root=${root%/}
 target="$root$prefix"
 system=no

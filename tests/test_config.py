@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from wattchecker_client.config import BIGQUERY, DEVICE, GENERAL, ConfigError, load_config, parse_config
+from tests.conftest import run_cli
+from wattchecker_client.config import BIGQUERY, DEVICE, GENERAL, MQTT, REPORT, ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +62,7 @@ def test_several_meters_get_files_named_after_them():
         ("general:\n  data_format: [csv, xml]\ndevice:\n  address: sim://\n",
          "config.yaml:2: general.data_format: unknown format 'xml': use csv and/or json"),
         ("general:\n  poll_interval: 0\ndevice:\n  address: sim://\n",
-         "config.yaml:2: general.poll_interval: must be above 0, got 0"),
+         "config.yaml:2: general.poll_interval: must be at least 0.001, got 0"),
         ("general:\n  data_buffer_size: true\ndevice:\n  address: sim://\n",
          "config.yaml:2: general.data_buffer_size: must be a number, got True"),
         ("device:\n  address: 00:0C:BF:12:34\n",
@@ -90,6 +91,35 @@ def test_errors_name_the_line_and_key(text, message):
         parse_config(text, "config.yaml")
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+SECTIONS = {"general": GENERAL, "device": DEVICE, "bigquery": BIGQUERY, "report": REPORT, "mqtt": MQTT}
+REQUIRED = {"device": "  address: sim://\n", "bigquery": "  dataset_id: d\n  table_id: t\n", "mqtt": "  host: h\n"}
+FLOAT_KEYS = [(section, key) for section, spec in SECTIONS.items() for key, (_, default) in spec.items()
+              if isinstance(default, float)]
+
+
+@pytest.mark.parametrize("section, key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "1e300"])
+def test_every_number_is_finite_and_bounded(section, key, value):
+    text = "".join(f"{name}:\n{REQUIRED.get(name, '')}" + (f"  {key}: {value}\n" if name == section else "")
+                   for name in {"device": None, section: None})
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "config.yaml")
+    assert str(info.value).startswith(f"config.yaml:") and f" {section}.{key}: must be " in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_the_floats_the_issue_found_fail_check_config_naming_the_key(tmp_path):
+    for line, message in [("poll_interval: .nan", "general.poll_interval: must be a finite number, got nan"),
+                          ("watchdog_stall: .nan", "general.watchdog_stall: must be a finite number, got nan"),
+                          ("data_buffer_size: .inf", "general.data_buffer_size: must be a finite number, got inf"),
+                          ("poll_interval: 0.000000001", "general.poll_interval: must be at least 0.001, got 1e-09")]:
+        path = tmp_path / "config.yaml"
+        path.write_text(f"general:\n  {line}\ndevice:\n  address: sim://\n")
+        result = run_cli("check-config", "--config", str(path))
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr == f"wattchecker-client: error: {path}:2: {message}\n"
 
 
 def test_unreadable_file(tmp_path):

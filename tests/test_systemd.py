@@ -116,6 +116,26 @@ def test_install_refuses_bad_options(tmp_path):
     assert result.returncode == 2 and "unknown option --bogus" in result.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--address", "00:0C:BF:12:34:5G"], "--address 00:0C:BF:12:34:5G: not a Bluetooth MAC"),
+    (["--address", 'x"|s|/|;e id'], "--address "),
+    (["--address", "/dev/rfcomm0; rm -rf /"], "not a Bluetooth MAC (00:0C:BF:12:34:56) or a tty"),
+    (["--channel", "31"], "--channel 31: must be a number from 1 to 30"),
+    (["--channel", "6|e"], "--channel 6\\|e: must be a number from 1 to 30"),
+    (["--model", "btwattch3"], "--model btwattch3: must be btwattch1 or btwattch2"),
+    (["--prefix", "/opt/a|b"], "--prefix must be an absolute path"),
+])
+def test_install_refuses_a_bad_value_before_touching_anything(tmp_path, args, message):
+    root = tmp_path / "root"
+    root.mkdir()
+    result = subprocess.run(["bash", str(ROOT / "install.sh"), "--root", str(root), *args],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("install.sh: --") and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert list(root.iterdir()) == []
+
+
 @needs_analyze
 def test_unit_verifies(installed, tmp_path):
     """systemd-analyze verify, with the unit's paths pointed at the temporary install."""
@@ -140,6 +160,7 @@ def test_unit_is_hardened(tmp_path):
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 1.9
     for setting in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/opt/wattchecker-client/log",
-                    "Type=notify", "WatchdogSec=", "Restart=always", "User=wattchecker"):
+                    "Type=notify", "WatchdogSec=", "Restart=always", "User=wattchecker", "TasksMax=128",
+                    "MemoryMax=256M"):
         assert setting in UNIT.read_text()
     assert re.search(r"RestrictAddressFamilies=.*AF_BLUETOOTH", UNIT.read_text())

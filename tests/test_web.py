@@ -202,7 +202,7 @@ def test_read_only_and_nothing_outside_the_page(tmp_path, simulator, daemons):
 class Prometheus:
     """A real Prometheus server scraping one target every second, its data in a tmp dir."""
 
-    def __init__(self, tmp_path: Path, target_port: int) -> None:
+    def __init__(self, tmp_path: Path, target_port: int, token_file: Optional[str] = None) -> None:
         if not os.access(PROMETHEUS, os.X_OK):
             pytest.skip("needs a Prometheus server: apt-get install prometheus")
         self.port = free_port()
@@ -211,6 +211,7 @@ class Prometheus:
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             "scrape_configs:\n  - job_name: wattchecker\n"
             f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            + (f"    authorization:\n      credentials_file: {token_file}\n" if token_file else "")
         )
         self.log = tmp_path / "prometheus.log"
         with open(self.log, "wb") as log:

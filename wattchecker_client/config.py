@@ -8,6 +8,7 @@ Drop-in compatible with the original client's config (``general.data_buffer_size
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,8 @@ class ReportConfig:
 class HttpConfig:
     host: str
     port: int
+    allowed_hosts: Tuple[str, ...] = ()  # names besides the loopback ones a Host header may carry
+    auth_token_file: Optional[Path] = None  # None: no token asked for
 
     @property
     def listen(self) -> str:
@@ -122,12 +125,17 @@ class Config:
 # --- value checks: each returns the clean value or raises ValueError(problem) ----
 
 
-def number(minimum: float = 0.0, exclusive: bool = True) -> Callable[[Any], float]:
+def number(minimum: float = 0.0, exclusive: bool = True, maximum: float = 86_400.0) -> Callable[[Any], float]:
+    """A finite number in range: YAML's .nan and .inf parse as floats, and each stalls or crashes a loop."""
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
         if value < minimum or (exclusive and value == minimum):
             raise ValueError(f"must be {'above' if exclusive else 'at least'} {minimum:g}, got {value!r}")
+        if value > maximum:
+            raise ValueError(f"must be at most {maximum:g}, got {value!r}")
         return float(value)
 
     return check
@@ -271,6 +279,17 @@ def listen_address(value: Any) -> Tuple[str, int]:
     return host, port
 
 
+def host_names(value: Any) -> Tuple[str, ...]:
+    """Host names (or addresses) the page may be reached by, lower-cased, without a port."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"must be a host name or a list of them, got {value!r}")
+    for name in names:
+        if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)$", name):
+            raise ValueError(f"{name!r} is not a host name (no port, no scheme)")
+    return tuple(n.lower() for n in names)
+
+
 REQUIRED = object()
 Spec = Dict[str, Tuple[Callable[[Any], Any], Any]]
 
@@ -278,8 +297,9 @@ GENERAL: Spec = {
     "data_dir": (text, "log"),
     "data_buffer_size": (number(), 180.0),
     "data_format": (formats, ("csv",)),
-    "poll_interval": (number(), 1.0),
-    "hour_close_grace": (number(0, exclusive=False), 120.0),
+    # Below a millisecond the reader spins; the tests' simulated meters answer every 2 ms.
+    "poll_interval": (number(0.001, exclusive=False, maximum=60), 1.0),
+    "hour_close_grace": (number(0, exclusive=False, maximum=3600), 120.0),
     "max_buffered_rows": (integer(60, 10_000_000), 604_800),
     "log_level": (choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     "log_file": (optional(text), "wattchecker-client.log"),
@@ -296,7 +316,7 @@ DEVICE: Spec = {
     "model": (meter_model, DEFAULT_MODEL),
     "channel": (optional(integer(1, 30)), None),
     "start_argument": (integer(0, 255), 0),
-    "timeout": (number(), 5.0),
+    "timeout": (number(maximum=600), 5.0),
     "relay": (lambda value: value, None),  # checked by _device against RELAY
 }
 RELAY: Spec = {
@@ -319,11 +339,13 @@ BIGQUERY: Spec = {
 }
 REPORT: Spec = {
     "timezone": (zone_name, "Asia/Tokyo"),
-    "price": (number(0, exclusive=False), 25.0),
+    "price": (number(0, exclusive=False, maximum=1e6), 25.0),
     "currency": (text, "JPY"),
 }
 HTTP: Spec = {
     "listen": (listen_address, ("127.0.0.1", 9750)),
+    "allowed_hosts": (host_names, ()),
+    "auth_token_file": (optional(text), None),
 }
 MQTT: Spec = {
     "host": (text, REQUIRED),
@@ -469,6 +491,12 @@ def _mqtt(ctx: _Context, data: Any, base: Path) -> MqttConfig:
     return MqttConfig(**values)
 
 
+def _http(ctx: _Context, data: Any, base: Path) -> HttpConfig:
+    values = _section(ctx, ["http"], data, HTTP)
+    token = values["auth_token_file"]
+    return HttpConfig(*values["listen"], values["allowed_hosts"], (base / token).resolve() if token else None)
+
+
 def parse_config(text_: str, source: str = "<config>") -> Config:
     """Validate YAML text; relative paths are relative to the config file's folder."""
     try:
@@ -497,7 +525,7 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
         bigquery = BigQueryConfig(**values)
     report = ReportConfig(**_section(ctx, ["report"], data.get("report"), REPORT))
     # A bare ``http:`` line turns the page on with its defaults.
-    http = HttpConfig(*_section(ctx, ["http"], data["http"], HTTP)["listen"]) if "http" in data else None
+    http = _http(ctx, data["http"], base) if "http" in data else None
     mqtt = _mqtt(ctx, data["mqtt"], base) if "mqtt" in data else None
     return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, report, "devices" in data, http=http,
                   mqtt=mqtt)

@@ -23,7 +23,7 @@ from .meter import MeterReader
 from .notify import Notifier
 from .protocol import Measurement
 from .transport import RfcommFactory, SetupError, is_ble
-from .writer import ClosedFile, Writer, atomic_write
+from .writer import ClosedFile, Writer, atomic_write, private_file
 
 # The uploader module is imported only when BigQuery or retention is configured:
 # with hashlib's OpenSSL it costs about 4 MB of memory, a fifth of the service's.
@@ -90,6 +90,10 @@ class SizeRotatedFile(logging.FileHandler):
         super().__init__(path, encoding="utf-8")
         self.max_bytes = max_bytes
         self.backups = backups
+
+    def _open(self):
+        """Created 0640 like the data files: the log names the meters and the broker."""
+        return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=private_file)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

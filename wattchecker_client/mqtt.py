@@ -34,6 +34,7 @@ from .config import DeviceConfig, MqttConfig
 from .live import LiveState, MeterLive
 from .meter import Backoff
 from .relay import RelayStale, RelaySuperseded
+from .secretfile import read_secret
 from .transport import MAC_RE, SetupError
 
 log = logging.getLogger(__name__)
@@ -79,25 +80,21 @@ def paho_library() -> Any:
 def read_password(config: MqttConfig) -> Optional[str]:
     if config.password_file is None:
         return config.password
-    try:
-        password = config.password_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise SetupError(f"mqtt.password_file: cannot read {config.password_file}: {exc.strerror or exc}") from None
-    if not password:
-        raise SetupError(f"mqtt.password_file: {config.password_file} is empty")
-    return password
+    return read_secret("mqtt.password_file", config.password_file)[0]
 
 
 def check_setup(config: MqttConfig) -> List[str]:
     """What start-up checks of an mqtt: section, without connecting: the library and the files."""
     paho_library()
-    read_password(config)
+    warnings = []
+    if config.password_file is not None:
+        mode_warning = read_secret("mqtt.password_file", config.password_file)[1]
+        warnings += [mode_warning] if mode_warning else []
     if config.ca_file is not None:
         try:
             config.ca_file.read_bytes()
         except OSError as exc:
             raise SetupError(f"mqtt.ca_file: cannot read {config.ca_file}: {exc.strerror or exc}") from None
-    warnings = []
     if config.username is not None and not config.tls:
         warnings.append(f"mqtt: the password goes to {config.host} unencrypted (tls: false)")
     return warnings
@@ -342,8 +339,21 @@ class Publisher:
             return
         self._down.clear()
         self._session_started = self.clock.monotonic()
-        self._client.loop_start()
+        try:
+            self._client.loop_start()
+        except RuntimeError as exc:  # no thread to be had now (the unit's TasksMax): try again later
+            self._failed(f"cannot start its network thread ({exc})")
+            self._drop_client()
+            return
         self._session = True
+
+    def _drop_client(self) -> None:
+        """Forget a client whose loop never started (paho keeps the unstarted thread): the next try makes a new one."""
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
+        self._client = None
+        self._down.set()
 
     def _end_session(self) -> None:
         if self._session:

@@ -41,6 +41,7 @@ from .clock import Clock
 from .config import BigQueryConfig
 from .meter import Backoff
 from .transport import SetupError
+from .secretfile import others_may_read
 from .writer import (HOUR_FORMAT, ClosedFile, atomic_write, closed_files_in, hour_of, line_stamp, open_text,
                      parse_closed, parse_stamp)
 
@@ -356,8 +357,8 @@ def credentials_and_project(config: BigQueryConfig, warn: Callable[[str], None])
                 pass
         except OSError as exc:
             raise SetupError(f"bigquery.service_account_json: cannot read {path}: {exc.strerror or exc}") from None
-        if mode & 0o007:  # the service's own group may read it (the README installs it 0640)
-            warn(f"{path} is readable by other users (mode {mode & 0o777:o}): chmod o-rwx it")
+        if others_may_read(path, mode):
+            warn(others_may_read(path, mode))
         from google.oauth2 import service_account
 
         try:

@@ -11,22 +11,29 @@ live state whenever a reading arrives.
 from __future__ import annotations
 
 import errno
+import hmac
 import importlib
+import io
 import ipaddress
 import json
 import logging
 import socket
 import socketserver
+import sys
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
+from urllib.parse import parse_qsl
 
 from .clock import Clock, utc_epoch
 from .config import Config, HttpConfig
 from .dashboard import STALE_AFTER, EnergyView, current
+from .secretfile import read_secret
 from .transport import SetupError
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,14 @@ HEADERS = {  # the page loads nothing from elsewhere and cannot be framed
     "Referrer-Policy": "no-referrer",
 }
 MAX_STREAMS = 16  # open pages at once; more get 503 rather than a thread each
+MAX_STREAMS_PER_CLIENT = 4  # so a few idle tabs on one machine cannot lock every other one out
+MAX_CONNECTIONS = 32  # connections served at once (a thread each); past it, closed at once
+REQUEST_QUEUE = 64  # connections the kernel holds for accept()
+HEADER_DEADLINE = 10.0  # seconds for the request line and headers together, however they trickle in
+MAX_HEADER_BYTES = 16384  # request line and headers; a GET needs far less
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+COOKIE = "wattchecker_token"
+QUIET_ERRORS = (ConnectionError, TimeoutError, socket.timeout)  # a client went away: not the server's fault
 WAKE_EVERY = 2.0  # seconds an idle stream sleeps before looking at staleness again
 SUMMARY_EVERY = 10.0  # seconds between today's-kWh/bars updates on an open page
 KEEPALIVE_EVERY = 15.0
@@ -56,10 +71,39 @@ def check_setup(section: HttpConfig) -> List[str]:
     except ImportError:
         raise SetupError(f"http: needs the prometheus_client library: {EXTRA_HINT}") from None
     warnings = []
-    if not _loopback(section.host):
+    if section.auth_token_file is not None:
+        mode_warning = read_secret("http.auth_token_file", section.auth_token_file)[1]
+        warnings += [mode_warning] if mode_warning else []
+    elif not _loopback(section.host):
         warnings.append(f"http.listen: {section.listen} is reachable from other machines; "
-                        "the page and /metrics have no password (read-only)")
+                        "the page and /metrics have no password (read-only; http.auth_token_file sets one)")
     return warnings
+
+
+def host_allowed(host_header: Optional[str], section: HttpConfig) -> bool:
+    """Whether a request's Host names this server, the guard against DNS rebinding.
+
+    A page on another site can make a browser send requests here under that
+    site's name; only the Host header tells. A loopback bind answers to the
+    loopback names; any other bind also to IP addresses (a rebinding needs a
+    name), and either to the names in http.allowed_hosts. No Host at all is
+    not a browser (they always send one), so it passes.
+    """
+    if host_header is None:
+        return True
+    host = host_header.strip().lower()
+    name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not name or (port and port != str(section.port)):
+        name = host
+    if name in LOOPBACK_NAMES or name in section.allowed_hosts:
+        return True
+    if _loopback(section.host):
+        return False
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _loopback(host: str) -> bool:
@@ -83,13 +127,87 @@ class Sources:
 
 
 class _Server(ThreadingHTTPServer):
+    """At most MAX_CONNECTIONS served at once, a thread each; a reset or a timeout is no error.
+
+    When all are taken, the one that has been sending its request head the
+    longest is cut off for the newcomer: slow clients then cannot keep a
+    scrape or a page out, and only whole, answered requests are ever refused.
+    """
+
     daemon_threads = True
+    request_queue_size = REQUEST_QUEUE
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.refused = 0  # connections closed at once because MAX_CONNECTIONS were open
+        self.dropped = 0  # clients that went away or were too slow
+        self.errors_seen: Counter = Counter()
+        self.heads: Dict[socket.socket, None] = {}  # connections still sending their request head, oldest first
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address) -> None:
+        with self.lock:
+            slowest = next(iter(self.heads), None) if self.active >= MAX_CONNECTIONS else None
+            if slowest is not None:
+                del self.heads[slowest]
+            full = self.active >= MAX_CONNECTIONS and slowest is None
+            if full:
+                self.refused += 1
+            else:
+                self.active += 1
+        if slowest is not None:
+            _cut(slowest)  # its thread sees the end of the stream and finishes
+        if full:
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # no thread to be had: as if full
+            with self.lock:
+                self.active -= 1
+                self.refused += 1
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.heads.pop(request, None)
+
+    def head_started(self, request: socket.socket, started: bool) -> None:
+        with self.lock:
+            if started:
+                self.heads[request] = None
+            else:
+                self.heads.pop(request, None)
+
+    def handle_error(self, request, client_address) -> None:
+        """Quiet for a client gone or too slow; anything else logged, with its traceback the first time."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, QUIET_ERRORS):
+            with self.lock:
+                self.dropped += 1
+            return
+        kind = type(exc).__name__
+        self.errors_seen[kind] += 1
+        log.error("http: a request from %s failed: %s: %s", client_address[0], kind, exc,
+                  exc_info=self.errors_seen[kind] == 1)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN: a DNS query that can
         # hang a Pi without network. The name is not needed.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+
+def _cut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
 
 
 class _Server6(_Server):
@@ -108,6 +226,8 @@ class WebServer:
         self.energy = EnergyView(config, sources.live, clock)
         self.stopping = threading.Event()
         self.streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self.streams_of: Counter = Counter()  # client address -> open event streams
+        self.token: Optional[str] = None
         self.static = _load_static()
         self.metrics: Optional[Callable[[], Tuple[bytes, str]]] = None
         self._httpd: Optional[_Server] = None
@@ -116,6 +236,8 @@ class WebServer:
     def bind(self) -> None:
         """Take the port first, so a port in use stops start-up before anything else starts."""
         self.metrics = _metrics_renderer(self.sources, self.clock)
+        if self.section.auth_token_file is not None:
+            self.token = read_secret("http.auth_token_file", self.section.auth_token_file)[0]
         server_class = _Server6 if ":" in self.section.host else _Server
         try:
             httpd = server_class((self.section.host, self.section.port), _Handler)
@@ -154,6 +276,8 @@ class WebServer:
                 waiter.join(0.2)
             self._thread.join(5)
         self._httpd.server_close()
+        log.info("http: final: refused=%d (all %d connections busy) dropped=%d (clients gone or too slow)",
+                 self._httpd.refused, MAX_CONNECTIONS, self._httpd.dropped)
 
     def _poke(self) -> None:
         host, port = self._httpd.server_address[:2]
@@ -247,8 +371,51 @@ def _load_static() -> Dict[str, Tuple[bytes, str]]:
     return files
 
 
+class _HeaderBudget(io.RawIOBase):
+    """The socket as the request's reader sees it: the head must come whole within a deadline and a size.
+
+    A socket timeout bounds each read, not the request: a client sending a
+    byte every few seconds would hold a thread for ever. Before each read the
+    timeout is set to what is left of the deadline, and the read is cut to
+    what is left of the size. After the head (``open``) only SOCKET_TIMEOUT
+    applies, as for any read.
+    """
+
+    def __init__(self, sock: socket.socket, clock: Clock) -> None:
+        super().__init__()
+        self.sock = sock
+        self.clock = clock
+        self.deadline: Optional[float] = None
+        self.budget = 0
+
+    def start(self) -> None:
+        self.deadline = self.clock.monotonic() + HEADER_DEADLINE
+        self.budget = MAX_HEADER_BYTES
+
+    def open(self) -> None:
+        self.deadline = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.deadline is None:
+            self.sock.settimeout(SOCKET_TIMEOUT)
+            return self.sock.recv_into(buffer)
+        left = self.deadline - self.clock.monotonic()
+        if left <= 0:
+            raise socket.timeout(f"no complete request within {HEADER_DEADLINE:g} s")
+        if self.budget <= 0:
+            raise ConnectionAbortedError(f"request head over {MAX_HEADER_BYTES} bytes")
+        self.sock.settimeout(min(left, SOCKET_TIMEOUT))
+        view = memoryview(buffer)[:self.budget]
+        count = self.sock.recv_into(view)
+        self.budget -= count
+        return count
+
+
 class _Handler(BaseHTTPRequestHandler):
-    """GET and HEAD only; everything else is 405."""
+    """GET and HEAD only; everything else is 405. A foreign Host is 421; without the token, 401."""
 
     server_version = "wattchecker-client"
 
@@ -260,8 +427,56 @@ class _Handler(BaseHTTPRequestHandler):
     def app(self) -> WebServer:
         return self.server.app  # type: ignore[attr-defined]
 
+    def setup(self) -> None:
+        super().setup()
+        self._budget = _HeaderBudget(self.connection, self.app.clock)
+        self.rfile = io.BufferedReader(self._budget)
+
+    def handle_one_request(self) -> None:
+        self._budget.start()
+        self.server.head_started(self.connection, True)  # type: ignore[attr-defined]
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._budget.open()
+        self.server.head_started(self.connection, False)  # type: ignore[attr-defined]
+        if ok and not host_allowed(self.headers.get("Host"), self.app.section):
+            self._head_only = self.command == "HEAD"
+            self._send(HTTPStatus.MISDIRECTED_REQUEST, b"unknown Host: add the name to http.allowed_hosts\n",
+                       "text/plain; charset=utf-8", {"Connection": "close"})
+            self.close_connection = True
+            return False
+        return ok
+
+    def _authorised(self, path: str) -> bool:
+        """True to go on; otherwise the answer (401, or the redirect that turns ?token= into a cookie) is sent."""
+        token = self.app.token
+        if token is None or path == "/healthz":
+            return True
+        given = self.headers.get("Authorization", "")
+        if given[:7].lower() == "bearer " and _same(given[7:].strip(), token):
+            return True
+        try:
+            cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        except CookieError:
+            cookie = SimpleCookie()
+        if COOKIE in cookie and _same(cookie[COOKIE].value, token):
+            return True
+        query = dict(parse_qsl(self.path.partition("?")[2]))
+        if "token" in query and _same(query["token"], token):
+            # Once: the token leaves the address bar (and the history) for a cookie only this page sees.
+            self._send(HTTPStatus.SEE_OTHER, b"", "text/plain; charset=utf-8",
+                       {"Location": path, "Set-Cookie": f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"})
+            return False
+        self._send(HTTPStatus.UNAUTHORIZED, b"a token is needed: open the page with ?token=..., "
+                   b"or send Authorization: Bearer\n", "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"})
+        return False
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        if not self._authorised(path):
+            return
         if path == "/metrics":
             body, content_type = self.app.metrics()
             self._send(HTTPStatus.OK, body, content_type)
@@ -299,7 +514,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _events(self) -> None:
-        if not self.app.streams.acquire(blocking=False):
+        client = self.client_address[0]
+        with self.server.lock:  # type: ignore[attr-defined]
+            mine = self.app.streams_of[client] < MAX_STREAMS_PER_CLIENT
+            if mine:
+                self.app.streams_of[client] += 1
+        if not mine or not self.app.streams.acquire(blocking=False):
+            if mine:
+                self._stream_closed(client)
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"too many open pages\n", "text/plain; charset=utf-8")
             return
         try:
@@ -314,10 +536,22 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the page was closed
         finally:
             self.app.streams.release()
+            self._stream_closed(client)
             self.close_connection = True
+
+    def _stream_closed(self, client: str) -> None:
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.app.streams_of[client] -= 1
+            if self.app.streams_of[client] <= 0:
+                del self.app.streams_of[client]
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def _same(given: str, token: str) -> bool:
+    """Compared in constant time: how long a wrong guess takes tells nothing."""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
 
 
 def _json_line(data: object) -> bytes:

@@ -31,6 +31,7 @@ HOUR = dt.timedelta(hours=1)
 HOUR_FORMAT = "%Y-%m-%d_%H"
 STAMP_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 TMP_SUFFIX = ".tmp"
+FILE_MODE = 0o640  # readings show when someone is home: the service's group may read them, others not
 # How long a closed hour waits for its other formats before it is announced anyway.
 HOLD_LIMIT = 300.0
 
@@ -236,7 +237,7 @@ class FileSet:
     def _append(self, rows: Sequence[Measurement]) -> None:
         """Append whole rows or nothing: a failed write is cut back to where it began."""
         data = memoryview("".join(self.format_row(m) + "\n" for m in rows).encode("utf-8"))
-        fd = os.open(self.current_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.current_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
             size = os.fstat(fd).st_size
             try:
@@ -308,11 +309,16 @@ def _truncate_quietly(fd: int, size: int, path: Path) -> None:
         log.error("cannot undo a partial write to %s: %s", path, exc)
 
 
+def private_file(path: str, flags: int) -> int:
+    """An ``opener`` for open(): a file it creates gets FILE_MODE whatever the umask allows beyond it."""
+    return os.open(path, flags, FILE_MODE)
+
+
 def atomic_write(path: Path, data: bytes, compress: bool) -> None:
     """Write to a temporary name, fsync, rename, fsync the folder: all or nothing."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
-        with open(tmp, "wb") as raw:
+        with open(tmp, "wb", opener=private_file) as raw:
             if compress:
                 with gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, mtime=0) as gz:
                     gz.write(data)
