@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from ..mqtt import summary as mqtt_summary
 
     config = load_config(args.config)
-    for warning in preflight(config):
+    for warning in preflight(config) + id_collisions(config):
         print(f"wattchecker-client: warning: {warning}", file=sys.stderr)
     g = config.general
     meters = "; ".join(
@@ -38,6 +38,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"  MQTT: {mqtt_summary(config.mqtt) if config.mqtt else 'not configured'}")
     print(f"  page: {f'http://{config.http.listen}/ (/metrics, /healthz)' if config.http else 'not configured'}")
     return EXIT_OK
+
+
+def id_collisions(config) -> list:
+    """Two meters of this config that would share one id: one set of topics, one Home Assistant device."""
+    from ..identity import collisions
+
+    return [f"devices: {a!r} and {b!r} would share the id {key!r} (their MQTT topics, Home Assistant device "
+            f"and BigQuery device): give each its own address"
+            for a, b, key in collisions({d.name: d.address for d in config.devices})]
 
 
 def time_sync(wait: float) -> str:
