@@ -119,3 +119,72 @@ def test_each_relay_topic_reaches_only_its_own_meter(simulator, daemons, brokers
     for service in services:
         assert service["daemon"].stop() == 0
     assert len(nodes) == 2
+
+
+BEFORE_IDS = Path(__file__).parent / "data" / "before-ids"  # made by the release before meter ids (bc7f17c)
+
+
+def retained(port: int) -> Dict[str, str]:
+    """What a client subscribing now is given: the broker's retained messages (a marker ends them)."""
+    from .test_mqtt import Subscriber
+
+    sub = Subscriber(port)
+    try:
+        wait_for(lambda: sub.client.is_connected(), timeout=10, what="a subscriber")
+        wait_for(lambda: sub.client.publish("test/end-of-retained", "1", qos=1).rc == 0 and
+                 sub.on("test/end-of-retained"), timeout=10, what="the retained messages")
+        with sub.lock:
+            return {t: p for t, p, kept in sub.messages if kept}
+    finally:
+        sub.close()
+
+
+def publish_retained(port: int, messages: Dict[str, str]) -> None:
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-old-release")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    for topic, payload in messages.items():
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
+
+
+def test_an_upgrade_keeps_home_assistants_entities(simulator, daemons, brokers, subscribers, tmp_path):
+    broker = brokers()
+    (address,) = simulator(*FAST).addresses
+    port = address.rsplit(":", 1)[1]
+    old = json.loads((BEFORE_IDS / "retained.json").read_text().replace("{PORT}", port))
+    publish_retained(broker.port, old)
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in (BEFORE_IDS / "data").iterdir():
+        (data / path.name).write_bytes(path.read_bytes())
+    config = mqtt_config(tmp_path / "config.yaml", data, address, broker.port)
+    sub = subscribers(broker.port)
+
+    for run in range(2):
+        since = sub.count()
+        daemon = daemons(config, tmp_path)
+        wait_for(lambda: len(sub.discovery(since)) == 4 and sub.states(since), timeout=30, what="discovery and states")
+        assert daemon.stop() == 0, daemon.stderr()
+        cleared = re.findall(r"cleared the retained (\S+) of the old topic layout", daemon.stderr())
+        assert sorted(cleared) == (["wattchecker/status", "wattchecker/wattchecker/availability"] if run == 0 else [])
+
+        now = retained(broker.port)
+        old_discovery = {t: json.loads(p) for t, p in old.items() if t.startswith("homeassistant/")}
+        new_discovery = {t: json.loads(p) for t, p in now.items() if t.startswith("homeassistant/")}
+        assert sorted(new_discovery) == sorted(old_discovery)  # the same config topics: no second device
+        for topic, before in old_discovery.items():
+            after = new_discovery[topic]
+            assert after["unique_id"] == before["unique_id"]  # Home Assistant keeps the entity and its history
+            assert after["device"]["identifiers"] == before["device"]["identifiers"]
+            assert after["name"] == before["name"] and after["device"]["name"] == before["device"]["name"]
+        # The old layout's retained status and availability are gone; the new ones are there.
+        assert "wattchecker/status" not in now and "wattchecker/wattchecker/availability" not in now
+        config_now = next(iter(new_discovery.values()))
+        assert now[config_now["availability"][0]["topic"]] == "offline"  # the clean goodbye
+        assert config_now["availability"][1]["topic"] in now
+    assert json.loads((data / "meter-ids.json").read_text())["meters"] == {
+        "wattchecker": next(iter(new_discovery.values()))["device"]["identifiers"][0][len("wattchecker_"):]}

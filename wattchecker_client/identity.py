@@ -137,7 +137,7 @@ def for_data_dir(data_dir: Path, addresses: Mapping[str, str], *,
     if first and upgrading:  # the ids the old release gave to discovery: Home Assistant's entities keep theirs
         known = {name: address_key(address) for name, address in addresses.items()}
     identity = derive(addresses, hostname=hostname, machine_id=machine_id, known=known)
-    if identity.meters != known:
+    if first or identity.meters != known:
         try:
             _write(path, identity.meters)
         except OSError as exc:  # the ids stay derivable; the daemon's own checks report the folder
