@@ -10,6 +10,8 @@ import signal
 from pathlib import Path
 from typing import Dict, List
 
+import pytest
+
 from wattchecker_client.simulator import air_conditioner
 
 from .conftest import wait_for
@@ -188,3 +190,61 @@ def test_an_upgrade_keeps_home_assistants_entities(simulator, daemons, brokers, 
         assert config_now["availability"][1]["topic"] in now
     assert json.loads((data / "meter-ids.json").read_text())["meters"] == {
         "wattchecker": next(iter(new_discovery.values()))["device"]["identifiers"][0][len("wattchecker_"):]}
+
+
+def test_two_services_load_into_one_table_each_row_keeps_its_device(emulator, daemons, tmp_path):
+    from wattchecker_client.clock import time_zone
+    from wattchecker_client.report import meter_report
+
+    from .conftest import Emulator, run_cli, write_config
+    from .datacheck import read
+    from .test_daemon_upload import ledger, with_bigquery
+
+    emulator.start()
+    services = []
+    for seed in SEEDS:  # each a default config: one meter, no name, the same table
+        folder = tmp_path / f"pi{seed}"
+        folder.mkdir()
+        config = write_config(folder / "config.yaml", folder / "data", f"sim://?seed={seed}&clock_speed=1200",
+                              poll_interval=0.05)
+        services.append({"folder": folder, "config": with_bigquery(config, emulator.url),
+                         "daemon": daemons(config, folder)})
+    for s in services:
+        wait_for(lambda: len(ledger(s["folder"] / "data")["uploaded"]) >= 2, timeout=120, what="two hours uploaded")
+    for s in services:
+        assert s["daemon"].stop() == 0, s["daemon"].stderr()
+
+    table = f"{Emulator.PROJECT}.wattchecker.power"
+    devices = set()
+    for s in services:
+        data = s["folder"] / "data"
+        (device,) = json.loads((data / "meter-ids.json").read_text())["meters"].values()
+        devices.add(device)
+        # Only the uploaded hours, as a folder of their own: the local report of exactly what was loaded.
+        loaded = s["folder"] / "loaded"
+        loaded.mkdir()
+        expected = []
+        for key in ledger(data)["uploaded"]:
+            stem, rest = key.split(".", 1)
+            source = data / f"{stem}.json.{rest}.gz"
+            (loaded / source.name).write_bytes(source.read_bytes())
+            expected += [json.loads(line) for line in read(source)]
+        rows = emulator.query(f"SELECT datetime, W FROM `{table}` WHERE device = '{device}' ORDER BY datetime")
+        assert [(t.strftime("%Y-%m-%d %H:%M:%S"), w) for t, w in rows] == sorted(
+            (r["datetime"], r["W"]) for r in expected)
+        s["device"], s["report"] = device, meter_report(loaded, "wattchecker-data", device, time_zone("Asia/Tokyo"))
+    assert len(devices) == 2  # two Pis' default configs: two devices, no row without one
+    assert emulator.query(f"SELECT COUNT(*) FROM `{table}` WHERE device IS NULL") == [(0,)]
+
+    # The view `report --sql` prints: the same per-device, per-day numbers as each Pi's own report.
+    sql = run_cli("report", "--config", str(services[0]["config"]), "--sql")
+    assert sql.returncode == 0, sql.stderr
+    client = emulator.client()
+    client.query(sql.stdout).result()
+    got = emulator.query(f"SELECT device, day, kwh, hours_covered, peak_w FROM "
+                         f"`{Emulator.PROJECT}.wattchecker.wattchecker_daily` ORDER BY device, day")
+    expected = sorted((s["device"], day, t.kwh, t.hours_covered, t.peak_watts)
+                      for s in services for day, t in s["report"].days.items())
+    assert [g[:2] for g in got] == [e[:2] for e in expected]
+    for g, e in zip(got, expected):
+        assert g[2:] == pytest.approx(e[2:]), (g, e)
