@@ -385,8 +385,9 @@ def test_check_config_validates_and_shows_the_section(tmp_path):
     config.write_text(text + "mqtt:\n  host: broker.lan\n  topic_prefix: home/power\n  publish_interval: 5\n")
     result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    assert ("  MQTT: broker.lan:1883 as wattchecker-" + socket.gethostname() + ", states on "
-            "home/power/<meter>/state every 5 s, discovery under homeassistant/") in result.stdout
+    assert re.search(r"  MQTT: broker\.lan:1883 as wattchecker-" + re.escape(socket.gethostname()) + r"-[0-9a-f]{8}, "
+                     r"states on home/power/<meter>/state every 5 s, discovery under homeassistant/", result.stdout)
+    assert not (tmp_path / "meter-ids.json").exists()  # check-config only looks
     line = len(text.splitlines()) + 3
     config.write_text(text + "mqtt:\n  host: broker.lan\n  topic_prefix: home/#\n")
     result = run_cli("check-config", "--config", str(config))

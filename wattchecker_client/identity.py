@@ -124,26 +124,41 @@ def made_before_ids(data_dir: Path) -> bool:
     return (data_dir / "energy.json").exists() or any(data_dir.glob("wattchecker-data*"))
 
 
-def for_data_dir(data_dir: Path, addresses: Mapping[str, str], *,
-                 hostname: Optional[str] = None, machine_id: Optional[str] = None) -> Identity:
-    """The service's identity, kept in ``data_dir`` (see the module docstring)."""
+def _resolve(data_dir: Path, addresses: Mapping[str, str], hostname: Optional[str],
+             machine_id: Optional[str]) -> Tuple[Identity, bool]:
+    """The identity ``data_dir`` holds or implies, and whether it must be written down."""
     path = data_dir / IDS_FILE
     upgrading = made_before_ids(data_dir)
     try:
         known = json.loads(path.read_text(encoding="utf-8"))["meters"]
         first = False
-    except (OSError, ValueError, KeyError, TypeError):
+    except FileNotFoundError:
+        known, first = {}, True
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable (%s); the meter ids are derived again", path, exc)
         known, first = {}, True
     if first and upgrading:  # the ids the old release gave to discovery: Home Assistant's entities keep theirs
         known = {name: address_key(address) for name, address in addresses.items()}
     identity = derive(addresses, hostname=hostname, machine_id=machine_id, known=known)
-    if first or identity.meters != known:
-        try:
-            _write(path, identity.meters)
-        except OSError as exc:  # the ids stay derivable; the daemon's own checks report the folder
-            log.warning("cannot keep the meter ids in %s: %s", path, exc.strerror or exc)
     if first and upgrading:
-        return Identity(identity.meters, identity.host, legacy_topics_due=True)
+        identity = Identity(identity.meters, identity.host, legacy_topics_due=True)
+    return identity, first or identity.meters != known
+
+
+def peek(data_dir: Path, addresses: Mapping[str, str]) -> Identity:
+    """What ``for_data_dir`` would give, writing nothing (for check-config)."""
+    return _resolve(data_dir, addresses, None, None)[0]
+
+
+def for_data_dir(data_dir: Path, addresses: Mapping[str, str], *,
+                 hostname: Optional[str] = None, machine_id: Optional[str] = None) -> Identity:
+    """The service's identity, kept in ``data_dir`` (see the module docstring)."""
+    identity, changed = _resolve(data_dir, addresses, hostname, machine_id)
+    if changed:
+        try:
+            _write(data_dir / IDS_FILE, identity.meters)
+        except OSError as exc:  # the ids stay derivable; the daemon's own checks report the folder
+            log.warning("cannot keep the meter ids in %s: %s", data_dir / IDS_FILE, exc.strerror or exc)
     return identity
 
 
