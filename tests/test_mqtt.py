@@ -33,6 +33,10 @@ SEED = 7
 FAST = ["--seed", str(SEED), "--clock-speed", "1200"]
 METER = "wattchecker"  # a single device: section is named this
 PREFIX = "wattchecker"
+# A meter's topics carry its id (identity.py), the status topic this service's host key.
+STATE = rf"{PREFIX}/[a-z0-9_-]+/state"
+AVAILABILITY = rf"{PREFIX}/[a-z0-9_-]+/availability"
+STATUS = rf"{PREFIX}/[A-Za-z0-9_-]+/status"
 ENTITIES = {
     "power": ("W", "power", "W", "measurement"),
     "voltage": ("V", "voltage", "V", "measurement"),
@@ -125,8 +129,16 @@ class Subscriber:
         with self.lock:
             return [payload for t, payload, _ in self.messages[since:] if t == topic]
 
+    def matching(self, pattern: str, since: int = 0) -> List[str]:
+        """Payloads on topics matching a regular expression (a meter's id is in its topics)."""
+        with self.lock:
+            return [payload for t, payload, _ in self.messages[since:] if re.fullmatch(pattern, t)]
+
     def states(self, since: int = 0) -> List[dict]:
-        return [json.loads(p) for p in self.on(f"{PREFIX}/{METER}/state", since)]
+        return [json.loads(p) for p in self.matching(STATE, since)]
+
+    def status(self, since: int = 0) -> List[str]:
+        return self.matching(STATUS, since)
 
     def discovery(self, since: int = 0) -> Dict[str, dict]:
         with self.lock:
@@ -174,13 +186,14 @@ def assert_discovery_is_complete(configs: Dict[str, dict]) -> Dict[str, str]:
         assert match, topic
         node, entity = match.groups()
         field, device_class, unit, state_class = ENTITIES[entity]
-        assert config["state_topic"] == f"{PREFIX}/{METER}/state"
+        assert re.fullmatch(STATE, config["state_topic"])
         keep_if_missing = " | is_defined" if entity == "energy" else ""
         assert config["value_template"] == f"{{{{ value_json.{field}{keep_if_missing} }}}}"
         assert (config["device_class"], config["unit_of_measurement"], config["state_class"]) == (
             device_class, unit, state_class)
         assert config["unique_id"] == f"{node}_{entity}"
-        assert config["availability"] == [{"topic": f"{PREFIX}/status"}, {"topic": f"{PREFIX}/{METER}/availability"}]
+        status, availability = (a["topic"] for a in config["availability"])
+        assert re.fullmatch(STATUS, status) and availability == config["state_topic"][:-len("state")] + "availability"
         assert config["availability_mode"] == "all"
         assert config["expire_after"] >= 60
         device = config["device"]
@@ -227,7 +240,7 @@ def test_states_discovery_and_an_energy_that_only_grows_across_sigterm_and_sigki
         runs.append((since, sub.count()))
         if stop_with == signal.SIGTERM:
             assert status == 0, daemon.stderr()
-        wait_for(lambda: sub.on(f"{PREFIX}/status", runs[-1][0])[-1:] == ["offline"], timeout=10,
+        wait_for(lambda: sub.status(runs[-1][0])[-1:] == ["offline"], timeout=10,
                  what="offline status (the clean goodbye, or the broker's last will after a SIGKILL)")
 
     states = sub.states()
@@ -242,8 +255,8 @@ def test_states_discovery_and_an_energy_that_only_grows_across_sigterm_and_sigki
 
     unique_ids = [assert_discovery_is_complete(sub.discovery(since)) for since, _ in runs]
     assert unique_ids[0] == unique_ids[1] == unique_ids[2]  # stable across restarts
-    assert sub.on(f"{PREFIX}/status", runs[0][0])[0] == "online"
-    assert "online" in sub.on(f"{PREFIX}/{METER}/availability")
+    assert sub.status(runs[0][0])[0] == "online"
+    assert "online" in sub.matching(AVAILABILITY)
 
     # The energy of the files, as the report counts it, is what was saved; nothing published exceeds it.
     saved, reported = saved_kwh(data_dir), report_kwh(data_dir)
@@ -268,7 +281,7 @@ def test_the_broker_stopped_and_started_again(simulator, daemons, brokers, subsc
     broker.start()  # no persistence: only a republished discovery brings the entities back
     wait_for(lambda: len(sub.discovery(since)) == 4, timeout=60, what="discovery published again")
     wait_for(lambda: len(sub.states(since)) >= 20, timeout=30, what="states again")
-    assert sub.on(f"{PREFIX}/status", since)[0] == "online"
+    assert sub.status(since)[0] == "online"
     assert daemon.stop() == 0
     log = daemon.stderr()
 
@@ -289,11 +302,10 @@ def test_an_unplugged_meter_goes_offline_then_online(simulator, daemons, brokers
     (address,) = simulator(*FAST, "--drop-after", "300").addresses  # the link drops every 300 requests
     config = mqtt_config(tmp_path / "config.yaml", tmp_path / "data", address, broker.port)
     daemon = daemons(config, tmp_path)
-    topic = f"{PREFIX}/{METER}/availability"
-    wait_for(lambda: sub.on(topic)[-3:] == ["online", "offline", "online"], timeout=60,
+    wait_for(lambda: sub.matching(AVAILABILITY)[-3:] == ["online", "offline", "online"], timeout=60,
              what="availability online, offline, online")
     assert daemon.stop() == 0
-    assert sub.on(f"{PREFIX}/status")[-1] == "offline"
+    assert sub.status()[-1] == "offline"
 
 
 def test_a_wrong_password_costs_one_log_line_and_never_the_files(simulator, daemons, brokers, tmp_path):
@@ -376,8 +388,9 @@ def test_check_config_validates_and_shows_the_section(tmp_path):
     config.write_text(text + "mqtt:\n  host: broker.lan\n  topic_prefix: home/power\n  publish_interval: 5\n")
     result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    assert ("  MQTT: broker.lan:1883 as wattchecker-" + socket.gethostname() + ", states on "
-            "home/power/<meter>/state every 5 s, discovery under homeassistant/") in result.stdout
+    assert re.search(r"  MQTT: broker\.lan:1883 as wattchecker-" + re.escape(socket.gethostname()) + r"-[0-9a-f]{8}, "
+                     r"states on home/power/<meter>/state every 5 s, discovery under homeassistant/", result.stdout)
+    assert not (tmp_path / "meter-ids.json").exists()  # check-config only looks
     line = len(text.splitlines()) + 3
     config.write_text(text + "mqtt:\n  host: broker.lan\n  topic_prefix: home/#\n")
     result = run_cli("check-config", "--config", str(config))
@@ -411,7 +424,7 @@ def test_the_relay_switch_of_an_rs_btwattch2(simulator, daemons, brokers, subscr
     daemon = daemons(config, tmp_path)
     wait_for(lambda: len(sub.discovery()) == 6, timeout=30, what="discovery with a switch and the latch")
     (switch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/switch/")]
-    assert switch["command_topic"] == f"{PREFIX}/{METER}/relay/set"
+    assert switch["command_topic"] == switch["state_topic"][:-len("state")] + "relay/set"
     assert switch["device"]["model"] == "RS-BTWATTCH2"
     wait_for(lambda: sub.states(), timeout=30, what="a state")
     first = sub.states()[-1]["relay"]

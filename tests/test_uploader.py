@@ -376,9 +376,10 @@ def test_a_missing_table_waits_unless_creation_is_allowed(emulator, tmp_path, ca
     drain(creating)
     assert creating.stats.uploaded == 1
     table = emulator.client().get_table(TABLE)
-    assert {f.name: f.field_type for f in table.schema} == {"datetime": "TIMESTAMP", "V": "FLOAT", "mA": "FLOAT", "W": "FLOAT"}
+    assert {f.name: f.field_type for f in table.schema} == {
+        "datetime": "TIMESTAMP", "V": "FLOAT", "mA": "FLOAT", "W": "FLOAT", "device": "STRING"}
     assert (table.time_partitioning.type_, table.time_partitioning.field) == ("DAY", "datetime")
-    assert table.clustering_fields is None  # one meter: nothing to cluster by
+    assert table.clustering_fields == ["device"]  # other Pis may load into it too (README "Several Pis")
 
 
 def test_a_table_with_columns_we_do_not_write_keeps_every_hour_queued(emulator, tmp_path, caplog):

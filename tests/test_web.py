@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -339,7 +340,7 @@ def test_ipv6_listen_serves_on_the_v6_loopback(tmp_path):
     runner.start()
     try:
         status, _, body = wait_for(status_is(f"http://[::1]:{port}/metrics", 200), 30, what="/metrics over IPv6")
-        assert b'wattchecker_readings_total{meter="wattchecker"}' in body
+        assert re.search(rb'wattchecker_readings_total{meter="wattchecker",meter_id="[^"]+"}', body)
     finally:
         daemon.stop.set()
         runner.join(30)

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from .clock import Clock
 from .config import Config, DeviceConfig
+from .identity import device_values, for_config as identity_for
 from .meter import MeterReader
 from .notify import Notifier
 from .protocol import Measurement
@@ -232,6 +233,7 @@ class Daemon:
         self.heartbeats = Heartbeats(self.clock)
         self.failure: Optional[str] = None
         general = config.general
+        self.identity = identity_for(config)
         self.writer = Writer(
             general.data_dir,
             {d.name: config.file_stem(d) for d in config.devices},
@@ -281,6 +283,7 @@ class Daemon:
             config.general.data_dir,
             BigQueryTarget(config.bigquery, config.named_files) if config.bigquery else None,
             self.clock,
+            devices=device_values(config, self.identity),
             max_backoff=config.bigquery.max_backoff if config.bigquery else 3600.0,
             retention_days=config.general.retention_days,
         )
@@ -311,7 +314,7 @@ class Daemon:
         from .web import Sources, WebServer
 
         sources = Sources(self.live, lambda: {name: r.stats for name, r in self.readers.items()},
-                          self.writer, self.uploader, self.health)
+                          self.writer, self.uploader, self.health, self.identity.meters)
         return WebServer(config, sources, self.clock)
 
     def health(self) -> List[str]:
@@ -407,7 +410,8 @@ class Daemon:
         from .mqtt import Publisher
 
         relays = {name: r.request_relay for name, r in self.readers.items() if r.dialect.has_relay}
-        self.mqtt = Publisher(self.config.mqtt, self.live, self.config.devices, self.clock, relays=relays)
+        self.mqtt = Publisher(self.config.mqtt, self.live, self.config.devices, self.clock, relays=relays,
+                              identity=self.identity)
         try:
             self.mqtt.run(mqtt_stop)
         except Exception:

@@ -3,7 +3,9 @@
 Nothing is recorded per reading: each scrape reads what the reader, writer and
 uploader threads already count, so a reading costs nothing extra and a meter
 gone quiet simply has no power, voltage or current sample. Names follow
-node_exporter: base units, ``_total`` on counters, one ``meter`` label.
+node_exporter: base units, ``_total`` on counters. Per meter two labels: ``meter``
+(its configured name) and ``meter_id`` (identity.py: unique across Pis, so one
+Prometheus scraping every Pi never mixes two meters named alike).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .uploader import Uploader
 from .writer import Writer
 
 PREFIX = "wattchecker_"
+METER_LABELS = ["meter", "meter_id"]
 
 # MeterStats fields with a better name or help than the generic one. A field
 # not listed here is exported as wattchecker_<field>_total all the same, so a
@@ -63,12 +66,17 @@ class LiveCollector(Collector):
         writer: Writer,
         uploader: Optional[Uploader],
         clock: Clock,
+        meter_ids: Optional[Dict[str, str]] = None,
     ) -> None:
         self.live = live
+        self.meter_ids = meter_ids or {}
         self.meter_stats = meter_stats
         self.writer = writer
         self.uploader = uploader
         self.clock = clock
+
+    def _labels(self, name: str) -> list:
+        return [name, self.meter_ids.get(name, name)]
 
     def collect(self) -> Iterator[Metric]:
         yield from self._live()
@@ -79,31 +87,32 @@ class LiveCollector(Collector):
 
     def _live(self) -> Iterator[Metric]:
         power = GaugeMetricFamily(PREFIX + "power_watts", "Active power now; absent when the meter is quiet.",
-                                  labels=["meter"])
+                                  labels=METER_LABELS)
         volts = GaugeMetricFamily(PREFIX + "voltage_volts", "RMS voltage now; absent when the meter is quiet.",
-                                  labels=["meter"])
+                                  labels=METER_LABELS)
         amps = GaugeMetricFamily(PREFIX + "current_amperes", "RMS current now; absent when the meter is quiet.",
-                                 labels=["meter"])
+                                 labels=METER_LABELS)
         connected = GaugeMetricFamily(
             PREFIX + "meter_connected", "1 while the link is up and a reading came within 10 s, else 0 (then no power, voltage or current).",
-            labels=["meter"])
+            labels=METER_LABELS)
         stamp = GaugeMetricFamily(
             PREFIX + "last_reading_timestamp_seconds", "The meter's clock stamp of its last reading (Unix time).",
-            labels=["meter"])
+            labels=METER_LABELS)
         energy = CounterMetricFamily(
             PREFIX + "energy_joules", "Energy used since the data began (the report's integral; never decreases).",
-            labels=["meter"])
+            labels=METER_LABELS)
         mono = self.clock.monotonic()
         for name, state in sorted(self.live.snapshot().items()):
             now = current(state, mono)
-            connected.add_metric([name], 0.0 if now is None else 1.0)
-            energy.add_metric([name], state.energy_joules)
+            labels = self._labels(name)
+            connected.add_metric(labels, 0.0 if now is None else 1.0)
+            energy.add_metric(labels, state.energy_joules)
             if state.measurement is not None:
-                stamp.add_metric([name], float(utc_epoch(state.measurement.time)))
+                stamp.add_metric(labels, float(utc_epoch(state.measurement.time)))
             if now is not None:
-                power.add_metric([name], now.watts)
-                volts.add_metric([name], now.volts)
-                amps.add_metric([name], now.milliamps / 1000)
+                power.add_metric(labels, now.watts)
+                volts.add_metric(labels, now.volts)
+                amps.add_metric(labels, now.milliamps / 1000)
         yield from (power, volts, amps, connected, stamp, energy)
         yield from self._relay_latches()
 
@@ -122,14 +131,14 @@ class LiveCollector(Collector):
         if not stats:
             return
         families: Dict[str, CounterMetricFamily] = {}
-        reconnects = CounterMetricFamily(PREFIX + "reconnects", "Connections after the first.", labels=["meter"])
+        reconnects = CounterMetricFamily(PREFIX + "reconnects", "Connections after the first.", labels=METER_LABELS)
         for meter, s in sorted(stats.items()):
-            reconnects.add_metric([meter], max(0, s.connects - 1))
+            reconnects.add_metric(self._labels(meter), max(0, s.connects - 1))
             for field_name in _counter_fields(s):
                 if field_name not in families:
                     base, doc = METER_COUNTERS.get(field_name, (field_name, f"MeterStats.{field_name}."))
-                    families[field_name] = CounterMetricFamily(PREFIX + base, doc, labels=["meter"])
-                families[field_name].add_metric([meter], getattr(s, field_name))
+                    families[field_name] = CounterMetricFamily(PREFIX + base, doc, labels=METER_LABELS)
+                families[field_name].add_metric(self._labels(meter), getattr(s, field_name))
         yield reconnects
         yield from families.values()
 

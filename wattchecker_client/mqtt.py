@@ -6,21 +6,22 @@ publisher cannot slow a reader or the writer: it only takes snapshots. While
 the broker is away nothing is queued: the files hold every second, and the
 live values of the outage are not replayed.
 
-Topics, with ``P`` the topic prefix (``wattchecker``):
+Topics, with ``P`` the topic prefix (``wattchecker``), ``<host>`` this service's
+key and ``<meter>`` a meter's id (identity.py: unique across Pis on one broker):
 
-- ``P/status``: ``online``, retained; the client's last will makes it ``offline``
+- ``P/<host>/status``: ``online``, retained; the client's last will makes it ``offline``
 - ``P/<meter>/availability``: ``online`` while the meter's link is up, retained
 - ``P/<meter>/state``: JSON ``{"timestamp", "W", "V", "A", "energy_kWh"[, "relay"]}``
 - ``P/<meter>/relay/set``: ``ON``/``OFF`` switches an RS-BTWATTCH2's relay
-- ``<discovery prefix>/<component>/wattchecker_<address>/<entity>/config``:
-  Home Assistant discovery, retained, sent again on every (re)connect
+- ``<discovery prefix>/<component>/wattchecker_<meter>/<entity>/config``:
+  Home Assistant discovery, retained, sent again on every (re)connect and
+  whenever Home Assistant says ``online`` on ``<discovery prefix>/status``
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import socket
 import ssl
 import threading
@@ -31,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import __version__, protocol
 from .clock import Clock
 from .config import DeviceConfig, MqttConfig
+from .identity import Identity, derive
 from .live import LiveState, MeterLive
 from .meter import Backoff
 from .relay import RelayStale, RelaySuperseded
@@ -100,17 +102,20 @@ def check_setup(config: MqttConfig) -> List[str]:
     return warnings
 
 
-def client_id(config: MqttConfig) -> str:
-    return config.client_id or f"wattchecker-{socket.gethostname()}"
+def client_id(config: MqttConfig, identity: Optional[Identity] = None) -> str:
+    """The configured one, else one per host (and service): two Pis at one hostname never share it."""
+    if config.client_id:
+        return config.client_id
+    return identity.client_id if identity is not None else f"wattchecker-{socket.gethostname()}"
 
 
-def summary(config: MqttConfig) -> str:
+def summary(config: MqttConfig, identity: Optional[Identity] = None) -> str:
     """One line for check-config."""
     user = f"{config.username}@" if config.username else ""
     tls = " with TLS" + (f" pinned to {config.ca_file}" if config.ca_file else "") if config.tls else ""
     discovery = f"discovery under {config.discovery_prefix}/" if config.discovery_prefix else "no discovery"
-    return (f"{user}{config.host}:{config.port}{tls} as {client_id(config)}, states on {config.topic_prefix}/<meter>/state "
-            f"every {config.publish_interval:g} s, {discovery}")
+    return (f"{user}{config.host}:{config.port}{tls} as {client_id(config, identity)}, states on "
+            f"{config.topic_prefix}/<meter>/state every {config.publish_interval:g} s, {discovery}")
 
 
 def quote(payload: bytes) -> str:
@@ -119,20 +124,14 @@ def quote(payload: bytes) -> str:
     return repr(head) + ("..." if len(payload) > QUOTED_CHARS else "")
 
 
-def address_key(address: str) -> str:
-    """A meter's identity for Home Assistant: from its address, so it survives restarts and reinstalls."""
-    if MAC_RE.match(address.strip()):
-        return address.strip().replace(":", "").lower()
-    return re.sub(r"[^a-z0-9]+", "_", address.lower()).strip("_")
-
-
 @dataclass(frozen=True)
 class Topics:
     prefix: str
+    host: Optional[str] = None  # None: the one status topic of releases before meter ids
 
     @property
     def status(self) -> str:
-        return f"{self.prefix}/status"
+        return f"{self.prefix}/{self.host}/status" if self.host else f"{self.prefix}/status"
 
     def state(self, meter: str) -> str:
         return f"{self.prefix}/{meter}/state"
@@ -163,12 +162,13 @@ def state_payload(live: MeterLive) -> Dict[str, Any]:
 
 
 def discovery_messages(
-    config: MqttConfig, device: DeviceConfig, has_relay: bool = False
+    config: MqttConfig, device: DeviceConfig, has_relay: bool = False, identity: Optional[Identity] = None
 ) -> List[Tuple[str, Dict[str, Any]]]:
     """(topic, payload) of every entity of one meter: one Home Assistant device, its sensors, its switch."""
-    topics = Topics(config.topic_prefix)
-    key = address_key(device.address)
-    node = f"wattchecker_{key}"
+    identity = identity or derive({device.name: device.address})
+    topics = Topics(config.topic_prefix, identity.host)
+    meter = identity.meters[device.name]
+    node = f"wattchecker_{meter}"
     ha_device: Dict[str, Any] = {
         "identifiers": [node],
         "name": device.name,
@@ -179,8 +179,8 @@ def discovery_messages(
     if MAC_RE.match(device.address.strip()):
         ha_device["connections"] = [["bluetooth", device.address.strip().lower()]]
     common = {
-        "state_topic": topics.state(device.name),
-        "availability": [{"topic": topics.status}, {"topic": topics.availability(device.name)}],
+        "state_topic": topics.state(meter),
+        "availability": [{"topic": topics.status}, {"topic": topics.availability(meter)}],
         "availability_mode": "all",
         "device": ha_device,
         "origin": {"name": "wattchecker-client", "sw_version": __version__},
@@ -195,7 +195,7 @@ def discovery_messages(
         messages.append((f"{config.discovery_prefix}/sensor/{node}/{entity}/config", payload))
     if has_relay:
         payload = {"name": "Relay", "unique_id": f"{node}_relay", "device_class": "outlet",
-                   "command_topic": topics.relay_set(device.name), "payload_on": "ON", "payload_off": "OFF",
+                   "command_topic": topics.relay_set(meter), "payload_on": "ON", "payload_off": "OFF",
                    "value_template": "{{ value_json.relay }}", "state_on": "ON", "state_off": "OFF", **common}
         messages.append((f"{config.discovery_prefix}/switch/{node}/relay/config", payload))
         # The over-power latch (relay.max_watts): a problem until an explicit ON clears it.
@@ -276,6 +276,7 @@ class Publisher:
         *,
         relays: Optional[Dict[str, RelaySwitch]] = None,
         backoff: Optional[Backoff] = None,
+        identity: Optional[Identity] = None,
     ) -> None:
         self.config = config
         self.live = live
@@ -283,7 +284,9 @@ class Publisher:
         self.clock = clock
         self.relays = relays or {}
         self.backoff = backoff or Backoff()
-        self.topics = Topics(config.topic_prefix)
+        self.identity = identity or derive({d.name: d.address for d in devices})
+        self.ids = self.identity.meters  # meter name -> the id in its topics
+        self.topics = Topics(config.topic_prefix, self.identity.host)
         self.stats = MqttStats()
         self.where = f"{config.host}:{config.port}"
         self._client: Any = None
@@ -362,7 +365,7 @@ class Publisher:
 
     def _make_client(self) -> Any:
         mqtt = paho_library()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(self.config),
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(self.config, self.identity),
                              protocol=mqtt.MQTTv311, reconnect_on_failure=False)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         if self.config.username is not None:
@@ -372,8 +375,14 @@ class Publisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         for name in self.relays:
-            client.message_callback_add(self.topics.relay_set(name), self._on_relay_command)
+            client.message_callback_add(self.topics.relay_set(self.ids[name]), self._on_relay_command)
+        if self.config.discovery_prefix is not None:
+            client.message_callback_add(self._birth_topic, self._on_home_assistant_status)
         return client
+
+    @property
+    def _birth_topic(self) -> str:
+        return f"{self.config.discovery_prefix}/status"
 
     # --- paho's thread -----------------------------------------------------------------------
 
@@ -385,7 +394,7 @@ class Publisher:
         if self._outage_since is not None:
             log.info("mqtt: connected again to %s after %.0f s", self.where, self.clock.monotonic() - self._outage_since)
         else:
-            log.info("mqtt: connected to %s as %s", self.where, client_id(self.config))
+            log.info("mqtt: connected to %s as %s", self.where, client_id(self.config, self.identity))
         self._outage_since = None
         self.backoff.reset()
         self._up.set()
@@ -412,10 +421,17 @@ class Publisher:
         else:
             log.debug("mqtt: still cannot connect to %s: %s", self.where, why)
 
+    def _on_home_assistant_status(self, client: Any, userdata: Any, message: Any) -> None:
+        """Home Assistant (re)started: announce again and send every state at once, as Zigbee2MQTT does."""
+        if message.payload.strip().lower() == b"online":
+            self._sent.clear()
+            self._announce.set()
+
     def _on_relay_command(self, client: Any, userdata: Any, message: Any) -> None:
         """ON or OFF, sent now: a retained, oversized or unknown payload is ignored, and said so sparingly."""
         topic = message.topic
-        meter = topic[len(self.config.topic_prefix) + 1:].split("/", 1)[0]
+        meter_id = topic[len(self.config.topic_prefix) + 1:].split("/", 1)[0]
+        meter = next((name for name, i in self.ids.items() if i == meter_id), meter_id)
         payload = message.payload
         if message.retain:
             self._retained(topic)
@@ -459,27 +475,43 @@ class Publisher:
             self._send_announcement()
         for name, state in snapshot.items():
             if self._available.get(name) != state.connected:
-                self._send(self.topics.availability(name), "online" if state.connected else "offline", retain=True)
+                self._send(self.topics.availability(self.ids[name]), "online" if state.connected else "offline",
+                           retain=True)
                 self._available[name] = state.connected
             self._send_state(name, state)
 
     def _send_announcement(self) -> None:
         """Discovery, then availability: Home Assistant sees entities before their values."""
+        if self.identity.legacy_topics_due:
+            self._clear_legacy_topics()
         if self.config.discovery_prefix is not None:
             for device in self.devices:
-                for topic, payload in discovery_messages(self.config, device, device.name in self.relays):
+                for topic, payload in discovery_messages(self.config, device, device.name in self.relays,
+                                                         self.identity):
                     self._send(topic, json.dumps(payload), retain=True)
+            self._client.subscribe(self._birth_topic, qos=1)
         self._send(self.topics.status, "online", retain=True)
         self._available.clear()
         for name in self.relays:
-            self._client.subscribe(self.topics.relay_set(name), qos=1)
+            self._client.subscribe(self.topics.relay_set(self.ids[name]), qos=1)
+
+    def _clear_legacy_topics(self) -> None:
+        """Once, after an upgrade: the retained status and availability of the old topic layout
+        (``P/status``, ``P/<name>/availability``), which nothing would update again."""
+        old = [Topics(self.config.topic_prefix).status]
+        old += [Topics(self.config.topic_prefix).availability(d.name) for d in self.devices]
+        kept = {self.topics.status} | {self.topics.availability(i) for i in self.ids.values()}
+        for topic in old:
+            if topic not in kept and self._send(topic, "", retain=True):
+                log.info("mqtt: cleared the retained %s of the old topic layout", topic)
+        self.identity = Identity(self.identity.meters, self.identity.host)
 
     def _send_state(self, name: str, state: MeterLive) -> None:
         m = state.measurement
         last = self._sent.get(name)
         if m is None or (last is not None and (m.time - last).total_seconds() < self.config.publish_interval):
             return
-        if self._send(self.topics.state(name), json.dumps(state_payload(state)), qos=0):
+        if self._send(self.topics.state(self.ids[name]), json.dumps(state_payload(state)), qos=0):
             self.stats.published += 1
         self._sent[name] = m.time
 

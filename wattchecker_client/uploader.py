@@ -408,10 +408,9 @@ class BigQueryTarget:
 
     def schema_for_new_table(self) -> list:
         field = self.bigquery.SchemaField
-        schema = [field("datetime", "TIMESTAMP")] + [field(c, "FLOAT") for c in COLUMNS[1:]]
-        if self.several_meters:
-            schema.append(field(DEVICE_COLUMN, "STRING"))
-        return schema
+        # Always a device column: other Pis may load into the same table (README "Several Pis").
+        return [field("datetime", "TIMESTAMP")] + [field(c, "FLOAT") for c in COLUMNS[1:]] + [
+            field(DEVICE_COLUMN, "STRING")]
 
     def table(self):
         """The table (cached); created with its dataset when missing and allowed."""
@@ -438,11 +437,11 @@ class BigQueryTarget:
 
     def new_table_ddl(self) -> str:
         """Partitioned by day on ``datetime``, so a day's query reads one partition, not years of
-        rows; clustered by ``device`` when several meters share the table."""
+        rows; clustered by ``device``, as several meters or Pis may share the table."""
         types = {"TIMESTAMP": "TIMESTAMP", "FLOAT": "FLOAT64", "STRING": "STRING"}
         columns = ", ".join(f"`{f.name}` {types[f.field_type]}" for f in self.schema_for_new_table())
         sql = f"CREATE TABLE IF NOT EXISTS `{self.table_ref}` ({columns}) PARTITION BY TIMESTAMP_TRUNC(`datetime`, DAY)"
-        return sql + (f" CLUSTER BY `{DEVICE_COLUMN}`" if self.several_meters else "")
+        return sql + f" CLUSTER BY `{DEVICE_COLUMN}`"
 
     def _retry(self):
         from google.cloud.bigquery.retry import DEFAULT_RETRY
@@ -554,8 +553,10 @@ class Uploader:
         max_backoff: float = 3600.0,
         retention_days: Optional[int] = None,
         batch_max_bytes: int = BATCH_MAX_BYTES,
+        devices: Optional[Dict[str, str]] = None,
     ) -> None:
         self.data_dir = data_dir
+        self.devices = devices or {}  # file suffix -> the device column's value (identity.device_values)
         self.target = target
         self.clock = clock
         self.ledger = Ledger(data_dir)
@@ -632,7 +633,7 @@ class Uploader:
     def _read_batch(self, hours: Sequence[HourFile], columns: List[str], outcomes: Dict[str, Outcome],
                     ) -> Optional[Batch]:
         """Read hours in order up to the size cap; an unreadable hour goes to failed/ on the way."""
-        device = hours[0].meter_suffix or "wattchecker"
+        device = self._device(hours[0])
         taken: List[HourFile] = []
         bodies: List[bytes] = []
         rows: Dict[str, int] = {}
@@ -770,8 +771,12 @@ class Uploader:
         if len(found) != len(keys):
             return None
         columns = self._columns()
-        device = found[keys[0]].meter_suffix or "wattchecker"
+        device = self._device(found[keys[0]])
         return b"".join(csv_body(readable_rows(found[k])[1], columns, device) for k in keys)
+
+    def _device(self, hour_file: HourFile) -> str:
+        """The device column of a meter's rows: as the config names it, else from the file name."""
+        return self.devices.get(hour_file.meter_suffix) or hour_file.meter_suffix or "wattchecker"
 
     # --- errors ---------------------------------------------------------------------------
 

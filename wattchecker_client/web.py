@@ -124,6 +124,7 @@ class Sources:
     writer: object  # writer.Writer
     uploader: Optional[object]  # uploader.Uploader, when bigquery: is configured
     health: Callable[[], List[str]]  # the daemon's problems (dead or silent threads); [] when fine
+    meter_ids: Optional[Dict[str, str]] = None  # meter name -> id (identity.py), a /metrics label
 
 
 class _Server(ThreadingHTTPServer):
@@ -344,7 +345,8 @@ def _metrics_renderer(sources: Sources, clock: Clock) -> Callable[[], Tuple[byte
 
     from .metrics import LiveCollector, registry_for
 
-    registry = registry_for(LiveCollector(sources.live, sources.meter_stats, sources.writer, sources.uploader, clock))
+    registry = registry_for(LiveCollector(sources.live, sources.meter_stats, sources.writer, sources.uploader, clock,
+                                          sources.meter_ids))
     return lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
 
 

@@ -19,14 +19,17 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..daemon import preflight  # the service's own start-up checks, not a copy
+    from ..identity import peek
     from ..mqtt import summary as mqtt_summary
 
     config = load_config(args.config)
-    for warning in preflight(config):
+    identity = peek(config.general.data_dir, {d.name: d.address for d in config.devices})
+    for warning in preflight(config) + id_collisions(config):
         print(f"wattchecker-client: warning: {warning}", file=sys.stderr)
     g = config.general
     meters = "; ".join(
-        f"{d.name} at {d.address}" + (f" channel {d.channel}" if d.channel else "") for d in config.devices
+        f"{d.name} at {d.address}" + (f" channel {d.channel}" if d.channel else "") + f" (id {identity.meters[d.name]})"
+        for d in config.devices
     )
     bigquery = (
         f"{config.bigquery.dataset_id}.{config.bigquery.table_id}" if config.bigquery else "not configured"
@@ -41,9 +44,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"  data: {g.data_dir} ({', '.join(g.data_format)}), flushed every {g.data_buffer_size:g} s")
     print(f"  time sync: {time_sync(g.time_sync_wait)}")
     print(f"  BigQuery: {bigquery}")
-    print(f"  MQTT: {mqtt_summary(config.mqtt) if config.mqtt else 'not configured'}")
+    print(f"  MQTT: {mqtt_summary(config.mqtt, identity) if config.mqtt else 'not configured'}")
     print(f"  page: {f'http://{config.http.listen}/ (/metrics, /healthz)' if config.http else 'not configured'}")
     return EXIT_OK
+
+
+def id_collisions(config) -> list:
+    """Two meters of this config that would share one id: one set of topics, one Home Assistant device."""
+    from ..identity import collisions
+
+    return [f"devices: {a!r} and {b!r} would share the id {key!r} (their MQTT topics, Home Assistant device "
+            f"and BigQuery device): give each its own address"
+            for a, b, key in collisions({d.name: d.address for d in config.devices})]
 
 
 def time_sync(wait: float) -> str:

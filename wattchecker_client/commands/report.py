@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config}: --sql needs a bigquery: section (the table to read)")
         project = config.bigquery.project_id or "YOUR_PROJECT"
         ref = f"{project}.{config.bigquery.dataset_id}.{config.bigquery.table_id}"
-        print(bigquery_view_sql(ref, tz_name, price, config.named_files), end="")
+        # Per device always: every table this release makes has the column, and other Pis may share it.
+        print(bigquery_view_sql(ref, tz_name, price, True), end="")
         return EXIT_OK
     devices = [d for d in config.devices if args.meter in (None, d.name)]
     if not devices:

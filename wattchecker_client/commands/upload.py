@@ -22,13 +22,14 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..identity import device_values, for_config
     from ..uploader import BigQueryTarget, Uploader, hour_files
 
     config = load_config(args.config)
     if config.bigquery is None:
         raise ConfigError(f"{args.config}: bigquery: is not configured; nothing to upload to")
     target = None if args.dry_run else BigQueryTarget(config.bigquery, config.named_files)
-    uploader = Uploader(config.general.data_dir, target, Clock())
+    uploader = Uploader(config.general.data_dir, target, Clock(), devices=device_values(config, for_config(config)))
     files = hour_files([Path(p).resolve() for p in args.paths]) if args.paths else uploader.backlog()
     if args.paths and not files:
         raise ConfigError("none of the paths is a closed hour file (NAME.csv|json.YYYY-MM-DD_HH[.partN].gz)")
