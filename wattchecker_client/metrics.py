@@ -91,13 +91,14 @@ class LiveCollector(Collector):
             PREFIX + "last_reading_timestamp_seconds", "The meter's clock stamp of its last reading (Unix time).",
             labels=["meter"])
         energy = CounterMetricFamily(
-            PREFIX + "energy_joules", "Energy used since the data began (the report's integral; never decreases).",
+            PREFIX + "energy_joules", "Energy used since the data began (the report's integral; never decreases; absent until counted).",
             labels=["meter"])
         mono = self.clock.monotonic()
         for name, state in sorted(self.live.snapshot().items()):
             now = current(state, mono)
             connected.add_metric([name], 0.0 if now is None else 1.0)
-            energy.add_metric([name], state.energy_joules)
+            if state.energy_known:  # as MQTT: no 0 then a year in one scrape while the files are counted
+                energy.add_metric([name], state.energy_joules)
             if state.measurement is not None:
                 stamp.add_metric([name], float(utc_epoch(state.measurement.time)))
             if now is not None:
