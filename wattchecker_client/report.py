@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .clock import time_zone, utc_epoch  # noqa: F401  (time_zone: the report's callers use it)
+from .datadir import BUCKET_SECONDS, MAX_STEP, Bucket, HourSummary, append_summaries, held_seconds, read_summaries, summarize
 from .writer import closed_files_in, open_text, parse_closed
 
-MAX_STEP = 5  # seconds
+CURRENT_PART = 10_000  # the plain current file sorts after any closed part of its hour
 DAY_SECONDS = 86400
 
 
@@ -122,25 +123,11 @@ def sources_for(data_dir: Path, stem: str) -> HourSources:
         except FileNotFoundError:
             continue
         if first.strip():
-            sources.add(hour_of_line(first), 10_000, fmt, current)  # after any closed part
+            sources.add(hour_of_line(first), CURRENT_PART, fmt, current)
     return sources
 
 
 # --- integrating ---------------------------------------------------------------------
-
-
-def held_seconds(step: Optional[int]) -> int:
-    """Seconds a row counts for when the next row comes ``step`` seconds later (None: none yet).
-
-    The one integration rule: the report, the BigQuery view and the live
-    energy counter (live.py) all use it, so their kWh agree to the row.
-    A repeated second (step 0) counts once, through the later row.
-    """
-    if step is None:
-        return 1
-    if step <= 0:
-        return 0
-    return step if step <= MAX_STEP else 1
 
 
 class Integrator:
@@ -179,6 +166,30 @@ class Integrator:
             self.prev = (t, watts)
             self._offset = off_start if off_start == off_end else self.offset(t)
 
+    def add_summary(self, hour_start: int, summary: HourSummary) -> None:
+        """An hour from its summary: the same totals as ``add_hour`` over its rows (to rounding).
+
+        The previous row holds until the summary's first, the buckets are
+        credited where their rows lie, and the last row waits for the next
+        hour. Rows outside the range are left out by whole buckets (the range
+        starts at a local midnight, a multiple of 15 minutes in UTC).
+        """
+        whole = self.start <= hour_start and hour_start + 3600 <= self.end
+        first_t = hour_start + summary.first[0]
+        if whole and self.prev is not None:
+            self._credit(first_t - self.prev[0])
+        for index, bucket in enumerate(summary.buckets):
+            bucket_start = hour_start + index * BUCKET_SECONDS
+            if not self.start <= bucket_start < self.end:
+                continue
+            self.report.rows += bucket.rows
+            if bucket.seconds:
+                self._credit_many(bucket_start + self.offset(bucket_start), bucket)
+        last_t = hour_start + summary.last[0]
+        if whole or self.start <= last_t < self.end:
+            self.prev = (last_t, summary.last[1])
+            self._offset = self.offset(last_t)
+
     def finish(self) -> None:
         if self.prev is not None:
             self._credit(None)
@@ -196,9 +207,11 @@ class Integrator:
         """The previous row holds for its step, or one second before a gap."""
         t, watts = self.prev
         seconds = held_seconds(step)
-        if not seconds:
-            return
-        local = t + self._offset
+        if seconds:
+            self._credit_many(t + self._offset, Bucket(watts * seconds, seconds, watts, 1))
+
+    def _credit_many(self, local: int, held: Bucket) -> None:
+        """Watt-seconds held at one local second (one row's, or a quarter hour's of a summary)."""
         day_index = local // DAY_SECONDS
         if day_index != self._day_index:
             self._day_index = day_index
@@ -206,14 +219,13 @@ class Integrator:
             if self._day is None:
                 self._day = self._days[day_index] = DayTotal(dt.date.min)
         day = self._day
-        energy = watts * seconds
-        day.watt_seconds += energy
-        day.covered_seconds += seconds
-        if watts > day.peak_watts:
-            day.peak_watts = watts
+        day.watt_seconds += held.watt_seconds
+        day.covered_seconds += held.seconds
+        if held.peak_watts > day.peak_watts:
+            day.peak_watts = held.peak_watts
         hour_index = local // 3600
-        self._hours[hour_index] = self._hours.get(hour_index, 0.0) + energy / 3600
-        self._hour_seconds[hour_index] = self._hour_seconds.get(hour_index, 0) + seconds
+        self._hours[hour_index] = self._hours.get(hour_index, 0.0) + held.watt_seconds / 3600
+        self._hour_seconds[hour_index] = self._hour_seconds.get(hour_index, 0) + held.seconds
 
 
 def local_midnight_utc(day: dt.date, tz: dt.tzinfo) -> int:
@@ -233,14 +245,42 @@ def meter_report(
     start = local_midnight_utc(first_day, tz) if first_day else -(2**62)
     end = local_midnight_utc(last_day + dt.timedelta(days=1), tz) if last_day else 2**62
     sources = sources_for(data_dir, stem)
+    summaries = hour_summaries(data_dir, stem, sources)
     integrator = Integrator(report, tz, start, end)
-    for hour in sorted(sources.by_hour):
+    for hour in sorted(set(sources.by_hour) | set(summaries)):
         hour_start = utc_epoch(hour)
         if hour_start + 3600 <= start or hour_start >= end:
             continue
-        integrator.add_hour(hour_start, sources.rows(hour, report.problems))
+        summary = summaries.get(hour)
+        if summary is not None and (hour not in sources.by_hour or start <= hour_start <= end - 3600):
+            integrator.add_summary(hour_start, summary)
+        else:  # the current hour, an unreadable one, or one cut by the range with its rows at hand
+            integrator.add_hour(hour_start, sources.rows(hour, report.problems))
     integrator.finish()
     return report
+
+
+def hour_summaries(data_dir: Path, stem: str, sources: HourSources) -> Dict[dt.datetime, HourSummary]:
+    """Every closed hour's summary: saved ones still matching their files, the rest made now and saved.
+
+    Hours whose raw files retention deleted keep their saved summary. An
+    hour with the current plain file, or a file that cannot be read, is not
+    summarized (its rows are read each time, and it is tried again later).
+    """
+    saved = read_summaries(data_dir, stem)
+    made = []
+    for hour in sorted(sources.by_hour):
+        parts = tuple(sorted(sources.by_hour[hour]))
+        if CURRENT_PART in parts or (hour in saved and saved[hour].parts == parts):
+            continue
+        problems: List[str] = []  # told by whoever reads the hour's rows instead
+        rows = sources.rows(hour, problems)
+        summary = None if problems else summarize(hour, parts, rows)
+        if summary is not None:
+            saved[hour] = summary
+            made.append(summary)
+    append_summaries(data_dir, stem, made)
+    return saved
 
 
 # --- output --------------------------------------------------------------------------
