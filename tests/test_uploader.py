@@ -593,6 +593,23 @@ def test_retention_without_bigquery_deletes_old_hours(tmp_path):
     assert list(tmp_path.glob("*.gz")) == [] and uploader.stats.deleted == 2
 
 
+def test_retention_keeps_the_hours_summaries_so_the_report_still_answers(tmp_path):
+    import shutil
+
+    from wattchecker_client.report import meter_report, time_zone
+
+    data_dir = tmp_path / "data"
+    write_hours(data_dir, 3, per_hour=600)
+    untouched = shutil.copytree(data_dir, tmp_path / "copy")  # the report there reads the rows
+    uploader = Uploader(data_dir, None, FakeClock(T0 + dt.timedelta(days=31)), retention_days=30)
+    uploader.delete_expired()
+    assert list(data_dir.glob("*.gz")) == [] and uploader.stats.deleted == 3
+    tz = time_zone("UTC")
+    after, before = meter_report(data_dir, "wattchecker-data", "m", tz), meter_report(untouched, "wattchecker-data", "m", tz)
+    assert after.rows == before.rows == 3 * 600 and after.problems == []
+    assert after.total().watt_seconds == pytest.approx(before.total().watt_seconds, rel=1e-12)
+
+
 # --- the upload command ----------------------------------------------------------------
 
 

@@ -260,6 +260,11 @@ def meter_report(
     return report
 
 
+def summarize_closed_hours(data_dir: Path, stem: str) -> None:
+    """Make and save the summaries still missing (before retention deletes the hours' rows)."""
+    hour_summaries(data_dir, stem, sources_for(data_dir, stem))
+
+
 def hour_summaries(data_dir: Path, stem: str, sources: HourSources) -> Dict[dt.datetime, HourSummary]:
     """Every closed hour's summary: saved ones still matching their files, the rest made now and saved.
 

@@ -40,6 +40,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tupl
 from .clock import Clock
 from .config import BigQueryConfig
 from .meter import Backoff
+from .report import summarize_closed_hours
 from .transport import SetupError
 from .writer import (HOUR_FORMAT, ClosedFile, atomic_write, closed_files_in, hour_of, line_stamp, open_text,
                      parse_closed, parse_stamp)
@@ -869,11 +870,11 @@ class Uploader:
         if self.retention_days is None:
             return
         cutoff = self.clock.now() - dt.timedelta(days=self.retention_days)
-        for hour_file in hour_files(closed_files_in(self.data_dir)):
-            if hour_file.hour + dt.timedelta(hours=1) > cutoff:
-                continue
-            if self.target is not None and hour_file.key not in self.ledger:
-                continue
+        expired = [h for h in hour_files(closed_files_in(self.data_dir)) if h.hour + dt.timedelta(hours=1) <= cutoff
+                   and (self.target is None or h.key in self.ledger)]
+        for stem in sorted({h.stem for h in expired}):
+            summarize_closed_hours(self.data_dir, stem)  # the report's and the energy's past outlive the rows
+        for hour_file in expired:
             for path in hour_file.sources:
                 path.unlink(missing_ok=True)
             self.stats.deleted += 1
