@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wattchecker_client.clock import time_zone, utc_epoch
+from wattchecker_client.clock import time_zone
 from wattchecker_client.datadir import read_summaries, summaries_path
 from wattchecker_client.formats import csv_line
 from wattchecker_client.protocol import Measurement
-from wattchecker_client.report import Integrator, MeterReport, meter_report, sources_for
+from wattchecker_client.report import MeterReport, meter_report
 
 from .conftest import run_cli, write_config
 
@@ -38,17 +38,7 @@ def write_closed(data_dir: Path, rows: List[Tuple[dt.datetime, float]], part: in
 
 def from_rows(data_dir: Path, tz: dt.tzinfo, first=None, last=None) -> MeterReport:
     """The report by a pass over every row, as before summaries (the reference)."""
-    from wattchecker_client.report import local_midnight_utc
-
-    report = MeterReport("m")
-    start = local_midnight_utc(first, tz) if first else -(2**62)
-    end = local_midnight_utc(last + dt.timedelta(days=1), tz) if last else 2**62
-    sources = sources_for(data_dir, STEM)
-    integrator = Integrator(report, tz, start, end)
-    for hour in sorted(sources.by_hour):
-        integrator.add_hour(utc_epoch(hour), sources.rows(hour, report.problems))
-    integrator.finish()
-    return report
+    return meter_report(data_dir, STEM, "m", tz, first, last, use_summaries=False)
 
 
 def assert_same(got: MeterReport, want: MeterReport) -> None:

@@ -239,13 +239,17 @@ def meter_report(
     tz: dt.tzinfo,
     first_day: Optional[dt.date] = None,
     last_day: Optional[dt.date] = None,
+    use_summaries: bool = True,
 ) -> MeterReport:
-    """One meter's days between ``first_day`` and ``last_day`` (local dates, inclusive)."""
+    """One meter's days between ``first_day`` and ``last_day`` (local dates, inclusive).
+
+    ``use_summaries`` False: every row of every hour, the reference the summaries are checked against.
+    """
     report = MeterReport(meter)
     start = local_midnight_utc(first_day, tz) if first_day else -(2**62)
     end = local_midnight_utc(last_day + dt.timedelta(days=1), tz) if last_day else 2**62
     sources = sources_for(data_dir, stem)
-    summaries = hour_summaries(data_dir, stem, sources)
+    summaries = hour_summaries(data_dir, stem, sources) if use_summaries else {}
     integrator = Integrator(report, tz, start, end)
     for hour in sorted(set(sources.by_hour) | set(summaries)):
         hour_start = utc_epoch(hour)
