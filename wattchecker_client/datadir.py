@@ -34,9 +34,15 @@ MAX_STEP = 5  # seconds
 BUCKET_SECONDS = 900  # the largest step every time-zone offset is a multiple of
 BUCKETS = 3600 // BUCKET_SECONDS
 SUMMARY_SUFFIX = ".summaries.jsonl"
-SUMMARY_HOUR_FORMAT = "%Y-%m-%d_%H"
+SUMMARY_HOUR_FORMAT = "%Y-%m-%d_%H"  # as in the hour files' names
 
 Row = Tuple[int, float]  # (second within its hour, W)
+
+
+def closed_name(stem: str, fmt: str, hour: dt.datetime, part: int = 0) -> str:
+    """``wattchecker-data.csv.2019-09-07_09.gz`` (``.partN`` before ``.gz`` for a late part)."""
+    suffix = f".part{part}" if part else ""
+    return f"{stem}.{fmt}.{hour.strftime(SUMMARY_HOUR_FORMAT)}{suffix}.gz"
 
 
 def held_seconds(step: Optional[int]) -> int:

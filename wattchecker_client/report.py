@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .clock import time_zone, utc_epoch  # noqa: F401  (time_zone: the report's callers use it)
-from .datadir import BUCKET_SECONDS, MAX_STEP, Bucket, HourSummary, append_summaries, held_seconds, read_summaries, summarize
+from .datadir import BUCKET_SECONDS, MAX_STEP, Bucket, HourSummary, closed_name, append_summaries, held_seconds, read_summaries, summarize
 from .writer import closed_files_in, open_text, parse_closed
 
 CURRENT_PART = 10_000  # the plain current file sorts after any closed part of its hour
@@ -110,11 +110,41 @@ class HourSources:
 
 
 def sources_for(data_dir: Path, stem: str) -> HourSources:
+    """Every hour's files, by one listing of the folder."""
     sources = HourSources()
     for path in closed_files_in(data_dir):
         parsed = parse_closed(path)
         if parsed and parsed[0] == stem:
             sources.add(parsed[2], parsed[3], parsed[1], path)
+    add_current(data_dir, stem, sources)
+    return sources
+
+
+def sources_between(data_dir: Path, stem: str, start: int, end: int) -> HourSources:
+    """The files of the UTC hours touching [start, end), by their names and a stat each.
+
+    No listing: the page asks for two days, and that must cost the same
+    beside five years of files as beside one. Late parts are numbered on
+    from 1, so probing stops at the first part missing in both formats.
+    """
+    sources = HourSources()
+    for hour_start in range(start - start % 3600, end, 3600):
+        hour = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=hour_start)
+        part = 0
+        while True:
+            found = [(fmt, data_dir / closed_name(stem, fmt, hour, part)) for fmt in ("csv", "json")]
+            found = [(fmt, path) for fmt, path in found if path.exists()]
+            if not found:
+                break
+            for fmt, path in found:
+                sources.add(hour, part, fmt, path)
+            part += 1
+    add_current(data_dir, stem, sources)
+    return sources
+
+
+def add_current(data_dir: Path, stem: str, sources: HourSources) -> None:
+    """The plain current files, as the hour of their first row (after any closed part of it)."""
     for fmt in ("csv", "json"):
         current = data_dir / f"{stem}.{fmt}"
         try:
@@ -124,7 +154,6 @@ def sources_for(data_dir: Path, stem: str) -> HourSources:
             continue
         if first.strip():
             sources.add(hour_of_line(first), CURRENT_PART, fmt, current)
-    return sources
 
 
 # --- integrating ---------------------------------------------------------------------

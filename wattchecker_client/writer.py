@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .clock import Clock
+from .datadir import closed_name
 from .formats import FORMATTERS
 from .protocol import Measurement
 
@@ -124,8 +125,7 @@ class FileSet:
     # --- names -------------------------------------------------------------
 
     def closed_path(self, hour: dt.datetime, part: int = 0) -> Path:
-        suffix = f".part{part}" if part else ""
-        return self.data_dir / f"{self.base}.{hour.strftime(HOUR_FORMAT)}{suffix}.gz"
+        return self.data_dir / closed_name(self.base[:-len(self.format) - 1], self.format, hour, part)
 
     def parse_closed_name(self, name: str) -> Optional[Tuple[dt.datetime, int]]:
         """(hour, part) if ``name`` is one of this set's closed files."""
