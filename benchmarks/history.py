@@ -12,7 +12,9 @@ made in a minute or two), then prints side by side:
 * energy: with ``energy.json`` deleted after summaries exist, the time until
   it is known; after an upgrade (no summaries), the time until known and
   whether any sample polled meanwhile showed a value below the files' total;
-* retention: ``--from/--to`` over days whose hour files were deleted.
+* retention: ``--from/--to`` over days whose hour files were deleted;
+* page: the files the page reads at a cold load and at each closed hour,
+  beside 1 and then 5 years of hour files.
 
 Prints figures and ratios; asserts nothing.
 """
@@ -28,11 +30,12 @@ import threading
 import time
 from pathlib import Path
 
-from wattchecker_client.clock import Clock, time_zone
+from wattchecker_client.clock import Clock, time_zone, utc_epoch
+from wattchecker_client.dashboard import BAR_HOURS, file_rows, integrate_files
 from wattchecker_client.datadir import summaries_path
 from wattchecker_client.formats import csv_line
 from wattchecker_client.live import LiveState
-from wattchecker_client.report import meter_report
+from wattchecker_client.report import MeterReport, meter_report, sources_for
 from wattchecker_client.simulator import air_conditioner
 
 START = dt.datetime(2025, 1, 1)
@@ -121,6 +124,29 @@ def retention_figures(data_dir: Path, days: int) -> None:
           f"summaries, {len(got.days)} days; {compare_days(got, want)}")
 
 
+def page_load(data_dir: Path, end: int) -> float:
+    """The page's file reads at a cold load or a closed hour: two days of bars and today's kWh."""
+    begin = time.perf_counter()
+    integrate_files(MeterReport("m"), data_dir, STEM, TZ, end - (BAR_HOURS + 1) * 3600, end)
+    file_rows(data_dir, STEM, end - 3600, end)
+    return time.perf_counter() - begin
+
+
+def page_figures(data_dir: Path, days: int) -> None:
+    end = utc_epoch(START + dt.timedelta(days=days))
+    one_year = min(page_load(data_dir, end) for _ in range(3))
+    listing = min(timed(lambda: sources_for(data_dir, STEM))[1] for _ in range(3))
+    for year in range(1, 5):  # four more years of hour files' names before this one
+        for hour in range(8760):
+            name = f"{STEM}.csv.{START - dt.timedelta(days=365 * year) + dt.timedelta(hours=hour):%Y-%m-%d_%H}.gz"
+            (data_dir / name).touch()
+    five_years = min(page_load(data_dir, end) for _ in range(3))
+    listing_5 = min(timed(lambda: sources_for(data_dir, STEM))[1] for _ in range(3))
+    print(f"page, cold load or hourly refresh: {one_year * 1000:.0f} ms beside 1 year of files, "
+          f"{five_years * 1000:.0f} ms beside 5 ({five_years / one_year:.2f} x); "
+          f"a folder listing (as main, twice per load) {listing * 1000:.0f} ms -> {listing_5 * 1000:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=366)
@@ -132,6 +158,7 @@ def main() -> None:
         report_figures(data_dir)
         restore_figures(data_dir)
         retention_figures(data_dir, args.days)
+        page_figures(data_dir, args.days)
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
