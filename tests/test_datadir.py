@@ -129,3 +129,21 @@ def test_a_torn_summary_line_is_skipped_and_the_next_append_starts_a_line(tmp_pa
     assert_same(meter_report(tmp_path, STEM, "m", tz), from_rows(tmp_path, tz))
     assert f"{path} line 3: skipped" in caplog.text
     assert sorted(read_summaries(tmp_path, STEM)) == [dt.datetime(2026, 7, 1, h) for h in range(3)]
+
+
+def test_an_hour_still_being_written_is_never_taken_from_a_summary_of_its_closed_part(tmp_path):
+    from wattchecker_client.clock import FakeClock
+    from wattchecker_client.live import LiveState
+
+    rows = air(2)
+    write_closed(tmp_path, [r for r in rows if r[0].hour == 0 or r[0].minute < 30])
+    current = [csv_line(Measurement(when, 100.0, 1000.0, w)) for when, w in rows if when.hour == 1 and when.minute >= 30]
+    (tmp_path / f"{STEM}.csv").write_text("\n".join(current) + "\n")  # the same hour goes on in the plain file
+    live = LiveState(FakeClock(), tmp_path, {"m": STEM}, data_format=("csv",))
+    live.restore()  # counts, then makes the summaries it can
+    assert sorted(read_summaries(tmp_path, STEM)) == [dt.datetime(2026, 7, 1, 0), dt.datetime(2026, 7, 1, 1)]
+    tz = time_zone("UTC")
+    want = from_rows(tmp_path, tz)
+    assert want.rows == len(rows)
+    assert_same(meter_report(tmp_path, STEM, "m", tz), want)
+    assert live.snapshot()["m"].energy_joules == pytest.approx(want.total().watt_seconds, rel=1e-12)

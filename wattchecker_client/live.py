@@ -347,6 +347,8 @@ class LiveState:
             log.info("%s: energy %.3f kWh restored (%d rows counted from the files)", name, base.joules / 3_600_000,
                      rows.count)
         self.save(force=True)
+        for _, _, rows in work:
+            rows.backfill()
 
     def _read_state_file(self) -> Dict[str, dict]:
         try:
@@ -403,7 +405,7 @@ class FileRows:
     def fold(self, base: Accumulator) -> Accumulator:
         """``base`` followed by these rows: a closed hour from its summary when it lies wholly
         inside the span, else from its rows. Makes and saves the summaries still missing."""
-        summaries = hour_summaries(self.data_dir, self.stem, self.sources)
+        summaries = hour_summaries(self.data_dir, self.stem, self.sources, only=self.hours)
         summed = 0
         for hour in sorted(set(self.hours) | {h for h in summaries if self._first_hour is None or h >= self._first_hour}):
             start = utc_epoch(hour)
@@ -420,6 +422,10 @@ class FileRows:
         for problem in self.problems:
             log.warning("energy restore: %s", problem)
         return rounded_up(base, summed)
+
+    def backfill(self) -> None:
+        """Make the summaries of the older hours too (once after an upgrade), after the energy is known."""
+        hour_summaries(self.data_dir, self.stem, self.sources, only=[h for h in self.sources.by_hour if h not in self.plain])
 
     def _inside(self, t: int) -> bool:
         return (self.after is None or t > self.after) and (self.until is None or t <= self.until)

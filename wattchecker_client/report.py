@@ -298,16 +298,18 @@ def summarize_closed_hours(data_dir: Path, stem: str) -> None:
     hour_summaries(data_dir, stem, sources_for(data_dir, stem))
 
 
-def hour_summaries(data_dir: Path, stem: str, sources: HourSources) -> Dict[dt.datetime, HourSummary]:
+def hour_summaries(data_dir: Path, stem: str, sources: HourSources,
+                   only: Optional[Sequence[dt.datetime]] = None) -> Dict[dt.datetime, HourSummary]:
     """Every closed hour's summary: saved ones still matching their files, the rest made now and saved.
 
     Hours whose raw files retention deleted keep their saved summary. An
     hour with the current plain file, or a file that cannot be read, is not
     summarized (its rows are read each time, and it is tried again later).
+    ``only``: make none but these hours' (the rest are made another time).
     """
     saved = read_summaries(data_dir, stem)
     made = []
-    for hour in sorted(sources.by_hour):
+    for hour in sorted(sources.by_hour if only is None else set(only) & set(sources.by_hour)):
         parts = tuple(sorted(sources.by_hour[hour]))
         if CURRENT_PART in parts or (hour in saved and saved[hour].parts == parts):
             continue
@@ -318,7 +320,8 @@ def hour_summaries(data_dir: Path, stem: str, sources: HourSources) -> Dict[dt.d
             saved[hour] = summary
             made.append(summary)
     append_summaries(data_dir, stem, made)
-    return saved
+    return {hour: summary for hour, summary in saved.items()  # none for an hour whose files changed since
+            if hour not in sources.by_hour or summary.parts == tuple(sorted(sources.by_hour[hour]))}
 
 
 # --- output --------------------------------------------------------------------------
