@@ -32,6 +32,7 @@ from wattchecker_client.uploader import (
     job_id_for,
     load_job_config,
     missing_role,
+    read_ledger,
     read_rows,
 )
 from wattchecker_client.writer import Writer
@@ -280,7 +281,7 @@ def test_every_hour_lands_once_and_the_ledger_prevents_a_second_load(emulator, t
     assert again.backlog() == []
     drain(again)
     assert table_totals(emulator)[0] == len(written)
-    ledger = json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]
+    ledger = read_ledger(tmp_path)["uploaded"]
     assert sorted(ledger) == [f"wattchecker-data.2026-07-01_0{h}" for h in range(3)]
     assert all(e["rows"] == 60 and e["source"].startswith("wattchecker-data.json.") for e in ledger.values())
 
@@ -299,7 +300,7 @@ def test_a_job_submitted_before_a_crash_is_adopted_not_loaded_twice(emulator, tm
     drain(uploader)
     assert uploader.stats.uploaded == 1
     assert table_totals(emulator)[0] == len(written)  # no second copy
-    assert "wattchecker-data.2026-07-01_00" in json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]
+    assert "wattchecker-data.2026-07-01_00" in read_ledger(tmp_path)["uploaded"]
 
 
 def test_a_corrupted_gzip_falls_back_to_csv_or_goes_to_failed_and_never_blocks(emulator, tmp_path, caplog):
@@ -321,7 +322,7 @@ def test_a_corrupted_gzip_falls_back_to_csv_or_goes_to_failed_and_never_blocks(e
     reason = (failed / "wattchecker-data.2026-07-01_01.reason").read_text()
     assert "wattchecker-data.json.2026-07-01_01.gz: unreadable" in reason
     assert table_totals(emulator)[0] == len(written) - 60  # hours 0 (from CSV) and 2
-    ledger = json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]
+    ledger = read_ledger(tmp_path)["uploaded"]
     assert ledger["wattchecker-data.2026-07-01_00"]["source"] == "wattchecker-data.csv.2026-07-01_00.gz"
     assert "cannot upload wattchecker-data.2026-07-01_01, moved to" in caplog.text
 
@@ -397,7 +398,7 @@ def test_several_meters_share_a_table_with_a_device_column(emulator, tmp_path):
 
 
 def ledger_of(data_dir: Path) -> dict:
-    return json.loads((data_dir / "uploaded.json").read_text())
+    return read_ledger(data_dir)
 
 
 def test_a_30_day_backlog_of_one_meter_takes_30_load_jobs_one_per_utc_day(proxy, tmp_path):
@@ -512,14 +513,14 @@ def test_an_hour_in_the_ledger_is_never_sent_again(proxy, tmp_path):
     """Without the ledger's check, a 409 would hide the second load: count the requests."""
     written = write_hours(tmp_path, 2, per_hour=10)
     drain(uploader_for(proxy, tmp_path))
-    before = (tmp_path / "uploaded.json").read_text()
     assert proxy.load_requests == 1
-    again = uploader_for(proxy, tmp_path)
+    again = uploader_for(proxy, tmp_path)  # compacts the journal at start-up
+    before = [(tmp_path / name).read_bytes() for name in ("uploaded.json", "uploaded.json.journal")]
     outcomes, rows = again.upload_group(hour_files(list(tmp_path.glob("*.gz"))))
     assert outcomes == {"wattchecker-data.2026-07-01_00": "skipped", "wattchecker-data.2026-07-01_01": "skipped"}
     assert rows == 0 and proxy.load_requests == 1  # not even a request
     assert table_totals(proxy.upstream)[0] == len(written)
-    assert (tmp_path / "uploaded.json").read_text() == before
+    assert [(tmp_path / name).read_bytes() for name in ("uploaded.json", "uploaded.json.journal")] == before
 
 
 # --- 403: a missing role --------------------------------------------------------------------
@@ -687,4 +688,4 @@ def test_an_unreadable_ledger_is_set_aside_and_rebuilt_without_double_loads(emul
     drain(rebuilt)  # both hours found in BigQuery by their job ids (409), adopted
     assert rebuilt.stats.uploaded == 2
     assert table_totals(emulator)[0] == len(written)
-    assert len(json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]) == 2
+    assert len(read_ledger(tmp_path)["uploaded"]) == 2
