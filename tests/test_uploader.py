@@ -397,6 +397,65 @@ def test_several_meters_share_a_table_with_a_device_column(emulator, tmp_path):
 # --- batches and the ledger written ahead -------------------------------------------------------
 
 
+def old_ledger(data_dir: Path, hours: int) -> dict:
+    """``uploaded.json`` as the client wrote it before the journal: the whole ledger in one file."""
+    entries = {f"wattchecker-data.{T0 + dt.timedelta(hours=h):%Y-%m-%d_%H}": {
+        "job": f"job-{h // 24}", "rows": 3600, "source": f"wattchecker-data.json.{T0 + dt.timedelta(hours=h):%Y-%m-%d_%H}.gz"}
+        for h in range(hours)}
+    data = {"version": 2, "uploaded": entries, "pending": {}}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "uploaded.json").write_text(json.dumps(data, indent=1, sort_keys=True))
+    return data
+
+
+def one_uploaded_hour(data_dir: Path, hour: int) -> int:
+    """Bytes the ledger's files grew by for one more hour written ahead and credited."""
+    from wattchecker_client.uploader import Ledger
+
+    ledger = Ledger(data_dir)
+    key = f"wattchecker-data.{T0 + dt.timedelta(hours=hour):%Y-%m-%d_%H}"
+    before = {p.name: (p.stat().st_ino, p.stat().st_size) for p in data_dir.glob("uploaded.json*")}
+    assert ledger.begin("job-new", {"hours": {key: {"rows": 3600}}}) == []
+    ledger.commit("job-new", {key: {"job": "job-new", "rows": 3600, "source": "s"}})
+    after = {p.name: (p.stat().st_ino, p.stat().st_size) for p in data_dir.glob("uploaded.json*")}
+    assert after["uploaded.json"] == before["uploaded.json"]  # the snapshot is not rewritten
+    assert key in read_ledger(data_dir)["uploaded"]
+    return after["uploaded.json.journal"][1] - before.get("uploaded.json.journal", (0, 0))[1]
+
+
+def test_an_uploaded_hour_appends_the_same_bytes_beside_a_year_or_five_of_ledger(tmp_path):
+    one, five = tmp_path / "one", tmp_path / "five"
+    old_ledger(one, 8760)
+    old_ledger(five, 5 * 8760)
+    assert one_uploaded_hour(one, 5 * 8760) == one_uploaded_hour(five, 5 * 8760) > 0
+
+
+def test_an_upgraded_ledger_keeps_its_hours_and_compacts_the_journal_at_start_up(tmp_path):
+    data = old_ledger(tmp_path, 48)
+    one_uploaded_hour(tmp_path, 48)
+    assert read_ledger(tmp_path)["uploaded"] == {**data["uploaded"], "wattchecker-data.2026-07-03_00": {
+        "job": "job-new", "rows": 3600, "source": "s"}}
+    uploader = Uploader(tmp_path, None, FakeClock(T0))  # a restart
+    assert len(uploader.ledger) == 49
+    assert (tmp_path / "uploaded.json.journal").read_bytes() == b""
+    assert len(json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]) == 49
+
+
+def test_a_torn_journal_line_is_left_and_the_next_event_starts_a_line(tmp_path, caplog):
+    old_ledger(tmp_path, 2)
+    one_uploaded_hour(tmp_path, 2)
+    journal = tmp_path / "uploaded.json.journal"
+    journal.write_bytes(journal.read_bytes() + b'{"begin":"job-torn","ba')  # a crash mid-append
+    from wattchecker_client.uploader import Ledger
+
+    ledger = Ledger(tmp_path, compact=False)
+    assert len(ledger) == 3 and ledger.pending() == {}
+    assert ledger.begin("job-4", {"hours": {"wattchecker-data.2026-07-01_03": {}}}) == []
+    ledger.commit("job-4", {"wattchecker-data.2026-07-01_03": {"job": "job-4"}})
+    assert len(read_ledger(tmp_path)["uploaded"]) == 4
+    assert "skipped a line that is not an event" in caplog.text
+
+
 def ledger_of(data_dir: Path) -> dict:
     return read_ledger(data_dir)
 
