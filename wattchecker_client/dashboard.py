@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .clock import Clock, time_zone, utc_epoch
 from .config import Config
 from .protocol import Measurement
-from .report import Integrator, MeterReport, sources_between
+from .datadir import sources_between
+from .report import Integrator, MeterReport
 
 STALE_AFTER = 10.0  # seconds without a reading: the meter has no "now" any more
 BAR_HOURS = 48

@@ -1,4 +1,7 @@
-"""The data folder's contract, beside the hour files: the integration rule and hourly summaries.
+"""The data folder's contract: the hour files' names, their rows, the integration rule, hourly summaries.
+
+The writer, the uploader, the report, the page and the energy restore all
+read the folder through this module; none of them spells a file name itself.
 
 The raw hour files stay the one source of truth. A summary is a cache
 derived from one closed UTC hour of one meter, so that a year of history
@@ -21,9 +24,12 @@ and never rewritten; a later line for the same hour replaces an earlier one
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import logging
 import os
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -34,7 +40,9 @@ MAX_STEP = 5  # seconds
 BUCKET_SECONDS = 900  # the largest step every time-zone offset is a multiple of
 BUCKETS = 3600 // BUCKET_SECONDS
 SUMMARY_SUFFIX = ".summaries.jsonl"
-SUMMARY_HOUR_FORMAT = "%Y-%m-%d_%H"  # as in the hour files' names
+HOUR_FORMAT = "%Y-%m-%d_%H"  # in the hour files' names, as TimedRotatingFileHandler names them
+STAMP_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+CURRENT_PART = 10_000  # the plain current file sorts after any closed part of its hour
 
 Row = Tuple[int, float]  # (second within its hour, W)
 
@@ -42,7 +50,7 @@ Row = Tuple[int, float]  # (second within its hour, W)
 def closed_name(stem: str, fmt: str, hour: dt.datetime, part: int = 0) -> str:
     """``wattchecker-data.csv.2019-09-07_09.gz`` (``.partN`` before ``.gz`` for a late part)."""
     suffix = f".part{part}" if part else ""
-    return f"{stem}.{fmt}.{hour.strftime(SUMMARY_HOUR_FORMAT)}{suffix}.gz"
+    return f"{stem}.{fmt}.{hour.strftime(HOUR_FORMAT)}{suffix}.gz"
 
 
 def held_seconds(step: Optional[int]) -> int:
@@ -88,7 +96,7 @@ class HourSummary:
 
     def to_line(self) -> str:
         return json.dumps({
-            "hour": self.hour.strftime(SUMMARY_HOUR_FORMAT), "parts": list(self.parts),
+            "hour": self.hour.strftime(HOUR_FORMAT), "parts": list(self.parts),
             "first": list(self.first), "last": list(self.last), "rows": self.rows, "gaps": self.gaps,
             "buckets": [[b.watt_seconds, b.seconds, b.peak_watts, b.rows] for b in self.buckets],
         }, separators=(",", ":")) + "\n"
@@ -100,9 +108,149 @@ class HourSummary:
         if len(buckets) != BUCKETS:
             raise ValueError(f"{len(buckets)} buckets, not {BUCKETS}")
         first, last = data["first"], data["last"]
-        return cls(dt.datetime.strptime(data["hour"], SUMMARY_HOUR_FORMAT), tuple(int(p) for p in data["parts"]),
+        return cls(dt.datetime.strptime(data["hour"], HOUR_FORMAT), tuple(int(p) for p in data["parts"]),
                    (int(first[0]), float(first[1])), (int(last[0]), float(last[1])), int(data["rows"]),
                    int(data["gaps"]), buckets)
+
+
+# --- names --------------------------------------------------------------------------
+
+
+CLOSED_RE = re.compile(
+    r"^(?P<stem>.+)\.(?P<fmt>csv|json)\.(?P<hour>\d{4}-\d\d-\d\d_\d\d)(?:\.part(?P<part>\d+))?\.gz$"
+)
+
+
+def parse_closed(path: Path) -> Optional[Tuple[str, str, dt.datetime, int]]:
+    """(stem, format, hour, part) of a closed file's name, or None for any other file."""
+    match = CLOSED_RE.match(path.name)
+    if not match:
+        return None
+    hour = dt.datetime.strptime(match.group("hour"), HOUR_FORMAT)
+    return match.group("stem"), match.group("fmt"), hour, int(match.group("part") or 0)
+
+
+def closed_files_in(data_dir: Path) -> List[Path]:
+    """Every .gz in the data folder (closed hours and late parts, by their names)."""
+    try:
+        return [Path(e.path) for e in os.scandir(data_dir) if e.is_file() and e.name.endswith(".gz")]
+    except FileNotFoundError:
+        return []
+
+
+def open_text(path: Path):
+    """A data file for reading as text, gzipped or not."""
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8")
+
+
+def line_stamp(line: str) -> Optional[str]:
+    """The row's own ``YYYY-MM-DD HH:MM:SS``; the same for CSV and JSON lines."""
+    match = STAMP_RE.search(line)
+    return match.group(0) if match else None
+
+
+def parse_stamp(stamp: str) -> dt.datetime:
+    """``YYYY-MM-DD HH:MM:SS`` -> datetime, by hand: strptime is the slowest part of a close."""
+    return dt.datetime(int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10]),
+                       int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19]))
+
+
+# --- rows and the files that hold them -------------------------------------------------------------------------
+
+
+def parse_line(line: str) -> Tuple[int, float]:
+    """(second within its hour, W) of a CSV or JSON row, without a full parse: the hot path."""
+    if line.startswith("{"):
+        second_of_hour = int(line[28:30]) * 60 + int(line[31:33])
+        return second_of_hour, float(line.rsplit(":", 1)[1].rstrip("}\n "))
+    return int(line[14:16]) * 60 + int(line[17:19]), float(line.rsplit(",", 1)[1])
+
+
+def hour_of_line(line: str) -> dt.datetime:
+    stamp = line[14:27] if line.startswith("{") else line[:13]
+    return dt.datetime.strptime(stamp, "%Y-%m-%d %H")
+
+
+def read_hour(path: Path) -> List[Tuple[int, float]]:
+    with open_text(path) as f:
+        return [parse_line(line) for line in f if line.strip()]
+
+
+class HourSources:
+    """Every file holding rows of one UTC hour of one meter: closed, late parts, current."""
+
+    def __init__(self) -> None:
+        self.by_hour: Dict[dt.datetime, Dict[int, Dict[str, Path]]] = {}
+
+    def add(self, hour: dt.datetime, part: int, fmt: str, path: Path) -> None:
+        self.by_hour.setdefault(hour, {}).setdefault(part, {})[fmt] = path
+
+    def rows(self, hour: dt.datetime, problems: List[str]) -> List[Tuple[int, float]]:
+        """The hour's rows in time order; an unreadable file falls back to its other format."""
+        rows: List[Tuple[int, float]] = []
+        for part in sorted(self.by_hour[hour]):
+            formats = self.by_hour[hour][part]
+            for fmt in ("csv", "json"):  # CSV is smaller and quicker; W to 0.01 is plenty for kWh
+                path = formats.get(fmt)
+                if path is None:
+                    continue
+                try:
+                    rows += read_hour(path)
+                    break
+                except (OSError, EOFError, zlib.error, ValueError, IndexError) as exc:
+                    problems.append(f"{path.name}: skipped, unreadable ({type(exc).__name__}: {exc})")
+        rows.sort()
+        return rows
+
+
+def sources_for(data_dir: Path, stem: str) -> HourSources:
+    """Every hour's files, by one listing of the folder."""
+    sources = HourSources()
+    for path in closed_files_in(data_dir):
+        parsed = parse_closed(path)
+        if parsed and parsed[0] == stem:
+            sources.add(parsed[2], parsed[3], parsed[1], path)
+    add_current(data_dir, stem, sources)
+    return sources
+
+
+def sources_between(data_dir: Path, stem: str, start: int, end: int) -> HourSources:
+    """The files of the UTC hours touching [start, end), by their names and a stat each.
+
+    No listing: the page asks for two days, and that must cost the same
+    beside five years of files as beside one. Late parts are numbered on
+    from 1, so probing stops at the first part missing in both formats.
+    """
+    sources = HourSources()
+    for hour_start in range(start - start % 3600, end, 3600):
+        hour = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=hour_start)
+        part = 0
+        while True:
+            found = [(fmt, data_dir / closed_name(stem, fmt, hour, part)) for fmt in ("csv", "json")]
+            found = [(fmt, path) for fmt, path in found if path.exists()]
+            if not found:
+                break
+            for fmt, path in found:
+                sources.add(hour, part, fmt, path)
+            part += 1
+    add_current(data_dir, stem, sources)
+    return sources
+
+
+def add_current(data_dir: Path, stem: str, sources: HourSources) -> None:
+    """The plain current files, as the hour of their first row (after any closed part of it)."""
+    for fmt in ("csv", "json"):
+        current = data_dir / f"{stem}.{fmt}"
+        try:
+            with open(current, encoding="utf-8") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            continue
+        if first.strip():
+            sources.add(hour_of_line(first), CURRENT_PART, fmt, current)
+
+
+# --- summaries ------------------------------------------------------------------------
 
 
 def summarize(hour: dt.datetime, parts: Sequence[int], rows: Sequence[Row]) -> Optional[HourSummary]:
@@ -165,3 +313,34 @@ def append_summaries(data_dir: Path, stem: str, summaries: List[HourSummary]) ->
             os.fsync(f.fileno())
     except OSError as exc:
         log.warning("%s: summaries not saved (%s); the report reads those hours' files", path, exc)
+
+
+def summarize_closed_hours(data_dir: Path, stem: str) -> None:
+    """Make and save the summaries still missing (before retention deletes the hours' rows)."""
+    hour_summaries(data_dir, stem, sources_for(data_dir, stem))
+
+
+def hour_summaries(data_dir: Path, stem: str, sources: HourSources,
+                   only: Optional[Sequence[dt.datetime]] = None) -> Dict[dt.datetime, HourSummary]:
+    """Every closed hour's summary: saved ones still matching their files, the rest made now and saved.
+
+    Hours whose raw files retention deleted keep their saved summary. An
+    hour with the current plain file, or a file that cannot be read, is not
+    summarized (its rows are read each time, and it is tried again later).
+    ``only``: make none but these hours' (the rest are made another time).
+    """
+    saved = read_summaries(data_dir, stem)
+    made = []
+    for hour in sorted(sources.by_hour if only is None else set(only) & set(sources.by_hour)):
+        parts = tuple(sorted(sources.by_hour[hour]))
+        if CURRENT_PART in parts or (hour in saved and saved[hour].parts == parts):
+            continue
+        problems: List[str] = []  # told by whoever reads the hour's rows instead
+        rows = sources.rows(hour, problems)
+        summary = None if problems else summarize(hour, parts, rows)
+        if summary is not None:
+            saved[hour] = summary
+            made.append(summary)
+    append_summaries(data_dir, stem, made)
+    return {hour: summary for hour, summary in saved.items()  # none for an hour whose files changed since
+            if hour not in sources.by_hour or summary.parts == tuple(sorted(sources.by_hour[hour]))}

@@ -44,7 +44,7 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tu
 from .clock import Clock, utc_epoch
 from .formats import watts_as_stored
 from .protocol import Measurement
-from .report import HourSources, held_seconds, hour_summaries, sources_for
+from .datadir import HourSources, held_seconds, hour_summaries, sources_for
 from .writer import atomic_write, hour_of
 
 log = logging.getLogger(__name__)

@@ -10,16 +10,15 @@ in the chosen time zone, DST days included. Files are read one hour at a time.
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .clock import time_zone, utc_epoch  # noqa: F401  (time_zone: the report's callers use it)
-from .datadir import BUCKET_SECONDS, MAX_STEP, Bucket, HourSummary, closed_name, append_summaries, held_seconds, read_summaries, summarize
-from .writer import closed_files_in, open_text, parse_closed
+from .datadir import (BUCKET_SECONDS, MAX_STEP, Bucket, HourSources, HourSummary,  # noqa: F401  (re-exported)
+                      held_seconds, hour_summaries, parse_line, sources_between, sources_for,
+                      summarize_closed_hours)
 
-CURRENT_PART = 10_000  # the plain current file sorts after any closed part of its hour
 DAY_SECONDS = 86400
 
 
@@ -59,101 +58,6 @@ class MeterReport:
             total.covered_seconds += d.covered_seconds
             total.peak_watts = max(total.peak_watts, d.peak_watts)
         return total
-
-
-# --- reading -------------------------------------------------------------------------
-
-
-def parse_line(line: str) -> Tuple[int, float]:
-    """(second within its hour, W) of a CSV or JSON row, without a full parse: the hot path."""
-    if line.startswith("{"):
-        second_of_hour = int(line[28:30]) * 60 + int(line[31:33])
-        return second_of_hour, float(line.rsplit(":", 1)[1].rstrip("}\n "))
-    return int(line[14:16]) * 60 + int(line[17:19]), float(line.rsplit(",", 1)[1])
-
-
-def hour_of_line(line: str) -> dt.datetime:
-    stamp = line[14:27] if line.startswith("{") else line[:13]
-    return dt.datetime.strptime(stamp, "%Y-%m-%d %H")
-
-
-def read_hour(path: Path) -> List[Tuple[int, float]]:
-    with open_text(path) as f:
-        return [parse_line(line) for line in f if line.strip()]
-
-
-class HourSources:
-    """Every file holding rows of one UTC hour of one meter: closed, late parts, current."""
-
-    def __init__(self) -> None:
-        self.by_hour: Dict[dt.datetime, Dict[int, Dict[str, Path]]] = {}
-
-    def add(self, hour: dt.datetime, part: int, fmt: str, path: Path) -> None:
-        self.by_hour.setdefault(hour, {}).setdefault(part, {})[fmt] = path
-
-    def rows(self, hour: dt.datetime, problems: List[str]) -> List[Tuple[int, float]]:
-        """The hour's rows in time order; an unreadable file falls back to its other format."""
-        rows: List[Tuple[int, float]] = []
-        for part in sorted(self.by_hour[hour]):
-            formats = self.by_hour[hour][part]
-            for fmt in ("csv", "json"):  # CSV is smaller and quicker; W to 0.01 is plenty for kWh
-                path = formats.get(fmt)
-                if path is None:
-                    continue
-                try:
-                    rows += read_hour(path)
-                    break
-                except (OSError, EOFError, zlib.error, ValueError, IndexError) as exc:
-                    problems.append(f"{path.name}: skipped, unreadable ({type(exc).__name__}: {exc})")
-        rows.sort()
-        return rows
-
-
-def sources_for(data_dir: Path, stem: str) -> HourSources:
-    """Every hour's files, by one listing of the folder."""
-    sources = HourSources()
-    for path in closed_files_in(data_dir):
-        parsed = parse_closed(path)
-        if parsed and parsed[0] == stem:
-            sources.add(parsed[2], parsed[3], parsed[1], path)
-    add_current(data_dir, stem, sources)
-    return sources
-
-
-def sources_between(data_dir: Path, stem: str, start: int, end: int) -> HourSources:
-    """The files of the UTC hours touching [start, end), by their names and a stat each.
-
-    No listing: the page asks for two days, and that must cost the same
-    beside five years of files as beside one. Late parts are numbered on
-    from 1, so probing stops at the first part missing in both formats.
-    """
-    sources = HourSources()
-    for hour_start in range(start - start % 3600, end, 3600):
-        hour = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=hour_start)
-        part = 0
-        while True:
-            found = [(fmt, data_dir / closed_name(stem, fmt, hour, part)) for fmt in ("csv", "json")]
-            found = [(fmt, path) for fmt, path in found if path.exists()]
-            if not found:
-                break
-            for fmt, path in found:
-                sources.add(hour, part, fmt, path)
-            part += 1
-    add_current(data_dir, stem, sources)
-    return sources
-
-
-def add_current(data_dir: Path, stem: str, sources: HourSources) -> None:
-    """The plain current files, as the hour of their first row (after any closed part of it)."""
-    for fmt in ("csv", "json"):
-        current = data_dir / f"{stem}.{fmt}"
-        try:
-            with open(current, encoding="utf-8") as f:
-                first = f.readline()
-        except FileNotFoundError:
-            continue
-        if first.strip():
-            sources.add(hour_of_line(first), CURRENT_PART, fmt, current)
 
 
 # --- integrating ---------------------------------------------------------------------
@@ -291,37 +195,6 @@ def meter_report(
             integrator.add_hour(hour_start, sources.rows(hour, report.problems))
     integrator.finish()
     return report
-
-
-def summarize_closed_hours(data_dir: Path, stem: str) -> None:
-    """Make and save the summaries still missing (before retention deletes the hours' rows)."""
-    hour_summaries(data_dir, stem, sources_for(data_dir, stem))
-
-
-def hour_summaries(data_dir: Path, stem: str, sources: HourSources,
-                   only: Optional[Sequence[dt.datetime]] = None) -> Dict[dt.datetime, HourSummary]:
-    """Every closed hour's summary: saved ones still matching their files, the rest made now and saved.
-
-    Hours whose raw files retention deleted keep their saved summary. An
-    hour with the current plain file, or a file that cannot be read, is not
-    summarized (its rows are read each time, and it is tried again later).
-    ``only``: make none but these hours' (the rest are made another time).
-    """
-    saved = read_summaries(data_dir, stem)
-    made = []
-    for hour in sorted(sources.by_hour if only is None else set(only) & set(sources.by_hour)):
-        parts = tuple(sorted(sources.by_hour[hour]))
-        if CURRENT_PART in parts or (hour in saved and saved[hour].parts == parts):
-            continue
-        problems: List[str] = []  # told by whoever reads the hour's rows instead
-        rows = sources.rows(hour, problems)
-        summary = None if problems else summarize(hour, parts, rows)
-        if summary is not None:
-            saved[hour] = summary
-            made.append(summary)
-    append_summaries(data_dir, stem, made)
-    return {hour: summary for hour, summary in saved.items()  # none for an hour whose files changed since
-            if hour not in sources.by_hour or summary.parts == tuple(sorted(sources.by_hour[hour]))}
 
 
 # --- output --------------------------------------------------------------------------

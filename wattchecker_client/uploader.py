@@ -39,8 +39,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tupl
 
 from .clock import Clock
 from .config import BigQueryConfig
+from .datadir import summarize_closed_hours
 from .meter import Backoff
-from .report import summarize_closed_hours
 from .transport import SetupError
 from .writer import (HOUR_FORMAT, ClosedFile, atomic_write, closed_files_in, hour_of, line_stamp, open_text,
                      parse_closed, parse_stamp)

@@ -14,7 +14,6 @@ import gzip
 import logging
 import os
 import queue
-import re
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -22,15 +21,14 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .clock import Clock
-from .datadir import closed_name
+from .datadir import (HOUR_FORMAT, closed_files_in, closed_name, line_stamp, open_text,  # noqa: F401  (re-exported)
+                      parse_closed, parse_stamp)
 from .formats import FORMATTERS
 from .protocol import Measurement
 
 log = logging.getLogger(__name__)
 
 HOUR = dt.timedelta(hours=1)
-HOUR_FORMAT = "%Y-%m-%d_%H"
-STAMP_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 TMP_SUFFIX = ".tmp"
 # How long a closed hour waits for its other formats before it is announced anyway.
 HOLD_LIMIT = 300.0
@@ -50,51 +48,12 @@ def hour_of(when: dt.datetime) -> dt.datetime:
     return when.replace(minute=0, second=0, microsecond=0)
 
 
-def line_stamp(line: str) -> Optional[str]:
-    """The row's own ``YYYY-MM-DD HH:MM:SS``; the same for CSV and JSON lines."""
-    match = STAMP_RE.search(line)
-    return match.group(0) if match else None
-
-
-def parse_stamp(stamp: str) -> dt.datetime:
-    """``YYYY-MM-DD HH:MM:SS`` -> datetime, by hand: strptime is the slowest part of a close."""
-    return dt.datetime(int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10]),
-                       int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19]))
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-CLOSED_RE = re.compile(
-    r"^(?P<stem>.+)\.(?P<fmt>csv|json)\.(?P<hour>\d{4}-\d\d-\d\d_\d\d)(?:\.part(?P<part>\d+))?\.gz$"
-)
-
-
-def parse_closed(path: Path) -> Optional[Tuple[str, str, dt.datetime, int]]:
-    """(stem, format, hour, part) of a closed file's name, or None for any other file."""
-    match = CLOSED_RE.match(path.name)
-    if not match:
-        return None
-    hour = dt.datetime.strptime(match.group("hour"), HOUR_FORMAT)
-    return match.group("stem"), match.group("fmt"), hour, int(match.group("part") or 0)
-
-
-def closed_files_in(data_dir: Path) -> List[Path]:
-    """Every .gz in the data folder (closed hours and late parts, by their names)."""
-    try:
-        return [Path(e.path) for e in os.scandir(data_dir) if e.is_file() and e.name.endswith(".gz")]
-    except FileNotFoundError:
-        return []
-
-
-def open_text(path: Path):
-    """A data file for reading as text, gzipped or not."""
-    return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8")
 
 
 def read_lines(path: Path) -> List[str]:
