@@ -39,7 +39,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tupl
 
 from .clock import Clock
 from .config import BigQueryConfig
-from .datadir import summarize_closed_hours
+from .datadir import closed_name, summarize_closed_hours
 from .meter import Backoff
 from .transport import SetupError
 from .writer import (HOUR_FORMAT, ClosedFile, atomic_write, closed_files_in, hour_of, line_stamp, open_text,
@@ -664,10 +664,13 @@ class Uploader:
         parsed = parse_closed(closed.path)
         if parsed is None:
             return
-        key = hour_key(parsed[0], parsed[2], parsed[3])
+        stem, _, hour, part = parsed
+        key = hour_key(stem, hour, part)
         self._queued.pop(key, None)
-        for hour_file in hour_files(closed_files_in(self.data_dir)):
-            if hour_file.key == key and key not in self.ledger:
+        # the hour's formats by name and a stat each: a listing per file grew with the years of files
+        present = [p for p in (self.data_dir / closed_name(stem, fmt, hour, part) for fmt in ("json", "csv")) if p.exists()]
+        for hour_file in hour_files(present):
+            if key not in self.ledger:
                 self._queued[key] = hour_file
 
     @property
