@@ -147,3 +147,20 @@ def test_an_hour_still_being_written_is_never_taken_from_a_summary_of_its_closed
     assert want.rows == len(rows)
     assert_same(meter_report(tmp_path, STEM, "m", tz), want)
     assert live.snapshot()["m"].energy_joules == pytest.approx(want.total().watt_seconds, rel=1e-12)
+
+
+def test_the_writer_summarizes_each_hour_it_closes_as_the_report_would(tmp_path):
+    from wattchecker_client.clock import FakeClock
+    from wattchecker_client.writer import Writer
+
+    writer = Writer(tmp_path, {"m": STEM}, ("csv", "json"), FakeClock(dt.datetime(2026, 7, 1)))
+    writer.recover()
+    for when, watts in air(3):
+        writer.add("m", Measurement(when, 100.0, 1000.0, watts))
+    writer.flush()  # hours 0 and 1 closed, hour 2 current
+    at_close = read_summaries(tmp_path, STEM)
+    assert sorted(at_close) == [dt.datetime(2026, 7, 1, 0), dt.datetime(2026, 7, 1, 1)]
+    summaries_path(tmp_path, STEM).unlink()
+    tz = time_zone("UTC")
+    meter_report(tmp_path, STEM, "m", tz)  # the report's own, from the files
+    assert read_summaries(tmp_path, STEM) == at_close

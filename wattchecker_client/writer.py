@@ -22,7 +22,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 
 from .clock import Clock
 from .datadir import (HOUR_FORMAT, closed_files_in, closed_name, line_stamp, open_text,  # noqa: F401  (re-exported)
-                      parse_closed, parse_stamp)
+                      parse_closed, parse_line, parse_stamp)
+from .datadir import append_summaries, summarize
 from .formats import FORMATTERS
 from .protocol import Measurement
 
@@ -77,6 +78,7 @@ class FileSet:
         self.closed: Dict[dt.datetime, List[Path]] = {}
         self.recovered = False
         self.rows_written = 0
+        self.summarizes = False  # this format's closed hours are the ones the report reads (CSV, else JSON)
         # Files closed but not yet announced; kept here so that an I/O error
         # later in the same action cannot lose the announcement.
         self.outbox: List[ClosedFile] = []
@@ -208,9 +210,21 @@ class FileSet:
         parts = [self.parse_closed_name(p.name)[1] for p in existing]
         path = self.closed_path(hour, max(parts) + 1 if parts else 0)
         atomic_write(path, "".join(new).encode("utf-8"), compress=True)
+        if self.summarizes and not parts:  # a late part's hour is summarized again when next read
+            self._summarize(hour, new)
         self.closed.setdefault(hour, []).append(path)
         log.info("closed %s (%d rows)", path.name, len(new))
         self.outbox.append(ClosedFile(self.meter, self.format, hour, path))
+
+    def _summarize(self, hour: dt.datetime, lines: List[str]) -> None:
+        """The hour's summary at close, from the rows in hand; a row it cannot read leaves it to the report."""
+        try:
+            rows = sorted(parse_line(line) for line in lines if line.strip())
+        except (ValueError, IndexError):
+            return
+        summary = summarize(hour, (0,), rows)
+        if summary is not None:
+            append_summaries(self.data_dir, self.base[:-len(self.format) - 1], [summary])
 
     def close_if_stale(self, now: dt.datetime, grace: float) -> None:
         """Close the current hour once the host clock is past its end by ``grace`` seconds."""
@@ -297,6 +311,10 @@ class Writer:
         self.sets: Dict[str, List[FileSet]] = {
             meter: [FileSet(data_dir, stem, fmt, meter) for fmt in formats] for meter, stem in stems.items()
         }
+        for sets in self.sets.values():  # a summary per hour at close, from the rows in hand
+            preferred = "csv" if "csv" in formats else "json"
+            for fs in sets:
+                fs.summarizes = fs.format == preferred
         self._next_flush = clock.monotonic() + buffer_seconds
         self._failing = False
         # Set to have the writer take its rows now: at stop, or when rows pile up.
