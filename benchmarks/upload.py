@@ -1,13 +1,15 @@
 """A 30-day backlog (720 hourly files of 3,600 rows) uploaded to the BigQuery emulator.
 
-Run: .venv/bin/python benchmarks/upload.py [--days 30]
+Run: .venv/bin/python benchmarks/upload.py [--days 30] [--ledger-only]
 
 Makes the files with the real writer, starts the crucible emulator on a free
 loopback port, and uploads the backlog with the real uploader (load jobs over
 HTTP through google-cloud-bigquery, a UTC day of one meter per job). Prints the
 load jobs the backlog took (BigQuery counts them against a daily per-table
 quota of 1,500 and spends seconds on each), then runs the daemon with BigQuery
-configured for a few seconds and reads its peak RSS. Prints figures; asserts nothing.
+configured for a few seconds and reads its peak RSS. Last, the upload ledger's
+bytes written per uploaded hour beside 1 and 5 years of it (``--ledger-only``:
+just that). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Tuple
 
 from wattchecker_client.clock import Clock, FakeClock
 from wattchecker_client.config import parse_config
 from wattchecker_client.simulator import air_conditioner
-from wattchecker_client.uploader import BigQueryTarget, Uploader, csv_body, readable_rows
+from wattchecker_client.uploader import BigQueryTarget, Ledger, Uploader, csv_body, readable_rows
 from wattchecker_client.writer import Writer
 
 START = dt.datetime(2026, 6, 1)
@@ -87,10 +90,48 @@ def daemon_rss_mib(workdir: Path, url: str) -> float:
         proc.wait(30)
 
 
+def written_bytes() -> int:
+    """Bytes this process has handed to write() so far (the kernel's count, /proc/self/io)."""
+    return int(re.search(r"wchar: (\d+)", Path("/proc/self/io").read_text()).group(1))
+
+
+def ledger_bytes_per_hour(workdir: Path, years: int, hours: int = 48) -> Tuple[float, int]:
+    """(bytes written per uploaded hour, snapshot size) beside ``years`` of uploaded hours, one job per hour."""
+    data_dir = workdir / f"ledger-{years}"
+    data_dir.mkdir()
+    entries = {f"wattchecker-data.{START + dt.timedelta(hours=h):%Y-%m-%d_%H}": {
+        "job": f"wattchecker-{h // 24:08d}-0123456789abcdef", "rows": 3600,
+        "source": f"wattchecker-data.json.{START + dt.timedelta(hours=h):%Y-%m-%d_%H}.gz"} for h in range(years * 8760)}
+    (data_dir / "uploaded.json").write_text(json.dumps({"version": 2, "uploaded": entries, "pending": {}},
+                                                       indent=1, sort_keys=True))
+    ledger = Ledger(data_dir)
+    before = written_bytes()
+    for h in range(years * 8760, years * 8760 + hours):
+        key = f"wattchecker-data.{START + dt.timedelta(hours=h):%Y-%m-%d_%H}"
+        job = f"wattchecker-{h:08d}-0123456789abcdef"
+        ledger.begin(job, {"hours": {key: {"rows": 3600, "source": f"{key}.gz"}}, "table": "p.d.t"})
+        ledger.commit(job, {key: {"job": job, "rows": 3600, "source": f"{key}.gz"}})
+    return (written_bytes() - before) / hours, (data_dir / "uploaded.json").stat().st_size
+
+
+def ledger_figures(workdir: Path) -> None:
+    one, snapshot_one = ledger_bytes_per_hour(workdir, 1)
+    five, snapshot_five = ledger_bytes_per_hour(workdir, 5)
+    print(f"ledger: {one:,.0f} bytes written per uploaded hour beside 1 year of it, {five:,.0f} beside 5 "
+          f"({five / one:.2f} x), plus as much again amortized when the journal is compacted "
+          f"(the whole ledger, {snapshot_one / 1e6:.1f} MB or {snapshot_five / 1e6:.1f} MB, rewritten twice "
+          f"per hour before the journal)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=float, default=30)
+    parser.add_argument("--ledger-only", action="store_true", help="only the ledger's bytes per hour")
     args = parser.parse_args()
+    if args.ledger_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            ledger_figures(Path(tmp))
+        return
     hours = int(args.days * 24)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -133,6 +174,8 @@ def main() -> None:
     print(f"of which the client's own work (read .gz, build CSV): {prepare:.1f} s, "
           f"{rows / prepare:,.0f} rows/s; the rest is HTTP and the emulator's load")
     print(f"daemon peak RSS with BigQuery configured: {rss:.1f} MiB")
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger_figures(Path(tmp))
 
 
 if __name__ == "__main__":

@@ -180,8 +180,9 @@ def test_a_full_disk_keeps_rows_in_memory_until_space_returns(daemons, tmp_path)
 
 
 def ledger_keys(data_dir: Path) -> set:
-    path = data_dir / "uploaded.json"
-    return set(json.loads(path.read_text())["uploaded"]) if path.exists() else set()
+    from wattchecker_client.uploader import read_ledger
+
+    return set(read_ledger(data_dir)["uploaded"])
 
 
 def rows_in_uploaded_files(data_dir: Path) -> list:

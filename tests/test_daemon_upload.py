@@ -23,8 +23,9 @@ def with_bigquery(config: Path, url: str) -> Path:
 
 
 def ledger(data_dir: Path) -> dict:
-    path = data_dir / "uploaded.json"
-    return json.loads(path.read_text()) if path.exists() else {"uploaded": {}, "pending": {}}
+    from wattchecker_client.uploader import read_ledger
+
+    return read_ledger(data_dir)
 
 
 def table_rows(emulator: Emulator) -> list:

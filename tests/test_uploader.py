@@ -32,6 +32,7 @@ from wattchecker_client.uploader import (
     job_id_for,
     load_job_config,
     missing_role,
+    read_ledger,
     read_rows,
 )
 from wattchecker_client.writer import Writer
@@ -300,7 +301,7 @@ def test_every_hour_lands_once_and_the_ledger_prevents_a_second_load(emulator, t
     assert again.backlog() == []
     drain(again)
     assert table_totals(emulator)[0] == len(written)
-    ledger = json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]
+    ledger = read_ledger(tmp_path)["uploaded"]
     assert sorted(ledger) == [f"wattchecker-data.2026-07-01_0{h}" for h in range(3)]
     assert all(e["rows"] == 60 and e["source"].startswith("wattchecker-data.json.") for e in ledger.values())
 
@@ -319,7 +320,7 @@ def test_a_job_submitted_before_a_crash_is_adopted_not_loaded_twice(emulator, tm
     drain(uploader)
     assert uploader.stats.uploaded == 1
     assert table_totals(emulator)[0] == len(written)  # no second copy
-    assert "wattchecker-data.2026-07-01_00" in json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]
+    assert "wattchecker-data.2026-07-01_00" in read_ledger(tmp_path)["uploaded"]
 
 
 def test_a_corrupted_gzip_falls_back_to_csv_or_goes_to_failed_and_never_blocks(emulator, tmp_path, caplog):
@@ -341,7 +342,7 @@ def test_a_corrupted_gzip_falls_back_to_csv_or_goes_to_failed_and_never_blocks(e
     reason = (failed / "wattchecker-data.2026-07-01_01.reason").read_text()
     assert "wattchecker-data.json.2026-07-01_01.gz: unreadable" in reason
     assert table_totals(emulator)[0] == len(written) - 60  # hours 0 (from CSV) and 2
-    ledger = json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]
+    ledger = read_ledger(tmp_path)["uploaded"]
     assert ledger["wattchecker-data.2026-07-01_00"]["source"] == "wattchecker-data.csv.2026-07-01_00.gz"
     assert "cannot upload wattchecker-data.2026-07-01_01, moved to" in caplog.text
 
@@ -417,8 +418,67 @@ def test_several_meters_share_a_table_with_a_device_column(emulator, tmp_path):
 # --- batches and the ledger written ahead -------------------------------------------------------
 
 
+def old_ledger(data_dir: Path, hours: int) -> dict:
+    """``uploaded.json`` as the client wrote it before the journal: the whole ledger in one file."""
+    entries = {f"wattchecker-data.{T0 + dt.timedelta(hours=h):%Y-%m-%d_%H}": {
+        "job": f"job-{h // 24}", "rows": 3600, "source": f"wattchecker-data.json.{T0 + dt.timedelta(hours=h):%Y-%m-%d_%H}.gz"}
+        for h in range(hours)}
+    data = {"version": 2, "uploaded": entries, "pending": {}}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "uploaded.json").write_text(json.dumps(data, indent=1, sort_keys=True))
+    return data
+
+
+def one_uploaded_hour(data_dir: Path, hour: int) -> int:
+    """Bytes the ledger's files grew by for one more hour written ahead and credited."""
+    from wattchecker_client.uploader import Ledger
+
+    ledger = Ledger(data_dir)
+    key = f"wattchecker-data.{T0 + dt.timedelta(hours=hour):%Y-%m-%d_%H}"
+    before = {p.name: (p.stat().st_ino, p.stat().st_size) for p in data_dir.glob("uploaded.json*")}
+    assert ledger.begin("job-new", {"hours": {key: {"rows": 3600}}}) == []
+    ledger.commit("job-new", {key: {"job": "job-new", "rows": 3600, "source": "s"}})
+    after = {p.name: (p.stat().st_ino, p.stat().st_size) for p in data_dir.glob("uploaded.json*")}
+    assert after["uploaded.json"] == before["uploaded.json"]  # the snapshot is not rewritten
+    assert key in read_ledger(data_dir)["uploaded"]
+    return after["uploaded.json.journal"][1] - before.get("uploaded.json.journal", (0, 0))[1]
+
+
+def test_an_uploaded_hour_appends_the_same_bytes_beside_a_year_or_five_of_ledger(tmp_path):
+    one, five = tmp_path / "one", tmp_path / "five"
+    old_ledger(one, 8760)
+    old_ledger(five, 5 * 8760)
+    assert one_uploaded_hour(one, 5 * 8760) == one_uploaded_hour(five, 5 * 8760) > 0
+
+
+def test_an_upgraded_ledger_keeps_its_hours_and_compacts_the_journal_at_start_up(tmp_path):
+    data = old_ledger(tmp_path, 48)
+    one_uploaded_hour(tmp_path, 48)
+    assert read_ledger(tmp_path)["uploaded"] == {**data["uploaded"], "wattchecker-data.2026-07-03_00": {
+        "job": "job-new", "rows": 3600, "source": "s"}}
+    uploader = Uploader(tmp_path, None, FakeClock(T0))  # a restart
+    assert len(uploader.ledger) == 49
+    assert (tmp_path / "uploaded.json.journal").read_bytes() == b""
+    assert len(json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]) == 49
+
+
+def test_a_torn_journal_line_is_left_and_the_next_event_starts_a_line(tmp_path, caplog):
+    old_ledger(tmp_path, 2)
+    one_uploaded_hour(tmp_path, 2)
+    journal = tmp_path / "uploaded.json.journal"
+    journal.write_bytes(journal.read_bytes() + b'{"begin":"job-torn","ba')  # a crash mid-append
+    from wattchecker_client.uploader import Ledger
+
+    ledger = Ledger(tmp_path, compact=False)
+    assert len(ledger) == 3 and ledger.pending() == {}
+    assert ledger.begin("job-4", {"hours": {"wattchecker-data.2026-07-01_03": {}}}) == []
+    ledger.commit("job-4", {"wattchecker-data.2026-07-01_03": {"job": "job-4"}})
+    assert len(read_ledger(tmp_path)["uploaded"]) == 4
+    assert "skipped a line that is not an event" in caplog.text
+
+
 def ledger_of(data_dir: Path) -> dict:
-    return json.loads((data_dir / "uploaded.json").read_text())
+    return read_ledger(data_dir)
 
 
 def test_a_30_day_backlog_of_one_meter_takes_30_load_jobs_one_per_utc_day(proxy, tmp_path):
@@ -533,14 +593,14 @@ def test_an_hour_in_the_ledger_is_never_sent_again(proxy, tmp_path):
     """Without the ledger's check, a 409 would hide the second load: count the requests."""
     written = write_hours(tmp_path, 2, per_hour=10)
     drain(uploader_for(proxy, tmp_path))
-    before = (tmp_path / "uploaded.json").read_text()
     assert proxy.load_requests == 1
-    again = uploader_for(proxy, tmp_path)
+    again = uploader_for(proxy, tmp_path)  # compacts the journal at start-up
+    before = [(tmp_path / name).read_bytes() for name in ("uploaded.json", "uploaded.json.journal")]
     outcomes, rows = again.upload_group(hour_files(list(tmp_path.glob("*.gz"))))
     assert outcomes == {"wattchecker-data.2026-07-01_00": "skipped", "wattchecker-data.2026-07-01_01": "skipped"}
     assert rows == 0 and proxy.load_requests == 1  # not even a request
     assert table_totals(proxy.upstream)[0] == len(written)
-    assert (tmp_path / "uploaded.json").read_text() == before
+    assert [(tmp_path / name).read_bytes() for name in ("uploaded.json", "uploaded.json.journal")] == before
 
 
 # --- 403: a missing role --------------------------------------------------------------------
@@ -612,6 +672,23 @@ def test_retention_without_bigquery_deletes_old_hours(tmp_path):
     uploader = Uploader(tmp_path, None, FakeClock(T0 + dt.timedelta(days=31)), retention_days=30)
     uploader.delete_expired()
     assert list(tmp_path.glob("*.gz")) == [] and uploader.stats.deleted == 2
+
+
+def test_retention_keeps_the_hours_summaries_so_the_report_still_answers(tmp_path):
+    import shutil
+
+    from wattchecker_client.report import meter_report, time_zone
+
+    data_dir = tmp_path / "data"
+    write_hours(data_dir, 3, per_hour=600)
+    untouched = shutil.copytree(data_dir, tmp_path / "copy")  # the report there reads the rows
+    uploader = Uploader(data_dir, None, FakeClock(T0 + dt.timedelta(days=31)), retention_days=30)
+    uploader.delete_expired()
+    assert list(data_dir.glob("*.gz")) == [] and uploader.stats.deleted == 3
+    tz = time_zone("UTC")
+    after, before = meter_report(data_dir, "wattchecker-data", "m", tz), meter_report(untouched, "wattchecker-data", "m", tz)
+    assert after.rows == before.rows == 3 * 600 and after.problems == []
+    assert after.total().watt_seconds == pytest.approx(before.total().watt_seconds, rel=1e-12)
 
 
 # --- the upload command ----------------------------------------------------------------
@@ -692,4 +769,4 @@ def test_an_unreadable_ledger_is_set_aside_and_rebuilt_without_double_loads(emul
     drain(rebuilt)  # both hours found in BigQuery by their job ids (409), adopted
     assert rebuilt.stats.uploaded == 2
     assert table_totals(emulator)[0] == len(written)
-    assert len(json.loads((tmp_path / "uploaded.json").read_text())["uploaded"]) == 2
+    assert len(read_ledger(tmp_path)["uploaded"]) == 2

@@ -518,3 +518,36 @@ def test_upload_metrics_after_loads_into_the_bigquery_emulator(tmp_path, emulato
     assert sample(after, "wattchecker_upload_queued_files") == 0
     assert after["wattchecker_last_upload_timestamp_seconds"].type == "gauge"
     assert sample(after, "wattchecker_last_upload_timestamp_seconds") == utc_epoch(clock.now())
+
+
+def test_energy_is_absent_from_metrics_until_the_files_are_counted(tmp_path):
+    """No 0 while a first count runs (Prometheus would then put the whole history into one hour)."""
+    from prometheus_client import generate_latest
+
+    from wattchecker_client.metrics import LiveCollector, registry_for
+
+    clock = FakeClock(dt.datetime(2026, 7, 1, 5, 0, 0))
+    writer = Writer(tmp_path, {METER: "wattchecker-data"}, ["csv"], clock)
+    writer.recover()
+    for s in range(0, 600, 2):
+        writer.add(METER, air_conditioner(dt.datetime(2026, 7, 1, 4, 50, 0) + dt.timedelta(seconds=s), 3))
+    writer.flush()
+    live = LiveState(clock, tmp_path, {METER: "wattchecker-data"}, data_format=("csv",))
+    gate = threading.Lock()
+    gate.acquire()  # the count holds here: the scrape below is made while it runs
+    live._finish_restore, finish = (lambda work: (gate.acquire(), finish(work))), live._finish_restore
+    on_disk = Writer(tmp_path, {METER: "wattchecker-data"}, ["csv"], clock)  # as at start-up
+    on_disk.recover()
+    live.restore({METER: on_disk.last_time(METER)}, background=True)
+    registry = registry_for(LiveCollector(live, lambda: {}, writer, None, clock))
+
+    def energy_samples():
+        families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+        return [s.value for s in families["wattchecker_energy_joules"].samples if s.name.endswith("_total")]
+
+    assert energy_samples() == []
+    gate.release()
+    live.restorer.join(30)
+    report = meter_report(tmp_path, "wattchecker-data", METER, time_zone("UTC")).total().watt_seconds
+    assert report > 0
+    assert energy_samples() == [pytest.approx(report, rel=1e-12)]

@@ -24,7 +24,8 @@ from .meter import MeterReader
 from .notify import Notifier
 from .protocol import Measurement
 from .transport import RfcommFactory, SetupError, is_ble
-from .writer import ClosedFile, Writer, atomic_write, private_file
+from .datadir import private_file
+from .writer import ClosedFile, Writer, atomic_write
 
 # The uploader module is imported only when BigQuery or retention is configured:
 # with hashlib's OpenSSL it costs about 4 MB of memory, a fifth of the service's.

@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .clock import Clock, time_zone, utc_epoch
 from .config import Config
 from .protocol import Measurement
-from .report import Integrator, MeterReport, sources_for
+from .datadir import sources_between
+from .report import Integrator, MeterReport
 
 STALE_AFTER = 10.0  # seconds without a reading: the meter has no "now" any more
 BAR_HOURS = 48
@@ -156,7 +157,7 @@ class EnergyView:
 
 def integrate_files(report: MeterReport, data_dir: Path, stem: str, tz: dt.tzinfo, start: int, end: int) -> None:
     """The report's integral of one meter's files between two UTC epoch seconds (end exclusive)."""
-    sources = sources_for(data_dir, stem)
+    sources = sources_between(data_dir, stem, start - 3600, end)
     integrator = Integrator(report, tz, start, end)
     for hour in sorted(sources.by_hour):
         hour_start = utc_epoch(hour)
@@ -172,7 +173,7 @@ def stored_watts(watts: float) -> float:
 
 def file_rows(data_dir: Path, stem: str, start: int, end: int) -> List[Tuple[int, float]]:
     """(epoch second, W) of one meter's file rows with start < t < end."""
-    sources = sources_for(data_dir, stem)
+    sources = sources_between(data_dir, stem, start - 3600, end)
     rows: List[Tuple[int, float]] = []
     problems: List[str] = []
     for hour in sorted(sources.by_hour):

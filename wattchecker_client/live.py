@@ -4,7 +4,7 @@ Readers write it (``reading``, ``connected``, ``disconnected``): O(1) under a
 lock, no I/O, so an output can never slow a reader. Outputs read consistent
 copies (``snapshot``) or block until something changes (``wait``).
 
-Energy is the integral of W with the report's rule (``report.held_seconds``),
+Energy is the integral of W with the report's rule (``datadir.held_seconds``),
 over the rows as the files hold them. It must never go down, not even across
 a SIGKILL, because Home Assistant reads a drop of a ``total_increasing``
 sensor as a meter reset. So outputs show only a *persisted* value, and only
@@ -22,7 +22,9 @@ rows already on disk are persisted:
   Pi, so the daemon restores in a thread while the readers already read: the
   rows of this run form a segment that is joined to the restored total once it
   is known (``Accumulator.then``). Until then outputs show the saved value
-  (``energy_known`` False when there is none).
+  (``energy_known`` False when there is none). Closed hours are counted from
+  their summaries (``datadir``), made once after an upgrade and kept past
+  retention, so a lost ``energy.json`` costs seconds and loses nothing.
 
 The price is a lag: the energy shown trails the power by the writer's flush
 interval plus up to one checkpoint interval.
@@ -42,7 +44,7 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tu
 from .clock import Clock, utc_epoch
 from .formats import watts_as_stored
 from .protocol import Measurement
-from .report import HourSources, held_seconds, sources_for
+from .datadir import HourSources, held_seconds, hour_summaries, sources_for
 from .writer import atomic_write, hour_of
 
 log = logging.getLogger(__name__)
@@ -344,9 +346,7 @@ class LiveState:
 
     def _finish_restore(self, work: List[Tuple[str, Accumulator, "FileRows"]]) -> None:
         for name, start, rows in work:
-            base = start
-            for t, watts in rows:
-                base = base.add(t, watts)
+            base = rows.fold(start)
             with self._changed:
                 state = self._meters[name]
                 state.base = state.shown = base.saved()
@@ -355,6 +355,8 @@ class LiveState:
             log.info("%s: energy %.3f kWh restored (%d rows counted from the files)", name, base.joules / 3_600_000,
                      rows.count)
         self.save(force=True)
+        for _, _, rows in work:
+            rows.backfill()
 
     def _read_state_file(self) -> Dict[str, dict]:
         try:
@@ -369,6 +371,19 @@ class LiveState:
             return {}
 
 
+def rounded_up(total: Accumulator, terms: int) -> Accumulator:
+    """``total`` raised by the most that summing ``terms`` rows in another order can round it down.
+
+    Summaries add an hour's rows before adding the hour, so their float sum can
+    fall a few ulps below the row-by-row sum a previous run showed; Prometheus
+    would read that as a counter reset. Every term is non-negative, so the
+    error is at most ``terms`` times the unit round-off of the total.
+    """
+    if not terms:
+        return total
+    return Accumulator(total.credited * (1 + terms * 2.0 ** -52), total.last, total.first)
+
+
 class FileRows:
     """One meter's file rows after ``after`` and up to ``until`` (UTC epoch seconds), in time order.
 
@@ -381,8 +396,10 @@ class FileRows:
         self.after, self.until = after, until
         self.count = 0
         self.problems: List[str] = []
+        self.data_dir, self.stem = data_dir, stem
         self.sources = sources_for(data_dir, stem)
         first_hour = hour_of(EPOCH + dt.timedelta(seconds=after)) if after is not None else None
+        self._first_hour = first_hour
         self.hours = [h for h in sorted(self.sources.by_hour) if first_hour is None or h >= first_hour]
         self.plain: Dict[dt.datetime, List[Tuple[int, float]]] = {}
         for hour in self.hours:
@@ -393,14 +410,37 @@ class FileRows:
                     one.add(hour, part, fmt, path)
                 self.plain[hour] = one.rows(hour, self.problems)
 
-    def __iter__(self) -> Iterator[Tuple[int, float]]:
-        for hour in self.hours:
+    def fold(self, base: Accumulator) -> Accumulator:
+        """``base`` followed by these rows: a closed hour from its summary when it lies wholly
+        inside the span, else from its rows. Makes and saves the summaries still missing."""
+        summaries = hour_summaries(self.data_dir, self.stem, self.sources, only=self.hours)
+        summed = 0
+        for hour in sorted(set(self.hours) | {h for h in summaries if self._first_hour is None or h >= self._first_hour}):
             start = utc_epoch(hour)
-            rows = self.sources.rows(hour, self.problems) if self.sources.by_hour[hour] else []
-            for second, watts in sorted(rows + self.plain.get(hour, [])):
-                t = start + second
-                if (self.after is None or t > self.after) and (self.until is None or t <= self.until):
-                    self.count += 1
-                    yield t, watts
+            summary = None if hour in self.plain else summaries.get(hour)
+            if summary is not None and self._inside(start + summary.first[0]) and self._inside(start + summary.last[0]):
+                base = base.add(start + summary.first[0], summary.first[1])  # the previous row holds until it
+                base = Accumulator(base.credited + summary.watt_seconds, (start + summary.last[0], summary.last[1]),
+                                   base.first)
+                self.count += summary.rows
+                summed += summary.rows
+            else:
+                for t, watts in self._hour_rows(hour, start):
+                    base = base.add(t, watts)
         for problem in self.problems:
             log.warning("energy restore: %s", problem)
+        return rounded_up(base, summed)
+
+    def backfill(self) -> None:
+        """Make the summaries of the older hours too (once after an upgrade), after the energy is known."""
+        hour_summaries(self.data_dir, self.stem, self.sources, only=[h for h in self.sources.by_hour if h not in self.plain])
+
+    def _inside(self, t: int) -> bool:
+        return (self.after is None or t > self.after) and (self.until is None or t <= self.until)
+
+    def _hour_rows(self, hour: dt.datetime, start: int) -> Iterator[Tuple[int, float]]:
+        rows = self.sources.rows(hour, self.problems) if self.sources.by_hour.get(hour) else []
+        for second, watts in sorted(rows + self.plain.get(hour, [])):
+            if self._inside(start + second):
+                self.count += 1
+                yield start + second, watts

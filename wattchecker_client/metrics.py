@@ -99,14 +99,15 @@ class LiveCollector(Collector):
             PREFIX + "last_reading_timestamp_seconds", "The meter's clock stamp of its last reading (Unix time).",
             labels=METER_LABELS)
         energy = CounterMetricFamily(
-            PREFIX + "energy_joules", "Energy used since the data began (the report's integral; never decreases).",
+            PREFIX + "energy_joules", "Energy used since the data began (the report's integral; never decreases; absent until counted).",
             labels=METER_LABELS)
         mono = self.clock.monotonic()
         for name, state in sorted(self.live.snapshot().items()):
             now = current(state, mono)
             labels = self._labels(name)
             connected.add_metric(labels, 0.0 if now is None else 1.0)
-            energy.add_metric(labels, state.energy_joules)
+            if state.energy_known:  # as MQTT: no 0 then a year in one scrape while the files are counted
+                energy.add_metric(labels, state.energy_joules)
             if state.measurement is not None:
                 stamp.add_metric(labels, float(utc_epoch(state.measurement.time)))
             if now is not None:

@@ -10,15 +10,15 @@ in the chosen time zone, DST days included. Files are read one hour at a time.
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .clock import time_zone, utc_epoch  # noqa: F401  (time_zone: the report's callers use it)
-from .writer import closed_files_in, open_text, parse_closed
+from .datadir import (BUCKET_SECONDS, MAX_STEP, Bucket, HourSources, HourSummary,  # noqa: F401  (re-exported)
+                      held_seconds, hour_summaries, parse_line, sources_between, sources_for,
+                      summarize_closed_hours)
 
-MAX_STEP = 5  # seconds
 DAY_SECONDS = 86400
 
 
@@ -60,87 +60,7 @@ class MeterReport:
         return total
 
 
-# --- reading -------------------------------------------------------------------------
-
-
-def parse_line(line: str) -> Tuple[int, float]:
-    """(second within its hour, W) of a CSV or JSON row, without a full parse: the hot path."""
-    if line.startswith("{"):
-        second_of_hour = int(line[28:30]) * 60 + int(line[31:33])
-        return second_of_hour, float(line.rsplit(":", 1)[1].rstrip("}\n "))
-    return int(line[14:16]) * 60 + int(line[17:19]), float(line.rsplit(",", 1)[1])
-
-
-def hour_of_line(line: str) -> dt.datetime:
-    stamp = line[14:27] if line.startswith("{") else line[:13]
-    return dt.datetime.strptime(stamp, "%Y-%m-%d %H")
-
-
-def read_hour(path: Path) -> List[Tuple[int, float]]:
-    with open_text(path) as f:
-        return [parse_line(line) for line in f if line.strip()]
-
-
-class HourSources:
-    """Every file holding rows of one UTC hour of one meter: closed, late parts, current."""
-
-    def __init__(self) -> None:
-        self.by_hour: Dict[dt.datetime, Dict[int, Dict[str, Path]]] = {}
-
-    def add(self, hour: dt.datetime, part: int, fmt: str, path: Path) -> None:
-        self.by_hour.setdefault(hour, {}).setdefault(part, {})[fmt] = path
-
-    def rows(self, hour: dt.datetime, problems: List[str]) -> List[Tuple[int, float]]:
-        """The hour's rows in time order; an unreadable file falls back to its other format."""
-        rows: List[Tuple[int, float]] = []
-        for part in sorted(self.by_hour[hour]):
-            formats = self.by_hour[hour][part]
-            for fmt in ("csv", "json"):  # CSV is smaller and quicker; W to 0.01 is plenty for kWh
-                path = formats.get(fmt)
-                if path is None:
-                    continue
-                try:
-                    rows += read_hour(path)
-                    break
-                except (OSError, EOFError, zlib.error, ValueError, IndexError) as exc:
-                    problems.append(f"{path.name}: skipped, unreadable ({type(exc).__name__}: {exc})")
-        rows.sort()
-        return rows
-
-
-def sources_for(data_dir: Path, stem: str) -> HourSources:
-    sources = HourSources()
-    for path in closed_files_in(data_dir):
-        parsed = parse_closed(path)
-        if parsed and parsed[0] == stem:
-            sources.add(parsed[2], parsed[3], parsed[1], path)
-    for fmt in ("csv", "json"):
-        current = data_dir / f"{stem}.{fmt}"
-        try:
-            with open(current, encoding="utf-8") as f:
-                first = f.readline()
-        except FileNotFoundError:
-            continue
-        if first.strip():
-            sources.add(hour_of_line(first), 10_000, fmt, current)  # after any closed part
-    return sources
-
-
 # --- integrating ---------------------------------------------------------------------
-
-
-def held_seconds(step: Optional[int]) -> int:
-    """Seconds a row counts for when the next row comes ``step`` seconds later (None: none yet).
-
-    The one integration rule: the report, the BigQuery view and the live
-    energy counter (live.py) all use it, so their kWh agree to the row.
-    A repeated second (step 0) counts once, through the later row.
-    """
-    if step is None:
-        return 1
-    if step <= 0:
-        return 0
-    return step if step <= MAX_STEP else 1
 
 
 class Integrator:
@@ -179,6 +99,30 @@ class Integrator:
             self.prev = (t, watts)
             self._offset = off_start if off_start == off_end else self.offset(t)
 
+    def add_summary(self, hour_start: int, summary: HourSummary) -> None:
+        """An hour from its summary: the same totals as ``add_hour`` over its rows (to rounding).
+
+        The previous row holds until the summary's first, the buckets are
+        credited where their rows lie, and the last row waits for the next
+        hour. Rows outside the range are left out by whole buckets (the range
+        starts at a local midnight, a multiple of 15 minutes in UTC).
+        """
+        whole = self.start <= hour_start and hour_start + 3600 <= self.end
+        first_t = hour_start + summary.first[0]
+        if whole and self.prev is not None:
+            self._credit(first_t - self.prev[0])
+        for index, bucket in enumerate(summary.buckets):
+            bucket_start = hour_start + index * BUCKET_SECONDS
+            if not self.start <= bucket_start < self.end:
+                continue
+            self.report.rows += bucket.rows
+            if bucket.seconds:
+                self._credit_many(bucket_start + self.offset(bucket_start), bucket)
+        last_t = hour_start + summary.last[0]
+        if whole or self.start <= last_t < self.end:
+            self.prev = (last_t, summary.last[1])
+            self._offset = self.offset(last_t)
+
     def finish(self) -> None:
         if self.prev is not None:
             self._credit(None)
@@ -196,9 +140,11 @@ class Integrator:
         """The previous row holds for its step, or one second before a gap."""
         t, watts = self.prev
         seconds = held_seconds(step)
-        if not seconds:
-            return
-        local = t + self._offset
+        if seconds:
+            self._credit_many(t + self._offset, Bucket(watts * seconds, seconds, watts, 1))
+
+    def _credit_many(self, local: int, held: Bucket) -> None:
+        """Watt-seconds held at one local second (one row's, or a quarter hour's of a summary)."""
         day_index = local // DAY_SECONDS
         if day_index != self._day_index:
             self._day_index = day_index
@@ -206,14 +152,13 @@ class Integrator:
             if self._day is None:
                 self._day = self._days[day_index] = DayTotal(dt.date.min)
         day = self._day
-        energy = watts * seconds
-        day.watt_seconds += energy
-        day.covered_seconds += seconds
-        if watts > day.peak_watts:
-            day.peak_watts = watts
+        day.watt_seconds += held.watt_seconds
+        day.covered_seconds += held.seconds
+        if held.peak_watts > day.peak_watts:
+            day.peak_watts = held.peak_watts
         hour_index = local // 3600
-        self._hours[hour_index] = self._hours.get(hour_index, 0.0) + energy / 3600
-        self._hour_seconds[hour_index] = self._hour_seconds.get(hour_index, 0) + seconds
+        self._hours[hour_index] = self._hours.get(hour_index, 0.0) + held.watt_seconds / 3600
+        self._hour_seconds[hour_index] = self._hour_seconds.get(hour_index, 0) + held.seconds
 
 
 def local_midnight_utc(day: dt.date, tz: dt.tzinfo) -> int:
@@ -227,18 +172,27 @@ def meter_report(
     tz: dt.tzinfo,
     first_day: Optional[dt.date] = None,
     last_day: Optional[dt.date] = None,
+    use_summaries: bool = True,
 ) -> MeterReport:
-    """One meter's days between ``first_day`` and ``last_day`` (local dates, inclusive)."""
+    """One meter's days between ``first_day`` and ``last_day`` (local dates, inclusive).
+
+    ``use_summaries`` False: every row of every hour, the reference the summaries are checked against.
+    """
     report = MeterReport(meter)
     start = local_midnight_utc(first_day, tz) if first_day else -(2**62)
     end = local_midnight_utc(last_day + dt.timedelta(days=1), tz) if last_day else 2**62
     sources = sources_for(data_dir, stem)
+    summaries = hour_summaries(data_dir, stem, sources) if use_summaries else {}
     integrator = Integrator(report, tz, start, end)
-    for hour in sorted(sources.by_hour):
+    for hour in sorted(set(sources.by_hour) | set(summaries)):
         hour_start = utc_epoch(hour)
         if hour_start + 3600 <= start or hour_start >= end:
             continue
-        integrator.add_hour(hour_start, sources.rows(hour, report.problems))
+        summary = summaries.get(hour)
+        if summary is not None and (hour not in sources.by_hour or start <= hour_start <= end - 3600):
+            integrator.add_summary(hour_start, summary)
+        else:  # the current hour, an unreadable one, or one cut by the range with its rows at hand
+            integrator.add_hour(hour_start, sources.rows(hour, report.problems))
     integrator.finish()
     return report
 

@@ -14,7 +14,6 @@ import gzip
 import logging
 import os
 import queue
-import re
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -22,16 +21,16 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .clock import Clock
+from .datadir import (HOUR_FORMAT, closed_files_in, closed_name, line_stamp, open_text,  # noqa: F401  (re-exported)
+                      parse_closed, parse_line, parse_stamp)
+from .datadir import FILE_MODE, append_summaries, private_file, summarize
 from .formats import FORMATTERS
 from .protocol import Measurement
 
 log = logging.getLogger(__name__)
 
 HOUR = dt.timedelta(hours=1)
-HOUR_FORMAT = "%Y-%m-%d_%H"
-STAMP_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 TMP_SUFFIX = ".tmp"
-FILE_MODE = 0o640  # readings show when someone is home: the service's group may read them, others not
 # How long a closed hour waits for its other formats before it is announced anyway.
 HOLD_LIMIT = 300.0
 
@@ -50,51 +49,12 @@ def hour_of(when: dt.datetime) -> dt.datetime:
     return when.replace(minute=0, second=0, microsecond=0)
 
 
-def line_stamp(line: str) -> Optional[str]:
-    """The row's own ``YYYY-MM-DD HH:MM:SS``; the same for CSV and JSON lines."""
-    match = STAMP_RE.search(line)
-    return match.group(0) if match else None
-
-
-def parse_stamp(stamp: str) -> dt.datetime:
-    """``YYYY-MM-DD HH:MM:SS`` -> datetime, by hand: strptime is the slowest part of a close."""
-    return dt.datetime(int(stamp[0:4]), int(stamp[5:7]), int(stamp[8:10]),
-                       int(stamp[11:13]), int(stamp[14:16]), int(stamp[17:19]))
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-CLOSED_RE = re.compile(
-    r"^(?P<stem>.+)\.(?P<fmt>csv|json)\.(?P<hour>\d{4}-\d\d-\d\d_\d\d)(?:\.part(?P<part>\d+))?\.gz$"
-)
-
-
-def parse_closed(path: Path) -> Optional[Tuple[str, str, dt.datetime, int]]:
-    """(stem, format, hour, part) of a closed file's name, or None for any other file."""
-    match = CLOSED_RE.match(path.name)
-    if not match:
-        return None
-    hour = dt.datetime.strptime(match.group("hour"), HOUR_FORMAT)
-    return match.group("stem"), match.group("fmt"), hour, int(match.group("part") or 0)
-
-
-def closed_files_in(data_dir: Path) -> List[Path]:
-    """Every .gz in the data folder (closed hours and late parts, by their names)."""
-    try:
-        return [Path(e.path) for e in os.scandir(data_dir) if e.is_file() and e.name.endswith(".gz")]
-    except FileNotFoundError:
-        return []
-
-
-def open_text(path: Path):
-    """A data file for reading as text, gzipped or not."""
-    return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8")
 
 
 def read_lines(path: Path) -> List[str]:
@@ -118,6 +78,7 @@ class FileSet:
         self.closed: Dict[dt.datetime, List[Path]] = {}
         self.recovered = False
         self.rows_written = 0
+        self.summarizes = False  # this format's closed hours are the ones the report reads (CSV, else JSON)
         # Files closed but not yet announced; kept here so that an I/O error
         # later in the same action cannot lose the announcement.
         self.outbox: List[ClosedFile] = []
@@ -125,8 +86,7 @@ class FileSet:
     # --- names -------------------------------------------------------------
 
     def closed_path(self, hour: dt.datetime, part: int = 0) -> Path:
-        suffix = f".part{part}" if part else ""
-        return self.data_dir / f"{self.base}.{hour.strftime(HOUR_FORMAT)}{suffix}.gz"
+        return self.data_dir / closed_name(self.base[:-len(self.format) - 1], self.format, hour, part)
 
     def parse_closed_name(self, name: str) -> Optional[Tuple[dt.datetime, int]]:
         """(hour, part) if ``name`` is one of this set's closed files."""
@@ -275,9 +235,21 @@ class FileSet:
         parts = [self.parse_closed_name(p.name)[1] for p in existing]
         path = self.closed_path(hour, max(parts) + 1 if parts else 0)
         atomic_write(path, "".join(new).encode("utf-8"), compress=True)
+        if self.summarizes and not parts:  # a late part's hour is summarized again when next read
+            self._summarize(hour, new)
         self.closed.setdefault(hour, []).append(path)
         log.info("closed %s (%d rows)", path.name, len(new))
         self.outbox.append(ClosedFile(self.meter, self.format, hour, path))
+
+    def _summarize(self, hour: dt.datetime, lines: List[str]) -> None:
+        """The hour's summary at close, from the rows in hand; a row it cannot read leaves it to the report."""
+        try:
+            rows = sorted(parse_line(line) for line in lines if line.strip())
+        except (ValueError, IndexError):
+            return
+        summary = summarize(hour, (0,), rows)
+        if summary is not None:
+            append_summaries(self.data_dir, self.base[:-len(self.format) - 1], [summary])
 
     def close_if_stale(self, now: dt.datetime, grace: float) -> None:
         """Close the current hour once the host clock is past its end by ``grace`` seconds."""
@@ -307,11 +279,6 @@ def _truncate_quietly(fd: int, size: int, path: Path) -> None:
         os.ftruncate(fd, size)
     except OSError as exc:
         log.error("cannot undo a partial write to %s: %s", path, exc)
-
-
-def private_file(path: str, flags: int) -> int:
-    """An ``opener`` for open(): a file it creates gets FILE_MODE whatever the umask allows beyond it."""
-    return os.open(path, flags, FILE_MODE)
 
 
 def atomic_write(path: Path, data: bytes, compress: bool) -> None:
@@ -369,6 +336,10 @@ class Writer:
         self.sets: Dict[str, List[FileSet]] = {
             meter: [FileSet(data_dir, stem, fmt, meter) for fmt in formats] for meter, stem in stems.items()
         }
+        for sets in self.sets.values():  # a summary per hour at close, from the rows in hand
+            preferred = "csv" if "csv" in formats else "json"
+            for fs in sets:
+                fs.summarizes = fs.format == preferred
         self._next_flush = clock.monotonic() + buffer_seconds
         self._failing = False
         # Set to have the writer take its rows now: at stop, or when rows pile up.

@@ -1,0 +1,166 @@
+"""A year of history: the report and the energy restore from hourly summaries against every row.
+
+Run: .venv/bin/python benchmarks/history.py [--days 366]
+
+Generates one meter's closed hours as the writer leaves them (CSV, gzipped;
+a day of air-conditioner rows repeated with each day's date, so a year is
+made in a minute or two), then prints side by side:
+
+* report: every row (the path before summaries, as on main) against the
+  first run after an upgrade (it backfills the summaries) and the next runs
+  (summaries only), with the per-day kWh of both compared;
+* energy: with ``energy.json`` deleted after summaries exist, the time until
+  it is known; after an upgrade (no summaries), the time until known and
+  whether any sample polled meanwhile showed a value below the files' total;
+* retention: ``--from/--to`` over days whose hour files were deleted;
+* page: the files the page reads at a cold load and at each closed hour,
+  beside 1 and then 5 years of hour files.
+
+Prints figures and ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from wattchecker_client.clock import Clock, time_zone, utc_epoch
+from wattchecker_client.dashboard import BAR_HOURS, file_rows, integrate_files
+from wattchecker_client.datadir import summaries_path
+from wattchecker_client.formats import csv_line
+from wattchecker_client.live import LiveState
+from wattchecker_client.report import MeterReport, meter_report, sources_for
+from wattchecker_client.simulator import air_conditioner
+
+START = dt.datetime(2025, 1, 1)
+STEM = "wattchecker-data"
+TZ = time_zone("Asia/Tokyo")
+
+
+def generate(data_dir: Path, days: int) -> int:
+    """``days`` of closed CSV hours; returns the rows written."""
+    template = START.strftime("%Y-%m-%d")
+    hours = []
+    for hour in range(24):
+        lines = [csv_line(air_conditioner(START + dt.timedelta(hours=hour, seconds=s))) for s in range(3600)]
+        hours.append("\n".join(lines) + "\n")
+    for day in range(days):
+        date = START + dt.timedelta(days=day)
+        stamp = date.strftime("%Y-%m-%d")
+        for hour, body in enumerate(hours):
+            name = f"{STEM}.csv.{date:%Y-%m-%d}_{hour:02d}.gz"
+            (data_dir / name).write_bytes(gzip.compress(body.replace(template, stamp).encode(), compresslevel=1))
+    return days * 86400
+
+
+def timed(action):
+    begin = time.perf_counter()
+    result = action()
+    return result, time.perf_counter() - begin
+
+
+def compare_days(got, want) -> str:
+    worst = max((abs(got.days[d].kwh - t.kwh) / max(t.kwh, 1e-12) for d, t in want.days.items()), default=0.0)
+    same = sum(f"{got.days[d].kwh:.6f}" == f"{t.kwh:.6f}" for d, t in want.days.items())
+    return f"{same}/{len(want.days)} days equal to 6 decimals, worst relative difference {worst:.1e}"
+
+
+def report_figures(data_dir: Path) -> None:
+    rows_report, rows_s = timed(lambda: meter_report(data_dir, STEM, "m", TZ, use_summaries=False))
+    cold, cold_s = timed(lambda: meter_report(data_dir, STEM, "m", TZ))
+    warm, warm_s = timed(lambda: meter_report(data_dir, STEM, "m", TZ))
+    print(f"report, every row (as main):      {rows_s:7.2f} s  ({rows_report.rows / rows_s:,.0f} rows/s)")
+    print(f"report, first run (backfills):    {cold_s:7.2f} s  ({cold_s / rows_s:.2f} x every row)")
+    print(f"report, from summaries:           {warm_s:7.2f} s  ({rows_s / warm_s:,.0f} x faster than every row)")
+    print(f"  summaries: {summaries_path(data_dir, STEM).stat().st_size / 1e6:.1f} MB; {compare_days(warm, rows_report)}")
+
+
+def restore_figures(data_dir: Path) -> None:
+    files_total = meter_report(data_dir, STEM, "m", TZ, use_summaries=False).total().watt_seconds
+    state = data_dir / "energy.json"
+    state.unlink(missing_ok=True)
+    live = LiveState(Clock(), data_dir, {"m": STEM})
+    _, known_s = timed(live.restore)
+    print(f"energy, energy.json lost, summaries there: known after {known_s:.2f} s "
+          f"({live.snapshot()['m'].energy_joules / files_total:.12f} x the files' total)")
+
+    state.unlink()
+    summaries_path(data_dir, STEM).unlink()  # as right after an upgrade
+    live = LiveState(Clock(), data_dir, {"m": STEM})
+    absent = low = 0
+    begin = time.perf_counter()
+    live.restore(background=True)
+    while True:
+        shown = live.snapshot()["m"]
+        if not shown.energy_known:
+            absent += 1  # /metrics and MQTT leave the energy out
+        elif shown.energy_joules < files_total:
+            low += 1
+        else:
+            break
+        time.sleep(0.05)
+    upgrade_s = time.perf_counter() - begin
+    live.restorer.join()
+    print(f"energy, after an upgrade (no summaries): known after {upgrade_s:.2f} s; "
+          f"{absent} polls at 20/s saw it absent, {low} saw it below the files' total")
+
+
+def retention_figures(data_dir: Path, days: int) -> None:
+    first, last = (START + dt.timedelta(days=30)).date(), (START + dt.timedelta(days=59)).date()
+    want = meter_report(data_dir, STEM, "m", TZ, first, last, use_summaries=False)
+    deleted = 0
+    for path in data_dir.glob(f"{STEM}.csv.*.gz"):
+        if path.name < f"{STEM}.csv.{START + dt.timedelta(days=days // 2):%Y-%m-%d}":
+            path.unlink()
+            deleted += 1
+    got, got_s = timed(lambda: meter_report(data_dir, STEM, "m", TZ, first, last))
+    print(f"retention: {deleted} hour files deleted; --from {first} --to {last} answered in {got_s:.2f} s from "
+          f"summaries, {len(got.days)} days; {compare_days(got, want)}")
+
+
+def page_load(data_dir: Path, end: int) -> float:
+    """The page's file reads at a cold load or a closed hour: two days of bars and today's kWh."""
+    begin = time.perf_counter()
+    integrate_files(MeterReport("m"), data_dir, STEM, TZ, end - (BAR_HOURS + 1) * 3600, end)
+    file_rows(data_dir, STEM, end - 3600, end)
+    return time.perf_counter() - begin
+
+
+def page_figures(data_dir: Path, days: int) -> None:
+    end = utc_epoch(START + dt.timedelta(days=days))
+    one_year = min(page_load(data_dir, end) for _ in range(3))
+    listing = min(timed(lambda: sources_for(data_dir, STEM))[1] for _ in range(3))
+    for year in range(1, 5):  # four more years of hour files' names before this one
+        for hour in range(8760):
+            name = f"{STEM}.csv.{START - dt.timedelta(days=365 * year) + dt.timedelta(hours=hour):%Y-%m-%d_%H}.gz"
+            (data_dir / name).touch()
+    five_years = min(page_load(data_dir, end) for _ in range(3))
+    listing_5 = min(timed(lambda: sources_for(data_dir, STEM))[1] for _ in range(3))
+    print(f"page, cold load or hourly refresh: {one_year * 1000:.0f} ms beside {days} days of files, "
+          f"{five_years * 1000:.0f} ms with 4 years more ({five_years / one_year:.2f} x); "
+          f"a folder listing (as main, twice per load) {listing * 1000:.0f} ms -> {listing_5 * 1000:.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--days", type=int, default=366)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        rows, made_s = timed(lambda: generate(data_dir, args.days))
+        print(f"{args.days} days, {args.days * 24} hour files, {rows:,} rows, made in {made_s:.0f} s")
+        report_figures(data_dir)
+        restore_figures(data_dir)
+        retention_figures(data_dir, args.days)
+        page_figures(data_dir, args.days)
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
