@@ -22,6 +22,7 @@ setup(
         "ble": ["bleak>=0.21"],
         "test": [
             "pytest>=7",
+            "pytest-xdist>=3",  # the process tests mostly wait on real time: four at once on two cores
             "hypothesis>=6.50",
             "google-cloud-bigquery>=3.0",
             # The BigQuery emulator for the uploader's tests; it needs Python 3.11+,
