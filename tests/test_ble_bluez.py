@@ -26,6 +26,7 @@ from .datacheck import read  # noqa: E402
 
 if shutil.which("dbus-daemon") is None:  # one line for the whole file, not one per test
     pytest.skip(SKIP_REASON, allow_module_level=True)
+pytestmark = pytest.mark.process  # a private dbus-daemon per test, and the real `run`
 
 MAC = "F0:12:34:56:78:9A"
 NAME = f"{MAC} (BLE)"

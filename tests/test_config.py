@@ -110,6 +110,7 @@ def test_every_number_is_finite_and_bounded(section, key, value):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.process
 def test_the_floats_the_issue_found_fail_check_config_naming_the_key(tmp_path):
     for line, message in [("poll_interval: .nan", "general.poll_interval: must be a finite number, got nan"),
                           ("watchdog_stall: .nan", "general.watchdog_stall: must be a finite number, got nan"),
@@ -155,6 +156,7 @@ def test_a_btwattch2s_relay_section_and_its_one_line_errors():
         assert str(err.value) == message
 
 
+@pytest.mark.process
 def test_check_config_says_what_the_relay_will_do(tmp_path):
     from .conftest import run_cli
 

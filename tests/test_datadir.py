@@ -91,6 +91,7 @@ def test_retention_deletes_the_rows_and_the_report_still_answers_from_summaries(
     assert_same(after, before)
 
 
+@pytest.mark.process
 def test_the_report_command_answers_for_deleted_days(tmp_path):
     data_dir = tmp_path / "data"
     write_closed(data_dir, air(50))

@@ -56,6 +56,7 @@ def test_a_data_folder_of_the_release_before_ids_keeps_the_old_ids_once_and_for_
     assert more.meters["tv"].endswith("_dev_rfcomm1") and more.meters["tv"] != "dev_rfcomm1"
 
 
+@pytest.mark.process
 def test_check_config_warns_of_two_meters_with_one_id(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(f"general: {{data_dir: {json.dumps(str(tmp_path / 'data'))}}}\n"

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli, wait_for, write_config
-from tests.test_mqtt import PREFIX, brokers, subscribers  # noqa: F401 (fixtures)
+from tests.test_mqtt import STATE, brokers, subscribers  # noqa: F401 (fixtures)
 
 PIDS = Path("/sys/fs/cgroup/pids")
 
 
+@pytest.mark.process
 def test_a_password_file_others_can_read_warns_like_the_bigquery_key(tmp_path):
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://")
     password = tmp_path / "mqtt-password"
@@ -51,8 +52,7 @@ def test_a_reconnect_without_a_thread_is_retried_not_fatal(simulator, daemons, b
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", address, log_level="DEBUG")
     config.write_text(config.read_text() + f"mqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n  publish_interval: 1\n")
     daemon = daemons(config, tmp_path)
-    state = f"{PREFIX}/wattchecker/state"
-    wait_for(lambda: len(sub.on(state)) >= 5, timeout=30, what="states")
+    wait_for(lambda: len(sub.matching(STATE)) >= 5, timeout=30, what="states")
 
     broker.stop()
     wait_for(lambda: "still cannot connect" in daemon.stderr(), timeout=30, what="a failed reconnect")
@@ -63,9 +63,9 @@ def test_a_reconnect_without_a_thread_is_retried_not_fatal(simulator, daemons, b
     wait_for(lambda: "cannot start its network thread" in daemon.stderr(), timeout=60,
              what="a connect whose network thread could not start")
     assert daemon.proc.poll() is None
-    since = len(sub.on(state))
+    since = len(sub.matching(STATE))
     (pids_cgroup / "pids.max").write_text("max")
     wait_for(lambda: "mqtt: connected again" in daemon.stderr(), timeout=60, what="MQTT back once threads are")
-    wait_for(lambda: len(sub.on(state)) >= since + 5, timeout=30, what="states again")
+    wait_for(lambda: len(sub.matching(STATE)) >= since + 5, timeout=30, what="states again")
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.stderr()

@@ -125,6 +125,7 @@ def test_install_refuses_bad_options(tmp_path):
     (["--model", "btwattch3"], "--model btwattch3: must be btwattch1 or btwattch2"),
     (["--prefix", "/opt/a|b"], "--prefix must be an absolute path"),
 ])
+@pytest.mark.process
 def test_install_refuses_a_bad_value_before_touching_anything(tmp_path, args, message):
     root = tmp_path / "root"
     root.mkdir()

@@ -113,7 +113,7 @@ def test_150_slow_clients_hold_few_threads_and_metrics_and_rows_carry_on(tmp_pat
                     break
                 answer += chunk
         assert status_line(answer) == "HTTP/1.0 200 OK"
-        assert b'wattchecker_power_watts{meter="%s"}' % METER.encode() in answer
+        assert b'wattchecker_power_watts{meter="%s",' % METER.encode() in answer
         scrapes += 1
         time.sleep(1)
     for sock in slow:
@@ -281,6 +281,7 @@ def test_the_page_with_the_token_in_a_real_browser(tmp_path, simulator, daemons)
     assert daemon.stop() == 0
 
 
+@pytest.mark.process
 def test_a_token_file_others_can_read_warns_and_an_empty_one_stops(tmp_path):
     from tests.conftest import run_cli, write_config
 

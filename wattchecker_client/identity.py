@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .config import DEFAULT_NAME
+from .datadir import private_file
 from .transport import MAC_RE
 
 if TYPE_CHECKING:
@@ -166,7 +167,8 @@ def _write(path: Path, meters: Dict[str, str]) -> None:
     """Atomically: a crash leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"meters": meters}, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8", opener=private_file) as f:  # 0640, as every file of the data folder
+        f.write(json.dumps({"meters": meters}, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
