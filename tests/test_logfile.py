@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from wattchecker_client.config import parse_config
-from wattchecker_client.daemon import configure_logging
+from wattchecker_client.logs import configure_logging
 
 
 def test_log_file_rotates_by_size_keeping_the_newest_lines_in_order(tmp_path):

@@ -23,7 +23,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def serve(config: Config, echo: Optional[Callable[[str, Measurement], None]] = None) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
-    from ..daemon import Daemon, configure_logging, preflight
+    from ..daemon import Daemon, preflight
+    from ..logs import configure_logging
 
     # SetupError here stops start-up (exit 2) before anything is created. Its
     # warnings are check-config's to print: the modules log their own as they start.
