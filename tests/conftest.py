@@ -319,6 +319,8 @@ def emulator(tmp_path):
 # --- the fast subset: `pytest -m "not process"` -------------------------------------------------
 
 # Fixtures that start a real process (a daemon, a simulator, a broker, the emulator, a mount).
+# What a library runs by itself, once, wherever it is first used: not the test's own process.
+LIBRARY_TOOLS = {"fc-list"}  # matplotlib building its font cache on a fresh machine
 PROCESS_FIXTURES = {"daemons", "simulator", "emulator", "proxy", "brokers", "installed", "tiny_disk"}
 
 
@@ -339,7 +341,11 @@ def _in_process_stays_in_process(request, monkeypatch):
     if request.node.get_closest_marker("process"):
         return
 
+    real = subprocess.Popen._execute_child
+
     def refuse(self, args, *rest, **kwargs):
+        if os.path.basename(str(args[0] if isinstance(args, (list, tuple)) else args)) in LIBRARY_TOOLS:
+            return real(self, args, *rest, **kwargs)
         raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it "
                              "`@pytest.mark.process` (or the module: `pytestmark = pytest.mark.process`)")
 
