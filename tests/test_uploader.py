@@ -17,8 +17,8 @@ import pytest
 
 from wattchecker_client.clock import Clock, FakeClock
 from wattchecker_client.config import parse_config
+from wattchecker_client.errors import SetupError
 from wattchecker_client.simulator import air_conditioner
-from wattchecker_client.transport import SetupError
 from wattchecker_client.uploader import (
     AccessDenied,
     BigQueryTarget,

@@ -37,14 +37,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from .clock import Clock
+from .clock import Backoff, Clock
 from .config import BigQueryConfig
 from .datadir import closed_name, private_file, summarize_closed_hours
-from .meter import Backoff
-from .transport import SetupError
+from .errors import SetupError
 from .secretfile import others_may_read
-from .writer import (HOUR_FORMAT, ClosedFile, atomic_write, closed_files_in, hour_of, line_stamp, open_text,
-                     parse_closed, parse_stamp)
+from .writer import (
+    HOUR_FORMAT,
+    ClosedFile,
+    atomic_write,
+    closed_files_in,
+    hour_of,
+    line_stamp,
+    open_text,
+    parse_closed,
+    parse_stamp,
+)
 
 log = logging.getLogger(__name__)
 
