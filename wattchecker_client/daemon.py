@@ -127,7 +127,7 @@ def preflight(config: Config) -> List[str]:
     """
     warnings: List[str] = []
     if config.bigquery is not None:
-        from .uploader import check_setup as check_bigquery
+        from .upload.bigquery import check_setup as check_bigquery
 
         warnings += check_bigquery(config.bigquery)
     if config.mqtt is not None:
@@ -278,7 +278,8 @@ class Daemon:
         """An Uploader when BigQuery or retention is configured, else None (and no thread)."""
         if config.bigquery is None and config.general.retention_days is None:
             return None
-        from .uploader import BigQueryTarget, Uploader
+        from .upload.bigquery import BigQueryTarget
+        from .upload.uploader import Uploader
 
         return Uploader(
             config.general.data_dir,

@@ -21,7 +21,7 @@ from .dashboard import current
 
 if TYPE_CHECKING:  # types only: importing the uploader would load hashing, TLS and the ledger for nothing
     from .meter import MeterStats
-    from .uploader import Uploader
+    from .upload.uploader import Uploader
     from .writer import Writer
 
 PREFIX = "wattchecker_"
