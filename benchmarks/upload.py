@@ -30,7 +30,10 @@ from typing import Tuple
 from wattchecker_client.clock import Clock, FakeClock
 from wattchecker_client.config import parse_config
 from wattchecker_client.simulator import air_conditioner
-from wattchecker_client.uploader import BigQueryTarget, Ledger, Uploader, csv_body, readable_rows
+from wattchecker_client.upload.bigquery import BigQueryTarget
+from wattchecker_client.upload.hours import csv_body, readable_rows
+from wattchecker_client.upload.ledger import Ledger
+from wattchecker_client.upload.uploader import Uploader
 from wattchecker_client.writer import Writer
 
 START = dt.datetime(2026, 6, 1)

@@ -26,15 +26,18 @@ import pytest
 bleak_exc = pytest.importorskip("bleak.exc", reason="bleak is the [ble] extra: pip install -e '.[test]'")
 
 from wattchecker_client import ble  # noqa: E402
-from wattchecker_client.clock import FakeClock  # noqa: E402
-from wattchecker_client.meter import Backoff, MeterReader  # noqa: E402
+from wattchecker_client.clock import (
+    Backoff,
+    FakeClock,  # noqa: E402
+)
+from wattchecker_client.meter import MeterReader  # noqa: E402
 from wattchecker_client.protocol import btwattch2  # noqa: E402
 from wattchecker_client.protocol.frames import FrameDecoder, Measurement, encode_frame  # noqa: E402
 from wattchecker_client.simulator import SimOptions, SimulatedMeter, air_conditioner, switched_off  # noqa: E402
 from wattchecker_client.transport import LinkError, LinkTimeout  # noqa: E402
 
-from .conftest import ROOT, cli  # noqa: E402
 from .bluez import bus_without_bluez  # noqa: E402
+from .conftest import ROOT, cli  # noqa: E402
 
 # protocol.md's vectors
 REQUEST = bytes.fromhex("AA 00 01 08 B3")
@@ -490,6 +493,37 @@ def test_reader_reconnects_when_re_subscribing_does_not_help():
     assert_measured(readings)
     assert radio.unsubscribes == 1 and len(radio.clients) == 2 and reader.stats.connects == 2
     assert radio.clients[0].disconnects == 1  # the silent link was dropped, not left to BlueZ
+
+
+def test_the_links_counters_reach_metrics_under_the_meters_labels(tmp_path):
+    """Half-open connects, re-subscriptions and silent closes are what a user needs to see a flaky radio."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from wattchecker_client.live import LiveState
+    from wattchecker_client.metrics import LiveCollector, registry_for
+    from wattchecker_client.writer import Writer
+
+    clock = FakeClock(dt.datetime(2026, 7, 2, 9, 24, 30))
+    radio, _ = simulated_radio(clock)
+    radio.mute_after = 3
+    radio.mute_heals = False
+    reader = ble_reader(radio, clock)
+    assert_measured(take(reader, 5))
+    stems = {"plug": "wattchecker-data"}
+    collector = LiveCollector(LiveState(clock, tmp_path, stems), lambda: {"plug": reader.stats},
+                              Writer(tmp_path, stems, ["csv"], clock), None, clock, {"plug": "0123456789ab"},
+                              lambda: {"plug": reader.link_stats})
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry_for(collector)).decode())}
+
+    def count(name):
+        (found,) = [s for s in families[name].samples if s.name.endswith("_total")]
+        assert found.labels == {"meter": "plug", "meter_id": "0123456789ab"}
+        return found.value
+
+    assert (count("wattchecker_ble_connects"), count("wattchecker_ble_resubscribes"),
+            count("wattchecker_ble_silent_closes"), count("wattchecker_ble_half_open_connects")) == (2, 1, 1, 0)
+    assert count("wattchecker_ble_notifications") == reader.link_stats.notifications > 0
 
 
 def test_relay_switched_over_ble_and_the_rows_show_it():

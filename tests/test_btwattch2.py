@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from wattchecker_client.clock import Clock, FakeClock
+from wattchecker_client.clock import Backoff, Clock, FakeClock
 from wattchecker_client.config import ConfigError, parse_config
+from wattchecker_client.errors import SetupError
 from wattchecker_client.formats import json_line
-from wattchecker_client.meter import Backoff, MeterReader, MeterSession, NoRelayError
+from wattchecker_client.meter import MeterReader, MeterSession, NoRelayError
 from wattchecker_client.protocol import FrameDecoder, btwattch2
 from wattchecker_client.simulator import (
     SimOptions,
@@ -27,7 +28,7 @@ from wattchecker_client.simulator import (
     serve_link,
     switched_off,
 )
-from wattchecker_client.transport import LinkError, SetupError, socket_link
+from wattchecker_client.transport import LinkError, socket_link
 
 from .conftest import ROOT, cli, run_cli, wait_for
 from .datacheck import check_data_dir, read

@@ -180,7 +180,7 @@ def test_a_full_disk_keeps_rows_in_memory_until_space_returns(daemons, tmp_path)
 
 
 def ledger_keys(data_dir: Path) -> set:
-    from wattchecker_client.uploader import read_ledger
+    from wattchecker_client.upload.ledger import read_ledger
 
     return set(read_ledger(data_dir)["uploaded"])
 

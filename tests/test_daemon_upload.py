@@ -23,7 +23,7 @@ def with_bigquery(config: Path, url: str) -> Path:
 
 
 def ledger(data_dir: Path) -> dict:
-    from wattchecker_client.uploader import read_ledger
+    from wattchecker_client.upload.ledger import read_ledger
 
     return read_ledger(data_dir)
 

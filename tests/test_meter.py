@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from wattchecker_client import protocol
-from wattchecker_client.clock import Clock, FakeClock
-from wattchecker_client.meter import Backoff, MeterReader, MeterSession, seconds_until_next_tick
+from wattchecker_client.clock import Backoff, Clock, FakeClock
+from wattchecker_client.meter import MeterReader, MeterSession, seconds_until_next_tick
 from wattchecker_client.protocol import Measurement, MeasurementError, encode_frame
 from wattchecker_client.transport import LinkError, socket_link
 

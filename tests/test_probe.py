@@ -17,8 +17,8 @@ import threading
 import pytest
 
 from wattchecker_client import protocol
-from wattchecker_client.clock import Clock, FakeClock
-from wattchecker_client.meter import Backoff, MeterReader, probe_channel
+from wattchecker_client.clock import Backoff, Clock, FakeClock
+from wattchecker_client.meter import MeterReader, probe_channel
 from wattchecker_client.protocol import Measurement, encode_frame
 from wattchecker_client.transport import LinkError
 

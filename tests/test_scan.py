@@ -12,8 +12,8 @@ from bleak.backends.scanner import AdvertisementData  # noqa: E402
 
 from wattchecker_client.clock import FakeClock  # noqa: E402
 from wattchecker_client.commands import scan  # noqa: E402
+from wattchecker_client.errors import SetupError  # noqa: E402
 from wattchecker_client.protocol import btwattch2  # noqa: E402
-from wattchecker_client.transport import SetupError  # noqa: E402
 
 from .bluez import bus_without_bluez  # noqa: E402
 from .conftest import run_cli  # noqa: E402

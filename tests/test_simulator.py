@@ -9,8 +9,9 @@ import threading
 import pytest
 
 from wattchecker_client import protocol
-from wattchecker_client.clock import Clock, FakeClock
-from wattchecker_client.meter import Backoff, MeterReader
+from wattchecker_client.clock import Backoff, Clock, FakeClock
+from wattchecker_client.errors import SetupError
+from wattchecker_client.meter import MeterReader
 from wattchecker_client.protocol import FrameDecoder, decode_measurement
 from wattchecker_client.simulator import (
     PtyServer,
@@ -20,7 +21,6 @@ from wattchecker_client.simulator import (
     air_conditioner,
     parse_sim_address,
 )
-from wattchecker_client.transport import SetupError
 
 T0 = dt.datetime(2026, 7, 1, 0, 0, 0)
 GET = bytes([protocol.CMD_GET_DATA])

@@ -224,7 +224,7 @@ def test_kernel_without_bluetooth_gives_one_clear_line():
     if shutil.which("hciconfig") or os.path.exists("/sys/class/bluetooth"):
         pytest.skip("this kernel may have Bluetooth")
     code = (
-        "from wattchecker_client.transport import open_link, SetupError\n"
+        "from wattchecker_client.errors import SetupError\nfrom wattchecker_client.transport import open_link\n"
         "try:\n"
         "    open_link('00:0C:BF:12:34:56', channel=6, timeout=1)\n"
         "except SetupError as exc:\n"

@@ -17,24 +17,13 @@ import pytest
 
 from wattchecker_client.clock import Clock, FakeClock
 from wattchecker_client.config import parse_config
+from wattchecker_client.errors import SetupError
 from wattchecker_client.simulator import air_conditioner
-from wattchecker_client.transport import SetupError
-from wattchecker_client.uploader import (
-    AccessDenied,
-    BigQueryTarget,
-    HourFile,
-    PermanentError,
-    TransientError,
-    Uploader,
-    classify,
-    csv_body,
-    hour_files,
-    job_id_for,
-    load_job_config,
-    missing_role,
-    read_ledger,
-    read_rows,
-)
+from wattchecker_client.upload.bigquery import BigQueryTarget, classify, load_job_config, missing_role
+from wattchecker_client.upload.errors import AccessDenied, PermanentError, TransientError
+from wattchecker_client.upload.hours import HourFile, csv_body, hour_files, job_id_for, read_rows
+from wattchecker_client.upload.ledger import read_ledger
+from wattchecker_client.upload.uploader import Uploader
 from wattchecker_client.writer import Writer
 
 from .conftest import Emulator, run_cli
@@ -240,7 +229,7 @@ def test_the_service_leaves_an_hour_the_writer_is_closing_in_another_format_to_i
 
 
 def test_a_table_with_columns_we_do_not_write_is_a_permanent_error():
-    from wattchecker_client.uploader import PermanentError
+    from wattchecker_client.upload.errors import PermanentError
 
     with pytest.raises(PermanentError, match="columns this client does not write: kwh"):
         csv_body([{"datetime": "x", "V": "1", "mA": "1", "W": "1"}], ["datetime", "kwh"], "x")
@@ -431,7 +420,7 @@ def old_ledger(data_dir: Path, hours: int) -> dict:
 
 def one_uploaded_hour(data_dir: Path, hour: int) -> int:
     """Bytes the ledger's files grew by for one more hour written ahead and credited."""
-    from wattchecker_client.uploader import Ledger
+    from wattchecker_client.upload.ledger import Ledger
 
     ledger = Ledger(data_dir)
     key = f"wattchecker-data.{T0 + dt.timedelta(hours=hour):%Y-%m-%d_%H}"
@@ -467,7 +456,7 @@ def test_a_torn_journal_line_is_left_and_the_next_event_starts_a_line(tmp_path, 
     one_uploaded_hour(tmp_path, 2)
     journal = tmp_path / "uploaded.json.journal"
     journal.write_bytes(journal.read_bytes() + b'{"begin":"job-torn","ba')  # a crash mid-append
-    from wattchecker_client.uploader import Ledger
+    from wattchecker_client.upload.ledger import Ledger
 
     ledger = Ledger(tmp_path, compact=False)
     assert len(ledger) == 3 and ledger.pending() == {}

@@ -36,7 +36,8 @@ import threading
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, List, Optional
 
-from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, SetupError, is_ble
+from .errors import SetupError
+from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, is_ble
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import List
 
 from .clock import time_zone
+from .errors import SetupError
 from .report import DayTotal, MeterReport, local_midnight_utc
-from .transport import SetupError
 
 MIN_DAY_SLOTS = 7  # one day of data is drawn as one bar of a week, not the whole width
 FULL_SHARE = 0.99  # an hour or day with less data than this share of it is partial

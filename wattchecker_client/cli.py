@@ -12,7 +12,7 @@ from . import __version__
 from .commands import check_config, demo, read, report, run, scan, simulate, switch, upload
 from .commands.common import EXIT_OK, EXIT_SETUP
 from .config import ConfigError
-from .transport import SetupError
+from .errors import SetupError
 
 COMMANDS = (read, simulate, run, demo, check_config, upload, report, switch, scan)
 

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import queue
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -238,3 +239,21 @@ class FakeClock(Clock):
         except queue.Empty:
             self.advance(timeout)
             return None
+
+
+class Backoff:
+    """Exponential backoff with full jitter between ``initial`` and ``maximum`` seconds."""
+
+    def __init__(self, initial: float = 1.0, maximum: float = 60.0, rng: Optional[random.Random] = None):
+        self.initial = initial
+        self.maximum = maximum
+        self.rng = rng or random.Random()
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * (2 ** self.attempt))
+        self.attempt += 1
+        return self.rng.uniform(self.initial / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0

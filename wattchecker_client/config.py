@@ -121,6 +121,10 @@ class Config:
     def file_stem(self, device: DeviceConfig) -> str:
         return f"wattchecker-data-{device.name}" if self.named_files else "wattchecker-data"
 
+    def file_stems(self) -> Dict[str, str]:
+        """Meter name -> the stem of its data files, for every meter."""
+        return {d.name: self.file_stem(d) for d in self.devices}
+
 
 # --- value checks: each returns the clean value or raises ValueError(problem) ----
 

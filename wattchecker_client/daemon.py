@@ -17,11 +17,13 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from .clock import Clock
 from .config import Config, DeviceConfig
-from .identity import device_values, for_config as identity_for
+from .errors import EXIT_FAILED, EXIT_OK, SetupError
+from .identity import device_values
+from .identity import for_config as identity_for
 from .meter import MeterReader
 from .notify import Notifier
 from .protocol import Measurement
-from .transport import RfcommFactory, SetupError, is_ble
+from .transport import RfcommFactory, is_ble
 from .writer import ClosedFile, Writer, atomic_write
 
 # The uploader module is imported only when BigQuery or retention is configured:
@@ -37,8 +39,6 @@ RETENTION_INTERVAL = 3600.0
 M_ARENA_MAX = -8  # mallopt(3) parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept
-EXIT_OK = 0
-EXIT_FAILED = 1
 RELAY_FILE = "relay.json"  # per btwattch2: the over-power latch and the state the service last set
 
 def preflight(config: Config) -> List[str]:
@@ -51,7 +51,7 @@ def preflight(config: Config) -> List[str]:
     """
     warnings: List[str] = []
     if config.bigquery is not None:
-        from .uploader import check_setup as check_bigquery
+        from .upload.bigquery import check_setup as check_bigquery
 
         warnings += check_bigquery(config.bigquery)
     if config.mqtt is not None:
@@ -161,7 +161,7 @@ class Daemon:
         self.identity = identity_for(config)
         self.writer = Writer(
             general.data_dir,
-            {d.name: config.file_stem(d) for d in config.devices},
+            config.file_stems(),
             general.data_format,
             self.clock,
             buffer_seconds=general.data_buffer_size,
@@ -202,7 +202,8 @@ class Daemon:
         """An Uploader when BigQuery or retention is configured, else None (and no thread)."""
         if config.bigquery is None and config.general.retention_days is None:
             return None
-        from .uploader import BigQueryTarget, Uploader
+        from .upload.bigquery import BigQueryTarget
+        from .upload.uploader import Uploader
 
         return Uploader(
             config.general.data_dir,
@@ -224,7 +225,7 @@ class Daemon:
         return LiveState(
             self.clock,
             general.data_dir,
-            {d.name: config.file_stem(d) for d in config.devices},
+            config.file_stems(),
             history_seconds=history_seconds(config) if config.http is not None else 0,  # the page's last hour
             data_format=general.data_format,
             durable_rows=self._rows_on_disk,
@@ -239,7 +240,7 @@ class Daemon:
         from .web import Sources, WebServer
 
         sources = Sources(self.live, lambda: {name: r.stats for name, r in self.readers.items()},
-                          self.writer, self.uploader, self.health, self.identity.meters)
+                          self.writer, self.uploader, self.health, self.identity.meters, self._ble_stats)
         return WebServer(config, sources, self.clock)
 
     def health(self) -> List[str]:
@@ -469,19 +470,18 @@ class Daemon:
             if self._ready_sent:
                 self.notifier.status(self._reading + self._clock_note())
 
+    def _ble_stats(self) -> Dict[str, object]:
+        return {name: r.link_stats for name, r in self.readers.items() if r.link_stats is not None}
+
     def _report(self, final: bool = False) -> None:
         prefix = "final status " if final else "status "
+        ble = self._ble_stats()
         for name, reader in self.readers.items():
             s = reader.stats
-            log.info(
-                "%s%s: readings=%d duplicates=%d stale_seconds=%d gaps=%d missing_seconds=%d "
-                "crc_errors=%d rejected=%d stray_frames=%d retries=%d timeouts=%d reconnects=%d "
-                "link_errors=%d clock_resets=%d clock_steps=%d ahead_of_host=%d behind_host=%d",
-                prefix, name, s.readings, s.duplicates, s.stale_seconds,
-                s.gaps, s.missing_seconds, s.crc_errors, s.rejected, s.stray_frames, s.retries, s.timeouts,
-                max(0, s.connects - 1), s.link_errors, s.clock_resets, s.clock_steps, s.ahead_of_host,
-                s.behind_host,
-            )
+            # every MeterStats counter, so one added there shows here; reconnects as /metrics counts them
+            log.info("%s%s: %s reconnects=%d", prefix, name, s.summary(), max(0, s.connects - 1))
+            if name in ble:
+                log.info("%s%s ble: %s", prefix, name, ble[name].summary())
         w = self.writer.stats
         written = " ".join(f"{k}={v}" for k, v in sorted(self.writer.counts().items()))
         log.info(

@@ -64,7 +64,7 @@ class EnergyView:
 
     def __init__(self, config: Config, live, clock: Clock) -> None:
         self.data_dir: Path = config.general.data_dir
-        self.stems = {d.name: config.file_stem(d) for d in config.devices}
+        self.stems = config.file_stems()
         self.live = live
         self.clock = clock
         self.tz = time_zone(config.report.timezone)

@@ -13,18 +13,25 @@ import datetime as dt
 import importlib.util
 import logging
 import math
-import random
 import threading
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import protocol
-from .clock import Clock, utc_epoch
+from .clock import Backoff, Clock, utc_epoch
 from .clocktrust import IGNORES_SET, STEPPED, SYNCHRONISED, WAIT_OVER, WAITING, ClockTrust, Host
 from .protocol import Frame, Measurement, MeasurementError, ProtocolError, btwattch2
 from .relay import RelayPolicy, RelaySettings, RelayStale, RelaySuperseded
 from .transport import (
-    DEFAULT_TIMEOUT, MAC_RE, Link, LinkError, LinkTimeout, RfcommFactory, SetupError, is_ble, open_link,
+    DEFAULT_TIMEOUT,
+    MAC_RE,
+    Link,
+    LinkError,
+    LinkTimeout,
+    RfcommFactory,
+    SetupError,
+    is_ble,
+    open_link,
 )
 
 if TYPE_CHECKING:  # concurrent.futures costs the service 0.9 MB: imported when a relay is switched
@@ -345,24 +352,6 @@ def seconds_until_next_tick(now: dt.datetime, interval: float) -> float:
     return max(0.0, next_tick - epoch)
 
 
-class Backoff:
-    """Exponential backoff with full jitter between ``initial`` and ``maximum`` seconds."""
-
-    def __init__(self, initial: float = 1.0, maximum: float = 60.0, rng: Optional[random.Random] = None):
-        self.initial = initial
-        self.maximum = maximum
-        self.rng = rng or random.Random()
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.initial * (2 ** self.attempt))
-        self.attempt += 1
-        return self.rng.uniform(self.initial / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 class MeterReader:
     """Keeps one meter connected and yields each new reading once, in the meter's time."""
 
@@ -405,6 +394,8 @@ class MeterReader:
             address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory, model=model,
             ble_client_factory=ble_client_factory,
         )
+        # The BLE links' counters (ble.BleStats) for an RS-BTWATTCH2, else None: the status line and /metrics.
+        self.link_stats = getattr(self._open_link, "stats", None)
         # The relay as the last measurement said (None: unknown, or no relay), for the live state.
         self.relay: Optional[bool] = None
         # The relay's desired state (one slot, never a queue), shared with the threads that command it.

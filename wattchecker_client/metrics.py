@@ -11,16 +11,18 @@ Prometheus scraping every Pi never mixes two meters named alike).
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Tuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .clock import Clock, utc_epoch
 from .dashboard import current
-from .meter import MeterStats
-from .uploader import Uploader
-from .writer import Writer
+
+if TYPE_CHECKING:  # types only: importing the uploader would load hashing, TLS and the ledger for nothing
+    from .meter import MeterStats
+    from .upload.uploader import Uploader
+    from .writer import Writer
 
 PREFIX = "wattchecker_"
 METER_LABELS = ["meter", "meter_id"]
@@ -43,6 +45,16 @@ METER_COUNTERS: Dict[str, Tuple[str, str]] = {
     "behind_host": ("readings_behind_host", "Readings stamped behind a host clock known to be right (skipped)."),
     "clock_resets": ("clock_resets", "Times the meter's clock was set again (drift, a host clock step, a stamp ahead)."),
     "clock_steps": ("host_clock_steps", "Steps of the host clock seen (the meter's clock is then checked at once)."),
+}
+# BleStats fields (an RS-BTWATTCH2's links), exported as wattchecker_ble_<field>_total unless named here.
+BLE_COUNTERS: Dict[str, Tuple[str, str]] = {
+    "connects": ("ble_connects", "BLE links opened (BlueZ connected and notifications subscribed)."),
+    "half_open": ("ble_half_open_connects", "Links BlueZ called connected that could not carry the protocol."),
+    "resubscribes": ("ble_resubscribes", "Times notifications went quiet and were subscribed to again."),
+    "silent_closes": ("ble_silent_closes", "Links closed because notifications stayed quiet after re-subscribing."),
+    "notifications": ("ble_notifications", "Notifications received."),
+    "bytes_in": ("ble_received_bytes", "Bytes received in notifications."),
+    "bytes_out": ("ble_sent_bytes", "Bytes written to the meter."),
 }
 WRITER_COUNTERS: Dict[str, Tuple[str, str]] = {
     "write_errors": ("write_errors", "Failed file writes (rows stay buffered and are retried)."),
@@ -67,8 +79,10 @@ class LiveCollector(Collector):
         uploader: Optional[Uploader],
         clock: Clock,
         meter_ids: Optional[Dict[str, str]] = None,
+        ble_stats: Callable[[], Dict[str, object]] = dict,
     ) -> None:
         self.live = live
+        self.ble_stats = ble_stats
         self.meter_ids = meter_ids or {}
         self.meter_stats = meter_stats
         self.writer = writer
@@ -81,6 +95,7 @@ class LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._live()
         yield from self._meter_counters()
+        yield from self._counters_by_meter(self.ble_stats(), BLE_COUNTERS, "ble_")
         yield from self._writer()
         if self.uploader is not None:
             yield from self._uploads(self.uploader)
@@ -131,16 +146,22 @@ class LiveCollector(Collector):
         stats = self.meter_stats()
         if not stats:
             return
-        families: Dict[str, CounterMetricFamily] = {}
         reconnects = CounterMetricFamily(PREFIX + "reconnects", "Connections after the first.", labels=METER_LABELS)
         for meter, s in sorted(stats.items()):
             reconnects.add_metric(self._labels(meter), max(0, s.connects - 1))
+        yield reconnects
+        yield from self._counters_by_meter(stats, METER_COUNTERS, "")
+
+    def _counters_by_meter(self, stats: Dict[str, object], named: Dict[str, Tuple[str, str]],
+                           prefix: str) -> Iterator[Metric]:
+        """One family per integer field of a stats dataclass, a sample per meter: a new field needs no code here."""
+        families: Dict[str, CounterMetricFamily] = {}
+        for meter, s in sorted(stats.items()):
             for field_name in _counter_fields(s):
                 if field_name not in families:
-                    base, doc = METER_COUNTERS.get(field_name, (field_name, f"MeterStats.{field_name}."))
+                    base, doc = named.get(field_name, (prefix + field_name, f"{type(s).__name__}.{field_name}."))
                     families[field_name] = CounterMetricFamily(PREFIX + base, doc, labels=METER_LABELS)
                 families[field_name].add_metric(self._labels(meter), getattr(s, field_name))
-        yield reconnects
         yield from families.values()
 
     def _writer(self) -> Iterator[Metric]:

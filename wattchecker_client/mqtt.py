@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, protocol
-from .clock import Clock
+from .clock import Backoff, Clock
 from .config import DeviceConfig, MqttConfig
+from .errors import SetupError
 from .identity import Identity, derive
 from .live import LiveState, MeterLive
-from .meter import Backoff
 from .relay import RelayStale, RelaySuperseded
 from .secretfile import read_secret
-from .transport import MAC_RE, SetupError
+from .transport import MAC_RE
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Tuple
 
-from .transport import SetupError
+from .errors import SetupError
 
 
 def others_may_read(path: Path, mode: int) -> Optional[str]:

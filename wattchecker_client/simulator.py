@@ -24,8 +24,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import protocol
 from .clock import Clock, utc_epoch
+from .errors import SetupError
 from .protocol import Measurement, btwattch2
-from .transport import Link, LinkError, LinkTimeout, SetupError, make_raw, socket_link
+from .transport import Link, LinkError, LinkTimeout, make_raw, socket_link
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,8 @@ import termios
 from typing import Callable, Optional
 from urllib.parse import urlsplit
 
+from .errors import SetupError
+
 DEFAULT_TIMEOUT = 5.0
 MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 
@@ -35,10 +37,6 @@ class LinkError(Exception):
 
 class LinkTimeout(LinkError):
     """Nothing arrived (or could be sent) within the timeout."""
-
-
-class SetupError(Exception):
-    """The link cannot work as configured on this machine; retrying will not help."""
 
 
 RfcommFactory = Callable[[str, int, float], socket.socket]

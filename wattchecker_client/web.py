@@ -33,8 +33,8 @@ from urllib.parse import parse_qsl
 from .clock import Clock, utc_epoch
 from .config import Config, HttpConfig
 from .dashboard import STALE_AFTER, EnergyView, current
+from .errors import SetupError
 from .secretfile import read_secret
-from .transport import SetupError
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class Sources:
     uploader: Optional[object]  # uploader.Uploader, when bigquery: is configured
     health: Callable[[], List[str]]  # the daemon's problems (dead or silent threads); [] when fine
     meter_ids: Optional[Dict[str, str]] = None  # meter name -> id (identity.py), a /metrics label
+    ble_stats: Callable[[], Dict[str, object]] = dict  # meter name -> ble.BleStats, for RS-BTWATTCH2s
 
 
 class _Server(ThreadingHTTPServer):
@@ -346,7 +347,7 @@ def _metrics_renderer(sources: Sources, clock: Clock) -> Callable[[], Tuple[byte
     from .metrics import LiveCollector, registry_for
 
     registry = registry_for(LiveCollector(sources.live, sources.meter_stats, sources.writer, sources.uploader, clock,
-                                          sources.meter_ids))
+                                          sources.meter_ids, sources.ble_stats))
     return lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
 
 

@@ -6,9 +6,7 @@ import argparse
 import signal
 import threading
 
-from ..daemon import EXIT_FAILED, EXIT_OK  # noqa: F401  (re-exported for the commands)
-
-EXIT_SETUP = 2  # a configuration error: systemd does not restart on it
+from ..errors import EXIT_FAILED, EXIT_OK, EXIT_SETUP  # noqa: F401  (re-exported for the commands)
 
 
 def byte_value(text: str) -> int:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..clock import Clock
+from ..clock import Backoff, Clock
+from ..errors import SetupError
 from ..formats import FORMATTERS
-from ..meter import Backoff, MeterReader
+from ..meter import MeterReader
 from ..protocol import DEFAULT_MODEL, MODELS
-from ..transport import DEFAULT_TIMEOUT, SetupError
+from ..transport import DEFAULT_TIMEOUT
 from .common import EXIT_OK, byte_value, on_stop_signals, positive_float
 
 log = logging.getLogger("wattchecker_client")

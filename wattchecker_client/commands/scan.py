@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..clock import Clock
+from ..errors import SetupError
 from ..protocol import btwattch2
 from ..protocol.frames import ProtocolError
-from ..transport import SetupError
 from .common import EXIT_OK, on_stop_signals, positive_float
 
 log = logging.getLogger("wattchecker_client")

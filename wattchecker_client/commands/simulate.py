@@ -8,7 +8,7 @@ import threading
 from typing import List
 
 from ..clock import Clock
-from ..transport import SetupError
+from ..errors import SetupError
 from .common import EXIT_OK, on_stop_signals
 
 ALL_FAULTS = {

@@ -23,7 +23,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..identity import device_values, for_config
-    from ..uploader import BigQueryTarget, Uploader, hour_files
+    from ..upload.bigquery import BigQueryTarget
+    from ..upload.hours import hour_files
+    from ..upload.uploader import Uploader
 
     config = load_config(args.config)
     if config.bigquery is None:
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 def batches(uploader, files: List) -> Iterator:
     """Batches as the service loads them (a day of one meter per job), after any the last run left."""
-    from ..uploader import day_groups
+    from ..upload.hours import day_groups
 
     if not uploader.resolve_pending():
         return  # BigQuery cannot be reached: everything stays queued
@@ -72,7 +74,8 @@ def batches(uploader, files: List) -> Iterator:
 
 def dry_run(uploader, files: List) -> Iterator:
     """What would load: each hour's rows, without a network call."""
-    from ..uploader import PermanentError, readable_rows
+    from ..upload.errors import PermanentError
+    from ..upload.hours import readable_rows
 
     for hour_file in files:
         outcome: Dict[str, str] = {}

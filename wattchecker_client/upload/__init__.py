@@ -1,0 +1,1 @@
+"""Closed hours -> BigQuery: the hour catalogue, the ledger, the BigQuery adapter, the uploader, retention."""
