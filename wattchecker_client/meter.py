@@ -60,8 +60,8 @@ RECENT_SECONDS = 3600
 class MeterStats:
     """Counters for everything that can go wrong with one meter."""
 
+    readings: int = 0  # first: the status line leads with it
     polls: int = 0
-    readings: int = 0
     retries: int = 0
     timeouts: int = 0
     crc_errors: int = 0
