@@ -439,7 +439,11 @@ def test_the_relay_switch_of_an_rs_btwattch2(simulator, daemons, brokers, subscr
 # --- the relay is safe to own (issue 16): a real broker, a simulated RS-BTWATTCH2 over TCP ---------------
 
 
-RELAY_SET = f"{PREFIX}/{METER}/relay/set"
+def relay_set(sim) -> str:
+    """The meter's command topic: it carries the meter's id (identity.py), derived as the service derives it."""
+    from wattchecker_client.identity import derive
+
+    return f"{PREFIX}/{derive({METER: sim.addresses[0]}).meters[METER]}/relay/set"
 
 
 def relay_setup(simulator, brokers, subscribers, tmp_path, relay=None, sim_args=(), port=None, http=None):
@@ -482,7 +486,7 @@ def test_a_flood_of_commands_switches_a_handful_of_times_ends_in_the_last_and_re
     commander = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flood")
     commander.connect("127.0.0.1", broker.port)
     commander.loop_start()
-    sent = [commander.publish(RELAY_SET, "ON" if i % 2 == 0 else "OFF", qos=1) for i in range(200)]  # ends OFF
+    sent = [commander.publish(relay_set(sim), "ON" if i % 2 == 0 else "OFF", qos=1) for i in range(200)]  # ends OFF
     for info in sent:
         info.wait_for_publish(10)
     commander.loop_stop()
@@ -500,7 +504,7 @@ def test_a_retained_command_is_ignored_at_every_start_with_one_line_saying_how_t
     simulator, daemons, brokers, subscribers, tmp_path
 ):
     broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path)
-    sub.client.publish(RELAY_SET, "OFF", qos=1, retain=True).wait_for_publish(10)
+    sub.client.publish(relay_set(sim), "OFF", qos=1, retain=True).wait_for_publish(10)
     for run in range(2):
         since = sub.count()
         daemon = daemons(config, tmp_path)
@@ -508,8 +512,8 @@ def test_a_retained_command_is_ignored_at_every_start_with_one_line_saying_how_t
         assert daemon.stop() == 0
         warnings = mqtt_warnings(daemon.stderr())
         assert len(warnings) == 1, warnings
-        assert warnings[0].endswith(f"ignoring a retained command on {RELAY_SET}: a command is for now, not for "
-                                    f"every restart; clear it with `mosquitto_pub -r -n -t {RELAY_SET}`")
+        assert warnings[0].endswith(f"ignoring a retained command on {relay_set(sim)}: a command is for now, not for "
+                                    f"every restart; clear it with `mosquitto_pub -r -n -t {relay_set(sim)}`")
     assert relay_writes(sim) == []
 
 
@@ -523,7 +527,7 @@ def test_a_command_given_while_the_meter_is_away_is_not_carried_out_when_it_come
     wait_for(lambda: relay_states(sub)[-3:] == ["ON"] * 3, timeout=30, what="states with the relay on")
     sim.stop()
     wait_for(lambda: "reconnecting" in daemon.stderr(), timeout=30, what="the meter gone")
-    sub.client.publish(RELAY_SET, "OFF", qos=1).wait_for_publish(10)
+    sub.client.publish(relay_set(sim), "OFF", qos=1).wait_for_publish(10)
     wait_for(lambda: "relay_commands=1" in daemon.stderr(), timeout=30, what="the command taken")
     time.sleep(4)  # the meter stays away longer than relay.max_age (3 s)
     back = simulator("--model", "btwattch2", "--seed", str(SEED), "--tcp", f"127.0.0.1:{port}")
@@ -548,18 +552,18 @@ def test_a_20_mb_payload_costs_no_memory_and_one_short_line_and_garbage_a_line_a
     wait_for(lambda: len(relay_states(sub)) >= 5, timeout=30, what="states")
     time.sleep(2)
     before = rss_kb(daemon.proc.pid)
-    sub.client.publish(RELAY_SET, b"X" * 20_000_000, qos=1).wait_for_publish(60)
+    sub.client.publish(relay_set(sim), b"X" * 20_000_000, qos=1).wait_for_publish(60)
     wait_for(lambda: "20000000-byte payload" in daemon.stderr(), timeout=60, what="the payload refused")
     time.sleep(2)
     after = rss_kb(daemon.proc.pid)
     for i in range(1000):
-        sub.client.publish(RELAY_SET, f"garbage{i}", qos=0)
+        sub.client.publish(relay_set(sim), f"garbage{i}", qos=0)
     wait_for(lambda: "bad_commands=1001" in daemon.stderr(), timeout=60, what="1000 garbage messages counted")
     assert daemon.stop() == 0
     print(f"RSS before {before} kB, after the 20 MB payload {after} kB")
     assert abs(after - before) < 5 * 1024, (before, after)
     warnings = mqtt_warnings(daemon.stderr())
-    assert warnings[0].endswith(f"mqtt: ignoring a 20000000-byte payload 'XXXXXXXXXXXXXXXX'... on {RELAY_SET} "
+    assert warnings[0].endswith(f"mqtt: ignoring a 20000000-byte payload 'XXXXXXXXXXXXXXXX'... on {relay_set(sim)} "
                                 "(send ON or OFF)")
     assert len(warnings[0]) < 200
     # The garbage: one count when the minute ends (here: at shutdown), never a line each.
@@ -585,7 +589,7 @@ def test_over_power_cuts_the_relay_off_latches_across_a_restart_and_an_explicit_
     (latch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/binary_sensor/")]
     assert (latch["device_class"], latch["payload_on"], latch["payload_off"]) == ("problem", "ON", "OFF")
     assert latch["value_template"] == "{{ value_json.overloaded | is_defined }}"
-    assert latch["state_topic"] == f"{PREFIX}/{METER}/state" and latch["unique_id"].endswith("_overloaded")
+    assert latch["state_topic"] == relay_set(sim)[:-len("relay/set")] + "state" and latch["unique_id"].endswith("_overloaded")
     wait_for(lambda: [s.get("overloaded") for s in sub.states()][-3:] == ["ON"] * 3, timeout=30, what="latched")
     assert relay_states(sub)[-1] == "OFF"
     # On /metrics and on the page too.
@@ -609,7 +613,7 @@ def test_over_power_cuts_the_relay_off_latches_across_a_restart_and_an_explicit_
     assert {s["overloaded"] for s in sub.states(since)} == {"ON"}
     assert {s["relay"] for s in sub.states(since)} == {"OFF"}
     since = sub.count()
-    sub.client.publish(RELAY_SET, "ON", qos=1)
+    sub.client.publish(relay_set(sim), "ON", qos=1)
     wait_for(lambda: any(s["relay"] == "ON" and s["overloaded"] == "OFF" for s in sub.states(since)), timeout=30,
              what="an explicit ON clearing the latch")
     assert daemon.stop() == 0
@@ -660,7 +664,7 @@ def test_auto_off_after_any_on(simulator, daemons, brokers, subscribers, tmp_pat
     assert run_cli("switch", sim.addresses[0], "on", "--model", "btwattch2").returncode == 0  # another path
     wait_for(lambda: relay_writes_so_far(daemon) >= 2, timeout=30, what="off again")
     since = sub.count()
-    sub.client.publish(RELAY_SET, "ON", qos=1)
+    sub.client.publish(relay_set(sim), "ON", qos=1)
     wait_for(lambda: relay_writes_so_far(daemon) >= 4 and relay_states(sub, since)[-1:] == ["OFF"], timeout=30,
              what="ON by MQTT, then off by itself")
     assert daemon.stop() == 0

@@ -105,7 +105,7 @@ def test_each_relay_topic_reaches_only_its_own_meter(simulator, daemons, brokers
     broker = brokers()
     sub = subscribers(broker.port)
     services = two_services(simulator, daemons, broker, tmp_path, model="btwattch2")
-    nodes = discovered(sub, entities=5)
+    nodes = discovered(sub, entities=6)  # four sensors, the switch, the over-power latch
     switches = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/switch/")]
     assert len({s["command_topic"] for s in switches}) == 2
     wait_for(lambda: all(states_on(sub, s["state_topic"]) for s in switches), timeout=30, what="both relays' states")
