@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import socket
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .config import DEFAULT_NAME
-from .datadir import private_file
 from .transport import MAC_RE
+from .writer import atomic_write
 
 if TYPE_CHECKING:
     from .config import Config
@@ -164,12 +163,9 @@ def for_data_dir(data_dir: Path, addresses: Mapping[str, str], *,
 
 
 def _write(path: Path, meters: Dict[str, str]) -> None:
-    """Atomically: a crash leaves the old file or the new one, never half of one."""
+    """Atomically, 0640 like the rest of the data folder: a crash leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", opener=private_file) as f:  # 0640, as every file of the data folder
-        f.write(json.dumps({"meters": meters}, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps({"meters": meters}, indent=1, sort_keys=True) + "\n").encode("utf-8"), compress=False)
 
 
 def for_config(config: "Config") -> Identity:
