@@ -57,6 +57,7 @@ def nspawn_works() -> None:
         pytest.skip(f"systemd-nspawn cannot start a container here: {probe.stderr.strip()[-300:]}")
 
 
+@pytest.mark.process
 def test_the_unit_runs_under_real_systemd_with_notify_and_watchdog(tmp_path):
     nspawn_works()
     root = tmp_path / "root"
