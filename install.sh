@@ -5,7 +5,8 @@
 #
 # Safe to run again: it upgrades the code, keeps config.yaml and the data.
 # Options:
-#   --address MAC|PATH   the meter (written into a new config.yaml only)
+#   --address ADDR       the meter: MAC, /dev/rfcommN, tcp://HOST:PORT or sim://
+#                        (written into a new config.yaml only)
 #   --channel N          its RFCOMM channel (likewise)
 #   --model M            btwattch1 (default) or btwattch2 (an RS-BTWATTCH2 over BLE; likewise)
 #   --prefix DIR         where to install (default /opt/wattchecker-client)
@@ -67,8 +68,9 @@ done
 
 # Checked before anything is touched: the values go into sed expressions and a config file.
 if [ -n "$address" ] && ! [[ "$address" =~ ^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$ ]] \
-        && ! [[ "$address" =~ ^/dev/[A-Za-z0-9_]+$ ]]; then
-    die "--address $(printf %q "$address"): not a Bluetooth MAC (00:0C:BF:12:34:56) or a tty (/dev/rfcomm0)"
+        && ! [[ "$address" =~ ^/dev/[A-Za-z0-9_]+$ ]] \
+        && ! [[ "$address" =~ ^tcp://[A-Za-z0-9.-]+:[0-9]{1,5}$ ]] && [ "$address" != "sim://" ]; then
+    die "--address $(printf %q "$address"): not a Bluetooth MAC (00:0C:BF:12:34:56), a tty (/dev/rfcomm0), tcp://HOST:PORT or sim://"
 fi
 if [ -n "$channel" ] && ! [[ "$channel" =~ ^([1-9]|[12][0-9]|30)$ ]]; then
     die "--channel $(printf %q "$channel"): must be a number from 1 to 30"
@@ -104,7 +106,13 @@ mkdir -p "$target/log"
 cp "$src/README.md" "$src/config_sample.yaml" "$target/"
 [ -x "$target/venv/bin/python" ] || "$python" -m venv "$target/venv"
 # Extras: bigquery for uploads, http for the live page and /metrics (prometheus-client, ~0.5 MB).
-"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$src[bigquery,http,mqtt,ble]"
+# Built from a private copy: setuptools writes build/ and *.egg-info next to setup.py, and two
+# installs from one checkout at once (or a root install in a user's checkout) would share them.
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+cp -r "$src/setup.py" "$src/pyproject.toml" "$src/README.md" "$src/wattchecker_client" "$stage/"
+find "$stage" -name __pycache__ -prune -exec rm -rf {} +
+"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$stage[bigquery,http,mqtt,ble]"
 
 if [ ! -e "$target/config.yaml" ]; then
     say "writing $prefix/config.yaml from the sample"

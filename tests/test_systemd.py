@@ -109,6 +109,26 @@ def test_install_writes_a_config_for_an_rs_btwattch2(installed):
         (target / "config.yaml").write_text(kept)
 
 
+@pytest.mark.parametrize("address", ["sim://", "tcp://127.0.0.1:5555"])
+def test_install_takes_the_simulator_and_tcp_addresses(installed, address):
+    """The nspawn test installs with sim://; a bridge user with tcp://HOST:PORT."""
+    root, _ = installed
+    target = root / PREFIX.lstrip("/")
+    kept = (target / "config.yaml").read_text()
+    (target / "config.yaml").unlink()
+    try:
+        install(root, "--address", address)
+        config = (target / "config.yaml").read_text()
+        assert f'address: "{address}"' in config
+        check = subprocess.run(
+            [str(target / "venv/bin/wattchecker-client"), "check-config", "--config", str(target / "config.yaml")],
+            capture_output=True, text=True,
+        )
+        assert check.returncode == 0, check.stderr
+    finally:
+        (target / "config.yaml").write_text(kept)
+
+
 @pytest.mark.process
 def test_install_refuses_bad_options(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "install.sh"), "--root", str(tmp_path), "--bogus"],
@@ -119,7 +139,9 @@ def test_install_refuses_bad_options(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--address", "00:0C:BF:12:34:5G"], "--address 00:0C:BF:12:34:5G: not a Bluetooth MAC"),
     (["--address", 'x"|s|/|;e id'], "--address "),
-    (["--address", "/dev/rfcomm0; rm -rf /"], "not a Bluetooth MAC (00:0C:BF:12:34:56) or a tty"),
+    (["--address", "/dev/rfcomm0; rm -rf /"], "not a Bluetooth MAC (00:0C:BF:12:34:56), a tty"),
+    (["--address", "tcp://host:1|e"], "tcp://HOST:PORT or sim://"),
+    (["--address", "sim://x"], "--address sim://x: not a Bluetooth MAC"),
     (["--channel", "31"], "--channel 31: must be a number from 1 to 30"),
     (["--channel", "6|e"], "--channel 6\\|e: must be a number from 1 to 30"),
     (["--model", "btwattch3"], "--model btwattch3: must be btwattch1 or btwattch2"),
