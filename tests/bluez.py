@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import select
 import shutil
 import subprocess
 import threading
@@ -49,7 +50,6 @@ import pytest
 from wattchecker_client.protocol import btwattch2
 from wattchecker_client.protocol.frames import FrameDecoder
 
-from .conftest import wait_for
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -84,14 +84,18 @@ def bus_without_bluez(folder: Path) -> Iterator[str]:
     socket_path = folder / "system_bus_socket"
     config = folder / "bus.conf"
     config.write_text(BUS_CONFIG.format(path=socket_path))
-    proc = subprocess.Popen([daemon, f"--config-file={config}", "--nofork", "--nopidfile"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # --print-address answers once the socket listens; the socket file alone appears at bind(),
+    # a moment before, and a connect then is refused.
+    proc = subprocess.Popen([daemon, f"--config-file={config}", "--nofork", "--nopidfile", "--print-address"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        wait_for(socket_path.exists, timeout=10, what="dbus-daemon's socket")
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        assert ready and proc.stdout.readline(), "dbus-daemon did not start within 10 s"
         yield f"unix:path={socket_path}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        proc.stdout.close()
 
 
 # --- the stand-in BlueZ ------------------------------------------------------------------

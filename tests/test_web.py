@@ -21,7 +21,7 @@ from typing import Dict, Optional
 import pytest
 
 from tests.browser import end_process
-from tests.conftest import cli, free_port, run_cli, wait_for, write_config
+from tests.conftest import ROOT, cli, free_port, run_cli, wait_for, write_config
 from wattchecker_client.clock import Clock, FakeClock, time_zone, utc_epoch
 from wattchecker_client.config import parse_config
 from wattchecker_client.daemon import Daemon
@@ -195,6 +195,9 @@ def test_read_only_and_nothing_outside_the_page(tmp_path, simulator, daemons):
     assert headers["Content-Security-Policy"].startswith("default-src 'self'")
     status, _, body = get(base + "/static/uPlot.LICENSE.txt")
     assert status == 200 and b"MIT License" in body
+    status, headers, body = get(base + "/favicon.ico")  # browsers ask whatever the page links
+    assert (status, headers["Content-Type"]) == (200, "image/svg+xml")
+    assert body == (ROOT / "wattchecker_client/static/icon.svg").read_bytes()
 
 
 # --- Prometheus itself ------------------------------------------------------------------------

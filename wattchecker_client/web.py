@@ -371,6 +371,9 @@ def _load_static() -> Dict[str, Tuple[bytes, str]]:
         if path.is_file() and path.suffix in TYPES:
             files["/static/" + path.name] = (path.read_bytes(), TYPES[path.suffix])
     files["/"] = files["/static/index.html"]
+    # Browsers ask for /favicon.ico whatever the page links (Chromium, late, after a 401 page):
+    # the same icon, not a 404 in their console.
+    files["/favicon.ico"] = files["/static/icon.svg"]
     return files
 
 
