@@ -222,6 +222,8 @@ def daemons():
         if daemon.proc.poll() is None:
             daemon.proc.kill()
             daemon.proc.wait()
+        # pytest shows this only under a failed test: what the service said, for a failure in CI
+        print(f"--- the last lines of {daemon.err_path.name}:", *daemon.stderr().splitlines()[-60:], sep="\n")
 
 
 @contextlib.contextmanager

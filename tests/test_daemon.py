@@ -197,7 +197,8 @@ def rows_in_uploaded_files(data_dir: Path) -> list:
 def test_uploads_heal_through_an_emulator_that_starts_late_and_gets_killed(emulator, simulator, daemons, tmp_path):
     (address,) = simulator(*FAST).addresses
     data_dir = tmp_path / "data"
-    config = write_config(tmp_path / "config.yaml", data_dir, address)
+    # Polled every 50 ms: about 60 rows an hour file, so a busy machine's emulator keeps up with an hour each 3 s.
+    config = write_config(tmp_path / "config.yaml", data_dir, address, poll_interval=0.05)
     with open(config, "a") as f:
         f.write(
             f"bigquery:\n  dataset_id: wattchecker\n  table_id: power\n  project_id: {Emulator.PROJECT}\n"
@@ -207,12 +208,12 @@ def test_uploads_heal_through_an_emulator_that_starts_late_and_gets_killed(emula
     wait_for(lambda: len(closed_hours(data_dir, "json")) >= 2, what="two closed hours while BigQuery is down")
     assert ledger_keys(data_dir) == set()
     emulator.start()  # BigQuery comes back: the backlog heals by itself
-    wait_for(lambda: len(ledger_keys(data_dir)) >= 2, timeout=60, what="the backlog uploaded")
+    wait_for(lambda: len(ledger_keys(data_dir)) >= 2, timeout=180, what="the backlog uploaded")
     emulator.stop(signal.SIGKILL)  # and dies again, perhaps mid-upload
     closed_while_dead = len(closed_hours(data_dir, "json"))
     wait_for(lambda: len(closed_hours(data_dir, "json")) > closed_while_dead, what="an hour closed while down")
     emulator.start()
-    wait_for(lambda: len(ledger_keys(data_dir)) > closed_while_dead - 1, timeout=60, what="uploads after the restart")
+    wait_for(lambda: len(ledger_keys(data_dir)) > closed_while_dead - 1, timeout=180, what="uploads after the restart")
     assert daemon.stop() == 0, daemon.stderr()
     rows = rows_in_uploaded_files(data_dir)
     ((count, watts),) = emulator.query(f"SELECT COUNT(*), SUM(W) FROM `{Emulator.PROJECT}.wattchecker.power`")

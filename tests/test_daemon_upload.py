@@ -39,7 +39,7 @@ def test_the_daemon_loads_the_json_files_full_precision_row_for_row(emulator, da
     data_dir = tmp_path / "data"
     config = write_config(tmp_path / "config.yaml", data_dir, "sim://?seed=7&clock_speed=1200", poll_interval=0.05)
     daemon = daemons(with_bigquery(config, emulator.url), tmp_path)
-    wait_for(lambda: len(ledger(data_dir)["uploaded"]) >= 3, timeout=90, what="three hours uploaded")
+    wait_for(lambda: len(ledger(data_dir)["uploaded"]) >= 3, timeout=180, what="three hours uploaded")
     assert daemon.stop() == 0, daemon.stderr()
     uploaded = ledger(data_dir)["uploaded"]
     assert all(e["source"].startswith("wattchecker-data.json.") for e in uploaded.values())
@@ -61,7 +61,7 @@ def test_a_backlog_waits_out_a_403_then_loads_one_job_per_utc_day(emulator, daem
         wait_for(lambda: proxy.denied >= 3, what="retries with backoff")
         assert ledger(data_dir)["uploaded"] == {} and not (data_dir / "failed").exists()
         proxy.deny = None  # the role is granted
-        wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 48, timeout=60, what="the backlog uploaded")
+        wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 48, timeout=180, what="the backlog uploaded")
         assert daemon.stop() == 0, daemon.stderr()
         log = daemon.stderr()
         assert log.count("the service account likely lacks") == 1  # one error line per outage
@@ -89,7 +89,7 @@ def test_sigterm_mid_load_then_restart_credits_that_very_job_exactly_once(emulat
         assert after_stop["uploaded"] == {} and list(after_stop["pending"]) == [job_id]  # ... before its credit
         proxy.release()
         second = daemons(config, tmp_path)
-        wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 8, timeout=120, what="the batch credited")
+        wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 8, timeout=240, what="the batch credited")
         assert second.stop() == 0, second.stderr()
         assert f"batch {job_id} from an earlier run is in BigQuery: crediting its 8 hour(s)" in second.stderr()
         final = ledger(data_dir)
@@ -110,7 +110,7 @@ def test_sigkill_once_the_batch_is_written_ahead_then_restart_loads_every_hour_e
     wait_for(lambda: ledger(data_dir)["pending"], what="the batch written ahead")
     first.stop(signal.SIGKILL)
     second = daemons(config, tmp_path)
-    wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 4, timeout=90, what="the backlog credited")
+    wait_for(lambda: len(ledger(data_dir)["uploaded"]) == 4, timeout=180, what="the backlog credited")
     assert second.stop() == 0, second.stderr()
     final = ledger(data_dir)
     assert final["pending"] == {} and len({e["job_id"] for e in final["uploaded"].values()}) == 1

@@ -210,7 +210,7 @@ def test_two_services_load_into_one_table_each_row_keeps_its_device(emulator, da
         services.append({"folder": folder, "config": with_bigquery(config, emulator.url),
                          "daemon": daemons(config, folder)})
     for s in services:
-        wait_for(lambda: len(ledger(s["folder"] / "data")["uploaded"]) >= 2, timeout=120, what="two hours uploaded")
+        wait_for(lambda: len(ledger(s["folder"] / "data")["uploaded"]) >= 2, timeout=180, what="two hours uploaded")
     for s in services:
         assert s["daemon"].stop() == 0, s["daemon"].stderr()
 

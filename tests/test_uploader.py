@@ -9,6 +9,7 @@ import http.server
 import json
 import logging
 import os
+import queue
 import threading
 from pathlib import Path
 from typing import Optional
@@ -22,9 +23,10 @@ from wattchecker_client.simulator import air_conditioner
 from wattchecker_client.upload.bigquery import BigQueryTarget, classify, load_job_config, missing_role
 from wattchecker_client.upload.errors import AccessDenied, PermanentError, TransientError
 from wattchecker_client.upload.hours import HourFile, csv_body, hour_files, job_id_for, read_rows
-from wattchecker_client.upload.ledger import read_ledger
+from wattchecker_client.upload.ledger import Ledger, read_ledger
+from wattchecker_client.upload.retention import Retention
 from wattchecker_client.upload.uploader import Uploader
-from wattchecker_client.writer import Writer
+from wattchecker_client.writer import ClosedFile, Writer
 
 from .conftest import Emulator, run_cli
 
@@ -639,28 +641,53 @@ def test_access_denied_keeps_hours_queued_names_the_role_once_and_heals(proxy, t
     assert "BigQuery reachable again" in caplog.text
 
 
+def test_hours_closed_during_a_load_all_join_the_next_batch(tmp_path):
+    """Hours closing faster than BigQuery loads (a slow link, a long outage's tail) go in one job, not one each."""
+    write_hours(tmp_path, 3)
+    closed_files: "queue.Queue[ClosedFile]" = queue.Queue()
+    for path in sorted(tmp_path.glob("*.gz")):  # as the writer announced them during a load
+        fmt, stamp = path.name.split(".")[1], path.name.split(".")[2]
+        closed_files.put(ClosedFile("wattchecker", fmt, dt.datetime.strptime(stamp, "%Y-%m-%d_%H"), path))
+    uploader = Uploader(tmp_path, None, FakeClock(T0))
+    uploader.take_announcements(closed_files, timeout=0)
+    assert closed_files.empty() and uploader.pending == 3  # one day's hours: one batch (see the backlog tests)
+
+
 # --- retention ------------------------------------------------------------------------------
 
 
 def test_retention_deletes_old_hours_only_once_uploaded(emulator, tmp_path):
+    """Retention reads the uploader's ledger through a ledger of its own, re-read each pass."""
     emulator.start()
     write_hours(tmp_path, 3)
     clock = FakeClock(T0 + dt.timedelta(days=10, hours=2, minutes=30))  # hours 0 and 1 ended over 10 days ago
     uploader = uploader_for(emulator, tmp_path, clock=clock)
-    uploader.retention_days = 10
-    uploader.delete_expired()
+    retention = Retention(tmp_path, clock, 10, uploading=True)
+    assert retention.delete_expired() == 0
     assert len(list(tmp_path.glob("*.gz"))) == 6  # nothing uploaded yet: nothing deleted
     drain(uploader)
-    uploader.delete_expired()
+    assert retention.delete_expired() == 2 and retention.deleted == 2
     assert sorted(p.name for p in tmp_path.glob("*.gz")) == [
         "wattchecker-data.csv.2026-07-01_02.gz", "wattchecker-data.json.2026-07-01_02.gz"]
 
 
+def test_retention_keeps_a_pending_batchs_hours_until_its_job_is_resolved(tmp_path):
+    write_hours(tmp_path, 2)
+    hour = {"rows": 3600, "source": "wattchecker-data.json.2026-07-01_00.gz"}
+    Ledger(tmp_path).begin("job-1", {"table": "p.d.t", "hours": {"wattchecker-data.2026-07-01_00": hour}})
+    retention = Retention(tmp_path, FakeClock(T0 + dt.timedelta(days=31)), 30, uploading=True)
+    assert retention.delete_expired() == 0 and len(list(tmp_path.glob("*.gz"))) == 4
+    Ledger(tmp_path).commit("job-1", {"wattchecker-data.2026-07-01_00": {"job_id": "job-1", **hour}})
+    assert retention.delete_expired() == 1
+    assert sorted(p.name for p in tmp_path.glob("*.gz")) == [
+        "wattchecker-data.csv.2026-07-01_01.gz", "wattchecker-data.json.2026-07-01_01.gz"]
+
+
 def test_retention_without_bigquery_deletes_old_hours(tmp_path):
     write_hours(tmp_path, 2)
-    uploader = Uploader(tmp_path, None, FakeClock(T0 + dt.timedelta(days=31)), retention_days=30)
-    uploader.delete_expired()
-    assert list(tmp_path.glob("*.gz")) == [] and uploader.stats.deleted == 2
+    retention = Retention(tmp_path, FakeClock(T0 + dt.timedelta(days=31)), 30, uploading=False)
+    retention.delete_expired()
+    assert list(tmp_path.glob("*.gz")) == [] and retention.deleted == 2
 
 
 def test_retention_keeps_the_hours_summaries_so_the_report_still_answers(tmp_path):
@@ -671,13 +698,33 @@ def test_retention_keeps_the_hours_summaries_so_the_report_still_answers(tmp_pat
     data_dir = tmp_path / "data"
     write_hours(data_dir, 3, per_hour=600)
     untouched = shutil.copytree(data_dir, tmp_path / "copy")  # the report there reads the rows
-    uploader = Uploader(data_dir, None, FakeClock(T0 + dt.timedelta(days=31)), retention_days=30)
-    uploader.delete_expired()
-    assert list(data_dir.glob("*.gz")) == [] and uploader.stats.deleted == 3
+    retention = Retention(data_dir, FakeClock(T0 + dt.timedelta(days=31)), 30, uploading=False)
+    retention.delete_expired()
+    assert list(data_dir.glob("*.gz")) == [] and retention.deleted == 3
     tz = time_zone("UTC")
     after, before = meter_report(data_dir, "wattchecker-data", "m", tz), meter_report(untouched, "wattchecker-data", "m", tz)
     assert after.rows == before.rows == 3 * 600 and after.problems == []
     assert after.total().watt_seconds == pytest.approx(before.total().watt_seconds, rel=1e-12)
+
+
+def test_the_retention_thread_logs_a_failing_pass_and_tries_again_an_hour_later(tmp_path, caplog):
+    write_hours(tmp_path, 1)
+    clock = FakeClock(T0 + dt.timedelta(days=31))
+    retention = Retention(tmp_path, clock, 30, uploading=False)
+    passes = []
+
+    def failing_pass() -> int:
+        passes.append(clock.monotonic())
+        if len(passes) == 1:
+            raise PermissionError(13, "Permission denied", str(tmp_path))
+        stop.set()
+        return 0
+
+    retention.delete_expired = failing_pass
+    stop = threading.Event()
+    retention.run(stop)
+    assert passes[1] - passes[0] == 3600
+    assert "retention: cannot delete old files: [Errno 13] Permission denied" in caplog.text
 
 
 # --- the upload command ----------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_abstract_notify_socket(tmp_path):
 
 
 def test_without_bigquery_no_uploader_thread_yet_old_hours_are_deleted(tmp_path):
-    """Retention runs in the main thread's cadence; each thread shows its name in top -H and ps -L."""
+    """Retention runs in its own thread; each thread shows its name in top -H and ps -L."""
     data = tmp_path / "data"
     data.mkdir()
     old = data / "wattchecker-data.csv.2020-01-01_00.gz"
@@ -109,6 +109,6 @@ def test_without_bigquery_no_uploader_thread_yet_old_hours_are_deleted(tmp_path)
         daemon.stop.set()
         runner.join(30)
     assert not old.exists(), "retention did not delete the old hour"
-    assert {"writer", "reader wattchec"} <= threads
+    assert {"writer", "reader wattchec", "retention"} <= threads
     assert "uploader" not in threads
     assert not runner.is_alive()

@@ -26,8 +26,8 @@ from .protocol import Measurement
 from .transport import RfcommFactory, is_ble
 from .writer import ClosedFile, Writer, atomic_write
 
-# The uploader module is imported only when BigQuery or retention is configured:
-# with hashlib's OpenSSL it costs about 4 MB of memory, a fifth of the service's.
+# The upload package is imported only when BigQuery or retention is configured:
+# with hashlib's OpenSSL the uploader costs about 4 MB of memory, a fifth of the service's.
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ ROW_QUEUE_SIZE = 10_000
 # The writer sleeps until its next flush; rows past this many wake it sooner (flat-out polling).
 WAKE_WRITER_AT = ROW_QUEUE_SIZE // 10
 JOIN_TIMEOUT = 15.0
-RETENTION_INTERVAL = 3600.0
 M_ARENA_MAX = -8  # mallopt(3) parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept
@@ -170,6 +169,7 @@ class Daemon:
             closed_files=self.closed_files if config.bigquery else None,  # nobody else takes them
         )
         self.uploader = self._uploader_for(config)
+        self.retention = self._retention_for(config)  # after the uploader: it reads the ledger that one compacts
         # A third of the stall limit: a live thread never looks stuck, a stuck one soon does.
         self.heartbeat_interval = general.watchdog_stall / 3
         self.readers: Dict[str, MeterReader] = {}
@@ -199,20 +199,28 @@ class Daemon:
             return {}
 
     def _uploader_for(self, config: Config):
-        """An Uploader when BigQuery or retention is configured, else None (and no thread)."""
-        if config.bigquery is None and config.general.retention_days is None:
+        """An Uploader when BigQuery is configured, else None (and no thread)."""
+        if config.bigquery is None:
             return None
         from .upload.bigquery import BigQueryTarget
         from .upload.uploader import Uploader
 
         return Uploader(
             config.general.data_dir,
-            BigQueryTarget(config.bigquery, config.named_files) if config.bigquery else None,
+            BigQueryTarget(config.bigquery, config.named_files),
             self.clock,
             devices=device_values(config, self.identity),
-            max_backoff=config.bigquery.max_backoff if config.bigquery else 3600.0,
-            retention_days=config.general.retention_days,
+            max_backoff=config.bigquery.max_backoff,
         )
+
+    def _retention_for(self, config: Config):
+        """Retention when ``retention_days`` is set, else None (and no thread)."""
+        if config.general.retention_days is None:
+            return None
+        from .upload.retention import Retention
+
+        return Retention(config.general.data_dir, self.clock, config.general.retention_days,
+                         uploading=config.bigquery is not None)
 
     def _live_for(self, config: Config):
         """The live state when an output shows it (MQTT, the page), else None; run() restores its energy."""
@@ -331,6 +339,12 @@ class Daemon:
         except Exception:
             log.exception("uploader failed; closed files stay queued for the next start")
 
+    def _delete_expired(self) -> None:
+        try:
+            self.retention.run(self.stop)
+        except Exception:
+            log.exception("retention failed; old hours stay until the next start")
+
     def _publish_mqtt(self, mqtt_stop: threading.Event) -> None:
         """The MQTT thread: a broker's faults are its own; it never stops the readers or the writer."""
         from .mqtt import Publisher
@@ -374,7 +388,8 @@ class Daemon:
             self.web.start()  # after restore: a scrape never sees the energy counter go back
         writer_stop, uploader_stop = threading.Event(), threading.Event()
         writer_thread = self._writer_thread = self._start("writer", self._write, writer_stop)
-        uploader_thread = self._start("uploader", self._upload, uploader_stop) if self.config.bigquery else None
+        uploader_thread = self._start("uploader", self._upload, uploader_stop) if self.uploader else None
+        retention_thread = self._start("retention", self._delete_expired) if self.retention else None
         for name, reader in self.readers.items():
             self._threads.append(self._start(f"reader {name}", self._read_meter, name, reader))
         mqtt_stop = threading.Event()
@@ -404,6 +419,8 @@ class Daemon:
             uploader_thread.join(JOIN_TIMEOUT)
             if uploader_thread.is_alive():
                 log.warning("an upload is still in flight; it stays queued and is resolved at the next start")
+        if retention_thread is not None:  # it stops with ``stop``; an unfinished pass is done at the next start
+            retention_thread.join(JOIN_TIMEOUT)
         self._report(final=True)
         self.notifier.close()
         return EXIT_FAILED if self.failure else EXIT_OK
@@ -411,16 +428,13 @@ class Daemon:
     def _supervise(self, writer_thread: threading.Thread) -> None:
         """The main thread's loop, until ``stop``: it wakes only when something is due.
 
-        That is a watchdog ping (every half WatchdogSec), a status line, and,
-        with no uploader thread to do it, retention (hourly); ``stop`` wakes it at once.
+        That is a watchdog ping (every half WatchdogSec), a status line and an
+        energy checkpoint; ``stop`` wakes it at once.
         """
         general = self.config.general
-        retention_here = self.uploader is not None and self.config.bigquery is None
         tick = min(self.notifier.watchdog_interval or general.status_interval, general.status_interval,
-                   RETENTION_INTERVAL if retention_here else general.status_interval,
                    self.live.checkpoint_interval if self.live else general.status_interval)
         next_status = self.clock.monotonic() + general.status_interval
-        next_retention = 0.0
         while not self.clock.sleep(tick, self.stop):
             self._feed_watchdog(writer_thread)
             if self.live is not None:
@@ -429,15 +443,6 @@ class Daemon:
             if now >= next_status:
                 next_status = now + general.status_interval
                 self._report()
-            if retention_here and now >= next_retention:
-                next_retention = now + RETENTION_INTERVAL
-                self._delete_expired()
-
-    def _delete_expired(self) -> None:
-        try:
-            self.uploader.delete_expired()
-        except OSError as exc:
-            log.error("retention: cannot delete old files: %s; trying again in an hour", exc)
 
     def _feed_watchdog(self, writer_thread: threading.Thread) -> None:
         """Ping only while the writer and every reader are alive and recently active."""
@@ -489,10 +494,12 @@ class Daemon:
             prefix, w.rows_received, written, self.writer.pending_rows(),
             w.files_closed, w.write_errors, w.rows_dropped,
         )
-        if self.config.bigquery:
+        if self.uploader is not None:
             u = self.uploader.stats
-            log.info("%suploader: uploaded=%d rows=%d jobs=%d queued=%d failed=%d retries=%d deleted=%d",
-                     prefix, u.uploaded, u.rows, u.jobs, self.uploader.pending, u.failed, u.retries, u.deleted)
+            log.info("%suploader: uploaded=%d rows=%d jobs=%d queued=%d failed=%d retries=%d",
+                     prefix, u.uploaded, u.rows, u.jobs, self.uploader.pending, u.failed, u.retries)
+        if self.retention is not None:
+            log.info("%sretention: deleted=%d", prefix, self.retention.deleted)
         if self.mqtt is not None:
             m = self.mqtt.stats
             log.info("%smqtt: connected=%s connects=%d outages=%d connect_failures=%d published=%d dropped=%d "

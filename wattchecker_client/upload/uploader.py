@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..clock import Backoff, Clock
-from ..datadir import closed_name, summarize_closed_hours
+from ..datadir import closed_name
 from ..errors import SetupError
 from ..writer import ClosedFile, closed_files_in, parse_closed
 from .bigquery import BigQueryTarget, classify, missing_role
@@ -63,7 +63,6 @@ class UploadStats:
     skipped: int = 0
     failed: int = 0
     retries: int = 0
-    deleted: int = 0
     last_upload: Optional[dt.datetime] = None  # host UTC time of the last successful load (for /metrics)
 
 
@@ -97,7 +96,6 @@ class Uploader:
         clock: Clock,
         *,
         max_backoff: float = 3600.0,
-        retention_days: Optional[int] = None,
         batch_max_bytes: int = BATCH_MAX_BYTES,
         devices: Optional[Dict[str, str]] = None,
     ) -> None:
@@ -107,7 +105,6 @@ class Uploader:
         self.clock = clock
         self.ledger = Ledger(data_dir)
         self.backoff = Backoff(1.0, max_backoff)
-        self.retention_days = retention_days
         self.batch_max_bytes = batch_max_bytes
         self.stats = UploadStats()
         self._queued: Dict[str, HourFile] = {}
@@ -419,38 +416,28 @@ class Uploader:
         self.backoff.reset()
         return bool(self._queued)
 
-    def delete_expired(self) -> None:
-        """Retention: closed hours older than N days, once uploaded (or when not uploading)."""
-        if self.retention_days is None:
-            return
-        cutoff = self.clock.now() - dt.timedelta(days=self.retention_days)
-        expired = [h for h in hour_files(closed_files_in(self.data_dir)) if h.hour + dt.timedelta(hours=1) <= cutoff
-                   and (self.target is None or h.key in self.ledger)]
-        for stem in sorted({h.stem for h in expired}):
-            summarize_closed_hours(self.data_dir, stem)  # the report's and the energy's past outlive the rows
-        for hour_file in expired:
-            for path in hour_file.sources:
-                path.unlink(missing_ok=True)
-            self.stats.deleted += 1
-            log.info("retention: deleted %s (older than %d days)", hour_file.key, self.retention_days)
-
     def run(self, closed_files: "queue.Queue[ClosedFile]", stop: threading.Event) -> None:
         """The uploader thread: the backlog first, then each hour as the writer closes it."""
-        if self.target is not None:
-            self.queue(self.backlog(settled_only=True))
-            if self._queued:
-                log.info("upload backlog: %d hour(s)", len(self._queued))
-        next_retention = 0.0
+        self.queue(self.backlog(settled_only=True))
+        if self._queued:
+            log.info("upload backlog: %d hour(s)", len(self._queued))
         while not stop.is_set():
             try:
-                if self.clock.monotonic() >= next_retention:
-                    next_retention = self.clock.monotonic() + 3600
-                    self.delete_expired()
-                busy = self.target is not None and self.step()
+                busy = self.step()
             except Exception:  # a full disk moving a file, ...: log it, wait, go on
                 log.exception("uploader step failed; retrying later")
                 self._next_try = self.clock.monotonic() + self.backoff.next_delay()
                 busy = False
-            closed = self.clock.get(closed_files, timeout=0 if busy else 1.0)
-            if closed is not None and self.target is not None:
-                self.announced(closed)
+            self.take_announcements(closed_files, timeout=0 if busy else 1.0)
+
+    def take_announcements(self, closed_files: "queue.Queue[ClosedFile]", timeout: float) -> None:
+        """Every file closed meanwhile, waiting up to ``timeout`` for the first.
+
+        All of them: taking one per batch made one load job per hour whenever
+        the hours closed faster than BigQuery loaded them, and then the queue
+        never caught up.
+        """
+        closed = self.clock.get(closed_files, timeout=timeout)
+        while closed is not None:
+            self.announced(closed)
+            closed = self.clock.get(closed_files, timeout=0)
