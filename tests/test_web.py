@@ -431,6 +431,7 @@ def test_todays_kwh_and_bars_join_files_and_memory_without_double_counting(tmp_p
             clock.advance(5)  # past the summary's few seconds of sharing
             writer.tick()
     assert view.file_reads == 5  # once at the first view, then once per hour that reached the disk
+    assert view.hours_read == 4  # each closed hour's rows once; then its summary, not two days of rows an hour
 
 
 def integral(rows, tz) -> MeterReport:
