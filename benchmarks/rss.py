@@ -1,13 +1,16 @@
 """What a running service costs in memory, with and without the live page (`http:`).
 
-Run: .venv/bin/python benchmarks/rss.py [--seconds 10]
+Run: .venv/bin/python benchmarks/rss.py [--seconds 10] [--history-days 366]
 
 Starts the real `run` process twice against the built-in simulated meter: once
 with only the files, once with an `http:` section. After the page answers (or
 the first rows are written) and `--seconds` more, prints each one's resident
 set (VmRSS), its peak (VmHWM), and the shared objects mapped, naming the ones
-that only an uploader or hashing pulls in (`_hashlib`, `_ssl`). Prints figures;
-asserts nothing.
+that only an uploader or hashing pulls in (`_hashlib`, `_ssl`). With
+``--history-days N`` each data folder first holds N days of closed hours and
+their summaries, as after a year of service; the page's service is measured
+once its energy counter is known (restored from the summaries). Prints
+figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -61,13 +64,28 @@ def libraries(pid: int) -> set:
 
 
 def ready(folder: Path, port: int) -> bool:
+    """Rows written; with the page, also the energy counter known (restored from the history)."""
     if port:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return True
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+                return b"wattchecker_energy_joules_total{" in answer.read()
         except OSError:
             return False
-    return any((folder / "data").glob("*.csv"))
+    return (folder / "data" / "wattchecker-data.csv").exists()
+
+
+def with_history(folder: Path, days: int) -> Path:
+    """``days`` of closed hours and their summaries in the folder's data dir."""
+    from history import generate  # benchmarks/history.py, beside this file
+
+    from wattchecker_client.datadir import summarize_closed_hours
+
+    data_dir = folder / "data"
+    data_dir.mkdir()
+    if days:
+        generate(data_dir, days)
+        summarize_closed_hours(data_dir, "wattchecker-data")
+    return folder
 
 
 def measure(folder: Path, port: int, seconds: float) -> dict:
@@ -91,10 +109,13 @@ def measure(folder: Path, port: int, seconds: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--history-days", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as files, tempfile.TemporaryDirectory() as page:
-        plain = measure(Path(files), 0, args.seconds)
-        served = measure(Path(page), free_port(), args.seconds)
+        plain = measure(with_history(Path(files), args.history_days), 0, args.seconds)
+        served = measure(with_history(Path(page), args.history_days), free_port(), args.seconds)
+    if args.history_days:
+        print(f"beside {args.history_days} days of closed hours and their summaries:")
     for label, figures in (("files only", plain), ("with http:", served)):
         print(f"{label:11} VmRSS {figures['rss']:>10}  VmHWM {figures['peak']:>10}  "
               f"shared objects {figures['libs']:3}  of note: {', '.join(figures['watched']) or 'none'}")

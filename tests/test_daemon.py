@@ -6,11 +6,13 @@ import json
 import re
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import Emulator, fill_disk, run_cli, tmpfs, wait_for, write_config
+from .conftest import ROOT, Emulator, fill_disk, run_cli, tmpfs, wait_for, write_config
 from .datacheck import check_data_dir, closed_hours, read
 
 SEED = 7
@@ -236,3 +238,27 @@ def test_an_unreadable_key_file_stops_start_up_with_one_line(tmp_path):
         "No such file or directory"
     )
 
+
+
+@pytest.mark.process
+def test_a_service_without_bigquery_loads_no_openssl(tmp_path):
+    """hashlib's OpenSSL is about 4 MB, a fifth of the service: only an uploader may bring it in."""
+    config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://", log_file=None, time_sync_wait=0,
+                          retention_days=30)
+    script = (
+        "import sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from wattchecker_client.config import load_config\n"
+        "from wattchecker_client.daemon import Daemon\n"
+        f"daemon = Daemon(load_config({str(config)!r}), environ={{}})\n"
+        "runner = threading.Thread(target=daemon.run)\n"
+        "runner.start()\n"
+        f"while not Path({str(tmp_path / 'data' / 'wattchecker-data.csv')!r}).exists():\n"
+        "    time.sleep(0.05)\n"
+        "daemon.stop.set()\n"
+        "runner.join()\n"
+        "print(sorted(m for m in sys.modules if m in ('_hashlib', '_ssl') or m.endswith('upload.uploader')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

@@ -20,11 +20,11 @@ is written down (``meter-ids.json``) so it never changes again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import socket
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -60,9 +60,15 @@ def meter_id(address: str, host_label: str) -> str:
     return key if is_global(address) else f"{address_key(host_label)}_{key}"
 
 
+def short_hash(text: str, digits: int) -> str:
+    """Hex digits of a CRC-32: stable, and spread enough to tell hosts apart. Not a secret, so
+    not hashlib, whose OpenSSL would cost the service about 4 MB of memory for a name."""
+    return f"{zlib.crc32(text.encode()):08x}"[:digits]
+
+
 def host_key(hostname: str, machine_id: str, meter_ids: Iterable[str]) -> str:
     """``<hostname>-<8 hex>``: readable, and distinct for two services even on one hostname."""
-    digest = hashlib.sha256("\n".join([machine_id.strip(), *sorted(meter_ids)]).encode()).hexdigest()[:8]
+    digest = short_hash("\n".join([machine_id.strip(), *sorted(meter_ids)]), 8)
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", hostname).strip("-") or "host"
     return f"{name}-{digest}"
 
@@ -111,7 +117,7 @@ def derive(addresses: Mapping[str, str], *, hostname: Optional[str] = None, mach
     """Ids for meters (name -> address); ``known`` ids (written down earlier) win over new ones."""
     hostname = socket.gethostname() if hostname is None else hostname
     machine_id = read_machine_id() if machine_id is None else machine_id
-    label = f"{hostname}-{hashlib.sha256(machine_id.encode()).hexdigest()[:6]}" if machine_id else hostname
+    label = f"{hostname}-{short_hash(machine_id, 6)}" if machine_id else hostname
     known = known or {}
     meters = {name: known.get(name) or meter_id(address, label) for name, address in addresses.items()}
     return Identity(meters, host_key(hostname, machine_id, meters.values()))

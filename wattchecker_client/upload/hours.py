@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -123,6 +122,8 @@ def job_id_for(table: str, hours: Sequence[HourFile], body: bytes, attempt: int 
 
     ``attempt`` counts earlier jobs of this batch that failed: their ids are used up.
     """
+    import hashlib  # here, not at the top: retention without BigQuery uses this module, not OpenSSL's 4 MB
+
     digest = hashlib.sha256("\n".join(h.key for h in hours).encode() + b"\0" + body).hexdigest()[:16]
     span = hours[0].key + (f"_{len(hours)}h" if len(hours) > 1 else "")
     raw = f"wattchecker_{table}_{span}_{digest}" + (f"_retry{attempt}" if attempt else "")
