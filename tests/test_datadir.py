@@ -165,3 +165,24 @@ def test_the_writer_summarizes_each_hour_it_closes_as_the_report_would(tmp_path)
     tz = time_zone("UTC")
     meter_report(tmp_path, STEM, "m", tz)  # the report's own, from the files
     assert read_summaries(tmp_path, STEM) == at_close
+
+
+def test_a_summary_keeps_the_hours_lowest_and_highest_volts_from_either_format(tmp_path):
+    from wattchecker_client.clock import FakeClock
+    from wattchecker_client.writer import Writer
+
+    volts = [101.25, 99.5, 100.0, 102.75]
+    for fmt in ("csv", "json"):
+        folder = tmp_path / fmt
+        writer = Writer(folder, {"m": STEM}, (fmt,), FakeClock(dt.datetime(2026, 7, 1)))
+        writer.recover()
+        for hour in range(2):
+            for second, v in enumerate(volts):
+                writer.add("m", Measurement(dt.datetime(2026, 7, 1, hour, 0, second), v - hour, 1000.0, 100.0))
+        writer.add("m", Measurement(dt.datetime(2026, 7, 1, 2), 100.0, 1000.0, 100.0))
+        writer.flush()  # hours 0 and 1 closed
+        at_close = read_summaries(folder, STEM)
+        assert [s.volts for s in at_close.values()] == [(99.5, 102.75), (98.5, 101.75)], fmt
+        summaries_path(folder, STEM).unlink()
+        meter_report(folder, STEM, "m", time_zone("UTC"))  # the report's own, from the files
+        assert read_summaries(folder, STEM) == at_close, fmt

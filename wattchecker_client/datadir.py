@@ -95,6 +95,7 @@ class HourSummary:
     rows: int
     gaps: int  # steps longer than MAX_STEP inside the hour
     buckets: Tuple[Bucket, ...]
+    volts: Optional[Tuple[float, float]] = None  # the hour's lowest and highest V (None in older lines)
 
     @property
     def watt_seconds(self) -> float:
@@ -106,6 +107,7 @@ class HourSummary:
             "hour": self.hour.strftime(HOUR_FORMAT), "parts": list(self.parts),
             "first": list(self.first), "last": list(self.last), "rows": self.rows, "gaps": self.gaps,
             "buckets": [[b.watt_seconds, b.seconds, b.peak_watts, b.rows] for b in self.buckets],
+            **({"volts": list(self.volts)} if self.volts else {}),
         }, separators=(",", ":")) + "\n"
 
     @classmethod
@@ -115,9 +117,10 @@ class HourSummary:
         if len(buckets) != BUCKETS:
             raise ValueError(f"{len(buckets)} buckets, not {BUCKETS}")
         first, last = data["first"], data["last"]
+        volts = data.get("volts")
         return cls(dt.datetime.strptime(data["hour"], HOUR_FORMAT), tuple(int(p) for p in data["parts"]),
                    (int(first[0]), float(first[1])), (int(last[0]), float(last[1])), int(data["rows"]),
-                   int(data["gaps"]), buckets)
+                   int(data["gaps"]), buckets, (float(volts[0]), float(volts[1])) if volts else None)
 
 
 # --- names --------------------------------------------------------------------------
@@ -178,9 +181,20 @@ def hour_of_line(line: str) -> dt.datetime:
     return dt.datetime.strptime(stamp, "%Y-%m-%d %H")
 
 
-def read_hour(path: Path) -> List[Tuple[int, float]]:
+def line_volts(line: str) -> float:
+    """V of a CSV or JSON row: the second field of both."""
+    field = line.split(",", 2)[1]
+    return float(field.split(":", 1)[1] if line.startswith("{") else field)
+
+
+def read_hour(path: Path, volts: Optional[List[float]] = None) -> List[Tuple[int, float]]:
+    """The file's (second, W) rows; each row's V into ``volts`` too when given (for a summary)."""
     with open_text(path) as f:
-        return [parse_line(line) for line in f if line.strip()]
+        if volts is None:
+            return [parse_line(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    volts.extend(line_volts(line) for line in lines)
+    return [parse_line(line) for line in lines]
 
 
 class HourSources:
@@ -192,7 +206,8 @@ class HourSources:
     def add(self, hour: dt.datetime, part: int, fmt: str, path: Path) -> None:
         self.by_hour.setdefault(hour, {}).setdefault(part, {})[fmt] = path
 
-    def rows(self, hour: dt.datetime, problems: List[str]) -> List[Tuple[int, float]]:
+    def rows(self, hour: dt.datetime, problems: List[str],
+             volts: Optional[List[float]] = None) -> List[Tuple[int, float]]:
         """The hour's rows in time order; an unreadable file falls back to its other format."""
         rows: List[Tuple[int, float]] = []
         for part in sorted(self.by_hour[hour]):
@@ -202,7 +217,7 @@ class HourSources:
                 if path is None:
                     continue
                 try:
-                    rows += read_hour(path)
+                    rows += read_hour(path, volts)
                     break
                 except (OSError, EOFError, zlib.error, ValueError, IndexError) as exc:
                     problems.append(f"{path.name}: skipped, unreadable ({type(exc).__name__}: {exc})")
@@ -260,7 +275,8 @@ def add_current(data_dir: Path, stem: str, sources: HourSources) -> None:
 # --- summaries ------------------------------------------------------------------------
 
 
-def summarize(hour: dt.datetime, parts: Sequence[int], rows: Sequence[Row]) -> Optional[HourSummary]:
+def summarize(hour: dt.datetime, parts: Sequence[int], rows: Sequence[Row],
+              volts: Sequence[float] = ()) -> Optional[HourSummary]:
     """The summary of one hour's rows (in time order, as ``HourSources.rows`` gives them); None for none."""
     if not rows:
         return None
@@ -278,7 +294,8 @@ def summarize(hour: dt.datetime, parts: Sequence[int], rows: Sequence[Row]) -> O
             bucket[2] = max(bucket[2], watts)
     sums[rows[-1][0] // BUCKET_SECONDS][3] += 1
     return HourSummary(hour, tuple(sorted(parts)), rows[0], rows[-1], len(rows), gaps,
-                       tuple(Bucket(ws, s, p, r) for ws, s, p, r in sums))
+                       tuple(Bucket(ws, s, p, r) for ws, s, p, r in sums),
+                       (min(volts), max(volts)) if volts else None)
 
 
 def summaries_path(data_dir: Path, stem: str) -> Path:
@@ -343,8 +360,9 @@ def hour_summaries(data_dir: Path, stem: str, sources: HourSources,
         if CURRENT_PART in parts or (hour in saved and saved[hour].parts == parts):
             continue
         problems: List[str] = []  # told by whoever reads the hour's rows instead
-        rows = sources.rows(hour, problems)
-        summary = None if problems else summarize(hour, parts, rows)
+        volts: List[float] = []
+        rows = sources.rows(hour, problems, volts)
+        summary = None if problems else summarize(hour, parts, rows, volts)
         if summary is not None:
             saved[hour] = summary
             made.append(summary)

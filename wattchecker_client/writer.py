@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 from .clock import Clock
 from .datadir import (HOUR_FORMAT, closed_files_in, closed_name, line_stamp, open_text,  # noqa: F401  (re-exported)
                       parse_closed, parse_line, parse_stamp)
-from .datadir import FILE_MODE, append_summaries, private_file, summarize
+from .datadir import FILE_MODE, append_summaries, line_volts, private_file, summarize
 from .formats import FORMATTERS
 from .protocol import Measurement
 
@@ -243,11 +243,13 @@ class FileSet:
 
     def _summarize(self, hour: dt.datetime, lines: List[str]) -> None:
         """The hour's summary at close, from the rows in hand; a row it cannot read leaves it to the report."""
+        lines = [line for line in lines if line.strip()]
         try:
-            rows = sorted(parse_line(line) for line in lines if line.strip())
+            rows = sorted(parse_line(line) for line in lines)
+            volts = [line_volts(line) for line in lines]
         except (ValueError, IndexError):
             return
-        summary = summarize(hour, (0,), rows)
+        summary = summarize(hour, (0,), rows, volts)
         if summary is not None:
             append_summaries(self.data_dir, self.base[:-len(self.format) - 1], [summary])
 
