@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 import pytest
 
@@ -88,45 +89,39 @@ def test_install_again_keeps_the_users_config_and_data(installed):
     assert (target / "log" / "wattchecker-data.csv").read_text().startswith("2019-09-07 09:24:30")
 
 
-def test_install_writes_a_config_for_an_rs_btwattch2(installed):
-    """--model btwattch2: the sample loses the keys only a BTWATTCH1 has, and check-config passes."""
+@contextlib.contextmanager
+def fresh_config(installed, *args: str) -> Iterator[Tuple[str, str]]:
+    """install.sh run again with no config.yaml, so it writes one from ``args``: (its text, check-config's output).
+    The fixture's config is put back after."""
     root, _ = installed
     target = root / PREFIX.lstrip("/")
     kept = (target / "config.yaml").read_text()
     (target / "config.yaml").unlink()
     try:
-        install(root, "--address", "F0:12:34:56:78:9A", "--model", "btwattch2")
-        config = (target / "config.yaml").read_text()
-        assert 'address: "F0:12:34:56:78:9A"' in config and "\n  model: btwattch2\n" in config
-        assert "\n  channel:" not in config and "\n  start_argument:" not in config
+        install(root, *args)
         check = subprocess.run(
             [str(target / "venv/bin/wattchecker-client"), "check-config", "--config", str(target / "config.yaml")],
             capture_output=True, text=True,
         )
         assert check.returncode == 0, check.stderr
-        assert "meters: wattchecker at F0:12:34:56:78:9A" in check.stdout
+        yield (target / "config.yaml").read_text(), check.stdout
     finally:
         (target / "config.yaml").write_text(kept)
+
+
+def test_install_writes_a_config_for_an_rs_btwattch2(installed):
+    """--model btwattch2: the sample loses the keys only a BTWATTCH1 has, and check-config passes."""
+    with fresh_config(installed, "--address", "F0:12:34:56:78:9A", "--model", "btwattch2") as (config, checked):
+        assert 'address: "F0:12:34:56:78:9A"' in config and "\n  model: btwattch2\n" in config
+        assert "\n  channel:" not in config and "\n  start_argument:" not in config
+        assert "meters: wattchecker at F0:12:34:56:78:9A" in checked
 
 
 @pytest.mark.parametrize("address", ["sim://", "tcp://127.0.0.1:5555"])
 def test_install_takes_the_simulator_and_tcp_addresses(installed, address):
     """The nspawn test installs with sim://; a bridge user with tcp://HOST:PORT."""
-    root, _ = installed
-    target = root / PREFIX.lstrip("/")
-    kept = (target / "config.yaml").read_text()
-    (target / "config.yaml").unlink()
-    try:
-        install(root, "--address", address)
-        config = (target / "config.yaml").read_text()
-        assert f'address: "{address}"' in config
-        check = subprocess.run(
-            [str(target / "venv/bin/wattchecker-client"), "check-config", "--config", str(target / "config.yaml")],
-            capture_output=True, text=True,
-        )
-        assert check.returncode == 0, check.stderr
-    finally:
-        (target / "config.yaml").write_text(kept)
+    with fresh_config(installed, "--address", address) as (config, checked):
+        assert f'address: "{address}"' in config and f"at {address}" in checked
 
 
 @pytest.mark.process
