@@ -267,3 +267,20 @@ def test_a_lost_state_file_after_retention_restores_the_whole_count_from_summari
     for path in closed:
         path.unlink()  # as retention_days does
     assert total <= Rig(tmp_path, clock).energy() == pytest.approx(total, rel=1e-12)
+
+
+def test_a_restart_reads_only_the_hours_since_its_checkpoint(tmp_path, caplog):
+    """Neither the older hour files nor their summaries are opened: a restart after years costs what one after a day does."""
+    clock = FakeClock()
+    first = Rig(tmp_path, clock)
+    first.feed(readings(list(range(0, 3 * 3600, 3))))  # three closed hours and a current one
+    first.writer.flush()
+    first.live.save(force=True)
+    total = first.energy()
+    oldest = sorted(tmp_path.glob("*.gz"))[:2]  # the first hour, both formats
+    for path in oldest:
+        path.write_bytes(b"not gzip")  # would be a warning, and no rows, if it were read
+    with open(tmp_path / f"{STEM}.summaries.jsonl", "a") as f:
+        f.write('{"hour":"2019-09-07_09","not":"a summary"}\n')  # likewise
+    assert Rig(tmp_path, clock).energy() == total
+    assert "unreadable" not in caplog.text and "not a summary" not in caplog.text

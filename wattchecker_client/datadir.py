@@ -47,6 +47,7 @@ MAX_STEP = 5  # seconds
 BUCKET_SECONDS = 900  # the largest step every time-zone offset is a multiple of
 BUCKETS = 3600 // BUCKET_SECONDS
 SUMMARY_SUFFIX = ".summaries.jsonl"
+LINE_START = '{"hour":"'  # how every summary line begins (HourSummary.to_line): its hour follows
 HOUR_FORMAT = "%Y-%m-%d_%H"  # in the hour files' names, as TimedRotatingFileHandler names them
 STAMP_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 CURRENT_PART = 10_000  # the plain current file sorts after any closed part of its hour
@@ -225,13 +226,23 @@ class HourSources:
         return rows
 
 
-def sources_for(data_dir: Path, stem: str) -> HourSources:
-    """Every hour's files, by one listing of the folder."""
+def sources_for(data_dir: Path, stem: str, since: Optional[dt.datetime] = None) -> HourSources:
+    """Every hour's files (from the hour ``since`` on, when given), by one listing of the folder.
+
+    ``since`` is compared on the names, so a restart after a year of files
+    holds no more than the hours since its last checkpoint.
+    """
     sources = HourSources()
-    for path in closed_files_in(data_dir):
-        parsed = parse_closed(path)
-        if parsed and parsed[0] == stem:
-            sources.add(parsed[2], parsed[3], parsed[1], path)
+    first = f"{stem}.", since.strftime(HOUR_FORMAT) if since else ""
+    try:
+        with os.scandir(data_dir) as entries:
+            for entry in entries:
+                match = CLOSED_RE.match(entry.name) if entry.name.startswith(first[0]) else None
+                if match and match.group("stem") == stem and match.group("hour") >= first[1]:
+                    sources.add(dt.datetime.strptime(match.group("hour"), HOUR_FORMAT), int(match.group("part") or 0),
+                                match.group("fmt"), data_dir / entry.name)
+    except FileNotFoundError:
+        pass
     add_current(data_dir, stem, sources)
     return sources
 
@@ -302,13 +313,17 @@ def summaries_path(data_dir: Path, stem: str) -> Path:
     return data_dir / f"{stem}{SUMMARY_SUFFIX}"
 
 
-def read_summaries(data_dir: Path, stem: str) -> Dict[dt.datetime, HourSummary]:
-    """Every hour's latest summary; an unreadable line (a torn append) is skipped with a warning."""
+def read_summaries(data_dir: Path, stem: str, since: Optional[dt.datetime] = None) -> Dict[dt.datetime, HourSummary]:
+    """Every hour's latest summary (from the hour ``since`` on, when given: the older lines are
+    passed over by their hour, unparsed); an unreadable line (a torn append) is skipped with a warning."""
     path = summaries_path(data_dir, stem)
     found: Dict[dt.datetime, HourSummary] = {}
+    first = since.strftime(HOUR_FORMAT) if since else ""
     try:
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
+                if first and line.startswith(LINE_START) and line[len(LINE_START):len(LINE_START) + 13] < first:
+                    continue
                 try:
                     summary = HourSummary.from_line(line)
                 except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -344,16 +359,17 @@ def summarize_closed_hours(data_dir: Path, stem: str) -> None:
     hour_summaries(data_dir, stem, sources_for(data_dir, stem))
 
 
-def hour_summaries(data_dir: Path, stem: str, sources: HourSources,
-                   only: Optional[Sequence[dt.datetime]] = None) -> Dict[dt.datetime, HourSummary]:
+def hour_summaries(data_dir: Path, stem: str, sources: HourSources, only: Optional[Sequence[dt.datetime]] = None,
+                   since: Optional[dt.datetime] = None) -> Dict[dt.datetime, HourSummary]:
     """Every closed hour's summary: saved ones still matching their files, the rest made now and saved.
 
     Hours whose raw files retention deleted keep their saved summary. An
     hour with the current plain file, or a file that cannot be read, is not
     summarized (its rows are read each time, and it is tried again later).
     ``only``: make none but these hours' (the rest are made another time).
+    ``since``: none before this hour (those lines are not even parsed).
     """
-    saved = read_summaries(data_dir, stem)
+    saved = read_summaries(data_dir, stem, since)
     made = []
     for hour in sorted(sources.by_hour if only is None else set(only) & set(sources.by_hour)):
         parts = tuple(sorted(sources.by_hour[hour]))

@@ -44,7 +44,7 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tu
 from .clock import Clock, utc_epoch
 from .formats import watts_as_stored
 from .protocol import Measurement
-from .datadir import HourSources, held_seconds, hour_summaries, sources_for
+from .datadir import HourSources, held_seconds, hour_summaries, sources_for, summaries_path
 from .writer import atomic_write, hour_of
 
 log = logging.getLogger(__name__)
@@ -397,8 +397,9 @@ class FileRows:
         self.count = 0
         self.problems: List[str] = []
         self.data_dir, self.stem = data_dir, stem
-        self.sources = sources_for(data_dir, stem)
         first_hour = hour_of(EPOCH + dt.timedelta(seconds=after)) if after is not None else None
+        self.upgrade = not summaries_path(data_dir, stem).exists()  # a release before summaries wrote these files
+        self.sources = sources_for(data_dir, stem, since=first_hour)  # a restart holds only the hours since
         self._first_hour = first_hour
         self.hours = [h for h in sorted(self.sources.by_hour) if first_hour is None or h >= first_hour]
         self.plain: Dict[dt.datetime, List[Tuple[int, float]]] = {}
@@ -413,7 +414,7 @@ class FileRows:
     def fold(self, base: Accumulator) -> Accumulator:
         """``base`` followed by these rows: a closed hour from its summary when it lies wholly
         inside the span, else from its rows. Makes and saves the summaries still missing."""
-        summaries = hour_summaries(self.data_dir, self.stem, self.sources, only=self.hours)
+        summaries = hour_summaries(self.data_dir, self.stem, self.sources, only=self.hours, since=self._first_hour)
         summed = 0
         for hour in sorted(set(self.hours) | {h for h in summaries if self._first_hour is None or h >= self._first_hour}):
             start = utc_epoch(hour)
@@ -432,8 +433,11 @@ class FileRows:
         return rounded_up(base, summed)
 
     def backfill(self) -> None:
-        """Make the summaries of the older hours too (once after an upgrade), after the energy is known."""
-        hour_summaries(self.data_dir, self.stem, self.sources, only=[h for h in self.sources.by_hour if h not in self.plain])
+        """After an upgrade, the summaries of the older hours too, once the energy is known."""
+        if not self.upgrade:
+            return
+        every = sources_for(self.data_dir, self.stem) if self._first_hour is not None else self.sources
+        hour_summaries(self.data_dir, self.stem, every, only=[h for h in every.by_hour if h not in self.plain])
 
     def _inside(self, t: int) -> bool:
         return (self.after is None or t > self.after) and (self.until is None or t <= self.until)

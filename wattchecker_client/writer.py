@@ -75,7 +75,6 @@ class FileSet:
         self.pending: List[Measurement] = []
         self.current_hour: Optional[dt.datetime] = None
         self.last_time: Optional[dt.datetime] = None
-        self.closed: Dict[dt.datetime, List[Path]] = {}
         self.recovered = False
         self.rows_written = 0
         self.summarizes = False  # this format's closed hours are the ones the report reads (CSV, else JSON)
@@ -87,6 +86,20 @@ class FileSet:
 
     def closed_path(self, hour: dt.datetime, part: int = 0) -> Path:
         return self.data_dir / closed_name(self.base[:-len(self.format) - 1], self.format, hour, part)
+
+    def closed_parts(self, hour: dt.datetime) -> List[Path]:
+        """The hour's closed files (the .gz, then its late parts), by name and a stat each.
+
+        Not an index of every closed hour: that grew with the years of files
+        (about 7 MB of memory a year for two formats), and went stale when
+        retention or failed/ took files away.
+        """
+        found: List[Path] = []
+        while True:
+            path = self.closed_path(hour, len(found))
+            if not path.exists():
+                return found
+            found.append(path)
 
     def parse_closed_name(self, name: str) -> Optional[Tuple[dt.datetime, int]]:
         """(hour, part) if ``name`` is one of this set's closed files."""
@@ -103,17 +116,17 @@ class FileSet:
         Until this has succeeded, nothing is appended to the plain file: it
         may end in a torn line. Safe to repeat after an I/O error.
         """
-        self.closed = {}
-        for entry in sorted(os.scandir(self.data_dir), key=lambda e: e.name):
-            if entry.name.startswith(self.base + ".") and entry.name.endswith(TMP_SUFFIX):
-                log.warning("removing %s, left by an interrupted compression", entry.path)
-                os.unlink(entry.path)
-            parsed = self.parse_closed_name(entry.name)
-            if parsed:
-                self.closed.setdefault(parsed[0], []).append(Path(entry.path))
-        if self.closed:
-            newest = self.closed[max(self.closed)]
-            stamps = [line_stamp(l) for p in newest for l in _tail_lines(p)]
+        newest: Optional[dt.datetime] = None
+        with os.scandir(self.data_dir) as entries:
+            for entry in entries:
+                if entry.name.startswith(self.base + ".") and entry.name.endswith(TMP_SUFFIX):
+                    log.warning("removing %s, left by an interrupted compression", entry.path)
+                    os.unlink(entry.path)
+                parsed = self.parse_closed_name(entry.name)
+                if parsed and (newest is None or parsed[0] > newest):
+                    newest = parsed[0]
+        if newest is not None:
+            stamps = [line_stamp(l) for p in self.closed_parts(newest) for l in _tail_lines(p)]
             self.last_time = max((parse_stamp(s) for s in stamps if s), default=None)
         if not self.current_path.exists():
             self.recovered = True
@@ -122,7 +135,7 @@ class FileSet:
         hours = sorted({hour_of(parse_stamp(s)) for s in map(line_stamp, lines) if s})
         if lines:
             self.last_time = max(self.last_time or dt.datetime.min, max(parse_stamp(line_stamp(l)) for l in lines))
-        if len(hours) == 1 and hours[0] not in self.closed:
+        if len(hours) == 1 and not self.closed_parts(hours[0]):
             self.current_hour = hours[0]
             log.info("%s: continuing hour %s (%d rows)", self.current_path, hours[0].strftime(HOUR_FORMAT), len(lines))
         else:
@@ -158,7 +171,7 @@ class FileSet:
                 self.pending = [m for m in self.pending if hour_of(m.time) not in written]
 
     def _write_hour(self, hour: dt.datetime, rows: List[Measurement]) -> None:
-        if self.current_hour is None and hour not in self.closed:
+        if self.current_hour is None and not self.closed_parts(hour):
             self.current_hour = hour
         if self.current_hour is not None and hour > self.current_hour:
             self.close_current()
@@ -227,7 +240,7 @@ class FileSet:
 
     def _write_closed(self, hour: dt.datetime, lines: List[str]) -> None:
         """Write the seconds the hour's closed files do not hold yet: the .gz, or a new part."""
-        existing = self.closed.get(hour, [])
+        existing = self.closed_parts(hour)
         held = {line_stamp(l) for p in existing for l in read_lines(p)}
         new = [l for l in lines if line_stamp(l) not in held]
         if not new:
@@ -237,7 +250,6 @@ class FileSet:
         atomic_write(path, "".join(new).encode("utf-8"), compress=True)
         if self.summarizes and not parts:  # a late part's hour is summarized again when next read
             self._summarize(hour, new)
-        self.closed.setdefault(hour, []).append(path)
         log.info("closed %s (%d rows)", path.name, len(new))
         self.outbox.append(ClosedFile(self.meter, self.format, hour, path))
 
