@@ -9,8 +9,9 @@ set (VmRSS), its peak (VmHWM), and the shared objects mapped, naming the ones
 that only an uploader or hashing pulls in (`_hashlib`, `_ssl`). With
 ``--history-days N`` each data folder first holds N days of closed hours and
 their summaries, as after a year of service; the page's service is measured
-once its energy counter is known (restored from the summaries). Prints
-figures; asserts nothing.
+once its energy counter is known: at its first start (counted from a year of
+summaries, as after a lost ``energy.json``) and at a restart (from
+``energy.json`` and the hours since). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -114,9 +115,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as files, tempfile.TemporaryDirectory() as page:
         plain = measure(with_history(Path(files), args.history_days), 0, args.seconds)
         served = measure(with_history(Path(page), args.history_days), free_port(), args.seconds)
+        results = [("files only", plain), ("with http:", served)]
+        if args.history_days:
+            results.append(("restarted", measure(Path(page), free_port(), args.seconds)))
     if args.history_days:
-        print(f"beside {args.history_days} days of closed hours and their summaries:")
-    for label, figures in (("files only", plain), ("with http:", served)):
+        print(f"beside {args.history_days} days of closed hours and their summaries "
+              "(with http: the energy counted from them; restarted: from energy.json):")
+    for label, figures in results:
         print(f"{label:11} VmRSS {figures['rss']:>10}  VmHWM {figures['peak']:>10}  "
               f"shared objects {figures['libs']:3}  of note: {', '.join(figures['watched']) or 'none'}")
 

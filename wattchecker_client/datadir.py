@@ -30,9 +30,8 @@ import logging
 import os
 import re
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 FILE_MODE = 0o640  # readings show when someone is home: the service's group may read them, others not
@@ -75,9 +74,12 @@ def held_seconds(step: Optional[int]) -> int:
     return step if step <= MAX_STEP else 1
 
 
-@dataclass(frozen=True)
-class Bucket:
-    """A quarter hour of rows, the last row of the hour left out (its hold is the next hour's)."""
+class Bucket(NamedTuple):
+    """A quarter hour of rows, the last row of the hour left out (its hold is the next hour's).
+
+    Named tuples, not dataclasses: a year of summaries is 35,000 of these in memory while
+    the energy is counted from them, at a third of a dataclass's size.
+    """
 
     watt_seconds: float = 0.0
     seconds: int = 0
@@ -85,8 +87,7 @@ class Bucket:
     rows: int = 0
 
 
-@dataclass(frozen=True)
-class HourSummary:
+class HourSummary(NamedTuple):
     """One closed UTC hour of one meter, enough to integrate it without its rows."""
 
     hour: dt.datetime  # UTC, naive
