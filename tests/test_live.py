@@ -252,13 +252,18 @@ def test_live_watts_are_the_watts_the_report_reads_back(watts, data_format):
     assert watts_as_stored(data_format)(m) == parse_line(FORMATTERS[fmt](m))[1]
 
 
-def test_a_lost_state_file_after_retention_restores_the_whole_count_from_summaries(tmp_path):
-    clock = FakeClock()
-    first = Rig(tmp_path, clock)
-    first.feed(readings(list(range(0, 3 * 3600, 3))))  # three closed hours and a current one
+def three_hours_saved(data_dir: Path, clock: FakeClock) -> float:
+    """Three closed hours and a current one on disk, their energy saved; that energy."""
+    first = Rig(data_dir, clock)
+    first.feed(readings(list(range(0, 3 * 3600, 3))))
     first.writer.flush()
     first.live.save(force=True)
-    total = first.energy()
+    return first.energy()
+
+
+def test_a_lost_state_file_after_retention_restores_the_whole_count_from_summaries(tmp_path):
+    clock = FakeClock()
+    total = three_hours_saved(tmp_path, clock)
     (tmp_path / STATE_FILE).unlink()
     Rig(tmp_path, clock)  # counts the files once, and leaves their summaries
     (tmp_path / STATE_FILE).unlink()
@@ -272,11 +277,7 @@ def test_a_lost_state_file_after_retention_restores_the_whole_count_from_summari
 def test_a_restart_reads_only_the_hours_since_its_checkpoint(tmp_path, caplog):
     """Neither the older hour files nor their summaries are opened: a restart after years costs what one after a day does."""
     clock = FakeClock()
-    first = Rig(tmp_path, clock)
-    first.feed(readings(list(range(0, 3 * 3600, 3))))  # three closed hours and a current one
-    first.writer.flush()
-    first.live.save(force=True)
-    total = first.energy()
+    total = three_hours_saved(tmp_path, clock)
     oldest = sorted(tmp_path.glob("*.gz"))[:2]  # the first hour, both formats
     for path in oldest:
         path.write_bytes(b"not gzip")  # would be a warning, and no rows, if it were read

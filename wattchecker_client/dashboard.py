@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .clock import Clock, time_zone, utc_epoch
 from .config import Config
 from .protocol import Measurement
-from .datadir import CURRENT_PART, HourSources, HourSummary, sources_between, summarize
+from .datadir import CURRENT_PART, HourSources, HourSummary, sources_between, summarize_files
 from .report import Integrator, MeterReport
 
 STALE_AFTER = 10.0  # seconds without a reading: the meter has no "now" any more
@@ -159,10 +159,8 @@ class EnergyView:
             return None
         summary = closed.get(hour)
         if summary is None or summary.parts != parts:
-            problems: List[str] = []  # told by add_hour, which reads an unreadable hour's other format
             self.hours_read += 1
-            rows = sources.rows(hour, problems)
-            summary = None if problems else summarize(hour, parts, rows)
+            summary = summarize_files(sources, hour)  # unreadable: None, and add_hour tells of it
             if summary is None:
                 closed.pop(hour, None)
                 return None

@@ -234,12 +234,12 @@ def sources_for(data_dir: Path, stem: str, since: Optional[dt.datetime] = None) 
     holds no more than the hours since its last checkpoint.
     """
     sources = HourSources()
-    first = f"{stem}.", since.strftime(HOUR_FORMAT) if since else ""
+    prefix, first_hour = stem + ".", since.strftime(HOUR_FORMAT) if since else ""
     try:
         with os.scandir(data_dir) as entries:
             for entry in entries:
-                match = CLOSED_RE.match(entry.name) if entry.name.startswith(first[0]) else None
-                if match and match.group("stem") == stem and match.group("hour") >= first[1]:
+                match = CLOSED_RE.match(entry.name) if entry.name.startswith(prefix) else None
+                if match and match.group("stem") == stem and match.group("hour") >= first_hour:
                     sources.add(dt.datetime.strptime(match.group("hour"), HOUR_FORMAT), int(match.group("part") or 0),
                                 match.group("fmt"), data_dir / entry.name)
     except FileNotFoundError:
@@ -355,6 +355,18 @@ def append_summaries(data_dir: Path, stem: str, summaries: List[HourSummary]) ->
         log.warning("%s: summaries not saved (%s); the report reads those hours' files", path, exc)
 
 
+def summarize_files(sources: HourSources, hour: dt.datetime) -> Optional[HourSummary]:
+    """A closed hour's summary from its files; None for the current hour, an unreadable file or no rows
+    (their rows are read each time, and they are tried again later)."""
+    parts = tuple(sorted(sources.by_hour[hour]))
+    if CURRENT_PART in parts:
+        return None
+    problems: List[str] = []  # told by whoever reads the hour's rows instead
+    volts: List[float] = []
+    rows = sources.rows(hour, problems, volts)
+    return None if problems else summarize(hour, parts, rows, volts)
+
+
 def summarize_closed_hours(data_dir: Path, stem: str) -> None:
     """Make and save the summaries still missing (before retention deletes the hours' rows)."""
     hour_summaries(data_dir, stem, sources_for(data_dir, stem))
@@ -373,13 +385,9 @@ def hour_summaries(data_dir: Path, stem: str, sources: HourSources, only: Option
     saved = read_summaries(data_dir, stem, since)
     made = []
     for hour in sorted(sources.by_hour if only is None else set(only) & set(sources.by_hour)):
-        parts = tuple(sorted(sources.by_hour[hour]))
-        if CURRENT_PART in parts or (hour in saved and saved[hour].parts == parts):
+        if hour in saved and saved[hour].parts == tuple(sorted(sources.by_hour[hour])):
             continue
-        problems: List[str] = []  # told by whoever reads the hour's rows instead
-        volts: List[float] = []
-        rows = sources.rows(hour, problems, volts)
-        summary = None if problems else summarize(hour, parts, rows, volts)
+        summary = summarize_files(sources, hour)
         if summary is not None:
             saved[hour] = summary
             made.append(summary)

@@ -245,10 +245,9 @@ class FileSet:
         new = [l for l in lines if line_stamp(l) not in held]
         if not new:
             return
-        parts = [self.parse_closed_name(p.name)[1] for p in existing]
-        path = self.closed_path(hour, max(parts) + 1 if parts else 0)
+        path = self.closed_path(hour, len(existing))  # parts are numbered on from 0 without holes
         atomic_write(path, "".join(new).encode("utf-8"), compress=True)
-        if self.summarizes and not parts:  # a late part's hour is summarized again when next read
+        if self.summarizes and not existing:  # a late part's hour is summarized again when next read
             self._summarize(hour, new)
         log.info("closed %s (%d rows)", path.name, len(new))
         self.outbox.append(ClosedFile(self.meter, self.format, hour, path))
