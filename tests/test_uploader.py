@@ -28,7 +28,7 @@ from wattchecker_client.upload.retention import Retention
 from wattchecker_client.upload.uploader import Uploader
 from wattchecker_client.writer import ClosedFile, Writer
 
-from .conftest import Emulator, run_cli
+from .conftest import Emulator, run_cli, tmpfs
 
 DENIALS = {
     # what BigQuery answers a service account without the role, by what it was asked
@@ -705,6 +705,33 @@ def test_retention_keeps_the_hours_summaries_so_the_report_still_answers(tmp_pat
     after, before = meter_report(data_dir, "wattchecker-data", "m", tz), meter_report(untouched, "wattchecker-data", "m", tz)
     assert after.rows == before.rows == 3 * 600 and after.problems == []
     assert after.total().watt_seconds == pytest.approx(before.total().watt_seconds, rel=1e-12)
+
+
+@pytest.mark.process
+def test_retention_on_a_read_only_card_logs_one_line_and_deletes_once_it_is_writable(tmp_path, caplog):
+    """A real read-only file system (EROFS from the kernel): nothing lost, one error line, done on the next pass."""
+    import subprocess
+
+    with tmpfs(tmp_path / "card", "4m") as data_dir:
+        write_hours(data_dir, 2)
+        subprocess.run(["mount", "-o", "remount,ro", str(data_dir)], check=True)
+        retention = Retention(data_dir, FakeClock(T0 + dt.timedelta(days=31)), 30, uploading=False)
+        stop = threading.Event()
+        passes = []
+
+        def one_pass(real=retention.delete_expired) -> int:
+            passes.append(len(passes))
+            if len(passes) == 2:
+                subprocess.run(["mount", "-o", "remount,rw", str(data_dir)], check=True)
+                stop.set()
+            return real()
+
+        retention.delete_expired = one_pass
+        retention.run(stop)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and errors[0].startswith("retention: cannot delete old files:"), errors
+        assert "Read-only file system" in errors[0] and "trying again in an hour" in errors[0]
+        assert list(data_dir.glob("*.gz")) == [] and retention.deleted == 2
 
 
 def test_the_retention_thread_logs_a_failing_pass_and_tries_again_an_hour_later(tmp_path, caplog):
