@@ -123,8 +123,10 @@ def test_a_truncated_gz_is_reported_skipped_and_the_rest_counted(tmp_path):
     assert meter_report(tmp_path, "wattchecker-data", "m", UTC).problems == []  # summarized at close
     summaries.unlink()  # as after an upgrade: the hours are read from their files
     report = meter_report(tmp_path, "wattchecker-data", "m", UTC)
-    assert report.problems == [f"{broken.name}: skipped, unreadable (EOFError: "
+    assert report.problems == [f"{broken.name}: damaged, skipped (EOFError: "
                                "Compressed file ended before the end-of-stream marker was reached)"]
+    assert not broken.exists() and (tmp_path / "failed" / broken.name).exists()  # moved aside, said once
+    assert meter_report(tmp_path, "wattchecker-data", "m", UTC).problems == []
     d = day(report, "2026-07-01")
     assert d.hours_covered == pytest.approx(2 + 10 / 3600)
     assert d.kwh == pytest.approx(100 * (2 + 10 / 3600) / 1000)

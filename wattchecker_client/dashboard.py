@@ -158,7 +158,7 @@ class EnergyView:
         if CURRENT_PART in parts:
             return None
         summary = closed.get(hour)
-        if summary is None or summary.parts != parts:
+        if summary is None or not summary.covers(sources.files(hour)):
             self.hours_read += 1
             summary = summarize_files(sources, hour)  # unreadable: None, and add_hour tells of it
             if summary is None:

@@ -44,7 +44,7 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tu
 from .clock import Clock, utc_epoch
 from .formats import watts_as_stored
 from .protocol import Measurement
-from .datadir import HourSources, held_seconds, hour_summaries, sources_for, summaries_path
+from .datadir import CURRENT_PART, held_seconds, hour_summaries, sources_for, summaries_path
 from .writer import atomic_write, hour_of
 
 log = logging.getLogger(__name__)
@@ -402,14 +402,11 @@ class FileRows:
         self.sources = sources_for(data_dir, stem, since=first_hour)  # a restart holds only the hours since
         self._first_hour = first_hour
         self.hours = [h for h in sorted(self.sources.by_hour) if first_hour is None or h >= first_hour]
-        self.plain: Dict[dt.datetime, List[Tuple[int, float]]] = {}
-        for hour in self.hours:
-            parts = self.sources.by_hour[hour]
-            for part in [p for p, paths in parts.items() if any(path.suffix != ".gz" for path in paths.values())]:
-                one = HourSources()
-                for fmt, path in parts.pop(part).items():
-                    one.add(hour, part, fmt, path)
-                self.plain[hour] = one.rows(hour, self.problems)
+        # The hours of the plain files, read whole now (the writer appends to those files, and closes them).
+        self.plain: Dict[dt.datetime, List[Tuple[int, float]]] = {
+            hour: self.sources.rows(hour) for hour in self.hours if CURRENT_PART in self.sources.by_hour[hour]}
+        for hour in self.plain:
+            self.sources.by_hour.pop(hour, None)
 
     def fold(self, base: Accumulator) -> Accumulator:
         """``base`` followed by these rows: a closed hour from its summary when it lies wholly
@@ -443,8 +440,8 @@ class FileRows:
         return (self.after is None or t > self.after) and (self.until is None or t <= self.until)
 
     def _hour_rows(self, hour: dt.datetime, start: int) -> Iterator[Tuple[int, float]]:
-        rows = self.sources.rows(hour, self.problems) if self.sources.by_hour.get(hour) else []
-        for second, watts in sorted(rows + self.plain.get(hour, [])):
+        rows = self.plain[hour] if hour in self.plain else self.sources.rows(hour)
+        for second, watts in rows:
             if self._inside(start + second):
                 self.count += 1
                 yield start + second, watts
