@@ -536,10 +536,10 @@ def test_energy_is_absent_from_metrics_until_the_files_are_counted(tmp_path):
     for s in range(0, 600, 2):
         writer.add(METER, air_conditioner(dt.datetime(2026, 7, 1, 4, 50, 0) + dt.timedelta(seconds=s), 3))
     writer.flush()
-    live = LiveState(clock, tmp_path, {METER: "wattchecker-data"}, data_format=("csv",))
+    live = LiveState(clock, tmp_path, {METER: "wattchecker-data"})
     gate = threading.Lock()
     gate.acquire()  # the count holds here: the scrape below is made while it runs
-    live._finish_restore, finish = (lambda work: (gate.acquire(), finish(work))), live._finish_restore
+    live._finish_restore, finish = (lambda *args: (gate.acquire(), finish(*args))), live._finish_restore
     on_disk = Writer(tmp_path, {METER: "wattchecker-data"}, ["csv"], clock)  # as at start-up
     on_disk.recover()
     live.restore({METER: on_disk.last_time(METER)}, background=True)

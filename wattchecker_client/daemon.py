@@ -174,6 +174,8 @@ class Daemon:
         self.heartbeat_interval = general.watchdog_stall / 3
         self.readers: Dict[str, MeterReader] = {}
         self.live = self._live_for(config)
+        if self.live is not None:
+            self.writer.on_durable = self.live.durable  # the energy counts what reached the disk, once
         self.mqtt = None  # the MQTT publisher, made by its thread once the readers exist
         self.web = self._web_for(config)
         self._writer_thread: Optional[threading.Thread] = None
@@ -235,8 +237,6 @@ class Daemon:
             general.data_dir,
             config.file_stems(),
             history_seconds=history_seconds(config) if config.http is not None else 0,  # the page's last hour
-            data_format=general.data_format,
-            durable_rows=self._rows_on_disk,
             # Energy is saved (and shown) once its rows are on disk: saving more often than the writer flushes gains nothing.
             checkpoint_interval=min(60.0, max(1.0, general.data_buffer_size)),
         )
@@ -255,10 +255,6 @@ class Daemon:
         """Why the service is not healthy (for /healthz): the threads the watchdog would not vouch for."""
         stuck = self._stuck(self._writer_thread) if self._writer_thread is not None else ["starting up"]
         return [f"no sign of life from {', '.join(stuck)} for {self.config.general.watchdog_stall:g} s"] if stuck else []
-
-    def _rows_on_disk(self, meter: str) -> int:
-        """Rows of ``meter`` the writer has written in every format since start-up."""
-        return min(fs.rows_written for fs in self.writer.sets[meter])
 
     # --- threads ----------------------------------------------------------------
 
