@@ -235,6 +235,8 @@ def file_lines(path: Path, hour: Optional[str] = None) -> List[Tuple[int, str]]:
             continue
         if hour is None or stamp.startswith(hour):
             rows.append((int(stamp[14:16]) * 60 + int(stamp[17:19]), line))
+        elif closed:
+            raise Damaged(f"line {number} is not of the file's hour")
     if closed and not rows:
         raise Damaged("no rows")
     return rows
@@ -247,6 +249,9 @@ def quarantine(path: Path, reason: str) -> None:
     and the others find it gone. A reader that may not move it (``report`` run
     as another user) says so and skips the file.
     """
+    if path.parent.name == FAILED_DIR:  # read from failed/ (``upload`` of a file put back by hand)
+        log.warning("%s: damaged (%s), skipped", path, reason)
+        return
     failed = path.parent / FAILED_DIR
     target = failed / path.name
     try:
@@ -383,17 +388,18 @@ def sources_between(data_dir: Path, stem: str, start: int, end: int) -> HourSour
 
     No listing: the page asks for two days, and that must cost the same
     beside five years of files as beside one. Late parts are numbered on
-    from 1, so probing stops at the first part missing in both formats.
+    from 1 and a number is never used twice, so probing stops at the first
+    part missing in both formats, here and in failed/.
     """
     sources = HourSources()
     for hour_start in range(start - start % 3600, end, 3600):
         hour = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=hour_start)
         part = 0
         while True:
-            found = [(fmt, data_dir / closed_name(stem, fmt, hour, part)) for fmt in ("csv", "json")]
-            found = [(fmt, path) for fmt, path in found if path.exists()]
-            if not found:
-                break
+            names = [(fmt, closed_name(stem, fmt, hour, part)) for fmt in ("csv", "json")]
+            found = [(fmt, data_dir / name) for fmt, name in names if (data_dir / name).exists()]
+            if not found and not any((data_dir / FAILED_DIR / name).exists() for _, name in names):
+                break  # a part in failed/ (damaged, or refused) still holds its number: probe on past it
             for fmt, path in found:
                 sources.add(hour, part, fmt, path)
             part += 1
