@@ -1,7 +1,41 @@
-"""The data folder's contract: the hour files' names, their rows, the integration rule, hourly summaries.
+"""The data folder's contract: the hour files' names, their rows, the union rule, hourly summaries.
 
-The writer, the uploader, the report, the page and the energy restore all
-read the folder through this module; none of them spells a file name itself.
+The writer, the uploader, the report, the page, retention and the energy
+restore all read the folder through this module; none of them spells a file
+name or reconciles formats or parts itself.
+
+**The folder is the union of its files.** Each meter-second that any file
+holds (either format, any part, closed or the plain current file) counts
+exactly once. ``read_union`` is the one reading of an hour: where both
+formats hold a second the JSON's full-precision line wins, and the second
+belongs to (is uploaded with) the first part that holds it in any format.
+
+**Write order and durability** (``writer.py``). A flush appends each
+meter's rows to the JSON file first, then the CSV, each append followed by
+an fsync: a row is durable once the first fsync covering it returns, and a
+crash between the two formats leaves the winning values on disk. A close
+writes the hour's ``.gz`` under a temporary name, fsyncs it, renames it,
+fsyncs the folder, then unlinks the plain file and fsyncs the folder again:
+a crash anywhere leaves the rows in the plain file, the ``.gz``, or both,
+and the union counts them once. The energy counter counts a row only after
+the writer has told it durable and new to the folder.
+
+**A closed hour while its formats disagree** (a crash between two appends,
+or between two formats' closes) is simply the union of what each holds: the
+short format is not repaired, nothing is counted twice, and the hour's
+summary is made once every format has closed it.
+
+**Deleting an hour** (retention) takes all its parts and formats together,
+and only once every part is in BigQuery (when uploading) and a saved summary
+covers all its files; a crash mid-deletion leaves a subset that the summary
+still covers. Part numbers are never used twice (a part in ``failed/`` keeps
+its number), and rows for an hour retention deleted are kept in ``failed/``
+and counted nowhere: they could not be integrated with rows that are gone.
+
+**A damaged file** (a bad gzip, garbage, an empty closed file, a line that
+is not a row of its hour) is moved to ``failed/`` beside a ``.reason`` with
+one warning by whichever reader meets it first (``quarantine``); the hour is
+read from its other files and the service keeps reading.
 
 The raw hour files stay the one source of truth. A summary is a cache
 derived from one closed UTC hour of one meter, so that a year of history
@@ -14,7 +48,9 @@ a multiple of 15 minutes, so a bucket lies in one local day and hour), the
 watt-seconds, seconds held, peak W and rows of its rows but the last, and
 the first and last row. The last row's hold depends on the next hour's first
 row, so joining hours applies the one step rule (``held_seconds``) exactly as
-a pass over every row does.
+a pass over every row does. It names the files it was read from: a file not
+among them (a late part) makes it stale; fewer files (retention, damage)
+leave it standing.
 
 Summaries are one JSON line per hour in ``<stem>.summaries.jsonl``, appended
 and never rewritten; a later line for the same hour replaces an earlier one

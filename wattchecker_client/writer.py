@@ -123,7 +123,7 @@ class FileSet:
         stem = self.base[:-len(self.format) - 1]
         if self.last_time is None or hour >= hour_of(self.last_time):
             return False
-        if sources_between(self.data_dir, stem, _epoch(hour), _epoch(hour) + 3600).by_hour:
+        if hour in sources_between(self.data_dir, stem, _epoch(hour), _epoch(hour) + 3600).by_hour:
             return False
         return hour in read_summaries(self.data_dir, stem, since=hour)
 
