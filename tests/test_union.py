@@ -260,3 +260,36 @@ def test_a_late_row_in_a_gap_is_counted_by_a_recount_never_twice(tmp_path):
     assert meter_report(tmp_path, STEM, "m", UTC).rows == 3600
     saved = json.loads((tmp_path / "energy.json").read_text())["meters"]["m"]
     assert saved["last"][0] == utc_epoch(H + dt.timedelta(seconds=3599))
+
+
+@pytest.mark.process
+def test_run_starts_and_keeps_reading_with_closed_files_replaced_by_garbage_truncated_or_empty(
+        simulator, daemons, tmp_path):
+    """A real service: one damaged file of each kind, each moved to failed/ with one warning, and on it reads."""
+    from .conftest import run_cli, wait_for, write_config
+    from .datacheck import closed_hours
+
+    (address,) = simulator("--seed", "3", "--clock-speed", "600").addresses
+    data_dir = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", data_dir, address, poll_interval=1 / 600)
+    first = daemons(config, tmp_path)
+    wait_for(lambda: len(closed_hours(data_dir)) >= 3, timeout=120, what="three closed hours")
+    assert first.stop() == 0
+    hours = closed_hours(data_dir)
+    # The newest hour's files are read at start-up (the writer's recovery finds the last second on disk).
+    bad = [data_dir / hours[-1], data_dir / hours[-1].replace(".csv.", ".json."), data_dir / hours[0]]
+    for path, how in zip(bad, ("garbage", "truncated", "empty")):
+        damage(path, how)
+    (data_dir / f"{STEM}.summaries.jsonl").unlink()  # so whoever reads those hours reads their files
+    second = daemons(config, tmp_path)
+    wait_for(lambda: len(closed_hours(data_dir)) >= len(hours) + 1, timeout=120, what="two more closed hours")
+    assert second.stop() == 0
+    log = second.err_path.read_text()
+    for path in bad[:2]:
+        assert not path.exists() and (data_dir / "failed" / path.name).exists()
+        assert len([line for line in log.splitlines() if "WARNING" in line and f"{path.name}: damaged" in line]) == 1
+    assert "Traceback" not in log
+    report = run_cli("report", "--config", str(config))  # the older hour's file is met by the report first
+    assert report.returncode == 0, report.stderr
+    assert not bad[2].exists() and (data_dir / "failed" / bad[2].name).exists()
+    assert f"{bad[2].name}: damaged" in report.stderr + report.stdout
