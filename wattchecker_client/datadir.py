@@ -69,15 +69,10 @@ import zlib
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from . import fileops
+from .fileops import FILE_MODE, private_file  # noqa: F401  (re-exported: the folder's file mode)
+
 log = logging.getLogger(__name__)
-FILE_MODE = 0o640  # readings show when someone is home: the service's group may read them, others not
-
-
-def private_file(path: str, flags: int) -> int:
-    """An ``opener`` for open(): a file it creates gets FILE_MODE whatever the umask allows beyond it."""
-    return os.open(path, flags, FILE_MODE)
-
-
 MAX_STEP = 5  # seconds
 BUCKET_SECONDS = 900  # the largest step every time-zone offset is a multiple of
 BUCKETS = 3600 // BUCKET_SECONDS
@@ -296,9 +291,9 @@ def quarantine(path: Path, reason: str) -> None:
         while target.exists():
             number += 1
             target = failed / f"{path.name}.{number}"
-        os.replace(path, target)
-        with open(target.with_name(target.name + REASON_SUFFIX), "w", encoding="utf-8", opener=private_file) as f:
-            f.write(f"damaged: {reason}\n")
+        fileops.rename(path, target)
+        fileops.atomic_write(target.with_name(target.name + REASON_SUFFIX), f"damaged: {reason}\n".encode(),
+                             compress=False)
     except FileNotFoundError:
         return  # another reader moved it first
     except OSError as exc:
@@ -522,15 +517,16 @@ def append_summaries(data_dir: Path, stem: str, summaries: List[HourSummary]) ->
         return
     path = summaries_path(data_dir, stem)
     try:
-        with open(path, "a+b", opener=private_file) as f:
-            f.seek(0, os.SEEK_END)
-            torn = False
-            if f.tell():
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"  # a crash mid-append: start a line of our own
-            f.write((b"\n" if torn else b"") + "".join(s.to_line() for s in summaries).encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+        torn = False
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell():
+                    f.seek(-1, os.SEEK_END)
+                    torn = f.read(1) != b"\n"  # a crash mid-append: start a line of our own
+        except FileNotFoundError:
+            pass
+        fileops.append(path, (b"\n" if torn else b"") + "".join(s.to_line() for s in summaries).encode("utf-8"))
     except OSError as exc:
         log.warning("%s: summaries not saved (%s); the report reads those hours' files", path, exc)
 

@@ -10,7 +10,6 @@ close interrupted by a crash is simply done again at start-up.
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import logging
 import os
 import queue
@@ -20,18 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from . import fileops
 from .clock import Clock
+from .fileops import TMP_SUFFIX, atomic_write  # noqa: F401  (atomic_write: re-exported)
 from .datadir import (HOUR_FORMAT, closed_files_in, closed_name, line_stamp, open_text,  # noqa: F401  (re-exported)
                       parse_closed, parse_line, parse_stamp)
-from .datadir import (DAMAGE, FAILED_DIR, FILE_MODE, REASON_SUFFIX, append_summaries, file_lines, private_file,
-                      quarantine, read_summaries, sources_between, summarize_files)
+from .datadir import (DAMAGE, FAILED_DIR, REASON_SUFFIX, append_summaries, file_lines, quarantine,
+                      read_summaries, sources_between, summarize_files)
 from .formats import FORMATTERS
 from .protocol import Measurement
 
 log = logging.getLogger(__name__)
 
 HOUR = dt.timedelta(hours=1)
-TMP_SUFFIX = ".tmp"
 # How long a closed hour waits for its other formats before it is announced anyway.
 HOLD_LIMIT = 300.0
 
@@ -48,14 +48,6 @@ class ClosedFile:
 
 def hour_of(when: dt.datetime) -> dt.datetime:
     return when.replace(minute=0, second=0, microsecond=0)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_lines(path: Path) -> List[str]:
@@ -147,7 +139,7 @@ class FileSet:
             for entry in entries:
                 if entry.name.startswith(self.base + ".") and entry.name.endswith(TMP_SUFFIX):
                     log.warning("removing %s, left by an interrupted compression", entry.path)
-                    os.unlink(entry.path)
+                    fileops.unlink(Path(entry.path), missing_ok=True)
                 parsed = self.parse_closed_name(entry.name)
                 if parsed and (newest is None or parsed[0] > newest):
                     newest = parsed[0]
@@ -231,8 +223,8 @@ class FileSet:
         failed.mkdir(exist_ok=True)
         path = failed / self.closed_path(hour, self.next_part(hour)).name
         atomic_write(path, "".join(self.format_row(m) + "\n" for m in rows).encode("utf-8"), compress=True)
-        path.with_name(path.name + REASON_SUFFIX).write_text(
-            f"rows for hour {hour.strftime(HOUR_FORMAT)}, which retention had deleted\n", encoding="utf-8")
+        atomic_write(path.with_name(path.name + REASON_SUFFIX),
+                     f"rows for hour {hour.strftime(HOUR_FORMAT)}, which retention had deleted\n".encode(), compress=False)
         log.warning("%s: %d row(s) for hour %s, which retention deleted: kept in %s, counted nowhere",
                     self.base, len(rows), hour.strftime(HOUR_FORMAT), path)
 
@@ -260,20 +252,8 @@ class FileSet:
         return new
 
     def _append(self, rows: Sequence[Measurement]) -> None:
-        """Append whole rows or nothing: a failed write is cut back to where it began."""
-        data = memoryview("".join(self.format_row(m) + "\n" for m in rows).encode("utf-8"))
-        fd = os.open(self.current_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        try:
-            size = os.fstat(fd).st_size
-            try:
-                while data:
-                    data = data[os.write(fd, data):]
-                os.fsync(fd)
-            except OSError:
-                _truncate_quietly(fd, size, self.current_path)
-                raise
-        finally:
-            os.close(fd)
+        """Append whole rows or nothing (``fileops.append``), fsynced."""
+        fileops.append(self.current_path, "".join(self.format_row(m) + "\n" for m in rows).encode("utf-8"))
 
     def close_current(self) -> None:
         """Compress the current hour's plain file and remove it."""
@@ -287,8 +267,8 @@ class FileSet:
             by_hour.setdefault(line_stamp(line)[:13], []).append(line)  # "YYYY-MM-DD HH"
         for hour in sorted(by_hour):
             self._close_lines(parse_stamp(hour + ":00:00"), by_hour[hour])
-        os.unlink(self.current_path)
-        fsync_dir(self.data_dir)
+        fileops.unlink(self.current_path)
+        fileops.sync_dir(self.data_dir)
 
     def _closed_stamps(self, hour: dt.datetime) -> Set[str]:
         """The stamps the hour's closed files in this format hold (a damaged one is quarantined)."""
@@ -357,36 +337,6 @@ def _rows_or_none(path: Path) -> List[Tuple[int, str]]:
 
 def _epoch(hour: dt.datetime) -> int:
     return int((hour - dt.datetime(1970, 1, 1)).total_seconds())
-
-
-def _truncate_quietly(fd: int, size: int, path: Path) -> None:
-    """Undo a partial append so a retry cannot leave a torn or doubled row."""
-    try:
-        os.ftruncate(fd, size)
-    except OSError as exc:
-        log.error("cannot undo a partial write to %s: %s", path, exc)
-
-
-def atomic_write(path: Path, data: bytes, compress: bool) -> None:
-    """Write to a temporary name, fsync, rename, fsync the folder: all or nothing."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb", opener=private_file) as raw:
-            if compress:
-                with gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, mtime=0) as gz:
-                    gz.write(data)
-            else:
-                raw.write(data)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .. import fileops
 from ..clock import Clock
 from ..datadir import CURRENT_PART, HOUR_FORMAT, closed_files_in, hour_summaries, sources_for
 from .hours import HourFile, hour_files
@@ -60,7 +61,8 @@ class Retention:
                     continue  # still written, or no summary of it: it stays (the next pass tries again)
                 for unit in sorted(units, key=lambda u: -u.part):
                     for path in unit.sources:
-                        path.unlink(missing_ok=True)
+                        fileops.unlink(path, missing_ok=True)
+                fileops.sync_dir(self.data_dir)
                 deleted += 1
                 self.deleted += 1
                 log.info("retention: deleted %s.%s (older than %d days)", stem, hour.strftime(HOUR_FORMAT), self.days)
