@@ -37,6 +37,7 @@ class Rig:
         self.writer.recover()
         self.live = LiveState(clock, data_dir, {"m": STEM}, checkpoint_interval=30)
         self.writer.on_durable = self.live.durable
+        self.writer.on_late = self.live.late_rows_coming
         self.live.restore({"m": self.writer.last_time("m")})
 
     def feed(self, rows: List[Measurement]) -> None:
@@ -143,6 +144,7 @@ def test_a_restore_in_the_background_joins_the_rows_read_meanwhile(tmp_path):
     writer.recover()
     live = LiveState(clock, tmp_path, {"m": STEM})
     writer.on_durable = live.durable
+    writer.on_late = live.late_rows_coming
     live.restore({"m": writer.last_time("m")}, background=True)
     during = live.snapshot()["m"]
     assert during.energy_known and saved <= during.energy_joules

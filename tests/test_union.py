@@ -42,6 +42,7 @@ class Rig:
         self.writer.recover()
         self.live = LiveState(clock, data_dir, {"m": STEM})
         self.writer.on_durable = self.live.durable
+        self.writer.on_late = self.live.late_rows_coming
         self.live.restore({"m": self.writer.last_time("m")})
 
     def write(self, measurements: List[Measurement]) -> None:

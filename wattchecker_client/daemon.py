@@ -176,6 +176,7 @@ class Daemon:
         self.live = self._live_for(config)
         if self.live is not None:
             self.writer.on_durable = self.live.durable  # the energy counts what reached the disk, once
+            self.writer.on_late = self.live.late_rows_coming
         self.mqtt = None  # the MQTT publisher, made by its thread once the readers exist
         self.web = self._web_for(config)
         self._writer_thread: Optional[threading.Thread] = None

@@ -138,6 +138,7 @@ class _Meter:
         self.running = Accumulator()  # rows the writer told after ``upto``, in time order
         self.newest: Optional[int] = None  # the newest second told or counted
         self.recount = False  # a row came that the running count cannot take: count the files again
+        self.late = False  # late rows are being written: energy.json says so until they are counted
         self.shown = 0.0  # persisted joules, never decreasing
         self.floor = 0.0  # the highest value shown so far (the count may dip below it)
         self.saved: Optional[Tuple[float, Optional[Tuple[int, float]], float]] = None  # as last written
@@ -191,8 +192,27 @@ class LiveState:
                 state.history.append((utc_epoch(m.time), m.watts))
             self._bump()
 
-    def durable(self, meter: str, rows: Sequence[Tuple[int, float]]) -> None:
-        """Rows the writer made durable that the folder did not hold: (UTC epoch second, W), in time order."""
+    def late_rows_coming(self, meter: str) -> None:
+        """The writer is about to write rows among rows already counted: say so in energy.json first.
+
+        A restart after a crash that left them on disk, uncounted, must count
+        the files again rather than carry on from the saved count's last row.
+        """
+        with self._saving:
+            with self._changed:
+                state = self._meters[meter]
+                if state.late or state.saved is None:
+                    state.late = True
+                    return  # flagged already, or nothing saved to carry on from
+                state.late = True
+                document = self._document({})
+            self._write(document)
+
+    def durable(self, meter: str, rows: Sequence[Tuple[int, float]], complete: bool = True) -> None:
+        """Rows the writer made durable that the folder did not hold: (UTC epoch second, W), in time order.
+
+        ``complete``: the flush wrote everything it had (no late row still waits).
+        """
         with self._changed:
             state = self._meters[meter]
             for t, watts in rows:
@@ -201,6 +221,8 @@ class LiveState:
                 elif not state.recount:
                     state.running = state.running.add(t, watts)
                 state.newest = t if state.newest is None else max(state.newest, t)
+            if complete and not state.recount and state.base is not None:
+                state.late = False  # the late rows, if any, were seconds the folder held: nothing to count
 
     def relay_latch(self, meter: str, overloaded: bool) -> None:
         """The over-power latch of a meter's relay, set or cleared."""
@@ -265,48 +287,53 @@ class LiveState:
             self._next_save = self.clock.monotonic() + self.checkpoint_interval
             with self._changed:
                 chosen = {name: total for name, total in self._totals().items()
-                          if force or self._meters[name].saved != (total.credited, total.last, self._floor(name, total))}
+                          if force or self._meters[name].saved != self._entry(name, total)}
                 if not chosen and not force:
                     return
                 document = self._document(chosen)
-            try:
-                atomic_write(self.path, json.dumps(document, indent=1).encode(), compress=False)
-            except OSError as exc:
-                self.stats.checkpoint_errors += 1
-                if not self._failing:
-                    log.error("cannot save %s (%s); energy shown stays put until it can", self.path,
-                              exc.strerror or exc)
-                self._failing = True
+            if not self._write(document):
                 return
-            if self._failing:
-                log.warning("%s saved again", self.path)
-            self._failing = False
-            self.stats.checkpoints += 1
             with self._changed:
                 for name, total in chosen.items():
                     state = self._meters[name]
-                    state.floor = state.shown = self._floor(name, total)
-                    state.saved = (total.credited, total.last, state.floor)
+                    state.saved = self._entry(name, total)
+                    state.floor = state.shown = state.saved[2]
                 if chosen:
                     self._bump()
+
+    def _write(self, document: dict) -> bool:
+        try:
+            atomic_write(self.path, json.dumps(document, indent=1).encode(), compress=False)
+        except OSError as exc:
+            self.stats.checkpoint_errors += 1
+            if not self._failing:
+                log.error("cannot save %s (%s); energy shown stays put until it can", self.path, exc.strerror or exc)
+            self._failing = True
+            return False
+        if self._failing:
+            log.warning("%s saved again", self.path)
+        self._failing = False
+        self.stats.checkpoints += 1
+        return True
+
+    def _entry(self, name: str, total: Accumulator) -> Tuple[float, Optional[Tuple[int, float]], float, bool]:
+        """What energy.json holds for a meter: the count, its floor, and whether late rows await a recount."""
+        state = self._meters[name]
+        return total.credited, total.last, max(state.floor, total.joules), state.late or state.recount
 
     def _totals(self) -> Dict[str, Accumulator]:
         """Per meter whose base is known, the count: the base and the rows told since (lock held)."""
         return {name: state.base.then(state.running) for name, state in self._meters.items()
                 if state.base is not None}
 
-    def _floor(self, name: str, total: Accumulator) -> float:
-        return max(self._meters[name].floor, total.joules)
-
     def _document(self, chosen: Dict[str, Accumulator]) -> dict:
         meters = {}
         for name, s in self._meters.items():
-            if name in chosen:
-                total = chosen[name]
-                meters[name] = {"stem": s.stem, **total.to_json(), "floor_joules": self._floor(name, total)}
-            elif s.saved is not None:
-                credited, last, floor = s.saved
-                meters[name] = {"stem": s.stem, **Accumulator(credited, last).to_json(), "floor_joules": floor}
+            entry = self._entry(name, chosen[name]) if name in chosen else s.saved
+            if entry is not None:
+                credited, last, floor, late = entry
+                meters[name] = {"stem": s.stem, **Accumulator(credited, last).to_json(), "floor_joules": floor,
+                                **({"late_rows": True} if late or s.late else {})}
         return {"version": STATE_VERSION, "meters": meters}
 
     # --- start-up ----------------------------------------------------------------------
@@ -330,7 +357,11 @@ class LiveState:
                     start = Accumulator.from_json(entry)
                     floor = max(float(entry.get("floor_joules", 0.0)), start.joules)
                     state.shown = state.floor = floor
-                    state.saved, state.known = (start.credited, start.last, floor), True
+                    state.saved, state.known = (start.credited, start.last, floor, False), True
+                    if entry.get("late_rows"):  # written among counted rows, maybe uncounted: count them all
+                        log.info("%s: meter %s: late rows were being written; counting its files again", self.path,
+                                 name)
+                        start = Accumulator()
                 except (KeyError, TypeError, ValueError) as exc:
                     log.warning("%s: meter %s: unusable entry (%s); counting its files again", self.path, name, exc)
             limit = None if until is None else (utc_epoch(until[name]) if until.get(name) else -1)
@@ -370,6 +401,7 @@ class LiveState:
                 state = self._meters[name]
                 state.base = base.saved()
                 state.known = True
+                state.late = state.late and state.recount  # counted now, unless more came meanwhile
                 self._bump()
             log.info("%s: energy %.3f kWh %s (%d rows counted from the files)", name, base.joules / 3_600_000,
                      what, rows.count)

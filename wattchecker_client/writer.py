@@ -378,7 +378,9 @@ class Writer:
         self.stems = dict(stems)
         # Told, after each flush, the rows it made durable that no format held before: (meter,
         # [(UTC epoch second, W as the folder's union reads it)]). The energy counter counts these.
-        self.on_durable: Optional[Callable[[str, List[Tuple[int, float]]], None]] = None
+        self.on_durable: Optional[Callable[[str, List[Tuple[int, float]], bool], None]] = None
+        # Told before a flush writes rows not later than the newest second on disk (late rows).
+        self.on_late: Optional[Callable[[str], None]] = None
         self._next_flush = clock.monotonic() + buffer_seconds
         self._failing = False
         # Set to have the writer take its rows now: at stop, or when rows pile up.
@@ -423,13 +425,18 @@ class Writer:
         self._next_flush = self.clock.monotonic() + self.buffer_seconds
         ok = True
         for meter, sets in self.sets.items():
-            ok = all([self._guarded(fs, fs.flush) for fs in sets]) and ok
-            self._tell_durable(meter, sets)
+            newest = self.last_time(meter)
+            if self.on_late is not None and newest is not None and any(
+                    m.time <= newest for fs in sets for m in fs.pending):
+                self.on_late(meter)  # before the rows reach the disk: a crash now must not hide them
+            meter_ok = all([self._guarded(fs, fs.flush) for fs in sets])
+            self._tell_durable(meter, sets, meter_ok)
+            ok = ok and meter_ok
         if ok and self._failing:
             log.warning("writing works again; every buffered row is on disk")
         self._failing = not ok
 
-    def _tell_durable(self, meter: str, sets: List[FileSet]) -> None:
+    def _tell_durable(self, meter: str, sets: List[FileSet], complete: bool) -> None:
         """The rows this flush made new to the folder: written in some format, held before in none."""
         written: Dict[dt.datetime, float] = {}
         held: Set[dt.datetime] = set()
@@ -439,8 +446,8 @@ class Writer:
             held.update(m.time for m in fs.held_already)
             fs.written, fs.held_already = [], []
         rows = sorted((_epoch(t), watts) for t, watts in written.items() if t not in held)
-        if rows and self.on_durable is not None:
-            self.on_durable(meter, rows)
+        if self.on_durable is not None and (rows or complete):
+            self.on_durable(meter, rows, complete)
 
     def _guarded(self, fs: FileSet, action: Callable[[], None]) -> bool:
         """Run a file action; an I/O error is logged once per outage and retried later."""
