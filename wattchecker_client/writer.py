@@ -415,9 +415,9 @@ class Writer:
 
     def tick(self) -> None:
         """Flush when due; close hours the host clock has left behind."""
-        if self.clock.monotonic() >= self._next_flush:
-            self.flush()
         now = self.clock.now()
+        if self.clock.monotonic() >= self._next_flush or any(fs._is_stale(now, self.grace) for fs in self.all_sets()):
+            self.flush()  # a stale hour's buffered rows go in first, told to the energy counter as any flush's
         for fs in self.all_sets():
             self._guarded(fs, lambda fs=fs: fs.close_if_stale(now, self.grace))
 
