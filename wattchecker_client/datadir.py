@@ -240,8 +240,14 @@ class Damaged(Exception):
 DAMAGE = (EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError, ValueError, IndexError, Damaged)
 
 
-def file_lines(path: Path, hour: Optional[str] = None) -> List[Tuple[int, str]]:
-    """(second within its hour, line) of every row of a data file, in file order.
+class FileRow(NamedTuple):
+    second: int  # within its hour
+    watts: float
+    line: str
+
+
+def file_lines(path: Path, hour: Optional[str] = None) -> List[FileRow]:
+    """Every row of a data file, in file order, each parsed once (the hot path of every reader).
 
     A closed file is all or nothing: any line that is not a row, or no row at
     all, means damage (``Damaged`` or a gzip/zlib error). The plain current
@@ -251,21 +257,23 @@ def file_lines(path: Path, hour: Optional[str] = None) -> List[Tuple[int, str]]:
     """
     closed = path.suffix == ".gz"
     with open_text(path) as f:
-        text = f.read()
-    lines = text.splitlines(keepends=True)
+        lines = f.read().splitlines(keepends=True)
     if not closed and lines and not lines[-1].endswith("\n"):
         lines.pop()
     rows = []
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        stamp = line_stamp(line)
-        if stamp is None or (line.startswith("{") and stamp != line[14:33]) or (not line.startswith("{") and stamp != line[:19]):
-            if closed:
+        try:
+            second, watts = parse_line(line)
+            stamp = line[14:27] if line[0] == "{" else line[:13]
+            ok = stamp[4] == "-" and stamp[10] == " " and 0 <= second < 3600
+        except (ValueError, IndexError):
+            ok = False
+        if not ok:
+            if closed and line.strip():
                 raise Damaged(f"line {number} is not a row")
             continue
-        if hour is None or stamp.startswith(hour):
-            rows.append((int(stamp[14:16]) * 60 + int(stamp[17:19]), line))
+        if hour is None or stamp == hour:
+            rows.append(FileRow(second, watts, line))
         elif closed:
             raise Damaged(f"line {number} is not of the file's hour")
     if closed and not rows:
@@ -307,6 +315,7 @@ class UnionRow(NamedTuple):
 
     owner: int  # the lowest part holding this second: the upload unit it belongs to
     line: str  # the most precise line holding it (JSON over CSV)
+    watts: float  # that line's W
 
 
 def read_union(files: Dict[int, Dict[str, Path]], hour: dt.datetime,
@@ -336,24 +345,21 @@ def read_union(files: Dict[int, Dict[str, Path]], hour: dt.datetime,
                 if problems is not None:
                     problems.append(f"{path.name}: damaged, skipped ({reason})")
                 continue
-            for second, line in rows:
+            for second, watts, line in rows:
                 held = union.get(second)
                 if held is None:
-                    union[second] = UnionRow(part, line)
-                elif fmt == "json" and not held.line.startswith("{"):
-                    union[second] = UnionRow(held.owner, line)
+                    union[second] = UnionRow(part, line, watts)
+                elif fmt == "json" and held.line[0] != "{":
+                    union[second] = UnionRow(held.owner, line, watts)
     return union
 
 
 def union_rows(union: Dict[int, UnionRow], volts: Optional[List[float]] = None) -> List[Row]:
     """(second, W) of an hour's union in time order; each row's V into ``volts`` too when given."""
-    rows = []
-    for second in sorted(union):
-        line = union[second].line
-        rows.append((second, parse_line(line)[1]))
-        if volts is not None:
-            volts.append(line_volts(line))
-    return rows
+    ordered = sorted(union.items())
+    if volts is not None:
+        volts.extend(line_volts(row.line) for _, row in ordered)
+    return [(second, row.watts) for second, row in ordered]
 
 
 class HourSources:

@@ -24,7 +24,7 @@ from .clock import Clock
 from .fileops import TMP_SUFFIX, atomic_write  # noqa: F401  (atomic_write: re-exported)
 from .datadir import (HOUR_FORMAT, closed_files_in, closed_name, line_stamp, open_text,  # noqa: F401  (re-exported)
                       parse_closed, parse_line, parse_stamp)
-from .datadir import (DAMAGE, FAILED_DIR, REASON_SUFFIX, append_summaries, file_lines, quarantine,
+from .datadir import (DAMAGE, FAILED_DIR, REASON_SUFFIX, FileRow, append_summaries, file_lines, quarantine,
                       read_summaries, sources_between, summarize_files)
 from .formats import FORMATTERS
 from .protocol import Measurement
@@ -144,7 +144,7 @@ class FileSet:
                 if parsed and (newest is None or parsed[0] > newest):
                     newest = parsed[0]
         if newest is not None:
-            stamps = [line_stamp(line) for p in self.closed_parts(newest) for _, line in _rows_or_none(p)[-1:]]
+            stamps = [line_stamp(line) for p in self.closed_parts(newest) for _, _, line in _rows_or_none(p)[-1:]]
             self.last_time = max((parse_stamp(s) for s in stamps if s), default=None)
         if not self.current_path.exists():
             self.recovered = True
@@ -274,7 +274,7 @@ class FileSet:
         """The stamps the hour's closed files in this format hold (a damaged one is quarantined)."""
         held: Set[str] = set()
         for path in self.closed_parts(hour):
-            held.update(line_stamp(line) for _, line in _rows_or_none(path))
+            held.update(line_stamp(row.line) for row in _rows_or_none(path))
         return held
 
     def _close_lines(self, hour: dt.datetime, lines: List[str]) -> None:
@@ -324,7 +324,7 @@ class FileSet:
         return closed
 
 
-def _rows_or_none(path: Path) -> List[Tuple[int, str]]:
+def _rows_or_none(path: Path) -> List[FileRow]:
     """A closed file's rows; a damaged file is quarantined and gives none, a vanished one too."""
     try:
         return file_lines(path)

@@ -84,7 +84,7 @@ def row_fields(line: str) -> Dict[str, str]:
 def read_rows(path: Path) -> List[Dict[str, str]]:
     """The rows of one closed file as text fields (``upload --dry-run`` and tests)."""
     rows = []
-    for number, (_, line) in enumerate(file_lines(path), 1):
+    for number, (_, _, line) in enumerate(file_lines(path), 1):
         try:
             rows.append(row_fields(line))
         except (ValueError, KeyError, TypeError) as exc:
