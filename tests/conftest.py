@@ -208,6 +208,20 @@ def write_config(path: Path, data_dir: Path, address: str, **general) -> Path:
     return path
 
 
+def run_until_closed_hours(simulator, daemons, tmp_path: Path, seed: str, hours: int):
+    """A real service reading a simulator at 600x until ``hours`` closed hours, stopped cleanly:
+    (its config, its data folder)."""
+    from .datacheck import closed_hours
+
+    (address,) = simulator("--seed", seed, "--clock-speed", "600").addresses
+    data_dir = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", data_dir, address, poll_interval=1 / 600)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(closed_hours(data_dir)) >= hours, timeout=120, what=f"{hours} closed hours")
+    assert daemon.stop() == 0
+    return config, data_dir
+
+
 @pytest.fixture
 def daemons():
     started: List[DaemonProcess] = []

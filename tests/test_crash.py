@@ -27,11 +27,12 @@ import pytest
 from wattchecker_client import fileops
 from wattchecker_client.clock import FakeClock, time_zone, utc_epoch
 from wattchecker_client.datadir import STAMP_RE, FAILED_DIR, open_text
-from wattchecker_client.live import LiveState
 from wattchecker_client.protocol import Measurement
 from wattchecker_client.report import meter_report
 from wattchecker_client.upload.hours import hour_files, readable_rows
-from wattchecker_client.writer import Writer, closed_files_in
+from wattchecker_client.writer import closed_files_in
+
+from .service import Service
 
 STEM = "wattchecker-data"
 H = dt.datetime(2026, 7, 1, 10, 58, 0)
@@ -78,17 +79,19 @@ def measurement(t: dt.datetime) -> Measurement:
 def scripted_run(data_dir: Path, recorder: Recorder) -> None:
     """Flushes across an hour's close, a gap filled late (a .part1), a repeated second, energy checkpoints."""
     clock = FakeClock(H)
-    writer = Writer(data_dir, {"m": STEM}, ("csv", "json"), clock, buffer_seconds=3600)
-    writer.recover()
-    live = LiveState(clock, data_dir, {"m": STEM})
+    service = Service(data_dir, clock)
+    writer, live = service.writer, service.live
 
-    def told(meter: str, rows: List[Tuple[int, float]], complete: bool) -> None:
-        live.durable(meter, rows, complete)
-        recorder.ops.append(("durable", frozenset(t for t, _ in rows)))
+    class Noting:
+        """The energy counter, and a note in the record of what each flush told durable."""
 
-    writer.on_durable = told
-    writer.on_late = live.late_rows_coming
-    live.restore({"m": writer.last_time("m")})
+        late_rows_coming = live.late_rows_coming
+
+        def durable(self, meter: str, rows: List[Tuple[int, float]], complete: bool) -> None:
+            live.durable(meter, rows, complete)
+            recorder.ops.append(("durable", frozenset(t for t, _ in rows)))
+
+    writer.listener = Noting()
 
     def write(offsets) -> None:
         for s in offsets:
@@ -154,13 +157,8 @@ def seconds_on_disk(data_dir: Path) -> Tuple[Set[int], Set[int]]:
 
 def check(data_dir: Path, durable: Set[int], label: str) -> int:
     """Recover the folder as a restart would, write on, close, and check every promise; the rows checked."""
-    clock = FakeClock(H + dt.timedelta(hours=4))
-    writer = Writer(data_dir, {"m": STEM}, ("csv", "json"), clock, buffer_seconds=3600)
-    writer.recover()
-    live = LiveState(clock, data_dir, {"m": STEM})
-    writer.on_durable = live.durable
-    writer.on_late = live.late_rows_coming
-    live.restore({"m": writer.last_time("m")})
+    service = Service(data_dir, FakeClock(H + dt.timedelta(hours=4)))
+    writer, live = service.writer, service.live
     seconds, _ = seconds_on_disk(data_dir)
     assert durable <= seconds, f"{label}: durable seconds lost: {sorted(durable - seconds)[:5]}"
     report = meter_report(data_dir, STEM, "m", UTC)

@@ -21,6 +21,8 @@ from wattchecker_client.report import meter_report, parse_line
 from wattchecker_client.simulator import air_conditioner
 from wattchecker_client.writer import Writer
 
+from .service import Service
+
 START = dt.datetime(2019, 9, 7, 9, 59, 0)
 STEM = "wattchecker-data"
 
@@ -29,24 +31,8 @@ def kwh_of_files(data_dir: Path) -> float:
     return meter_report(data_dir, STEM, "m", time_zone("UTC")).total().kwh
 
 
-class Rig:
-    """One 'process': a Writer on real files and a LiveState that asks it what is on disk."""
-
-    def __init__(self, data_dir: Path, clock: FakeClock, formats=("csv", "json")) -> None:
-        self.writer = Writer(data_dir, {"m": STEM}, formats, clock, buffer_seconds=3600)
-        self.writer.recover()
-        self.live = LiveState(clock, data_dir, {"m": STEM}, checkpoint_interval=30)
-        self.writer.on_durable = self.live.durable
-        self.writer.on_late = self.live.late_rows_coming
-        self.live.restore({"m": self.writer.last_time("m")})
-
-    def feed(self, rows: List[Measurement]) -> None:
-        for m in rows:
-            self.writer.add("m", m)
-            self.live.reading("m", m)
-
-    def energy(self) -> float:
-        return self.live.snapshot()["m"].energy_joules
+class Rig(Service):
+    """One 'process': a Writer on real files and a LiveState that counts what it writes."""
 
 
 def readings(offsets: List[int], seed: int = 7) -> List[Measurement]:
@@ -143,8 +129,7 @@ def test_a_restore_in_the_background_joins_the_rows_read_meanwhile(tmp_path):
     writer = Writer(tmp_path, {"m": STEM}, ("csv", "json"), clock, buffer_seconds=3600)
     writer.recover()
     live = LiveState(clock, tmp_path, {"m": STEM})
-    writer.on_durable = live.durable
-    writer.on_late = live.late_rows_coming
+    writer.listener = live
     live.restore({"m": writer.last_time("m")}, background=True)
     during = live.snapshot()["m"]
     assert during.energy_known and saved <= during.energy_joules

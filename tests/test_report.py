@@ -85,15 +85,10 @@ def test_csv_only_and_json_only_data_dirs_agree(tmp_path):
 
 def test_files_from_a_real_daemon_run(simulator, daemons, tmp_path):
     """The writer's own files from a fast-clock simulator run, against the rows themselves."""
-    from .conftest import wait_for, write_config
-    from .datacheck import check_data_dir, closed_hours
+    from .conftest import run_until_closed_hours
+    from .datacheck import check_data_dir
 
-    (address,) = simulator("--seed", "7", "--clock-speed", "600").addresses
-    data_dir = tmp_path / "data"
-    config = write_config(tmp_path / "config.yaml", data_dir, address, poll_interval=1 / 600)
-    daemon = daemons(config, tmp_path)
-    wait_for(lambda: len(closed_hours(data_dir)) >= 2, timeout=90, what="two closed hours")
-    assert daemon.stop() == 0
+    _, data_dir = run_until_closed_hours(simulator, daemons, tmp_path, "7", 2)
     seconds = sorted(check_data_dir(data_dir, 7)["json"])
     report = meter_report(data_dir, "wattchecker-data", "m", UTC)
     expected_ws, expected_cover = 0.0, 0

@@ -15,14 +15,14 @@ import pytest
 from wattchecker_client.clock import FakeClock, time_zone, utc_epoch
 from wattchecker_client.datadir import read_summaries
 from wattchecker_client.formats import csv_line, json_line
-from wattchecker_client.live import LiveState
 from wattchecker_client.protocol import Measurement
 from wattchecker_client.report import meter_report
 from wattchecker_client.simulator import air_conditioner
 from wattchecker_client.upload.hours import hour_files, readable_rows
 from wattchecker_client.upload.ledger import Ledger
 from wattchecker_client.upload.retention import Retention
-from wattchecker_client.writer import Writer
+
+from .service import Service
 
 STEM = "wattchecker-data"
 H = dt.datetime(2026, 7, 1, 10, 0, 0)
@@ -33,30 +33,9 @@ def rows(start: dt.datetime, seconds: int, step: int = 1, seed: int = 5) -> List
     return [air_conditioner(start + dt.timedelta(seconds=s), seed) for s in range(0, seconds, step)]
 
 
-class Rig:
-    """One service's writer and energy counter on real files, wired as the daemon wires them."""
-
-    def __init__(self, data_dir: Path, clock: FakeClock, formats=("csv", "json")) -> None:
-        self.clock = clock
-        self.writer = Writer(data_dir, {"m": STEM}, formats, clock, buffer_seconds=3600)
-        self.writer.recover()
-        self.live = LiveState(clock, data_dir, {"m": STEM})
-        self.writer.on_durable = self.live.durable
-        self.writer.on_late = self.live.late_rows_coming
-        self.live.restore({"m": self.writer.last_time("m")})
-
-    def write(self, measurements: List[Measurement]) -> None:
-        for m in measurements:
-            self.writer.add("m", m)
-        self.writer.flush()
-
+class Rig(Service):
     def energy(self) -> float:
-        """The energy shown once a checkpoint has run (and any recount it started has finished)."""
-        self.live.checkpoint()
-        if self.live.restorer is not None:
-            self.live.restorer.join(60)
-        self.live.save(force=True)
-        return self.live.snapshot()["m"].energy_joules
+        return self.settled_energy()
 
 
 def report_ws(data_dir: Path) -> float:
@@ -267,15 +246,10 @@ def test_a_late_row_in_a_gap_is_counted_by_a_recount_never_twice(tmp_path):
 def test_run_starts_and_keeps_reading_with_closed_files_replaced_by_garbage_truncated_or_empty(
         simulator, daemons, tmp_path):
     """A real service: one damaged file of each kind, each moved to failed/ with one warning, and on it reads."""
-    from .conftest import run_cli, wait_for, write_config
+    from .conftest import run_cli, run_until_closed_hours, wait_for
     from .datacheck import closed_hours
 
-    (address,) = simulator("--seed", "3", "--clock-speed", "600").addresses
-    data_dir = tmp_path / "data"
-    config = write_config(tmp_path / "config.yaml", data_dir, address, poll_interval=1 / 600)
-    first = daemons(config, tmp_path)
-    wait_for(lambda: len(closed_hours(data_dir)) >= 3, timeout=120, what="three closed hours")
-    assert first.stop() == 0
+    config, data_dir = run_until_closed_hours(simulator, daemons, tmp_path, "3", 3)
     hours = closed_hours(data_dir)
     # The newest hour's files are read at start-up (the writer's recovery finds the last second on disk).
     bad = [data_dir / hours[-1], data_dir / hours[-1].replace(".csv.", ".json."), data_dir / hours[0]]

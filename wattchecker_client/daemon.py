@@ -175,8 +175,7 @@ class Daemon:
         self.readers: Dict[str, MeterReader] = {}
         self.live = self._live_for(config)
         if self.live is not None:
-            self.writer.on_durable = self.live.durable  # the energy counts what reached the disk, once
-            self.writer.on_late = self.live.late_rows_coming
+            self.writer.listener = self.live  # the energy counts what reached the disk, once
         self.mqtt = None  # the MQTT publisher, made by its thread once the readers exist
         self.web = self._web_for(config)
         self._writer_thread: Optional[threading.Thread] = None

@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Set, Tuple
 
 from . import fileops
 from .clock import Clock
@@ -108,13 +108,11 @@ class FileSet:
     def hour_deleted(self, hour: dt.datetime) -> bool:
         """True for an hour retention deleted: no file of it in either format, and its summary kept.
 
-        Asked only of an hour older than the newest second on disk, with no
-        closed file in this format: a late row, rare enough to read the
-        summaries for.
+        Asked of an hour with no closed file in this format, before it is
+        written: once an hour, and for late rows. The summaries' lines before
+        the hour are passed over unparsed.
         """
         stem = self.base[:-len(self.format) - 1]
-        if self.last_time is None or hour >= hour_of(self.last_time):
-            return False
         if hour in sources_between(self.data_dir, stem, _epoch(hour), _epoch(hour) + 3600).by_hour:
             return False
         return hour in read_summaries(self.data_dir, stem, since=hour)
@@ -339,6 +337,17 @@ def _epoch(hour: dt.datetime) -> int:
     return int((hour - dt.datetime(1970, 1, 1)).total_seconds())
 
 
+class DurableListener(Protocol):
+    """Told what reaches the disk: the energy counter counts exactly these rows."""
+
+    def late_rows_coming(self, meter: str) -> None:
+        """A flush is about to write rows not later than the newest second on disk."""
+
+    def durable(self, meter: str, rows: List[Tuple[int, float]], complete: bool) -> None:
+        """After a flush: its rows no format held before, as (UTC epoch second, W as the union reads it);
+        ``complete``: nothing is left pending."""
+
+
 @dataclass
 class WriterStats:
     rows_received: int = 0
@@ -376,11 +385,7 @@ class Writer:
             meter: [FileSet(data_dir, stem, fmt, meter) for fmt in order] for meter, stem in stems.items()
         }
         self.stems = dict(stems)
-        # Told, after each flush, the rows it made durable that no format held before: (meter,
-        # [(UTC epoch second, W as the folder's union reads it)]). The energy counter counts these.
-        self.on_durable: Optional[Callable[[str, List[Tuple[int, float]], bool], None]] = None
-        # Told before a flush writes rows not later than the newest second on disk (late rows).
-        self.on_late: Optional[Callable[[str], None]] = None
+        self.listener: Optional[DurableListener] = None  # the energy counter (live.LiveState)
         self._next_flush = clock.monotonic() + buffer_seconds
         self._failing = False
         # Set to have the writer take its rows now: at stop, or when rows pile up.
@@ -426,9 +431,9 @@ class Writer:
         ok = True
         for meter, sets in self.sets.items():
             newest = self.last_time(meter)
-            if self.on_late is not None and newest is not None and any(
+            if self.listener is not None and newest is not None and any(
                     m.time <= newest for fs in sets for m in fs.pending):
-                self.on_late(meter)  # before the rows reach the disk: a crash now must not hide them
+                self.listener.late_rows_coming(meter)  # before they reach the disk: a crash must not hide them
             meter_ok = all([self._guarded(fs, fs.flush) for fs in sets])
             self._tell_durable(meter, sets, meter_ok)
             ok = ok and meter_ok
@@ -446,8 +451,8 @@ class Writer:
             held.update(m.time for m in fs.held_already)
             fs.written, fs.held_already = [], []
         rows = sorted((_epoch(t), watts) for t, watts in written.items() if t not in held)
-        if self.on_durable is not None and (rows or complete):
-            self.on_durable(meter, rows, complete)
+        if self.listener is not None and (rows or complete):
+            self.listener.durable(meter, rows, complete)
 
     def _guarded(self, fs: FileSet, action: Callable[[], None]) -> bool:
         """Run a file action; an I/O error is logged once per outage and retried later."""
