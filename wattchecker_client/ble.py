@@ -405,13 +405,16 @@ class Bridge:
                 data = await loop.sock_recv(self.sock, 4096)
                 if not data:
                     break
+                # Armed before the write: BlueZ may deliver the answer before the write's reply
+                # (signals and replies reach bleak on two connections), and a notification heard
+                # meanwhile disarms it; armed after, it would stay armed with the answer already in.
+                self._expect_reply()
                 for at in range(0, len(data), WRITE_CHUNK):
                     await asyncio.wait_for(
                         self.client.write_gatt_char(self._tx, data[at : at + WRITE_CHUNK], response=self._with_response),
                         self.opener.timeout,
                     )
                 self.stats.bytes_out += len(data)
-                self._expect_reply()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
