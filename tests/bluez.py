@@ -343,6 +343,7 @@ class StandInBlueZ:
         self.connects = 0
         self.removals = 0  # a temporary device forgotten (InterfacesRemoved)
         self.restarts = 0  # bluetoothd restarts: each moves the GATT objects to new paths
+        self.gatt_exports = 0  # times the Nordic UART service's objects were exported
         self._decoder: Any = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="stand-in bluez", daemon=True)
@@ -403,8 +404,10 @@ class StandInBlueZ:
         self.calls.append("Connect")
         if not self.powered:
             raise DBusError(NOT_READY, "Resource Not Ready")
-        if not self.present or not self.exported:
+        if not self.exported:
             raise DBusError("org.freedesktop.DBus.Error.UnknownObject", "no such device")
+        if not self.present:  # a bonded device's object, out of range
+            raise DBusError(FAILED, "le-connection-abort-by-remote")
         if self.connect_failures:
             self.connect_failures -= 1
             raise DBusError(FAILED, "le-connection-abort-by-remote")
@@ -434,6 +437,7 @@ class StandInBlueZ:
         for path, interface in self._gatt:
             self._bus.export(path, interface)
         self._gatt_exported = True
+        self.gatt_exports += 1
 
     def _unexport_gatt(self) -> None:
         for path, interface in reversed(self._gatt):
@@ -553,7 +557,8 @@ class StandInBlueZ:
 
         def forget() -> None:
             self._forget = None
-            if self.exported and not self.connected and self.pi.device_adapter not in self.discovering:
+            seen = self.present and self.pi.device_adapter in self.discovering
+            if self.exported and not self.connected and not seen:
                 self.removals += 1
                 self._unexport_device()
 
@@ -570,14 +575,17 @@ class StandInBlueZ:
         self.call(apply)
 
     def vanish(self) -> None:
-        """The device goes out of range: its link drops and its objects go (InterfacesRemoved)."""
+        """The device goes out of range: its link drops and its objects go (InterfacesRemoved), at once,
+        or TEMPORARY_TIMEOUT later for an unpaired one, or never for a bonded one."""
 
         def apply() -> None:
             if not self.present:
                 return
             self.drop()
             self.present = False
-            self._unexport_device()
+            if self.pi.paired and not self.pi.bonded:
+                self._unexport_device()
+            # bonded: its objects stay; unpaired: forgotten TEMPORARY_TIMEOUT later (drop() saw to it)
 
         if threading.current_thread() is self._thread:
             apply()
