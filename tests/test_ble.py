@@ -414,8 +414,16 @@ def test_one_silent_meter_does_not_hold_up_another(opened):
         (asyncio.TimeoutError(), "timed out (is the meter plugged in, in range, and not connected to a phone?)"),
         (bleak_exc.BleakDBusError("org.bluez.Error.Failed", ["le-connection-abort-by-remote"]),
          "BlueZ failed: le-connection-abort-by-remote (is the meter plugged in, in range, and not connected to a phone?)"),
+        (bleak_exc.BleakError("adapter 'hci3' not found"),
+         "adapter 'hci3' not found: check `adapter:` (or --adapter) against `bluetoothctl list`"),
+        (bleak_exc.BleakDBusError("org.freedesktop.DBus.Error.AccessDenied", [
+            'Rejected send message, 2 matched rules; type="method_call", sender=":1.2" (uid=999 pid=1) '
+            'interface="org.bluez.Adapter1" member="StartDiscovery" error name="(unset)" destination="org.bluez"']),
+         "D-Bus denied this process a call to BlueZ (org.bluez.Adapter1.StartDiscovery): run the service as root "
+         "or as a member of group `bluetooth` (`sudo usermod -aG bluetooth USER`, then restart it)"),
     ],
-    ids=["no-dbus", "no-bluetoothd", "powered-off", "no-adapter", "not-found", "timeout", "bluez-failed"],
+    ids=["no-dbus", "no-bluetoothd", "powered-off", "no-adapter", "not-found", "timeout", "bluez-failed",
+         "no-such-adapter", "denied"],
 )
 def test_what_bluez_raises_becomes_one_line(monkeypatch, error, line):
     monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)

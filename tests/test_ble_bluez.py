@@ -265,3 +265,66 @@ def test_run_heals_by_itself(stand_in, tmp_path, fault):
         assert bluez.gatt_exports == 1 + bluez.restarts  # kept across the disconnect; moved by a restart only
     if not f.pi.paired:
         assert forgotten == 1  # forgotten while out of range, then found by the reconnect's scan
+
+
+# --- the Pi's other ways, one command each ----------------------------------------------------
+
+GET_DATA = bytes.fromhex("AA 00 01 08 B3")  # protocol.md's request for a measurement
+
+
+def test_two_answers_in_one_notification_are_two_frames(stand_in, monkeypatch):
+    """MTU 247: two requests in one write come back in one 62-byte notification, and read as two frames."""
+    from wattchecker_client.ble import BleOpener
+    from wattchecker_client.protocol.frames import FrameDecoder
+
+    bluez = stand_in(PiBehaviour(mtu=PI_MTU))
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bluez.address)
+    opener = BleOpener(MAC, 2.0)
+    frames = []
+    try:
+        with opener() as link:
+            link.write(GET_DATA + GET_DATA)
+            decoder = FrameDecoder(big_endian=True)
+            while len(frames) < 2:
+                decoder.feed(link.read(timeout=2.0))
+                frames += list(decoder)
+    finally:
+        opener.close()
+    assert bluez.notified == [62] and bluez.writes == [GET_DATA + GET_DATA]
+    served = [m for _, m, _ in bluez.served()]
+    assert [btwattch2.decode_measurement(f.payload) for f in frames] == served and len(served) == 2
+
+
+def test_adapter_hci1_is_used_by_scan_switch_and_run(stand_in, tmp_path, monkeypatch):
+    """The plug is in range of hci1 only: `adapter: hci1` (or --adapter hci1) reaches it."""
+    bluez = stand_in(PiBehaviour(adapters=("hci0", "hci1"), device_adapter="hci1"))
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bluez.address)
+    on_hci0 = run_cli("scan", "--seconds", "1")
+    assert on_hci0.stdout.splitlines()[-1].startswith("no RATOC meter found in 1 s"), on_hci0.stderr
+    on_hci1 = run_cli("scan", "--seconds", "1", "--adapter", "hci1")
+    assert on_hci1.stdout.splitlines()[-1] == "1 meter found in 1 s", on_hci1.stderr
+    assert on_hci1.stdout.startswith(f"{MAC}  BTWATTCH2_789A")
+    assert bluez.calls.count("StartDiscovery hci1") == 1  # hci1 scanned once; hci0 by the first scan
+    config = write_config(tmp_path, adapter="hci1")
+    off = run_cli("switch", "plug", "off", "--config", str(config))
+    assert (off.returncode, off.stdout) == (0, "plug: relay off\n"), off.stderr
+    assert bluez.meter.relay is False and bluez.calls.count("StartDiscovery hci1") == 2
+    daemon = DaemonProcess(config, tmp_path, env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address})
+    try:
+        wait_for(lambda: len(rows(tmp_path / "data", "plug")) >= 3, timeout=60, what="the plug's rows over hci1")
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+    assert " WARNING " not in daemon.stderr() and bluez.calls.count("StartDiscovery hci1") == 3
+    assert check_against_ledger(rows(tmp_path / "data", "plug"), bluez)["written"] >= 3
+
+
+def test_an_unpaired_meter_forgotten_by_bluez_is_found_again(stand_in, monkeypatch):
+    """Not paired: BlueZ removes it after the scan and the disconnect; the next command finds it anew."""
+    bluez = stand_in(PiBehaviour(paired=False))
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bluez.address)
+    off = run_cli("switch", MAC, "off", "--model", "btwattch2")
+    assert (off.returncode, off.stdout) == (0, f"{MAC}: relay off\n"), off.stderr
+    wait_for(lambda: bluez.removals == 1, timeout=10 * TEMPORARY_TIMEOUT, what="BlueZ forgetting the meter")
+    on = run_cli("switch", MAC, "on", "--model", "btwattch2")
+    assert (on.returncode, on.stdout) == (0, f"{MAC}: relay on\n"), on.stderr
+    assert bluez.meter.relay is True and bluez.connects == 2

@@ -170,6 +170,8 @@ def explain(exc: BaseException) -> str:
         return "bluetoothd is not running (no org.bluez on the D-Bus system bus): `sudo systemctl start bluetooth`"
     if dbus_error == "org.bluez.Error.NotReady" or reason == "POWERED_OFF" or "powered" in lowered:
         return "the Bluetooth adapter is powered off: `bluetoothctl power on` (and check `rfkill list`)"
+    if lowered.startswith("adapter ") and lowered.endswith(" not found"):  # bleak, for adapter: hci1
+        return f"{text}: check `adapter:` (or --adapter) against `bluetoothctl list`"
     if reason in ("NO_BLUETOOTH", "NO_BLE_CENTRAL_ROLE") or "no bluetooth adapters" in lowered:
         return f"no Bluetooth LE adapter found ({text}): check `bluetoothctl list` and `rfkill list`"
     if dbus_error == "org.freedesktop.DBus.Error.AccessDenied" or reason.startswith("DENIED"):
