@@ -353,6 +353,7 @@ class StandInBlueZ:
         self._rx: Any = None
         self._advertiser: Optional[asyncio.TimerHandle] = None
         self._forget: Optional[asyncio.TimerHandle] = None
+        self._holding = 0  # write replies being held back
 
     # --- life --------------------------------------------------------------------------
 
@@ -379,6 +380,10 @@ class StandInBlueZ:
         """Leave the bus, then stop the loop's thread."""
 
         async def stop() -> None:
+            for _ in range(int(2 * REPLY_HOLD / 0.05)):  # let a reply held back go out first
+                if not self._holding:
+                    break
+                await asyncio.sleep(0.05)
             if self._bus is not None:
                 self._bus.disconnect()
 
@@ -505,7 +510,11 @@ class StandInBlueZ:
             self.notified.append(len(answers[at : at + size]))
             self._rx.notify(answers[at : at + size])
         if answers and self.pi.notify_before_reply:
-            await asyncio.sleep(REPLY_HOLD)
+            self._holding += 1
+            try:
+                await asyncio.sleep(REPLY_HOLD)
+            finally:
+                self._holding -= 1
 
     def _record(self, request: bytes, answer: bytes, up: bool) -> None:
         """Into the ledger: the measurement in ``answer``, as the meter's clock stamped it."""
