@@ -7,7 +7,7 @@ library bleak itself uses) on that private bus, so the *real* bleak BlueZ backen
 and ``wattchecker_client.ble`` run end to end in a process whose
 ``DBUS_SYSTEM_BUS_ADDRESS`` points at it. It holds what bleak reads:
 
-- ``/org/bluez/hci0``, ``Adapter1``: ``Powered``, ``Roles``, ``Start/StopDiscovery``,
+- ``/org/bluez/hci0`` (and more adapters if asked), ``Adapter1``: ``Powered``, ``Roles``, ``Start/StopDiscovery``,
   ``SetDiscoveryFilter``, ``RemoveDevice``. While discovering, the device
   "advertises": a ``PropertiesChanged`` of ``RSSI`` and ``ManufacturerData``
   (company 0x0B60, the simulated meter's state) every ``ADVERTISE_EVERY`` s.
@@ -15,9 +15,19 @@ and ``wattchecker_client.ble`` run end to end in a process whose
   ``ServicesResolved``, ``Paired``, ``RSSI``, ``ManufacturerData``.
 - once connected, the Nordic UART service (``GattService1``) with its RX
   characteristic (notify) and TX characteristic (write), exported then, as BlueZ
-  does, and removed at disconnect.
+  does, and removed at disconnect (kept, for a bonded device).
 - behind it, ``SimulatedMeter`` with ``model="btwattch2"``: each request written
-  to TX is answered as ``PropertiesChanged`` of RX's ``Value``, 20 bytes at a time.
+  to TX is answered as ``PropertiesChanged`` of RX's ``Value``, MTU - 3 bytes at a
+  time (20 by default), the answers to one write joined.
+
+``PiBehaviour`` turns on what a Raspberry Pi's BlueZ does besides, one option each:
+``mtu=PI_MTU`` (247: a whole answer, or two, in one notification),
+``notify_before_reply`` (the write's reply held ``REPLY_HOLD`` s after the answer's
+notifications, so they reach bleak first), ``bonded`` (the GATT objects stay across a
+disconnect), ``paired=False`` (a temporary device: on the bus only once discovered,
+removed ``TEMPORARY_TIMEOUT`` s after it is neither connected nor seen), ``adapters``
+and ``device_adapter`` (a second adapter, ``hci1``, the only one in range). The write
+type of each write is kept in ``write_types``.
 
 Every measurement it answers with is kept in ``ledger`` (what a test compares the
 hourly files with), with ``up`` saying whether the client was subscribed then.
@@ -28,7 +38,11 @@ StopNotify/StartNotify brings them back), ``vanish()``/``reappear()`` (the devic
 objects go: ``InterfacesRemoved``), ``half_open(n)`` (the next n connects never
 resolve services), ``fail_subscribes(n)`` (the next n ``StartNotify`` fail),
 ``power(False)`` (the adapter powers off, dropping the link), ``fail_connects(n)``
-(the next n ``Connect`` calls fail with ``org.bluez.Error.Failed``).
+(the next n ``Connect`` calls fail with ``org.bluez.Error.Failed``), ``deny_connect(on)``
+(the bus's own policy refuses ``Device1.Connect``, AccessDenied, as for a service user
+outside group ``bluetooth``; a SIGHUP makes dbus-daemon reload it), ``leave()`` /
+``come_back()`` (a bluetoothd restart: ``org.bluez`` leaves the bus without a word,
+and comes back with the GATT objects at new paths).
 
 It needs the ``dbus-daemon`` binary (Debian package ``dbus-daemon``); without it the
 tests that use it skip with one line.
