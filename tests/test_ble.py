@@ -421,9 +421,11 @@ def test_one_silent_meter_does_not_hold_up_another(opened):
             'interface="org.bluez.Adapter1" member="StartDiscovery" error name="(unset)" destination="org.bluez"']),
          "D-Bus denied this process a call to BlueZ (org.bluez.Adapter1.StartDiscovery): run the service as root "
          "or as a member of group `bluetooth` (`sudo usermod -aG bluetooth USER`, then restart it)"),
+        (bleak_exc.BleakDBusError("org.bluez.Error.NotConnected", ["Not Connected"]),
+         "the meter or BlueZ dropped the BLE connection"),
     ],
     ids=["no-dbus", "no-bluetoothd", "powered-off", "no-adapter", "not-found", "timeout", "bluez-failed",
-         "no-such-adapter", "denied"],
+         "no-such-adapter", "denied", "not-connected"],
 )
 def test_what_bluez_raises_becomes_one_line(monkeypatch, error, line):
     monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)

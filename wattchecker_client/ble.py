@@ -168,6 +168,8 @@ def explain(exc: BaseException) -> str:
         dbus_error == "org.freedesktop.DBus.Error.NoReply" and "disconnected" in lowered  # it left mid-call
     ):
         return "bluetoothd is not running (no org.bluez on the D-Bus system bus): `sudo systemctl start bluetooth`"
+    if dbus_error == "org.bluez.Error.NotConnected":  # a write to a link BlueZ knows is down (after a restart)
+        return "the meter or BlueZ dropped the BLE connection"
     if dbus_error == "org.bluez.Error.NotReady" or reason == "POWERED_OFF" or "powered" in lowered:
         return "the Bluetooth adapter is powered off: `bluetoothctl power on` (and check `rfkill list`)"
     if lowered.startswith("adapter ") and lowered.endswith(" not found"):  # bleak, for adapter: hci1
