@@ -291,6 +291,7 @@ def test_two_answers_in_one_notification_are_two_frames(stand_in, monkeypatch):
     finally:
         opener.close()
     assert bluez.notified == [62] and bluez.writes == [GET_DATA + GET_DATA]
+    assert bluez.write_types == ["request"]  # with response: the characteristic allows it
     served = [m for _, m, _ in bluez.served()]
     assert [btwattch2.decode_measurement(f.payload) for f in frames] == served and len(served) == 2
 
