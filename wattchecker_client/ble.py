@@ -5,7 +5,8 @@ per meter. A real socketpair joins the two: the reader gets an fd-based
 ``transport.Link`` on one end; a bridge coroutine owns the other end, writes
 each notification of the Nordic UART RX characteristic into it, and forwards
 what the reader writes to the TX characteristic. Notifications arrive split at
-about 20 bytes; the decoder above frames by length, so they are just a stream.
+the ATT payload (20 bytes by default; at a Pi's MTU of 247 a whole answer, or
+two), and the decoder above frames by length, so they are just a stream.
 
 One event loop thread per BLE meter (per ``BleOpener``), kept across that
 meter's reconnects: a silent meter, or a bleak call that wedges, holds up only
