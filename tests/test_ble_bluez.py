@@ -300,12 +300,12 @@ def test_adapter_hci1_is_used_by_scan_switch_and_run(stand_in, tmp_path, monkeyp
     """The plug is in range of hci1 only: `adapter: hci1` (or --adapter hci1) reaches it."""
     bluez = stand_in(PiBehaviour(adapters=("hci0", "hci1"), device_adapter="hci1"))
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bluez.address)
-    on_hci0 = run_cli("scan", "--seconds", "1")
+    on_hci0 = run_cli("scan", "--seconds", "1", "--adapter", "hci0")  # (bleak's default is either: a set's first)
     assert on_hci0.stdout.splitlines()[-1].startswith("no RATOC meter found in 1 s"), on_hci0.stderr
     on_hci1 = run_cli("scan", "--seconds", "1", "--adapter", "hci1")
     assert on_hci1.stdout.splitlines()[-1] == "1 meter found in 1 s", on_hci1.stderr
     assert on_hci1.stdout.startswith(f"{MAC}  BTWATTCH2_789A")
-    assert bluez.calls.count("StartDiscovery hci1") == 1  # hci1 scanned once; hci0 by the first scan
+    assert bluez.calls.count("StartDiscovery hci1") == 1  # hci1 scanned once; hci0 (the first) by the first scan
     config = write_config(tmp_path, adapter="hci1")
     off = run_cli("switch", "plug", "off", "--config", str(config))
     assert (off.returncode, off.stdout) == (0, "plug: relay off\n"), off.stderr
