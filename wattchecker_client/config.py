@@ -20,7 +20,7 @@ import yaml
 from .clock import time_zone
 from .protocol import DEFAULT_MODEL, MODELS
 from .relay import ON_CONNECT, RelaySettings
-from .transport import MAC_RE
+from .transport import MAC_RE, is_ble
 
 DEFAULT_NAME = "wattchecker"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
@@ -39,6 +39,7 @@ class DeviceConfig:
     timeout: float
     model: str = DEFAULT_MODEL
     relay: Optional[RelaySettings] = None  # a btwattch2's relay: section; None: the defaults
+    adapter: Optional[str] = None  # a btwattch2's Bluetooth adapter (hci1); None: BlueZ's default
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,18 @@ def zone_name(value: Any) -> str:
     return value
 
 
+# --- adapter: which Bluetooth adapter a BLE meter is reached through ---
+
+ADAPTER_RE = re.compile(r"hci[0-9]{1,3}")
+
+
+def adapter_name(value: Any) -> str:
+    """A BlueZ adapter's name, as `bluetoothctl list` and `hciconfig` show it."""
+    if not isinstance(value, str) or not ADAPTER_RE.fullmatch(value.strip()):
+        raise ValueError(f"must be an adapter's name such as hci0 or hci1 (`bluetoothctl list`), got {value!r}")
+    return value.strip()
+
+
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else check(value)
 
@@ -322,6 +335,7 @@ DEVICE: Spec = {
     "start_argument": (integer(0, 255), 0),
     "timeout": (number(maximum=600), 5.0),
     "relay": (lambda value: value, None),  # checked by _device against RELAY
+    "adapter": (optional(adapter_name), None),
 }
 RELAY: Spec = {
     "min_interval": (number(0, exclusive=False), 2.0),
@@ -473,6 +487,8 @@ def _device(ctx: _Context, path: List[Any], data: Any) -> DeviceConfig:
         if values["model"] != "btwattch2":
             raise ctx.error(path + ["relay"], "only an RS-BTWATTCH2 (model: btwattch2) has a relay")
         values["relay"] = RelaySettings(**_section(ctx, path + ["relay"], values["relay"], RELAY))
+    if values["adapter"] is not None and not is_ble(where, values["model"]):
+        raise ctx.error(path + ["adapter"], "only applies to an RS-BTWATTCH2 (model: btwattch2) at a MAC address")
     simulated = dict(parse_qsl(urlsplit(where).query)).get("model") if where.startswith("sim:") else None
     if simulated is not None and simulated != values["model"]:
         raise ctx.error(path + ["model"], f"is {values['model']}, but the address simulates a {simulated}: "

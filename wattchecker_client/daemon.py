@@ -76,6 +76,15 @@ def preflight(config: Config) -> List[str]:
     return warnings
 
 
+def ble_client_factory(device: DeviceConfig) -> Optional[Callable[..., object]]:
+    """bleak clients on the device's ``adapter: hci1``; None (BlueZ's default adapter) without one."""
+    if device.adapter is None:
+        return None  # no need to import asyncio and the BLE link here
+    from .ble import client_on
+
+    return client_on(device.adapter)
+
+
 def one_malloc_arena() -> None:
     """Have glibc's malloc keep one arena for all threads, as MALLOC_ARENA_MAX=1 would.
 
@@ -279,6 +288,7 @@ class Daemon:
             on_disconnect=partial(self.live.disconnected, device.name) if self.live else (lambda: None),
             relay=self._relay_policy(device),
             on_relay_memory=partial(self._relay_memory, device.name),
+            ble_client_factory=ble_client_factory(device),
         )
 
     def _relay_policy(self, device: DeviceConfig):

@@ -16,6 +16,16 @@ def byte_value(text: str) -> int:
     return value
 
 
+def adapter_option(text: str) -> str:
+    """--adapter hci1, checked as the config's ``adapter:`` is."""
+    from ..config import adapter_name
+
+    try:
+        return adapter_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
