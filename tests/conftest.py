@@ -135,7 +135,7 @@ class Simulator:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=10)
+            return self.proc.wait(timeout=60)  # a failure bound; it exits in well under a second
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -108,6 +109,31 @@ def test_sigterm_stops_the_simulator_and_removes_its_link(simulator, tmp_path):
     assert sim.addresses[0].startswith("tcp://127.0.0.1:")
     assert sim.stop() == 0
     assert not link.exists()
+
+
+# A stop signal handled while the main thread holds the stop Event's own lock
+# (stop.wait() holds it for a moment at each check) used to wait for itself
+# forever: the simulator or the service then ignored SIGTERM until killed. The
+# script holds that lock while the signal is handled, so the moment is certain.
+SIGNAL_WHILE_WAITING = """
+import signal, threading
+from wattchecker_client.commands.common import on_stop_signals
+stop = threading.Event()
+on_stop_signals(stop)
+with stop._cond:
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+    sum(range(1000))  # a few bytecodes: the handler runs here, with the lock held
+print("handled", flush=True)
+stop.wait()
+print("stopped", flush=True)
+"""
+
+
+@pytest.mark.process
+def test_a_stop_signal_is_never_lost_in_the_moment_the_main_thread_checks_stop():
+    result = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_WAITING], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)  # a failure bound: a deadlock never ends
+    assert (result.returncode, result.stdout, result.stderr) == (0, "handled\nstopped\n", "")
 
 
 @pytest.mark.parametrize(
