@@ -208,6 +208,15 @@ def write_config(path: Path, data_dir: Path, address: str, **general) -> Path:
     return path
 
 
+def line_of(path: Path, text: str) -> int:
+    """The line (from 1) of ``path`` where ``text`` first appears: what an error should name."""
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+MISSING_KEY_HINT = ("copy the service account's JSON key there, or remove service_account_json to use "
+                    "Application Default Credentials")
+
+
 @pytest.fixture
 def daemons():
     started: List[DaemonProcess] = []

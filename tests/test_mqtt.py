@@ -23,7 +23,7 @@ from wattchecker_client.clock import time_zone
 from wattchecker_client.report import meter_report
 from wattchecker_client.simulator import air_conditioner
 
-from .conftest import ROOT, free_port, run_cli, wait_for, write_config
+from .conftest import ROOT, free_port, line_of, run_cli, wait_for, write_config
 from .datacheck import check_data_dir, read
 
 mqtt = pytest.importorskip("paho.mqtt.client", reason="needs paho-mqtt: pip install 'wattchecker-client[mqtt]'")
@@ -399,7 +399,10 @@ def test_check_config_validates_and_shows_the_section(tmp_path):
     config.write_text(text + "mqtt:\n  host: broker.lan\n  username: me\n  password_file: missing\n")
     result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 2
-    assert f"mqtt.password_file: cannot read {tmp_path / 'missing'}: No such file or directory" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"wattchecker-client: error: {config}:{line_of(config, 'password_file')}: mqtt.password_file: cannot read "
+        f"{tmp_path / 'missing'}: No such file or directory: write the secret there (sudo install -o root "
+        f"-g wattchecker -m 0640 /dev/stdin {tmp_path / 'missing'}, type it, Ctrl-D), or remove password_file")
 
 
 @pytest.mark.process
@@ -411,7 +414,8 @@ def test_without_paho_one_line_names_the_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "wattchecker-client: error: mqtt: the paho-mqtt library is not installed: pip install 'wattchecker-client[mqtt]'"]
+        f"wattchecker-client: error: {config}:{line_of(config, 'mqtt:')}: mqtt: the paho-mqtt library is not "
+        "installed: pip install 'wattchecker-client[mqtt]'"]
     assert not (tmp_path / "wattchecker-data.csv").exists()
 
 

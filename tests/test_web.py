@@ -21,7 +21,7 @@ from typing import Dict, Optional
 import pytest
 
 from tests.browser import end_process
-from tests.conftest import ROOT, cli, free_port, run_cli, wait_for, write_config
+from tests.conftest import ROOT, cli, free_port, line_of, run_cli, wait_for, write_config
 from wattchecker_client.clock import Clock, FakeClock, time_zone, utc_epoch
 from wattchecker_client.config import parse_config
 from wattchecker_client.daemon import Daemon
@@ -375,7 +375,7 @@ def test_without_the_library_check_config_names_the_extra(tmp_path):
                           timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "wattchecker-client: error: http: needs the prometheus_client library: "
+        f"wattchecker-client: error: {config}:{line_of(config, 'http:')}: http: needs the prometheus_client library: "
         "pip install 'wattchecker-client[http]'"]
 
 

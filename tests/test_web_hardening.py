@@ -283,7 +283,7 @@ def test_the_page_with_the_token_in_a_real_browser(tmp_path, simulator, daemons)
 
 @pytest.mark.process
 def test_a_token_file_others_can_read_warns_and_an_empty_one_stops(tmp_path):
-    from tests.conftest import run_cli, write_config
+    from tests.conftest import line_of, run_cli, write_config
 
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://")
     token = token_file(tmp_path, 0o644)
@@ -295,4 +295,5 @@ def test_a_token_file_others_can_read_warns_and_an_empty_one_stops(tmp_path):
     token.write_text("\n")
     result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 2
-    assert result.stderr == f"wattchecker-client: error: http.auth_token_file: {token} is empty\n"
+    assert result.stderr == (f"wattchecker-client: error: {config}:{line_of(config, 'auth_token_file')}: "
+                             f"http.auth_token_file: {token} is empty: write the secret there\n")
