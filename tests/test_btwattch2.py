@@ -30,7 +30,7 @@ from wattchecker_client.simulator import (
 )
 from wattchecker_client.transport import LinkError, socket_link
 
-from .conftest import ROOT, cli, run_cli, wait_for
+from .conftest import ROOT, cli, free_port, run_cli, wait_for
 from .datacheck import check_data_dir, read
 from .test_cli import parse_json_rows
 from .test_daemon import FAST, FAULTS, final_rows_received
@@ -370,7 +370,8 @@ def test_switch_says_in_one_line_when_the_meter_cannot_be_reached():
 @pytest.mark.process
 def test_demo_with_model_btwattch2(tmp_path):
     data_dir = tmp_path / "demo"
-    proc = subprocess.Popen(cli("demo", "--model", "btwattch2", "--data-dir", str(data_dir), "--speed", "600"),
+    proc = subprocess.Popen(cli("demo", "--model", "btwattch2", "--data-dir", str(data_dir), "--speed", "600",
+                                "--port", str(free_port())),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         shown = [proc.stdout.readline(), proc.stdout.readline()]

@@ -474,7 +474,8 @@ class Daemon:
             return ""
         note = "; " + next(iter(self.readers.values())).trust.describe()
         if any(r.waiting_for_sync for r in self.readers.values()):
-            note += f"; waiting up to {self.config.general.time_sync_wait:g} s for the system clock to be synchronised"
+            note += (f"; the system clock is not synchronised yet (a warning if it is not within "
+                     f"{self.config.general.time_sync_wait:g} s)")
         return note
 
     def _clock_trust_changed(self) -> None:
