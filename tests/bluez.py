@@ -94,7 +94,7 @@ def bus_without_bluez(folder: Path) -> Iterator[str]:
         yield f"unix:path={socket_path}"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait(timeout=60)
         proc.stdout.close()
 
 

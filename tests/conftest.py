@@ -307,7 +307,7 @@ class Emulator:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=60)
 
     def client(self):
         from google.auth.credentials import AnonymousCredentials

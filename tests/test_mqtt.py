@@ -80,12 +80,12 @@ class Mosquitto:
             except OSError:
                 return False
 
-        wait_for(accepting, timeout=10, what="mosquitto")
+        wait_for(accepting, timeout=60, what="mosquitto")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=60)
 
 
 @pytest.fixture
@@ -240,7 +240,7 @@ def test_states_discovery_and_an_energy_that_only_grows_across_sigterm_and_sigki
         runs.append((since, sub.count()))
         if stop_with == signal.SIGTERM:
             assert status == 0, daemon.stderr()
-        wait_for(lambda: sub.status(runs[-1][0])[-1:] == ["offline"], timeout=10,
+        wait_for(lambda: sub.status(runs[-1][0])[-1:] == ["offline"], timeout=60,
                  what="offline status (the clean goodbye, or the broker's last will after a SIGKILL)")
 
     states = sub.states()
@@ -597,9 +597,9 @@ def test_over_power_cuts_the_relay_off_latches_across_a_restart_and_an_explicit_
     wait_for(lambda: [s.get("overloaded") for s in sub.states()][-3:] == ["ON"] * 3, timeout=30, what="latched")
     assert relay_states(sub)[-1] == "OFF"
     # On /metrics and on the page too.
-    metrics = urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10).read().decode()
+    metrics = urlopen(f"http://127.0.0.1:{http}/metrics", timeout=60).read().decode()
     assert f'wattchecker_relay_overloaded{{meter="{METER}"}} 1.0' in metrics.splitlines()
-    page = json.loads(urlopen(f"http://127.0.0.1:{http}/api/page", timeout=10).read())
+    page = json.loads(urlopen(f"http://127.0.0.1:{http}/api/page", timeout=60).read())
     assert page["meters"][METER]["status"]["overloaded"] is True
     assert daemon.stop() == 0
     log = daemon.stderr()

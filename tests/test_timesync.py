@@ -376,10 +376,10 @@ def test_the_service_says_it_waits_for_the_clock_and_records_the_meters_right_ti
     runner.start()
     try:
         ready = notify.recv(4096).decode()
-        wait_for(lambda: (data / "wattchecker-data.csv").exists(), timeout=10, what="the first rows")
+        wait_for(lambda: (data / "wattchecker-data.csv").exists(), timeout=60, what="the first rows")
         pi.offset, pi.in_sync = 0.0, True  # NTP answers
         after = notify.recv(4096).decode()
-        wait_for(lambda: daemon.readers[config.devices[0].name].stats.clock_steps, timeout=10, what="the step")
+        wait_for(lambda: daemon.readers[config.devices[0].name].stats.clock_steps, timeout=60, what="the step")
     finally:
         daemon.stop.set()
         runner.join(20)

@@ -60,7 +60,7 @@ def get(url: str, method: str = "GET"):
     """(status, headers, body) of one request; error statuses are returned, not raised."""
     request = urllib.request.Request(url, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
@@ -311,7 +311,7 @@ def test_healthz_is_503_while_the_writer_is_stalled(tmp_path):
         healthy = wait_for(status_is(f"http://127.0.0.1:{port}/healthz", 200), 30, what="healthy")
         assert json.loads(healthy[2])["status"] == "ok"
         assert healthy[2].count(b"\n") == 1
-        wait_for(current.exists, 10, what="the first flush")
+        wait_for(current.exists, 60, what="the first flush")
         # A named pipe where the writer appends: its next flush blocks in open(), like a hung disk.
         current.unlink()
         os.mkfifo(current)
