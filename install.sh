@@ -104,6 +104,7 @@ fi
 say "installing into $target"
 mkdir -p "$target/log"
 cp "$src/README.md" "$src/config_sample.yaml" "$target/"
+cp -r "$src/docs" "$target/"  # the README's linked pages
 [ -x "$target/venv/bin/python" ] || "$python" -m venv "$target/venv"
 # Extras: bigquery for uploads, http for the live page and /metrics (prometheus-client, ~0.5 MB).
 # Built from a private copy: setuptools writes build/ and *.egg-info next to setup.py, and two

@@ -650,7 +650,7 @@ class MeterReader:
         return decision.record
 
     def _set_meter_clock(self, session: MeterSession, when: dt.datetime, back: bool) -> None:
-        """Set the meter's clock; when that moves it back, the high-water mark follows (README: Time).
+        """Set the meter's clock; when that moves it back, the high-water mark follows (docs/clock.md).
 
         Stamps after the set are the right ones: judged against the wrong ones
         already kept, every right second would look stale until the meter

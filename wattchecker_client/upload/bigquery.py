@@ -134,7 +134,7 @@ class BigQueryTarget:
 
     def schema_for_new_table(self) -> list:
         field = self.bigquery.SchemaField
-        # Always a device column: other Pis may load into the same table (README "Several Pis").
+        # Always a device column: other Pis may load into the same table (docs/several-pis.md).
         return [field("datetime", "TIMESTAMP")] + [field(c, "FLOAT") for c in COLUMNS[1:]] + [
             field(DEVICE_COLUMN, "STRING")]
 
@@ -150,7 +150,7 @@ class BigQueryTarget:
         except api.NotFound:
             if not self.config.create_table:
                 raise TransientError(
-                    f"table {self.table_ref} does not exist: create it (README) or set bigquery.create_table: true"
+                    f"table {self.table_ref} does not exist: create it (docs/bigquery.md) or set bigquery.create_table: true"
                 ) from None
             dataset = self.bigquery.Dataset(f"{self.project}.{self.config.dataset_id}")
             dataset.location = self.config.location
