@@ -276,7 +276,9 @@ def test_the_broker_stopped_and_started_again(simulator, daemons, brokers, subsc
 
     broker.stop()
     wait_for(lambda: "lost the broker" in daemon.stderr(), timeout=30, what="the publisher to notice")
-    time.sleep(3)  # an outage of a few reconnect attempts
+    # An outage with a failed reconnect in it, as the status line (every 2 s) counts them: made so, not slept for.
+    wait_for(lambda: re.search(r"mqtt: connected=no .*connect_failures=[1-9]", daemon.stderr()), timeout=60,
+             what="a failed reconnect")
     since = sub.count()
     broker.start()  # no persistence: only a republished discovery brings the entities back
     wait_for(lambda: len(sub.discovery(since)) == 4, timeout=60, what="discovery published again")
