@@ -377,7 +377,7 @@ def test_demo_with_model_btwattch2(tmp_path):
         shown = [proc.stdout.readline(), proc.stdout.readline()]
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "demo: a simulated btwattch2" in err
     held = check_data_dir(data_dir, 1, model="btwattch2")["json"]
