@@ -379,7 +379,7 @@ def test_demo_with_model_btwattch2(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "demo: a simulated btwattch2" in err
+    assert "demo: a simulated RS-BTWATTCH2" in err
     held = check_data_dir(data_dir, 1, model="btwattch2")["json"]
     stored = {json_line(air_conditioner(when, 1, "btwattch2")) + "\n" for when in held}
     assert set(shown + out.splitlines(keepends=True)) <= stored  # what it showed is what it wrote

@@ -18,7 +18,7 @@ from typing import List, Optional
 
 from ..config import load_config
 from ..formats import json_line
-from ..protocol import DEFAULT_MODEL, MODELS, Measurement
+from ..protocol import DEFAULT_MODEL, MODELS, Measurement, dialect
 from .common import EXIT_OK, positive_float
 from .run import serve
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if seen[0] % every == 1 or every == 1:
             print(json_line(measurement), flush=True)
 
-    say(f"a simulated {config.devices[0].model} whose clock runs {args.speed:g}x real time (an hour file "
+    say(f"a simulated {dialect(config.devices[0].model).product} whose clock runs {args.speed:g}x real time (an hour file "
         f"closes every {60 / args.speed:g} min); config {config_path}, files in {data_dir}; one reading in "
         f"{every} shown; Ctrl-C to stop")
     if port:
