@@ -89,8 +89,8 @@ def bus_without_bluez(folder: Path) -> Iterator[str]:
     proc = subprocess.Popen([daemon, f"--config-file={config}", "--nofork", "--nopidfile", "--print-address"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 10)
-        assert ready and proc.stdout.readline(), "dbus-daemon did not start within 10 s"
+        ready, _, _ = select.select([proc.stdout], [], [], 60)  # a failure bound: it starts in milliseconds
+        assert ready and proc.stdout.readline(), "dbus-daemon did not start within 60 s"
         yield f"unix:path={socket_path}"
     finally:
         proc.terminate()

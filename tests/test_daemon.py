@@ -99,7 +99,7 @@ def test_ready_watchdog_status_and_stopping_reach_a_real_notify_socket(daemons, 
     notify_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify_path))
-    sock.settimeout(10)
+    sock.settimeout(60)  # a failure bound for each message, the first one after the process starts
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://?clock_speed=10", poll_interval=0.1)
     daemon = daemons(config, tmp_path, env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"})
     messages = [sock.recv(4096).decode() for _ in range(6)]
