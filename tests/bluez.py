@@ -128,12 +128,12 @@ def private_bus(folder: Path, deny_connect: bool = False) -> Iterator[PrivateBus
         [daemon, f"--config-file={bus.config}", "--nofork", "--nopidfile", "--print-address"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 10)
-        assert ready and proc.stdout.readline(), "dbus-daemon did not start within 10 s"
+        ready, _, _ = select.select([proc.stdout], [], [], 60)  # a failure bound: it starts in milliseconds
+        assert ready and proc.stdout.readline(), "dbus-daemon did not start within 60 s"
         yield bus
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait(timeout=60)
         proc.stdout.close()
 
 

@@ -617,7 +617,7 @@ def read_until_warned(env: dict) -> List[str]:
                 break
         time.sleep(3)  # a few reconnect attempts, to see that they stay quiet
         proc.send_signal(signal.SIGINT)
-        out, rest = proc.communicate(timeout=30)
+        out, rest = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

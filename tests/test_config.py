@@ -186,3 +186,16 @@ def test_check_config_says_what_the_relay_will_do(tmp_path):
     assert ("  relay of heater: at most one switch per 2 s, commands older than 30 s dropped, off above 1500 W "
             "for 10 s (latched until an ON), on connect: keep, off 7200 s after any ON\n") in result.stdout
     assert "relay of aircon" not in result.stdout
+
+
+def test_an_error_found_after_parsing_names_the_file_and_line_of_its_key():
+    """A key file missing at start-up: the same FILE:LINE: key: form as a ConfigError."""
+    from wattchecker_client.errors import SetupError
+
+    config = parse_config("device:\n  address: sim://\nbigquery:\n  dataset_id: d\n  table_id: t\n"
+                          "  service_account_json: key.json\n", "/etc/w/config.yaml")
+    found = config.located(SetupError("cannot read it", key="bigquery.service_account_json"))
+    assert str(found) == "/etc/w/config.yaml:6: bigquery.service_account_json: cannot read it"
+    left_out = config.located(SetupError("missing", key="bigquery.project_id"))
+    assert str(left_out) == "/etc/w/config.yaml:3: bigquery.project_id: missing"  # its section's line
+    assert str(config.located(SetupError("no key"))) == "no key"

@@ -220,7 +220,7 @@ def test_wait_wakes_on_a_reading_and_history_keeps_the_newest(tmp_path):
     waiter.start()
     for m in readings([0, 1, 2, 3, 4]):
         live.reading("m", m)
-    waiter.join(10)
+    waiter.join(60)
     assert woke and woke[0] > version
     assert live.history("m") == [(1567850340 + s, m.watts) for s, m in zip([2, 3, 4], readings([2, 3, 4]))]
     live.connected("m")

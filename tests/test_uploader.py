@@ -367,7 +367,7 @@ def test_a_missing_table_waits_unless_creation_is_allowed(emulator, tmp_path, ca
     uploader = uploader_for(emulator, tmp_path, create_table=False)
     drain(uploader)
     assert uploader.pending == 1 and uploader.stats.failed == 0
-    assert f"table {TABLE} does not exist: create it (README) or set bigquery.create_table: true" in caplog.text
+    assert f"table {TABLE} does not exist: create it (docs/bigquery.md) or set bigquery.create_table: true" in caplog.text
     creating = uploader_for(emulator, tmp_path, create_table=True)
     drain(creating)
     assert creating.stats.uploaded == 1

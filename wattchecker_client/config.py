@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qsl, urlsplit
@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 import yaml
 
 from .clock import time_zone
+from .errors import SetupError
 from .protocol import DEFAULT_MODEL, MODELS
 from .relay import ON_CONNECT, RelaySettings
 from .transport import MAC_RE, is_ble
@@ -118,6 +119,15 @@ class Config:
     named_files: bool = False
     http: Optional[HttpConfig] = None  # the page, /metrics and /healthz; None: not served
     mqtt: Optional[MqttConfig] = None  # live readings to an MQTT broker / Home Assistant
+    # Each section's keys -> their line in the file, for errors found after parsing (a key file missing).
+    key_lines: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def located(self, exc: SetupError) -> SetupError:
+        """``exc`` with this file and the line of its key in front, as a ConfigError names them."""
+        if exc.key is None:
+            return exc
+        line = self.key_lines.get(exc.key) or self.key_lines.get(exc.key.partition(".")[0])  # a key left out
+        return SetupError(f"{self.source}:{line}: {exc}" if line else f"{self.source}: {exc}")
 
     def file_stem(self, device: DeviceConfig) -> str:
         return f"wattchecker-data-{device.name}" if self.named_files else "wattchecker-data"
@@ -548,7 +558,17 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
     http = _http(ctx, data["http"], base) if "http" in data else None
     mqtt = _mqtt(ctx, data["mqtt"], base) if "mqtt" in data else None
     return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, report, "devices" in data, http=http,
-                  mqtt=mqtt)
+                  mqtt=mqtt, key_lines=_key_lines(root))
+
+
+def _key_lines(root: Optional[yaml.Node]) -> Dict[str, int]:
+    """``section`` and ``section.key`` -> line, for the top-level sections' own keys."""
+    lines: Dict[str, int] = {}
+    for key_node, value_node in root.value if isinstance(root, yaml.MappingNode) else ():
+        lines[key_node.value] = key_node.start_mark.line + 1
+        for sub_key, _ in value_node.value if isinstance(value_node, yaml.MappingNode) else ():
+            lines[f"{key_node.value}.{sub_key.value}"] = sub_key.start_mark.line + 1
+    return lines
 
 
 def load_config(path: str) -> Config:

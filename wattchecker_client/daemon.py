@@ -46,8 +46,16 @@ def preflight(config: Config) -> List[str]:
     One function for both, so a config that passes check-config cannot stop
     the service. Each configured output adds its own ``check_setup`` (its
     libraries, its key files): SetupError where start-up stops, warnings
-    returned. It creates nothing and connects nowhere.
+    returned. It creates nothing and connects nowhere. Errors name the
+    config's file and line.
     """
+    try:
+        return _preflight(config)
+    except SetupError as exc:
+        raise config.located(exc) from None
+
+
+def _preflight(config: Config) -> List[str]:
     warnings: List[str] = []
     if config.bigquery is not None:
         from .upload.bigquery import check_setup as check_bigquery
@@ -472,7 +480,8 @@ class Daemon:
             return ""
         note = "; " + next(iter(self.readers.values())).trust.describe()
         if any(r.waiting_for_sync for r in self.readers.values()):
-            note += f"; waiting up to {self.config.general.time_sync_wait:g} s for the system clock to be synchronised"
+            note += (f"; the system clock is not synchronised yet (a warning if it is not within "
+                     f"{self.config.general.time_sync_wait:g} s)")
         return note
 
     def _clock_trust_changed(self) -> None:

@@ -229,7 +229,7 @@ class FileSet:
     def _not_written(self, rows: List[Measurement]) -> List[Measurement]:
         """The rows whose second the current file does not hold yet, each once.
 
-        A meter clock set back repeats seconds (README: Time); no second is
+        A meter clock set back repeats seconds (docs/clock.md); no second is
         ever written twice. The file is read only when a row is not later than
         every second already written, which a steady meter never causes.
         """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 
@@ -42,11 +43,32 @@ def iso_date(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-27") from None
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def on_stop_signals(stop: threading.Event) -> None:
-    """SIGINT and SIGTERM set ``stop`` so loops end cleanly instead of dying mid-write."""
+    """SIGINT and SIGTERM set ``stop`` so loops end cleanly instead of dying mid-write.
 
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
+    The Python-level handler does nothing: ``stop.set()`` takes the lock that
+    ``stop.wait()`` holds for a moment in this (the main) thread, and a signal
+    handled in that moment waited for itself forever (a simulator or a service
+    that ignored SIGTERM until killed). Instead the interpreter's C handler
+    writes the signal's number to a pipe (``set_wakeup_fd``), and a thread
+    reading it sets ``stop``. Call it from the main thread, once per process.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _noted_by_the_pipe)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    def watch() -> None:
+        while True:
+            if any(byte in STOP_SIGNALS for byte in os.read(read_fd, 64)):
+                stop.set()
+
+    threading.Thread(target=watch, name="stop-signals", daemon=True).start()
+
+
+def _noted_by_the_pipe(signum: int, frame: object) -> None:
+    """Installed so the signal does not kill the process; the wakeup pipe carries it."""
