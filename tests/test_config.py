@@ -261,3 +261,11 @@ def test_check_config_and_run_refuse_a_number_above_its_ceiling_in_one_line(tmp_
         assert (result.returncode, result.stdout) == (2, ""), result.stderr
         assert result.stderr == f"wattchecker-client: error: {path}:3: general.watchdog_stall: must be at least 0.5, got 1e-09\n"
     assert not (tmp_path / "data").exists()
+
+
+def test_the_limits_page_shows_the_table_as_it_is():
+    from wattchecker_client.config import figure
+
+    page = (ROOT / "docs" / "limits.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    assert rows == [f"| `{key}` | {figure(low)} | {figure(high)} | {why} |" for key, (low, high, why) in LIMITS.items()]

@@ -171,12 +171,17 @@ def _shown(value: Any) -> str:
     return f"a {len(str(abs(value)))}-digit number" if isinstance(value, int) else f"{text_[:32]}... ({len(text_)} characters)"
 
 
+def figure(limit: float) -> str:
+    """A limit as a user would write it: 10000000, 0.5."""
+    return str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
+
+
 def _in_range(value: Any, low: float, high: float) -> None:
     """Compares ints exactly (a huge int never goes through float, which overflows)."""
     if value < low:
-        raise ValueError(f"must be at least {low:g}, got {_shown(value)}")
+        raise ValueError(f"must be at least {figure(low)}, got {_shown(value)}")
     if value > high:
-        raise ValueError(f"must be at most {high:g}, got {_shown(value)}")
+        raise ValueError(f"must be at most {figure(high)}, got {_shown(value)}")
 
 
 # --- value checks: each returns the clean value or raises ValueError(problem) ----
@@ -565,7 +570,7 @@ def _poll_interval(ctx: _Context, interval: float, devices: Sequence[DeviceConfi
     floor = LIMITS["general.poll_interval"][0]
     real = [d.address for d in devices if not d.address.startswith(SIMULATOR_PREFIXES)]
     if interval < floor and real:
-        raise ctx.error(["general", "poll_interval"], f"must be at least {floor:g} for {real[0]} (a meter measures "
+        raise ctx.error(["general", "poll_interval"], f"must be at least {figure(floor)} for {real[0]} (a meter measures "
                         f"once a second; only sim:// and tcp:// simulators may be polled faster), got {interval:g}")
 
 
