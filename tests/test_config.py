@@ -235,7 +235,8 @@ def test_a_simulator_may_be_polled_faster_than_a_real_meter():
         parse_config("general:\n  poll_interval: 0.05\ndevices:\n  - name: a\n    address: sim://\n"
                      "  - name: b\n    address: /dev/rfcomm0\n", "config.yaml")
     assert str(info.value) == ("config.yaml:2: general.poll_interval: must be at least 0.1 for /dev/rfcomm0 (a meter "
-                               "measures once a second; only sim:// and tcp:// simulators may be polled faster), got 0.05")
+                               "measures once a second; only sim:// and tcp:// simulators may be polled faster), "
+                               "got 0.05")
 
 
 def test_a_number_too_long_for_python_is_a_one_line_error():
@@ -259,7 +260,8 @@ def test_check_config_and_run_refuse_a_number_above_its_ceiling_in_one_line(tmp_
     for command in ("check-config", "run"):
         result = run_cli(command, "--config", str(path))
         assert (result.returncode, result.stdout) == (2, ""), result.stderr
-        assert result.stderr == f"wattchecker-client: error: {path}:3: general.watchdog_stall: must be at least 0.5, got 1e-09\n"
+        assert result.stderr == (f"wattchecker-client: error: {path}:3: general.watchdog_stall: must be at least 0.5, "
+                                 "got 1e-09\n")
     assert not (tmp_path / "data").exists()
 
 

@@ -67,7 +67,8 @@ def test_own_cookies_reads_only_our_name():
 @pytest.mark.parametrize("text, clean", [
     ('"GET /?token=abc HTTP/1.1" 303 -', '"GET /?token=<hidden> HTTP/1.1" 303 -'),
     ('"GET /x?a=1&token=abc&b=2 HTTP/1.1" 200 -', '"GET /x?a=1&token=<hidden>&b=2 HTTP/1.1" 200 -'),
-    ("code 400, message Bad request version ('x?Token=abc')", "code 400, message Bad request version ('x?Token=<hidden>')"),
+    ("code 400, message Bad request version ('x?Token=abc')",
+     "code 400, message Bad request version ('x?Token=<hidden>')"),
     ('"GET /events HTTP/1.1" 200 -', '"GET /events HTTP/1.1" 200 -'),
 ])
 def test_log_lines_never_carry_a_token(text, clean):

@@ -168,7 +168,9 @@ def _shown(value: Any) -> str:
     text_ = repr(value)
     if len(text_) <= 40:
         return text_
-    return f"a {len(str(abs(value)))}-digit number" if isinstance(value, int) else f"{text_[:32]}... ({len(text_)} characters)"
+    if isinstance(value, int):
+        return f"a {len(str(abs(value)))}-digit number"
+    return f"{text_[:32]}... ({len(text_)} characters)"
 
 
 def figure(limit: float) -> str:
@@ -188,7 +190,7 @@ def _in_range(value: Any, low: float, high: float) -> None:
 
 
 def number(key: str, floor: Optional[float] = None) -> Callable[[Any], float]:
-    """A finite number within ``key``'s limits: YAML's .nan and .inf parse as floats, and each stalls or crashes a loop."""
+    """A finite number within ``key``'s limits (YAML's .nan and .inf parse as floats: each stalls or crashes a loop)."""
     low, high, _ = LIMITS[key]
     low = low if floor is None else floor
 
@@ -570,8 +572,9 @@ def _poll_interval(ctx: _Context, interval: float, devices: Sequence[DeviceConfi
     floor = LIMITS["general.poll_interval"][0]
     real = [d.address for d in devices if not d.address.startswith(SIMULATOR_PREFIXES)]
     if interval < floor and real:
-        raise ctx.error(["general", "poll_interval"], f"must be at least {figure(floor)} for {real[0]} (a meter measures "
-                        f"once a second; only sim:// and tcp:// simulators may be polled faster), got {interval:g}")
+        raise ctx.error(["general", "poll_interval"], f"must be at least {figure(floor)} for {real[0]} (a meter "
+                        f"measures once a second; only sim:// and tcp:// simulators may be polled faster), "
+                        f"got {interval:g}")
 
 
 def _long_number(root: Optional[yaml.Node]) -> Tuple[Optional[int], int]:

@@ -496,7 +496,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str, extra: Optional[Dict[str, object]] = None) -> None:
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str,
+              extra: Optional[Dict[str, object]] = None) -> None:
         """One answer; a header whose value is a list is sent once per item (Set-Cookie)."""
         self.send_response(status)
         for name, value in {**HEADERS, "Content-Type": content_type, "Content-Length": str(len(body)),
