@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..clock import Clock
+from ..clocksync import NOBODY, SOURCES, decide
 from ..clocktrust import trust_in_words
 from ..config import load_config
 from .common import EXIT_OK
@@ -60,7 +60,9 @@ def id_collisions(config) -> list:
 
 def time_sync(wait: float) -> str:
     """Which clock is trusted now and why (README: Time), and the time_sync_wait setting in words."""
-    trust = trust_in_words(Clock().synchronised())
+    answer = decide(SOURCES)
+    said = "nobody here can tell" if answer.source == NOBODY else f"says {answer.source}"
+    trust = f"{trust_in_words(answer.synchronised)} (now, {said})"
     if not wait:
-        return f"{trust} (now); no wait for synchronisation (time_sync_wait: 0)"
-    return f"{trust} (now); the service waits up to {wait:g} s for synchronisation (time_sync_wait)"
+        return f"{trust}; no wait for synchronisation (time_sync_wait: 0)"
+    return f"{trust}; the service waits up to {wait:g} s for synchronisation (time_sync_wait)"
