@@ -56,6 +56,14 @@ def test_the_check_asks_at_most_every_ten_seconds_and_follows_a_change(caplog):
     assert caplog.text.count("org.freedesktop.timedate1 says whether the system clock is synchronised") == 1
 
 
+def test_once_synchronised_the_check_asks_every_five_minutes():
+    asked = []
+    check = SyncCheck([(TIMEDATED, lambda: asked.append(1) or True)], every=10.0, every_synchronised=300.0)
+    assert all(check.synchronised(t) for t in (0.0, 10.0, 299.0))
+    assert len(asked) == 1
+    assert check.synchronised(300.0) and len(asked) == 2
+
+
 def test_a_check_where_the_kernel_answers_logs_nothing(caplog):
     caplog.set_level("DEBUG", logger="wattchecker_client.clocksync")
     assert SyncCheck([(KERNEL, lambda: True)]).synchronised(0.0) is True

@@ -12,8 +12,9 @@ but ``ProtectClock=yes`` (our unit's) refuses even reading it. Then, in turn:
 Where nobody can tell, the clock counts as *not* synchronised: the wait for
 synchronisation (``time_sync_wait``) runs its course rather than trusting a
 clock nobody vouches for. ``decide`` is the rule, fed the sources' answers;
-``SyncCheck`` asks at most every ``CHECK_EVERY`` seconds, as a reader thread
-asks at every reading.
+``SyncCheck`` asks at most every ``CHECK_EVERY`` seconds (every
+``CHECK_EVERY_SYNCHRONISED`` once synchronised), as a reader thread asks at
+every reading.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from .sysbus import BusError, get_property, system_bus_address
 
 log = logging.getLogger(__name__)
 
-CHECK_EVERY = 10.0  # seconds between two questions; a bus call is cheap, but not at every reading
+CHECK_EVERY = 10.0  # seconds between two questions while not synchronised; not at every reading
+# Once synchronised, seldom: a clock rarely loses it, and timedated (started on demand) exits when idle.
+CHECK_EVERY_SYNCHRONISED = 300.0
 BUS_TIMEOUT = 3.0  # seconds for the whole bus exchange, timedated's start on demand included
 TIMEDATE1 = ("org.freedesktop.timedate1", "/org/freedesktop/timedate1", "org.freedesktop.timedate1",
              "NTPSynchronized")
@@ -177,18 +180,22 @@ def decide(sources: Iterable[Source]) -> SyncAnswer:
 
 
 class SyncCheck:
-    """``decide`` at most every ``every`` seconds of the monotonic clock; says once who answers."""
+    """``decide`` at most every ``every`` seconds of the monotonic clock (``every_synchronised`` once
+    synchronised); says once who answers."""
 
-    def __init__(self, sources: Sequence[Source] = SOURCES, every: float = CHECK_EVERY) -> None:
+    def __init__(self, sources: Sequence[Source] = SOURCES, every: float = CHECK_EVERY,
+                 every_synchronised: float = CHECK_EVERY_SYNCHRONISED) -> None:
         self.sources = sources
         self.every = every
+        self.every_synchronised = every_synchronised
         self._lock = threading.Lock()  # one thread asks; the others wait for its answer
         self._answer: Optional[SyncAnswer] = None
         self._asked_at = 0.0
 
     def synchronised(self, monotonic: float) -> bool:
         with self._lock:
-            if self._answer is None or monotonic - self._asked_at >= self.every:
+            every = self.every_synchronised if self._answer and self._answer.synchronised else self.every
+            if self._answer is None or monotonic - self._asked_at >= every:
                 before, self._answer = self._answer, decide(self.sources)
                 self._asked_at = monotonic
                 if before is None or before.source != self._answer.source:
