@@ -190,6 +190,54 @@ def test_events_are_capped_per_client_and_every_loopback_address_is_one_client(t
     assert daemon.stop() == 0
 
 
+def test_a_newcomer_ends_the_largest_holders_oldest_stream_through_the_real_handler(tmp_path):
+    """Two clients (127.0.0.1 and 127.0.0.2, told apart here: the service folds loopback into one), two slots."""
+    from wattchecker_client.config import parse_config
+    from wattchecker_client.daemon import Daemon
+    from wattchecker_client.pageslots import StreamSlots
+
+    port = free_port()
+    config = parse_config(f"general:\n  data_dir: {tmp_path / 'data'}\n  log_file: null\n"
+                          f"device:\n  address: 'sim://'\nhttp:\n  listen: 127.0.0.1:{port}\n")
+    daemon = Daemon(config)
+    daemon.web.streams = StreamSlots(total=2, per_client=2, key=str)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+
+    def open_stream(source: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        return sock
+
+    def read_to_end(sock: socket.socket) -> bytes:
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+    try:
+        wait_for(lambda: get_any(port, "/healthz") == 200, 60, what="a healthy service")
+        first, second = open_stream("127.0.0.1"), open_stream("127.0.0.1")
+        for sock in (first, second):
+            assert status_line(sock.recv(100)) == "HTTP/1.0 200 OK"
+        wait_for(lambda: daemon.web.streams.held() == {"127.0.0.1": 2}, 10, what="both streams held")
+        newcomer = open_stream("127.0.0.2")
+        assert status_line(newcomer.recv(100)) == "HTTP/1.0 200 OK"
+        assert b"event: init" in read_to_end(first)  # the oldest page's stream ended: EOF
+        assert daemon.web.streams.held() == {"127.0.0.1": 1, "127.0.0.2": 1}
+        again = open_stream("127.0.0.1")  # its browser reconnects: refused while the shares are even
+        assert status_line(read_to_end(again)) == "HTTP/1.0 503 Service Unavailable"
+        for sock in (first, second, newcomer, again):
+            sock.close()
+    finally:
+        daemon.stop.set()
+        runner.join(60)
+    assert not runner.is_alive()
+    assert daemon.web.streams.taken_over == 1
+
+
 # --- Host ------------------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 MAX_STREAMS = 16  # open pages at once; more get 503 rather than a thread each
 MAX_STREAMS_PER_CLIENT = 4  # one machine's tabs
@@ -46,16 +46,18 @@ class Ticket:
 class StreamSlots:
     """``total`` slots, at most ``per_client`` a client; a newcomer may take one from the largest holder."""
 
-    def __init__(self, total: int = MAX_STREAMS, per_client: int = MAX_STREAMS_PER_CLIENT) -> None:
+    def __init__(self, total: int = MAX_STREAMS, per_client: int = MAX_STREAMS_PER_CLIENT,
+                 key: Callable[[str], str] = client_key) -> None:
         self.total = total
         self.per_client = per_client
+        self.key = key  # address -> client
         self._lock = threading.Lock()
         self._held: Dict[str, "OrderedDict[Ticket, None]"] = {}  # client -> its tickets, oldest first
         self.taken_over = 0  # streams ended to make room for another client
 
     def take(self, address: str) -> Optional[Ticket]:
         """A slot for a stream from ``address``, or None (answer 503)."""
-        client = client_key(address)
+        client = self.key(address)
         with self._lock:
             mine = self._held.get(client, OrderedDict())
             if len(mine) >= self.per_client:
