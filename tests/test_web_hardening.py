@@ -210,18 +210,26 @@ def test_a_newcomer_ends_the_largest_holders_oldest_stream_through_the_real_hand
         return sock
 
     def read_to_end(sock: socket.socket) -> bytes:
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
+        """Up to the server's closing; a stream still open after 30 s (keepalives every 15 s) fails the test."""
+        data, deadline = b"", time.monotonic() + 30
+        sock.settimeout(5)
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                continue
             if not chunk:
                 return data
             data += chunk
+        raise AssertionError(f"the stream stayed open: {data[-200:]!r}")
 
     try:
         wait_for(lambda: get_any(port, "/healthz") == 200, 60, what="a healthy service")
-        first, second = open_stream("127.0.0.1"), open_stream("127.0.0.1")
-        for sock in (first, second):
-            assert status_line(sock.recv(100)) == "HTTP/1.0 200 OK"
+        first = open_stream("127.0.0.1")  # held before the second is opened: the oldest, for sure
+        assert status_line(first.recv(100)) == "HTTP/1.0 200 OK"
+        wait_for(lambda: daemon.web.streams.held() == {"127.0.0.1": 1}, 10, what="the first stream held")
+        second = open_stream("127.0.0.1")
+        assert status_line(second.recv(100)) == "HTTP/1.0 200 OK"
         wait_for(lambda: daemon.web.streams.held() == {"127.0.0.1": 2}, 10, what="both streams held")
         newcomer = open_stream("127.0.0.2")
         assert status_line(newcomer.recv(100)) == "HTTP/1.0 200 OK"
