@@ -20,6 +20,8 @@ import yaml
 from .clock import time_zone
 from .protocol import DEFAULT_MODEL, MODELS
 from .relay import ON_CONNECT, RelaySettings
+from .runs import RunSettings
+from .tariff import Tariff, parse_tariff
 from .transport import MAC_RE
 
 DEFAULT_NAME = "wattchecker"
@@ -39,6 +41,7 @@ class DeviceConfig:
     timeout: float
     model: str = DEFAULT_MODEL
     relay: Optional[RelaySettings] = None  # a btwattch2's relay: section; None: the defaults
+    runs: RunSettings = RunSettings()  # when the appliance counts as running (runs.py)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,11 @@ class Config:
     named_files: bool = False
     http: Optional[HttpConfig] = None  # the page, /metrics and /healthz; None: not served
     mqtt: Optional[MqttConfig] = None  # live readings to an MQTT broker / Home Assistant
+    tariff: Optional[Tariff] = None  # time-of-use prices (tariff.py); None: report.price at every moment
+
+    def pricing(self) -> Tariff:
+        """The tariff: the configured one, else report.price as its one period."""
+        return self.tariff if self.tariff is not None else Tariff.flat(self.report.price)
 
     def file_stem(self, device: DeviceConfig) -> str:
         return f"wattchecker-data-{device.name}" if self.named_files else "wattchecker-data"
@@ -322,6 +330,12 @@ DEVICE: Spec = {
     "start_argument": (integer(0, 255), 0),
     "timeout": (number(maximum=600), 5.0),
     "relay": (lambda value: value, None),  # checked by _device against RELAY
+    "runs": (lambda value: value, None),  # checked by _device against RUNS
+}
+RUNS: Spec = {
+    "start_watts": (number(0, exclusive=False, maximum=1e5), RunSettings.start_watts),
+    "stop_watts": (number(0, exclusive=False, maximum=1e5), RunSettings.stop_watts),
+    "stop_after": (integer(1, 86_400), RunSettings.stop_after),
 }
 RELAY: Spec = {
     "min_interval": (number(0, exclusive=False), 2.0),
@@ -364,7 +378,7 @@ MQTT: Spec = {
     "discovery_prefix": (optional(topic), "homeassistant"),
     "publish_interval": (number(), 10.0),
 }
-TOP_LEVEL = ("general", "device", "devices", "bigquery", "report", "http", "mqtt")
+TOP_LEVEL = ("general", "device", "devices", "bigquery", "report", "http", "mqtt", "tariff")
 
 
 # --- loading -------------------------------------------------------------------------
@@ -473,11 +487,20 @@ def _device(ctx: _Context, path: List[Any], data: Any) -> DeviceConfig:
         if values["model"] != "btwattch2":
             raise ctx.error(path + ["relay"], "only an RS-BTWATTCH2 (model: btwattch2) has a relay")
         values["relay"] = RelaySettings(**_section(ctx, path + ["relay"], values["relay"], RELAY))
+    values["runs"] = _runs(ctx, path + ["runs"], values["runs"])
     simulated = dict(parse_qsl(urlsplit(where).query)).get("model") if where.startswith("sim:") else None
     if simulated is not None and simulated != values["model"]:
         raise ctx.error(path + ["model"], f"is {values['model']}, but the address simulates a {simulated}: "
                         f"set model: {simulated}")
     return DeviceConfig(**values)
+
+
+def _runs(ctx: _Context, path: List[Any], data: Any) -> RunSettings:
+    runs = RunSettings(**_section(ctx, path, data, RUNS))
+    if runs.stop_watts > runs.start_watts:
+        raise ctx.error(path + ["stop_watts"], f"must be at most start_watts ({runs.start_watts:g}), "
+                        f"got {runs.stop_watts:g}")
+    return runs
 
 
 def _mqtt(ctx: _Context, data: Any, base: Path) -> MqttConfig:
@@ -531,8 +554,9 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
     # A bare ``http:`` line turns the page on with its defaults.
     http = _http(ctx, data["http"], base) if "http" in data else None
     mqtt = _mqtt(ctx, data["mqtt"], base) if "mqtt" in data else None
+    tariff = parse_tariff(data["tariff"], ctx.error) if data.get("tariff") is not None else None
     return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, report, "devices" in data, http=http,
-                  mqtt=mqtt)
+                  mqtt=mqtt, tariff=tariff)
 
 
 def load_config(path: str) -> Config:

@@ -71,7 +71,7 @@ class EnergyView:
         self.live = live
         self.clock = clock
         self.tz = time_zone(config.report.timezone)
-        self.price = config.report.price
+        self.tariff = config.pricing()
         self.lag = flush_lag(config)
         # W as the report reads it back from the files, so memory and files agree to the row.
         self.stored = stored_watts if "csv" in config.general.data_format else float
@@ -138,7 +138,7 @@ class EnergyView:
         closed = self._closed[meter]
         for hour in [h for h in closed if utc_epoch(h) < start]:  # out of the window for good
             del closed[hour]
-        integrator = Integrator(report, self.tz, start, seam)
+        integrator = Integrator(report, self.tz, start, seam, self.tariff)
         for hour in sorted(sources.by_hour):
             hour_start = utc_epoch(hour)
             if not start <= hour_start < seam:
@@ -176,20 +176,21 @@ class EnergyView:
     def _meter_summary(self, meter: str, now: int) -> dict:
         part = self._files[meter]
         memory = MeterReport(meter)
-        integrator = Integrator(memory, self.tz, part.seam, 2**62)
+        integrator = Integrator(memory, self.tz, part.seam, 2**62, self.tariff)
         for hour_start, rows in by_hour(self.live.history(meter), self.stored):
             integrator.add_hour(hour_start, rows)
         integrator.finish()
         local_now = dt.datetime.fromtimestamp(now, self.tz).replace(tzinfo=None)
         today = local_now.date()
         watt_seconds = sum(r.days[today].watt_seconds for r in (part.report, memory) if today in r.days)
+        cost = sum(r.days[today].cost for r in (part.report, memory) if today in r.days)
         this_hour = local_now.replace(minute=0, second=0, microsecond=0)
         hours = [this_hour - dt.timedelta(hours=h) for h in range(BAR_HOURS - 1, -1, -1)]
         wh = [part.report.hourly_wh.get(h, 0.0) + memory.hourly_wh.get(h, 0.0) for h in hours]
         kwh = watt_seconds / 3_600_000
         return {
             "kwh": round(kwh, 6),
-            "cost": round(kwh * self.price, 4),
+            "cost": round(cost, 4),  # each quarter hour at the tariff then
             "bars": [[wall_epoch(h) for h in hours], [round(w / 1000, 6) for w in wh]],
         }
 
