@@ -45,6 +45,8 @@ from .clock import Clock, utc_epoch
 from .formats import watts_as_stored
 from .protocol import Measurement
 from .datadir import HourSources, held_seconds, hour_summaries, sources_for, summaries_path
+from .report import meter_rows
+from .runs import Finished, Price, Run, RunDetector, RunSettings, resume_index
 from .writer import atomic_write, hour_of
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ STATE_FILE = "energy.json"
 STATE_VERSION = 1
 CHECKPOINT_INTERVAL = 30.0  # seconds of host time between writes of energy.json
 MAX_CANDIDATES = 4096  # checkpoints waiting for the writer; beyond this the oldest are dropped
+RECENT_RUNS = 32  # finished runs kept per meter, for the page's band and an MQTT session that was away
+RUNS_LOOKBACK = 48 * 3600  # seconds of files a restart reads back at most to find where a run began
 EPOCH = dt.datetime(1970, 1, 1)
 
 
@@ -114,13 +118,19 @@ class MeterLive:
     relay: Optional[bool]  # RS-BTWATTCH2 only, else None
     energy_known: bool = True  # False while a first count of the files runs (no energy.json yet)
     overloaded: Optional[bool] = None  # an RS-BTWATTCH2's over-power latch, else None
+    run: Optional[Run] = None  # the run going on (runs.py), up to its last working row; None: at rest
+    runs_finished: int = 0  # runs that finished since start-up (those replayed at a restart not counted)
+    recent_runs: Tuple[Tuple[int, Run], ...] = ()  # (number, run) of the last finished runs, oldest first
 
 
 class _Meter:
     """One meter's mutable live fields; guarded by LiveState's lock."""
 
-    def __init__(self, name: str, stem: str, history_seconds: int) -> None:
+    def __init__(self, name: str, stem: str, history_seconds: int, runs: RunSettings, price: Optional[Price]) -> None:
         self.name = name
+        self.detector = RunDetector(runs, price)
+        self.runs_finished = 0
+        self.recent_runs: Deque[Tuple[int, Run]] = collections.deque(maxlen=RECENT_RUNS)
         self.stem = stem
         self.measurement: Optional[Measurement] = None
         self.received_monotonic: Optional[float] = None
@@ -133,7 +143,9 @@ class _Meter:
         self.rows = 0  # rows received since start-up, the writer counts the same rows
         self.shown = Accumulator()  # persisted: the base and a part of this run, or the saved value
         self.known = False  # shown holds a saved or restored value
-        self.candidates: Deque[Tuple[int, Accumulator]] = collections.deque(maxlen=MAX_CANDIDATES)
+        # (rows, their energy, the run detector's state after them)
+        self.candidates: Deque[Tuple[int, Accumulator, dict]] = collections.deque(maxlen=MAX_CANDIDATES)
+        self.durable_runs: Optional[dict] = None  # the detector's state after rows all on disk, for energy.json
         self.history: Deque[Tuple[int, float]] = collections.deque(maxlen=history_seconds or None)
         self.keep_history = history_seconds > 0
 
@@ -157,12 +169,15 @@ class LiveState:
         data_format: Sequence[str] = ("csv",),
         durable_rows: Optional[Callable[[str], int]] = None,
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
+        runs: Optional[Dict[str, RunSettings]] = None,  # meter name -> its thresholds; default: RunSettings()
+        price: Optional[Price] = None,  # UTC second -> price per kWh, for a run's cost
     ) -> None:
         self.clock = clock
         self.path = data_dir / STATE_FILE
         self.data_dir = data_dir
         self.stats = LiveStats()
-        self._meters = {name: _Meter(name, stem, history_seconds) for name, stem in meters.items()}
+        self._meters = {name: _Meter(name, stem, history_seconds, (runs or {}).get(name, RunSettings()), price)
+                        for name, stem in meters.items()}
         self._stored_watts = watts_as_stored(data_format)
         # Without a writer to ask, every row counts as on disk (tools and tests).
         self._durable_rows = durable_rows or (lambda name: self._meters[name].rows)
@@ -186,6 +201,10 @@ class LiveState:
             if relay is not None:
                 state.relay = relay
             state.running = state.running.add(t, watts)
+            for event in state.detector.feed(t, watts):
+                if isinstance(event, Finished):
+                    state.runs_finished += 1
+                    state.recent_runs.append((state.runs_finished, event.run))
             state.rows += 1
             if state.keep_history:
                 state.history.append((t, m.watts))
@@ -224,7 +243,7 @@ class LiveState:
     @staticmethod
     def _copy(s: _Meter) -> MeterLive:
         return MeterLive(s.name, s.measurement, s.received_monotonic, s.connected, s.since, s.shown.joules, s.relay,
-                         s.known, s.overloaded)
+                         s.known, s.overloaded, s.detector.current(), s.runs_finished, tuple(s.recent_runs))
 
     def wait(self, version: int, timeout: float) -> int:
         """Block until something changed after ``version`` (or ``timeout``); the current version."""
@@ -249,7 +268,7 @@ class LiveState:
         with self._changed:
             for state in self._meters.values():
                 if not state.candidates or state.candidates[-1][0] != state.rows:
-                    state.candidates.append((state.rows, state.running))
+                    state.candidates.append((state.rows, state.running, state.detector.state()))
 
     def save(self, force: bool = False) -> None:
         """Persist the newest state whose rows are all on disk, then show it.
@@ -298,7 +317,7 @@ class LiveState:
                     continue
                 best = None
                 while state.candidates and state.candidates[0][0] <= durable:
-                    best = state.candidates.popleft()[1]
+                    _, best, state.durable_runs = state.candidates.popleft()
                 if best is not None:
                     total = state.base.then(best)
                     # Never below what was shown, even if the files went back in time (a restored backup).
@@ -311,6 +330,8 @@ class LiveState:
         for name, s in self._meters.items():
             if name in chosen or s.known:
                 meters[name] = {"stem": s.stem, **chosen.get(name, s.shown).to_json()}
+                if s.durable_runs is not None:
+                    meters[name]["runs"] = s.durable_runs
         return {"version": STATE_VERSION, "meters": meters}
 
     # --- start-up ----------------------------------------------------------------------
@@ -325,6 +346,9 @@ class LiveState:
         plain current files are read here, before anything appends to them.
         """
         saved = self._read_state_file()
+        for name, state in self._meters.items():
+            last = None if until is None else (utc_epoch(until[name]) if until.get(name) else -1)
+            self._restore_runs(state, saved.get(name), last)
         work = []
         for name, state in self._meters.items():
             entry = saved.get(name)
@@ -343,6 +367,50 @@ class LiveState:
             self.restorer.start()
         else:
             self._finish_restore(work)
+
+    def _restore_runs(self, state: _Meter, entry: Optional[dict], last: Optional[int]) -> None:
+        """The run detector as it stood at the newest row on disk: a run going on at a restart goes on.
+
+        From energy.json's run state and the file rows after it; without one
+        (the first start, an upgrade), from the files: an hour back, then
+        further, hour by hour, until a quiet stretch shows where the detector's
+        state began (runs.resume_index), at most RUNS_LOOKBACK. The runs that
+        finished in the rows read are kept for the page, never announced again.
+        """
+        if last is not None and last < 0:
+            return  # nothing on disk
+        end = (last + 1) if last is not None else 2**62
+        problems: List[str] = []
+        try:
+            if entry is None or entry.get("stem") != state.stem or entry.get("runs") is None:
+                raise KeyError("runs")
+            state.detector.resume(entry["runs"])
+            prev = state.detector.prev
+            if prev is None or (end != 2**62 and end - prev[0] > RUNS_LOOKBACK):
+                raise ValueError("no rows, or too many to read")
+            rows = list(meter_rows(self.data_dir, state.stem, prev[0] + 1, end, problems))
+        except (KeyError, TypeError, ValueError):
+            state.detector = RunDetector(state.detector.settings, state.detector.price)
+            rows = self._rows_since_rest(state, end, problems)
+        for t, watts in rows:
+            for event in state.detector.feed(t, watts):
+                if isinstance(event, Finished):
+                    state.recent_runs.append((0, event.run))
+        for problem in problems:
+            log.warning("runs: %s", problem)
+
+    def _rows_since_rest(self, state: _Meter, end: int, problems: List[str]) -> List[Tuple[int, float]]:
+        """The file rows from the first point, within RUNS_LOOKBACK before ``end``, where no run can be going on."""
+        if end == 2**62:
+            end = utc_epoch(self.clock.now()) + 1
+        hour = end - end % 3600
+        rows: List[Tuple[int, float]] = []
+        while True:
+            rows = list(meter_rows(self.data_dir, state.stem, hour, min(hour + 3600, end), problems)) + rows
+            index = resume_index(rows, state.detector.settings)
+            if index is not None or end - hour >= RUNS_LOOKBACK:
+                return rows[index or 0:]
+            hour -= 3600
 
     def _finish_restore(self, work: List[Tuple[str, Accumulator, "FileRows"]]) -> None:
         for name, start, rows in work:

@@ -281,8 +281,11 @@ def meter_rows(data_dir: Path, stem: str, start: int, end: int, problems: List[s
 
     The one place the runs read raw rows (summaries cannot say where a run
     starts): the data folder's hour reader is called here and nowhere else.
+    A short span probes its hours by name (a restart reads back a few hours
+    beside years of files); a long one lists the folder once.
     """
-    sources = sources_for(data_dir, stem)
+    short = 0 <= start and end - start <= 31 * DAY_SECONDS
+    sources = sources_between(data_dir, stem, start, end) if short else sources_for(data_dir, stem)
     for hour in sorted(sources.by_hour):
         hour_start = utc_epoch(hour)
         if hour_start + 3600 <= start or hour_start >= end:
@@ -290,22 +293,6 @@ def meter_rows(data_dir: Path, stem: str, start: int, end: int, problems: List[s
         for second, watts in sources.rows(hour, problems):
             if start <= hour_start + second < end:
                 yield hour_start + second, watts
-
-
-def utc_pricer(tariff: Tariff, tz: dt.tzinfo) -> Callable[[int], float]:
-    """UTC epoch second -> price per kWh then; one zone lookup per quarter hour (offsets change on one)."""
-    cache: Dict[int, float] = {}
-
-    def price(t: int) -> float:
-        quarter = t // BUCKET_SECONDS
-        found = cache.get(quarter)
-        if found is None:
-            at = quarter * BUCKET_SECONDS
-            offset = dt.datetime.fromtimestamp(at, dt.timezone.utc).astimezone(tz).utcoffset()
-            found = cache[quarter] = tariff.at(at + int(offset.total_seconds()))[1]
-        return found
-
-    return price
 
 
 def day_range(tz: dt.tzinfo, first_day: Optional[dt.date], last_day: Optional[dt.date]) -> Tuple[int, int]:

@@ -92,6 +92,23 @@ class RunDetector:
             return None
         return Run(self.start, max(self.work_end, self.start + 1), self.watt_seconds, self.cost, self.peak)
 
+    def state(self) -> dict:
+        """Everything the detector knows, as JSON values: a restart goes on from it (live.py's energy.json)."""
+        return {"prev": list(self.prev) if self.prev else None, "start": self.start, "work_end": self.work_end,
+                "watt_seconds": self.watt_seconds, "cost": self.cost, "peak": self.peak, "quiet": list(self.quiet)}
+
+    def resume(self, state: dict) -> None:
+        """Take up a ``state()``; ValueError (or KeyError, TypeError) for one that cannot be right."""
+        prev, start = state["prev"], state["start"]
+        quiet = [float(q) for q in state["quiet"]]
+        if len(quiet) != 2 or (prev is not None and len(prev) != 2) or (start is not None and prev is None):
+            raise ValueError("a malformed run state")
+        self.prev = (int(prev[0]), float(prev[1])) if prev is not None else None
+        self.start = int(start) if start is not None else None
+        self.work_end = int(state["work_end"])
+        self.watt_seconds, self.cost, self.peak = float(state["watt_seconds"]), float(state["cost"]), float(state["peak"])
+        self.quiet = quiet
+
     def feed(self, t: int, watts: float) -> List[Event]:
         events: List[Event] = []
         if self.prev is not None and self.start is not None:
@@ -138,7 +155,7 @@ def detect(rows: Sequence[Tuple[int, float]], settings: RunSettings, price: Opti
 
 
 def resume_index(rows: Sequence[Tuple[int, float]], settings: RunSettings) -> Optional[int]:
-    """The last index from which a fresh detector gives the same events as one fed every earlier row.
+    """The first index from which a fresh detector gives the same events as one fed every earlier row.
 
     That holds at a row ``stop_after`` seconds or more after the first quiet
     row following every working row (a working row's hold ends by the next
@@ -146,15 +163,14 @@ def resume_index(rows: Sequence[Tuple[int, float]], settings: RunSettings) -> Op
     ``rows`` has no such row: look further back.
     """
     quiet_from: Optional[int] = None  # where the quiet stretch before the row began
-    found: Optional[int] = None
     for i, (t, watts) in enumerate(rows):
         if quiet_from is not None and t - rows[quiet_from][0] >= settings.stop_after:
-            found = i
+            return i
         if watts >= settings.stop_watts:
             quiet_from = None
         elif quiet_from is None:
             quiet_from = i
-    return found
+    return None
 
 
 def suggest(rows: Sequence[Tuple[int, float]]) -> Optional[RunSettings]:

@@ -100,6 +100,22 @@ class Tariff:
         return sum(self._price(t)[1] for t in week) / len(week)
 
 
+def utc_pricer(tariff: Tariff, tz: dt.tzinfo) -> Callable[[int], float]:
+    """UTC epoch second -> price per kWh then; one zone lookup per quarter hour (offsets change on one)."""
+    cache: Dict[int, float] = {}
+
+    def price(t: int) -> float:
+        quarter = t // SLOT_SECONDS
+        found = cache.get(quarter)
+        if found is None:
+            at = quarter * SLOT_SECONDS
+            offset = dt.datetime.fromtimestamp(at, dt.timezone.utc).astimezone(tz).utcoffset()
+            found = cache[quarter] = tariff.at(at + int(offset.total_seconds()))[1]
+        return found
+
+    return price
+
+
 def local_seconds(when: dt.datetime) -> int:
     """A naive local wall-clock time as local wall seconds."""
     return int((when - EPOCH).total_seconds())

@@ -65,7 +65,7 @@ def wash(seed: int = 1) -> Trace:
         b.rest(rng.randint(1800, 3600), 0.8, 1.6)  # standby: display and control board
         for phase in range(12):
             heating = phase in (1, 2)
-            b.work(rng.randint(120, 600), lambda i: (1900 if heating else 0) + 120 + 180 * (i % 40 < 25) * rng.random())
+            b.work(rng.randint(120, 600), lambda i: (900 if heating else 0) + 120 + 180 * (i % 40 < 25) * rng.random())
             pause = 240 if phase == 3 else rng.randint(20, 239)  # one pause of exactly 4 minutes
             b.rest(pause, 2.0, 3.5)  # soaking: the pump and drum still, the board awake
         b.work(420, lambda i: 350 + 150 * rng.random())  # the final spin

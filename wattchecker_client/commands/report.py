@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
 def print_runs(config, device, tz, tariff, currency: str, args: argparse.Namespace) -> List[str]:
     """The runs table of one meter and thresholds suggested from its rows; its runs' CSV lines."""
-    from ..report import day_range, meter_rows, runs_csv, runs_table, utc_pricer
+    from ..report import day_range, meter_rows, runs_csv, runs_table
+    from ..tariff import utc_pricer
     from ..runs import detect, suggest
 
     problems: List[str] = []
