@@ -167,3 +167,47 @@ def test_report_runs_prints_the_table_and_writes_csv(tmp_path):
         start = dt.datetime.fromtimestamp(run.start, TOKYO).strftime("%Y-%m-%d %H:%M:%S")
         assert start in result.stdout
     assert "suggested from this history: runs: {start_watts:" in result.stdout
+
+
+def test_metrics_count_runs_time_the_one_going_on_and_show_todays_cost_at_the_tariff(tmp_path):
+    """A kettle through a real Writer, LiveState and the page's EnergyView, scraped by the real collector."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from wattchecker_client.config import parse_config
+    from wattchecker_client.dashboard import EnergyView, history_seconds
+    from wattchecker_client.metrics import LiveCollector, registry_for
+
+    tr = trace("kettle")
+    data_dir = tmp_path / "data"
+    config = parse_config(f"general:\n  data_dir: {data_dir}\n  data_buffer_size: 60\ndevice:\n  address: sim://\n"
+                          "  runs: {start_watts: 100, stop_watts: 50, stop_after: 30}\nhttp:\ntariff:\n  plans:\n"
+                          "    - periods:\n        - {name: night, price: 20, hours: \"23:00-07:00\"}\n"
+                          "        - {name: day, price: 30}\n")
+    ms = measurements("kettle", range(tr.runs[1][0] + 60))  # two kettles boiled, the third a minute in
+    clock = FakeClock(ms[0].time)
+    writer = Writer(data_dir, {"wattchecker": STEM}, ("csv",), clock, buffer_seconds=60)
+    writer.recover()
+    live = LiveState(clock, data_dir, {"wattchecker": STEM}, history_seconds=history_seconds(config),
+                     runs={"wattchecker": config.devices[0].runs}, price=utc_pricer(config.pricing(), TOKYO))
+    live.restore({"wattchecker": None})
+    view = EnergyView(config, live, clock)
+    for m in ms:
+        writer.add("wattchecker", m)
+        live.reading("wattchecker", m)
+        clock.advance(1)
+    writer.flush()
+    registry = registry_for(LiveCollector(live, lambda: {}, writer, None, clock, today=view.summary))
+    families = {f.name: f for f in text_string_to_metric_families(prometheus_client.generate_latest(registry).decode())}
+
+    def value(name: str) -> float:
+        (s,) = [s for s in families[name].samples if s.labels.get("meter") == "wattchecker" and
+                not s.name.endswith("_created")]
+        return s.value
+
+    assert value("wattchecker_runs") == 1  # the first kettle; the second is 60 s in
+    # 60 readings of the second kettle: the last one's hold is known at the next
+    assert value("wattchecker_run_seconds") == live.snapshot()["wattchecker"].run.seconds == 59
+    day = meter_report(data_dir, STEM, "m", TOKYO, tariff=config.pricing()).days
+    today = dt.datetime.fromtimestamp(utc_epoch(ms[-1].time), TOKYO).date()
+    assert value("wattchecker_cost_today") == pytest.approx(day[today].cost, abs=1e-4) and day[today].cost > 0
