@@ -84,10 +84,11 @@ def test_live_events_equal_the_reports_runs_over_the_same_seconds(tmp_path, name
 
 
 @pytest.mark.parametrize("saved", [True, False], ids=["from energy.json", "from the files alone"])
-def test_a_restart_in_the_middle_of_a_wash_neither_loses_nor_splits_it(tmp_path, saved):
+@pytest.mark.parametrize("into", [0.02, 0.5, 0.97])
+def test_a_restart_in_the_middle_of_a_wash_neither_loses_nor_splits_it(tmp_path, saved, into):
     tr = trace("wash")
     first_start, first_end = tr.runs[0]
-    cut = first_start + (first_end - first_start) // 2  # the service stops halfway through the first wash
+    cut = first_start + int((first_end - first_start) * into)  # the service stops that far into the first wash
     ms = measurements("wash", range(tr.period))
     zero = utc_epoch(ms[0].time)
     before, after = ms[:cut], ms[cut + 45:]  # 45 s without rows while it restarts

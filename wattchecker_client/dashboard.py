@@ -25,6 +25,7 @@ from .report import Integrator, MeterReport
 
 STALE_AFTER = 10.0  # seconds without a reading: the meter has no "now" any more
 BAR_HOURS = 48
+CHART_SECONDS = 3600  # the line chart's span: the last hour
 FLUSH_MARGIN = 60  # seconds beyond the flush interval before rows count as on disk
 SUMMARY_TTL = 5.0  # seconds one computed summary serves every open page
 
@@ -192,7 +193,19 @@ class EnergyView:
             "kwh": round(kwh, 6),
             "cost": round(cost, 4),  # each quarter hour at the tariff then
             "bars": [[wall_epoch(h) for h in hours], [round(w / 1000, 6) for w in wh]],
+            "runs": runs_shown(self.live.snapshot()[meter], now - CHART_SECONDS),
         }
+
+
+def runs_shown(state, since: int) -> List[dict]:
+    """The runs the chart's hour shows as bands: those that ended after ``since``, and the one going on."""
+    shown = [{"start": run.start, "end": run.end, "kwh": round(run.kwh, 6), "cost": round(run.cost, 4),
+              "running": False} for _, run in state.recent_runs if run.end > since]
+    if state.run is not None:
+        run = state.run
+        shown.append({"start": run.start, "end": run.end, "kwh": round(run.kwh, 6), "cost": round(run.cost, 4),
+                      "running": True})
+    return shown
 
 
 def stored_watts(watts: float) -> float:

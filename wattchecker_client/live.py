@@ -400,17 +400,18 @@ class LiveState:
             log.warning("runs: %s", problem)
 
     def _rows_since_rest(self, state: _Meter, end: int, problems: List[str]) -> List[Tuple[int, float]]:
-        """The file rows from the first point, within RUNS_LOOKBACK before ``end``, where no run can be going on."""
+        """The file rows from the first point, from an hour or more and at most RUNS_LOOKBACK before ``end``,
+        where no run can be going on."""
         if end == 2**62:
             end = utc_epoch(self.clock.now()) + 1
-        hour = end - end % 3600
-        rows: List[Tuple[int, float]] = []
+        start = (end - 3600) - (end - 3600) % 3600  # the page's hour at least: its runs are shown as bands
+        rows = list(meter_rows(self.data_dir, state.stem, start, end, problems))
         while True:
-            rows = list(meter_rows(self.data_dir, state.stem, hour, min(hour + 3600, end), problems)) + rows
             index = resume_index(rows, state.detector.settings)
-            if index is not None or end - hour >= RUNS_LOOKBACK:
+            if index is not None or end - start >= RUNS_LOOKBACK:
                 return rows[index or 0:]
-            hour -= 3600
+            start -= 3600
+            rows = list(meter_rows(self.data_dir, state.stem, start, start + 3600, problems)) + rows
 
     def _finish_restore(self, work: List[Tuple[str, Accumulator, "FileRows"]]) -> None:
         for name, start, rows in work:
