@@ -212,3 +212,32 @@ def test_metrics_count_runs_time_the_one_going_on_and_show_todays_cost_at_the_ta
     day = meter_report(data_dir, STEM, "m", TOKYO, tariff=config.pricing()).days
     today = dt.datetime.fromtimestamp(utc_epoch(ms[-1].time), TOKYO).date()
     assert value("wattchecker_cost_today") == pytest.approx(day[today].cost, abs=1e-4) and day[today].cost > 0
+
+
+@pytest.mark.parametrize("use_summaries", [True, False])
+def test_standby_is_the_mean_of_the_quarter_hours_at_rest_and_its_share_of_the_day(tmp_path, use_summaries):
+    """The noisy standby (3-9 W, spikes to 15 W) between two evenings of TV: quarter hours touched by a run
+    are left out whole; the rest give the level, the same from the summaries as from every row."""
+    tr = trace("standby")
+    ms = measurements("standby", range(tr.period))
+    write(tmp_path, ms)
+    rows = [(utc_epoch(m.time), float(f"{m.watts:.2f}")) for m in ms]
+    quarters: dict = {}
+    for (t, w), nxt in zip(rows, rows[1:] + [None]):
+        held = held_seconds(nxt[0] - t if nxt else None)
+        q = quarters.setdefault(t // 900, [0.0, 0, 0.0])
+        q[0], q[1], q[2] = q[0] + w * held, q[1] + held, max(q[2], w)
+    by_day: dict = {}
+    for q, (ws, s, peak) in quarters.items():
+        day = dt.datetime.fromtimestamp(q * 900, TOKYO).date()
+        total = by_day.setdefault(day, [0.0, 0, 0.0, 0])
+        total[0], total[1] = total[0] + ws, total[1] + s
+        if peak < tr.settings.stop_watts:
+            total[2], total[3] = total[2] + ws, total[3] + s
+    days = meter_report(tmp_path, STEM, "m", TOKYO, use_summaries=use_summaries,
+                        resting_below=tr.settings.stop_watts).days
+    assert sorted(days) == sorted(by_day)
+    for day, (ws, s, rest_ws, rest_s) in by_day.items():
+        assert 3 < days[day].standby_watts < 9
+        assert days[day].standby_watts == pytest.approx(rest_ws / rest_s, rel=1e-9)
+        assert days[day].standby_share == pytest.approx(rest_ws / rest_s * s / ws, rel=1e-9)
