@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config}: --sql needs a bigquery: section (the table to read)")
         project = config.bigquery.project_id or "YOUR_PROJECT"
         ref = f"{project}.{config.bigquery.dataset_id}.{config.bigquery.table_id}"
+        if config.tariff is not None and args.price is None:
+            print(f"wattchecker-client: warning: the view prices at report.price ({price:g}); the tariff: section "
+                  "is not translated to SQL", file=sys.stderr)
         # Per device always: every table this release makes has the column, and other Pis may share it.
         print(bigquery_view_sql(ref, tz_name, price, True), end="")
         return EXIT_OK
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.png:
         from ..chart import render
 
-        render(reports, Path(args.png), tz_name, price, currency)
+        one_price = price if args.price is not None or config.tariff is None else None
+        render(reports, Path(args.png), tz_name, one_price, currency)
         print(f"chart: {args.png}")
     return EXIT_OK
 
