@@ -55,3 +55,38 @@ def test_the_finished_event_reaches_a_subscriber_once_per_run_with_the_reports_k
         assert dt.datetime.fromisoformat(payload["end"].replace("Z", "+00:00")) == dt.datetime.fromisoformat(end)
         assert (payload["duration_s"], f"{payload['kWh']:.6f}", f"{payload['cost']:.4f}", payload["peak_W"]) == (
             int(seconds), kwh, cost, float(peak))
+
+
+@pytest.mark.process
+def test_a_restart_in_the_middle_of_a_run_keeps_running_on_and_the_same_run(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    """A fridge at its real pace, two hours of it on disk, its compressor running: stop the service, start it
+    again; Home Assistant's Running stays ON and the run's seconds go on from where they were."""
+    from wattchecker_client.clock import Clock, utc_epoch
+
+    from .test_runs_page import seed_files, seed_with_runs
+
+    now = Clock().now().replace(microsecond=0)
+    seed, going = seed_with_runs(utc_epoch(now) + 60, lasting=600)
+    assert going, "no fridge seed with a run going on now"
+    seed_files(tmp_path / "data", seed, now - dt.timedelta(seconds=20))
+    broker = brokers()
+    sub = subscribers(broker.port)
+    (address,) = simulator("--seed", str(seed), "--load", "fridge").addresses
+    config = mqtt_config(tmp_path / "config.yaml", tmp_path / "data", address, broker.port)
+    config.write_text(config.read_text().replace("  timeout: 2\n", "  timeout: 2\n  runs: {start_watts: 30, "
+                                                 "stop_watts: 10, stop_after: 120}\n"))
+    seconds = []
+    for _ in range(2):
+        since = sub.count()
+        daemon = daemons(config, tmp_path)
+        state = wait_for(lambda: next((s for s in sub.states(since) if "energy_kWh" in s), None), timeout=60,
+                         what="a state once the files are counted")
+        assert state["running"] == "ON"
+        seconds.append(state["run_seconds"])
+        assert daemon.stop() == 0, daemon.stderr()
+    # It began a minute or more before the first start (seed_with_runs), so only the files could say so;
+    # after the restart it goes on: neither lost nor started again.
+    assert 60 <= seconds[0] < seconds[1]
+    assert sub.matching(RUN_EVENT) == []  # nor finished

@@ -23,15 +23,16 @@ from .test_web import METER, http_config, serving
 pytest.importorskip("prometheus_client", reason="pip install 'wattchecker-client[http]'")
 
 
-def seed_with_runs(now: int) -> Tuple[int, bool]:
-    """A fridge trace seed whose last hour before ``now`` holds a finished run, and a run going on if one can."""
+def seed_with_runs(now: int, lasting: int = 300) -> Tuple[int, bool]:
+    """A fridge trace seed whose last hour before ``now`` holds a finished run, and a run going on (for
+    ``lasting`` seconds more) if one can."""
     fallback: Optional[int] = None
     for seed in range(1, 400):
         tr = trace("fridge", seed)
         runs = [(now - (now - s) % tr.period, e - s) for s, e in tr.runs]  # (latest start, length) before now
         runs = [(s, s + length) for s, length in runs]
         finished = any(now - 3300 < e < now - 600 for _, e in runs)  # ended, its quiet wait over
-        going = any(now - 2400 < s < now - 120 and e > now + 300 for s, e in runs)
+        going = any(now - 2400 < s < now - 120 and e > now + lasting for s, e in runs)
         if finished and going:
             return seed, True
         if finished and fallback is None:
