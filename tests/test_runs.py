@@ -241,3 +241,16 @@ def test_standby_is_the_mean_of_the_quarter_hours_at_rest_and_its_share_of_the_d
         assert 3 < days[day].standby_watts < 9
         assert days[day].standby_watts == pytest.approx(rest_ws / rest_s, rel=1e-9)
         assert days[day].standby_share == pytest.approx(rest_ws / rest_s * s / ws, rel=1e-9)
+
+
+@pytest.mark.parametrize("quiet", [0, 1, 120, 121])
+def test_a_run_at_the_end_of_the_rows_is_going_on_until_its_quiet_wait_is_over(quiet):
+    """It ends at the first quiet row 120 s after its last working row's hold: the 121st quiet second."""
+    settings = RunSettings(30.0, 10.0, 120)
+    rows = [(t, 2.0) for t in range(0, 200)] + [(t, 80.0) for t in range(200, 260)]
+    rows += [(t, 2.0) for t in range(260, 260 + quiet)]
+    runs, going = detect(rows, settings)
+    if quiet > 120:
+        assert going is None and [(r.start, r.end, r.watt_seconds) for r in runs] == [(200, 260, 80.0 * 60)]
+    else:
+        assert runs == [] and (going.start, going.end, going.watt_seconds) == (200, 260, 80.0 * 60)

@@ -124,8 +124,8 @@ class RunDetector:
         self.prev = (t, watts)
         return events
 
-    def _hold(self, step: int) -> None:
-        """The previous row's hold, now that the next row says how long it was."""
+    def _hold(self, step: Optional[int]) -> None:
+        """The previous row's hold, now that the next row says how long it was (None: there is none)."""
         t, watts = self.prev
         seconds = held_seconds(step)
         if not seconds:
@@ -149,8 +149,8 @@ def detect(rows: Sequence[Tuple[int, float]], settings: RunSettings, price: Opti
     detector = RunDetector(settings, price)
     runs = [e.run for row in rows for e in detector.feed(*row) if isinstance(e, Finished)]
     if detector.running:
-        detector.feed(detector.prev[0] + 1, detector.prev[1])  # only to credit the last row's hold (1 s)
-        return runs, detector.current() if detector.running else None
+        detector._hold(None)  # the last row holds for one second, as the report counts a final row
+        return runs, detector.current()
     return runs, None
 
 
