@@ -588,7 +588,8 @@ def test_over_power_cuts_the_relay_off_latches_across_a_restart_and_an_explicit_
     data_dir = tmp_path / "data"
     daemon = daemons(config, tmp_path)
     wait_for(lambda: len(sub.discovery()) == 8, timeout=30, what="discovery with the switch and the latch")
-    (latch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/binary_sensor/")]
+    (latch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/binary_sensor/") and
+                t.endswith("/overloaded/config")]
     assert (latch["device_class"], latch["payload_on"], latch["payload_off"]) == ("problem", "ON", "OFF")
     assert latch["value_template"] == "{{ value_json.overloaded | is_defined }}"
     assert latch["state_topic"] == relay_set(sim)[:-len("relay/set")] + "state" and latch["unique_id"].endswith("_overloaded")
