@@ -145,3 +145,12 @@ def test_the_sample_tariff_parses_once_uncommented():
     config = parse_config("device:\n  address: sim://\n" + "\n".join(block) + "\n")
     assert config.tariff.period_names == ("night", "weekend", "day")
     assert config.tariff.at(0) == ("night", 10.0)  # 1970: before the plan's valid_from, the first plan holds
+
+
+def test_the_price_cache_stays_bounded_over_years_of_uptime():
+    from wattchecker_client.tariff import CACHE_LIMIT
+
+    priced = tariff()
+    for quarter in range(0, 3 * 35_040):  # three years of quarter hours, as a service running that long
+        priced.at(1_700_000_000 // 900 * 900 + quarter * 900)
+    assert 0 < len(priced._cache) <= CACHE_LIMIT

@@ -56,7 +56,7 @@ STATE_VERSION = 1
 CHECKPOINT_INTERVAL = 30.0  # seconds of host time between writes of energy.json
 MAX_CANDIDATES = 4096  # checkpoints waiting for the writer; beyond this the oldest are dropped
 RECENT_RUNS = 32  # finished runs kept per meter, for the page's band and an MQTT session that was away
-RUNS_LOOKBACK = 48 * 3600  # seconds of files a restart reads back at most to find where a run began
+RUNS_LOOKBACK = 12 * 3600  # seconds of files a start without a saved run state reads back at most
 EPOCH = dt.datetime(1970, 1, 1)
 
 

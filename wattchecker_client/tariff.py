@@ -31,6 +31,7 @@ DAY_GROUPS = {"all": WEEKDAYS, "weekdays": WEEKDAYS[:5], "weekends": WEEKDAYS[5:
 HOURS_RE = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
 EPOCH = dt.datetime(1970, 1, 1)
 FLAT = "flat"  # the one period of a plain price
+CACHE_LIMIT = 40_000  # quarter hours of prices kept: a year and more (a report of a year reads each once)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class Tariff:
             raise ValueError("a tariff needs at least one plan")
         self.plans = sorted(plans, key=lambda p: p.valid_from)
         self.surcharges = sorted(surcharges, key=lambda s: s.valid_from)
-        self._cache: Dict[int, Tuple[str, float]] = {}  # quarter hour -> (period, price): a year is 35,000 entries
+        # quarter hour -> (period, price); emptied at CACHE_LIMIT: a service runs for months
+        self._cache: Dict[int, Tuple[str, float]] = {}
 
     @classmethod
     def flat(cls, price: float) -> "Tariff":
@@ -76,6 +78,8 @@ class Tariff:
         slot = local // SLOT_SECONDS
         found = self._cache.get(slot)
         if found is None:
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
             found = self._cache[slot] = self._price(slot * SLOT_SECONDS)
         return found
 
@@ -101,17 +105,19 @@ class Tariff:
 
 
 def utc_pricer(tariff: Tariff, tz: dt.tzinfo) -> Callable[[int], float]:
-    """UTC epoch second -> price per kWh then; one zone lookup per quarter hour (offsets change on one)."""
-    cache: Dict[int, float] = {}
+    """UTC epoch second -> price per kWh then; one zone lookup per quarter hour (offsets change on one).
+
+    Rows come in time order, so the last quarter hour's price is all it keeps.
+    """
+    last = [-1, 0.0]  # quarter hour, its price
 
     def price(t: int) -> float:
         quarter = t // SLOT_SECONDS
-        found = cache.get(quarter)
-        if found is None:
+        if quarter != last[0]:
             at = quarter * SLOT_SECONDS
             offset = dt.datetime.fromtimestamp(at, dt.timezone.utc).astimezone(tz).utcoffset()
-            found = cache[quarter] = tariff.at(at + int(offset.total_seconds()))[1]
-        return found
+            last[0], last[1] = quarter, tariff.at(at + int(offset.total_seconds()))[1]
+        return last[1]
 
     return price
 
