@@ -12,7 +12,8 @@ import pytest
 
 from wattchecker_client import protocol
 from wattchecker_client.clock import Backoff, Clock, FakeClock
-from wattchecker_client.meter import MeterReader, MeterSession, seconds_until_next_tick
+from wattchecker_client.meter import (MeterMemory, MeterReader, MeterSession, ReaderSettings, links_for,
+                                      seconds_until_next_tick)
 from wattchecker_client.protocol import Measurement, MeasurementError, encode_frame
 from wattchecker_client.transport import LinkError, socket_link
 
@@ -175,13 +176,8 @@ def test_backoff_doubles_with_jitter_up_to_the_cap():
 def test_reader_reconnects_and_skips_repeated_seconds(caplog):
     """Embedded simulator dropping the link every 6 requests; fast clock; real sockets."""
     stop = threading.Event()
-    reader = MeterReader(
-        "sim://?clock_speed=20&drop_after=6&seed=5",
-        Clock(),
-        stop,
-        poll_interval=0.02,
-        backoff=Backoff(0.01, 0.05),
-    )
+    reader = MeterReader(ReaderSettings("sim://?clock_speed=20&drop_after=6&seed=5", poll_interval=0.02,
+                                        backoff=(0.01, 0.05)), Clock(), stop)
     caplog.set_level(logging.INFO)
     got = []
     for m in reader.readings():
@@ -212,7 +208,8 @@ def test_reader_stops_when_asked_during_backoff():
     with socket.socket() as refusing:
         refusing.bind(("127.0.0.1", 0))  # bound, never listening: every connect is refused
         address = "tcp://127.0.0.1:%d" % refusing.getsockname()[1]
-        reader = MeterReader(address, Clock(), stop, timeout=0.5, backoff=HourLongBackoff())
+        reader = MeterReader(ReaderSettings(address, timeout=0.5), Clock(), stop)
+        reader.backoff = HourLongBackoff()
         got = []
         runner = threading.Thread(target=lambda: got.extend(reader.readings()), daemon=True)
         runner.start()
@@ -230,7 +227,8 @@ def test_reader_logs_an_outage_once_and_backs_off(caplog):
     stop = threading.Event()
     clock = FakeClock()
     backoff = Backoff(1, 60, random.Random(3))
-    reader = MeterReader("tcp://127.0.0.1:9", clock, stop, timeout=0.2, backoff=backoff)
+    reader = MeterReader(ReaderSettings("tcp://127.0.0.1:9", timeout=0.2), clock, stop)
+    reader.backoff = backoff
     delays = []
     next_delay = backoff.next_delay
 
@@ -261,8 +259,9 @@ def test_a_meter_clock_set_back_never_records_a_second_twice(scripted):
     stamps = [last - dt.timedelta(seconds=2), last - dt.timedelta(seconds=1), last,
               last + dt.timedelta(seconds=1), last + dt.timedelta(seconds=1), last + dt.timedelta(seconds=3)]
     peer = scripted(HANDSHAKE + [measurement_frame(t) for t in stamps] + [ACK_STOP])
-    reader = MeterReader("00:0C:BF:12:34:56", FakeClock(last), threading.Event(), channel=6,
-                         rfcomm_factory=peer.rfcomm_factory, last_time=last)
+    settings = ReaderSettings("00:0C:BF:12:34:56", channel=6)
+    reader = MeterReader(settings, FakeClock(last), threading.Event(),
+                         links=links_for(settings, rfcomm_factory=peer.rfcomm_factory), memory=MeterMemory(last))
     readings = reader.readings()
     got = [next(readings).time, next(readings).time]
     readings.close()
@@ -276,13 +275,13 @@ def test_a_drifting_meter_clock_is_set_again_at_most_once_an_hour(caplog):
     """Host time runs 10 min per poll while the meter keeps real time: a huge drift."""
     stop = threading.Event()
     clock = FakeClock(dt.datetime(2026, 1, 1, 0, 0, 0))
-    reader = MeterReader("sim://?seed=2", clock, stop, poll_interval=600.0)
+    reader = MeterReader(ReaderSettings("sim://?seed=2", poll_interval=600.0), clock, stop)
 
     def beat():
         if reader.stats.polls >= 13:  # 13 polls: 2 h 10 min of host time
             stop.set()
 
-    reader.heartbeat = beat
+    reader.listener.heartbeat = beat
     caplog.set_level(logging.INFO)
     got = list(reader.readings())
     # set at connect (00:00), then again at 01:00 and 02:00, not at every poll

@@ -24,7 +24,7 @@ from wattchecker_client import protocol
 from wattchecker_client.clock import Clock, FakeClock, kernel_clock, utc_epoch
 from wattchecker_client.config import ConfigError, parse_config
 from wattchecker_client.daemon import Daemon
-from wattchecker_client.meter import MeterReader
+from wattchecker_client.meter import MeterReader, ReaderSettings, links_for
 from wattchecker_client.protocol import Measurement, encode_frame
 from wattchecker_client.simulator import SimOptions, SimulatedMeter, serve_link
 from wattchecker_client.transport import socket_link
@@ -69,7 +69,8 @@ def rfcomm_to(meter: SimulatedMeter):
 
 
 def reader_for(clock: Clock, meter: SimulatedMeter, **kwargs) -> MeterReader:
-    return MeterReader(MAC, clock, threading.Event(), channel=6, rfcomm_factory=rfcomm_to(meter), **kwargs)
+    settings = ReaderSettings(MAC, channel=6, **kwargs)
+    return MeterReader(settings, clock, threading.Event(), links=links_for(settings, rfcomm_factory=rfcomm_to(meter)))
 
 
 def drive(reader: MeterReader, clock: FakeClock, seconds: float, events=None):
@@ -87,7 +88,7 @@ def drive(reader: MeterReader, clock: FakeClock, seconds: float, events=None):
         if elapsed >= seconds:
             reader.stop.set()
 
-    reader.heartbeat = beat
+    reader.listener.heartbeat = beat
     return [(clock.monotonic() - start, clock.now(), m) for m in reader.readings()]
 
 
@@ -319,7 +320,8 @@ def test_a_meter_far_ahead_of_a_synchronised_host_is_skipped_counted_and_set(scr
     peer = scripted([ACK_CLOCK, ACK_START, frame(start + second), frame(start + 2 * second), frame(ahead),
                      ACK_CLOCK, frame(start + 4 * second), frame(start + 5 * second), ACK_STOP])
     clock = FakeClock(start)
-    reader = MeterReader(MAC, clock, threading.Event(), channel=6, rfcomm_factory=peer.rfcomm_factory)
+    settings = ReaderSettings(MAC, channel=6)
+    reader = MeterReader(settings, clock, threading.Event(), links=links_for(settings, rfcomm_factory=peer.rfcomm_factory))
     readings = reader.readings()
     got = [next(readings).time for _ in range(4)]
     readings.close()

@@ -12,7 +12,6 @@ import logging
 import os
 import queue
 import threading
-from functools import partial
 from typing import Callable, Dict, List, Mapping, Optional
 
 from .clock import Clock
@@ -20,7 +19,7 @@ from .config import Config, DeviceConfig
 from .errors import EXIT_FAILED, EXIT_OK, SetupError
 from .identity import device_values
 from .identity import for_config as identity_for
-from .meter import MeterReader
+from .meter import MeterMemory, MeterReader, ReaderListener, ReaderSettings, links_for
 from .notify import Notifier
 from .protocol import Measurement
 from .transport import RfcommFactory, is_ble
@@ -132,6 +131,44 @@ class Heartbeats:
         now = self.clock.monotonic()
         with self._lock:
             return sorted(name for name, last in self._last.items() if now - last > limit)
+
+
+class Fanout(ReaderListener):
+    """One reader's events, fanned out: rows to the writer's queue, the live state, relay.json, the status line."""
+
+    def __init__(self, daemon: "Daemon", name: str) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.live = daemon.live
+        self.thread = f"reader {name}"
+        self.heartbeat()  # from now on the watchdog waits for this reader too
+
+    def heartbeat(self) -> None:
+        self.daemon.heartbeats.beat(self.thread)
+
+    def reading(self, measurement: Measurement, relay: Optional[bool]) -> None:
+        rows = self.daemon.rows
+        rows.put((self.name, measurement))
+        if rows.qsize() >= WAKE_WRITER_AT:  # else it takes them when it flushes
+            self.daemon.writer.wake.set()
+        if self.live is not None:
+            self.live.reading(self.name, measurement, relay=relay)
+        if self.daemon.echo is not None:
+            self.daemon.echo(self.name, measurement)
+
+    def connected(self) -> None:
+        if self.live is not None:
+            self.live.connected(self.name)
+
+    def disconnected(self) -> None:
+        if self.live is not None:
+            self.live.disconnected(self.name)
+
+    def clock_trust_changed(self) -> None:
+        self.daemon._clock_trust_changed()
+
+    def relay_memory_changed(self, memory: dict) -> None:
+        self.daemon._relay_memory(self.name, memory)
 
 
 class Daemon:
@@ -263,46 +300,25 @@ class Daemon:
     # --- threads ----------------------------------------------------------------
 
     def _reader_for(self, device: DeviceConfig) -> MeterReader:
-        return MeterReader(
-            device.address,
-            self.clock,
-            self.stop,
-            channel=device.channel,
-            model=device.model,
-            poll_interval=self.config.general.poll_interval,
-            start_argument=device.start_argument,
-            timeout=device.timeout,
-            rfcomm_factory=self.rfcomm_factory,
-            name=device.name,
-            last_time=self.writer.last_time(device.name),
-            heartbeat=self.heartbeats.beater(f"reader {device.name}"),
-            heartbeat_interval=self.heartbeat_interval,
-            time_sync_wait=self.config.general.time_sync_wait,
-            on_clock_trust=self._clock_trust_changed,
-            on_connect=partial(self.live.connected, device.name) if self.live else (lambda: None),
-            on_disconnect=partial(self.live.disconnected, device.name) if self.live else (lambda: None),
-            relay=self._relay_policy(device),
-            on_relay_memory=partial(self._relay_memory, device.name),
-        )
+        settings = ReaderSettings.of(device, self.config.general, self.heartbeat_interval)
+        memory = MeterMemory(self.writer.last_time(device.name), self._relay_saved_for(device))
+        links = links_for(settings, rfcomm_factory=self.rfcomm_factory)
+        return MeterReader(settings, self.clock, self.stop, Fanout(self, device.name), links, memory=memory)
 
-    def _relay_policy(self, device: DeviceConfig):
-        """A btwattch2's relay policy, with its latch and last set state as saved (relay.json)."""
-        if device.model != "btwattch2":
-            return None
-        from .relay import RelayPolicy, RelaySettings
-
-        saved = self._relay_saved.get(device.name)
+    def _relay_saved_for(self, device: DeviceConfig) -> dict:
+        """A btwattch2's latch and last set state as saved (relay.json); the live state shows the latch."""
+        saved = self._relay_saved.get(device.name) if device.model == "btwattch2" else None
         saved = saved if isinstance(saved, dict) else {}
-        if self.live is not None:
+        if self.live is not None and device.model == "btwattch2":
             self.live.relay_latch(device.name, bool(saved.get("overloaded")))
-        return RelayPolicy(device.relay or RelaySettings(), bool(saved.get("overloaded")), saved.get("last_set"))
+        return saved
 
-    def _relay_memory(self, name: str, policy) -> None:
+    def _relay_memory(self, name: str, memory: dict) -> None:
         """Save a relay's latch and last set state at once: both must survive a restart (relay.json)."""
         if self.live is not None:
-            self.live.relay_latch(name, policy.overloaded)
+            self.live.relay_latch(name, memory["overloaded"])
         with self._relay_file_lock:
-            self._relay_saved[name] = policy.memory
+            self._relay_saved[name] = memory
             data = json.dumps({"meters": self._relay_saved}, indent=1).encode()
             try:
                 atomic_write(self.config.general.data_dir / RELAY_FILE, data, compress=False)
@@ -312,14 +328,7 @@ class Daemon:
 
     def _read_meter(self, name: str, reader: MeterReader) -> None:
         try:
-            for measurement in reader.readings():
-                self.rows.put((name, measurement))
-                if self.rows.qsize() >= WAKE_WRITER_AT:  # else it takes them when it flushes
-                    self.writer.wake.set()
-                if self.live is not None:
-                    self.live.reading(name, measurement, relay=reader.relay)
-                if self.echo is not None:
-                    self.echo(name, measurement)
+            reader.run()
         except SetupError as exc:
             self._fail(f"{name}: {exc}")
         except Exception:
