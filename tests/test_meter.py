@@ -12,7 +12,7 @@ import pytest
 
 from wattchecker_client import protocol
 from wattchecker_client.clock import Backoff, Clock, FakeClock
-from wattchecker_client.meter import (MeterMemory, MeterReader, MeterSession, ReaderSettings, links_for,
+from wattchecker_client.meter import (MeterMemory, MeterReader, MeterSession, ReaderListener, ReaderSettings, links_for,
                                       seconds_until_next_tick)
 from wattchecker_client.protocol import Measurement, MeasurementError, encode_frame
 from wattchecker_client.transport import LinkError, socket_link
@@ -288,3 +288,42 @@ def test_a_drifting_meter_clock_is_set_again_at_most_once_an_hour(caplog):
     assert reader.stats.clock_resets == 2
     assert caplog.text.count("s off; setting it to") == 2
     assert got and all(m == protocol.quantize(m) for m in got)  # the meter's own stamps
+
+
+class Recorder(ReaderListener):
+    """A listener that writes down what the reader tells, and stops it after ``readings`` readings."""
+
+    def __init__(self, stop: threading.Event, readings: int) -> None:
+        self.stop, self.wanted = stop, readings
+        self.events: list = []
+
+    def connected(self) -> None:
+        self.events.append("connected")
+
+    def disconnected(self) -> None:
+        self.events.append("disconnected")
+
+    def reading(self, measurement: Measurement, relay) -> None:
+        self.events.append((measurement, relay))
+        if sum(isinstance(e, tuple) for e in self.events) == self.wanted:
+            self.stop.set()
+
+
+@pytest.mark.parametrize("model, relay", [("btwattch1", None), ("btwattch2", True)])
+def test_the_listener_hears_each_connection_and_each_new_second_once(model, relay):
+    """Simulated meter dropping the link every 6 requests: connected, readings, disconnected, and again."""
+    stop = threading.Event()
+    recorder = Recorder(stop, 10)
+    settings = ReaderSettings("sim://?clock_speed=20&drop_after=6&seed=5", model=model, poll_interval=0.02,
+                              backoff=(0.01, 0.05))
+    reader = MeterReader(settings, Clock(), stop, recorder)
+    reader.run()
+    events = recorder.events
+    readings = [e for e in events if isinstance(e, tuple)]
+    assert len(readings) == 10 and all(r == relay for _, r in readings)
+    times = [m.time for m, _ in readings]
+    assert times == sorted(set(times))  # each second once, in order
+    # "connected" opens each connection, "disconnected" closes it: the link failed, or the reader stopped
+    marks = [e for e in events if isinstance(e, str)]
+    assert marks == ["connected", "disconnected"] * reader.stats.connects and reader.stats.connects >= 2
+    assert events[0] == "connected" and events[-1] == "disconnected"

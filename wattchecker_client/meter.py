@@ -324,14 +324,12 @@ def probe_channel(
 ) -> Tuple[int, Link]:
     """The first channel on which ``mac`` completes the handshake (clock set, a valid reading), still open.
 
-    Without an SDP module (pybluez does not install on current Pythons) this
-    is the only way to find the channel. A refused channel, or one that
-    accepts but does not speak the protocol (another service of the device),
-    is skipped. Any other connect failure (a timeout, host down) means the
-    meter itself is out of reach: LinkError at once, so the reader backs off
-    and searches again, instead of waiting out thirty timeouts. While the host
-    clock is unsynchronised, the start command's acknowledgement stands in
-    for the clock set, so a wrong time never reaches the meter.
+    Without an SDP module (pybluez does not install on current Pythons) this is
+    the only way to find it. A refused channel, or one that does not speak the
+    protocol (another service of the device), is skipped. Any other connect
+    failure means the meter is out of reach: LinkError at once, so the reader
+    backs off and searches again. An unsynchronised host sets no clock: the
+    start command's acknowledgement stands in for it.
     """
     for channel in channels:
         try:
@@ -351,11 +349,9 @@ def probe_channel(
             link.close()
             continue
         return channel, link
-    raise LinkError(
-        f"{mac}: no RFCOMM channel {channels[0]}-{channels[-1]} answered like a WATT CHECKER (set clock, "
-        "a reading): is it paired, powered and in range? Or set its `channel:` (`sdptool browse "
-        f"{mac}`)"
-    )
+    raise LinkError(f"{mac}: no RFCOMM channel {channels[0]}-{channels[-1]} answered like a WATT CHECKER (set "
+                    "clock, a reading): is it paired, powered and in range? Or set its `channel:` (`sdptool browse "
+                    f"{mac}`)")
 
 
 def seconds_until_next_tick(now: dt.datetime, interval: float) -> float:
