@@ -321,7 +321,8 @@ def test_a_meter_far_ahead_of_a_synchronised_host_is_skipped_counted_and_set(scr
                      ACK_CLOCK, frame(start + 4 * second), frame(start + 5 * second), ACK_STOP])
     clock = FakeClock(start)
     settings = ReaderSettings(MAC, channel=6)
-    reader = MeterReader(settings, clock, threading.Event(), links=links_for(settings, rfcomm_factory=peer.rfcomm_factory))
+    reader = MeterReader(settings, clock, threading.Event(),
+                         links=links_for(settings, rfcomm_factory=peer.rfcomm_factory))
     readings = reader.readings()
     got = [next(readings).time for _ in range(4)]
     readings.close()

@@ -21,7 +21,7 @@ from .identity import device_values
 from .identity import for_config as identity_for
 from .meter import MeterMemory, MeterReader, ReaderListener, ReaderSettings, links_for
 from .notify import Notifier
-from .protocol import Measurement
+from .protocol import Measurement, dialect
 from .transport import RfcommFactory, is_ble
 from .writer import ClosedFile, Writer, atomic_write
 
@@ -307,9 +307,10 @@ class Daemon:
 
     def _relay_saved_for(self, device: DeviceConfig) -> dict:
         """A btwattch2's latch and last set state as saved (relay.json); the live state shows the latch."""
-        saved = self._relay_saved.get(device.name) if device.model == "btwattch2" else None
+        has_relay = dialect(device.model).has_relay
+        saved = self._relay_saved.get(device.name) if has_relay else None
         saved = saved if isinstance(saved, dict) else {}
-        if self.live is not None and device.model == "btwattch2":
+        if self.live is not None and has_relay:
             self.live.relay_latch(device.name, bool(saved.get("overloaded")))
         return saved
 
