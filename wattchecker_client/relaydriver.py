@@ -21,7 +21,8 @@ from .transport import LinkError
 if TYPE_CHECKING:  # concurrent.futures costs the service 0.9 MB: imported when a relay is switched
     from concurrent.futures import Future
 
-log = logging.getLogger(__name__)
+# The reader's log: these lines are the meter's, and users' filters know them by its name.
+log = logging.getLogger("wattchecker_client.meter")
 
 
 class Switch(Protocol):
