@@ -505,7 +505,7 @@ class MeterReader:
                 level = logging.WARNING if session.stats.rejected == self._rejected_before + 1 else logging.DEBUG
                 log.log(level, "%s: reading dropped: %s", self.name, exc)
                 continue
-            self.relay_driver.seen(session.relay, measurement.watts)
+            self.relay_driver.seen(session.relay, measurement.watts, measurement.time)
             if self._judge(session, measurement.time):
                 yield measurement
 
@@ -519,6 +519,7 @@ class MeterReader:
             session.set_clock(decision.set_clock)
             self.stats.clock_resets += 1
             self.trust.meter_set(decision)
+            self.relay_driver.meter_clock_moved(-decision.offset)
         kept = self.trust.kept(stamp, decision)
         self.stats.kept(kept)
         if kept.moved_back_to is not None:
@@ -575,7 +576,7 @@ def relay_driver(reader: MeterReader, saved: Mapping[str, Any]) -> Union[RelayDr
     """The reader's relay driver, its policy restored from ``saved`` (RelayPolicy.memory); NoRelay for a BTWATTCH1."""
     if not reader.dialect.has_relay:
         return NoRelay(partial(no_relay, reader.name, reader.dialect))
-    policy = RelayPolicy(reader.settings.relay, bool(saved.get("overloaded")), saved.get("last_set"))
+    policy = RelayPolicy.restored(reader.settings.relay, saved, reader.settings.poll_interval)
     return RelayDriver(reader.name, policy, reader.clock, reader.stop, reader.listener.relay_memory_changed)
 
 

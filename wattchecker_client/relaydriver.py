@@ -9,11 +9,12 @@ futures of the command settled, and the relay's memory handed on to be saved.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from typing import TYPE_CHECKING, Callable, List, Optional, Protocol
 
-from .clock import Clock
+from .clock import Clock, utc_epoch
 from .protocol import ProtocolError
 from .relay import RelayPolicy, RelayStale, RelaySuperseded
 from .transport import LinkError
@@ -55,6 +56,7 @@ class RelayDriver:
         self.stop = stop
         self.on_memory = on_memory  # the latch or the last set state changed: save it (relay.json)
         self.state: Optional[bool] = None  # as the last measurement or acknowledgement said
+        self._memory = policy.memory  # as last handed on to be saved
         self._lock = threading.Lock()
         self._waiters: List["Future[bool]"] = []  # the futures of the newest command only
         self._readers: List["Future[bool]"] = []
@@ -70,34 +72,36 @@ class RelayDriver:
             if on is None:
                 self._readers.append(future)
                 return future
-            cleared = on and self.policy.overloaded
             self.policy.command(on, self.clock.monotonic())
             superseded, self._waiters = self._waiters, [future]
         _fail_all(superseded, RelaySuperseded(f"{self.name}: relay {word(on)} replaced an older command"))
-        if cleared:
-            log.warning("%s: relay ON asked: the over-power latch is cleared", self.name)
-            self.on_memory(self.policy.memory)
         return future
 
     def connected(self) -> None:
         with self._lock:
             self.policy.connected(self.clock.monotonic())
 
-    def seen(self, state: Optional[bool], watts: float) -> None:
-        """A measurement told the relay state (None: it did not) and the power; the reads waiting get it."""
+    def seen(self, state: Optional[bool], watts: float, stamp: dt.datetime) -> None:
+        """A measurement told the relay state (None: it did not), the power and the meter's time; reads get it."""
         with self._lock:
-            tripped = self.policy.seen(state, watts, self.clock.monotonic())
+            tripped = self.policy.seen(state, watts, self.clock.monotonic(), utc_epoch(stamp) + stamp.microsecond / 1e6)
         if tripped:
             settings = self.policy.settings
             log.warning("%s: over %g W for %g s: switching the relay off and latching 'overloaded' until "
                         "an explicit ON", self.name, settings.max_watts, settings.max_watts_for)
-            self.on_memory(self.policy.memory)
+        self._save_memory()
         if state is None:
             return
         self.state = state
         with self._lock:
             readers, self._readers = self._readers, []
         _settle(readers, state)
+
+    def meter_clock_moved(self, by: float) -> None:
+        """The reader set the meter's clock ``by`` seconds: the relay's on-time keeps its count."""
+        with self._lock:
+            self.policy.meter_clock_moved(by)
+        self._save_memory()
 
     def drive(self, session: Switch) -> None:
         """Carry out the wanted state, if one is due: at most one write between two polls."""
@@ -107,6 +111,7 @@ class RelayDriver:
         if decision.dropped is not None:
             self._dropped(decision.dropped.on, now - decision.dropped.asked)
         elif decision.settled:
+            self._save_memory()
             self._settle_waiters()
         if decision.switch is None:
             return
@@ -122,7 +127,7 @@ class RelayDriver:
         self.state = state
         with self._lock:
             self.policy.switched(state, now)
-        self.on_memory(self.policy.memory)
+        self._save_memory()
         self._settle_waiters()
 
     def close(self, exc: Exception) -> None:
@@ -131,6 +136,17 @@ class RelayDriver:
             pending = self._readers + self._waiters
             self._readers, self._waiters = [], []
         _fail_all(pending, exc)
+
+    def _save_memory(self) -> None:
+        """Hand the relay's memory on when it changed (a latch, a state set, the on-time's start)."""
+        with self._lock:
+            memory = self.policy.memory
+        if memory == self._memory:
+            return
+        if self._memory["overloaded"] and not memory["overloaded"]:
+            log.warning("%s: relay ON asked: the over-power latch is cleared", self.name)
+        self._memory = memory
+        self.on_memory(memory)
 
     def _dropped(self, on: bool, age: float) -> None:
         log.warning("%s: relay %s dropped: asked %.0f s ago, older than %g s by the time the meter could "
@@ -163,7 +179,10 @@ class NoRelay:
     def connected(self) -> None:
         pass
 
-    def seen(self, state: Optional[bool], watts: float) -> None:
+    def seen(self, state: Optional[bool], watts: float, stamp: dt.datetime) -> None:
+        pass
+
+    def meter_clock_moved(self, by: float) -> None:
         pass
 
     def drive(self, session: Switch) -> None:
