@@ -450,6 +450,44 @@ def test_the_running_service_two_days_behind_keeps_a_right_meters_seconds(simula
         assert after and min(after) <= stepped + dt.timedelta(seconds=10)  # real time within 10 s of the step
 
 
+def test_a_restart_after_a_deliberate_set_back_keeps_every_right_reading(simulator, daemons, tmp_path):
+    """The service steps 60 s back and sets the meter back with it; then it restarts.
+
+    The newest second on disk is then one of the 60 s ahead, now wrong. The
+    watermark the set-back left is saved (clock.json) and restored, so the
+    restarted service keeps the right seconds from the first, instead of
+    skipping a minute of them as stale.
+    """
+    (address,) = simulator("--seed", "7").addresses
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", data, address, poll_interval=0.25, data_format=["csv"])
+    env = {"LD_PRELOAD": libfaketime(), "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+           "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    daemon = daemons(config, tmp_path, env=env)
+    wait_for(lambda: len(seconds_in(data)) >= 5, timeout=60, what="rows in the real time")
+    offset.write_text("-60\n")  # someone sets the service's clock a minute back: the meter is set back with it
+    wait_for(lambda: "setting it to" in daemon.stderr(), timeout=60, what="the meter set back")
+    wait_for(lambda: len(seconds_in(data)) >= 12, timeout=60, what="rows after the set-back")
+    assert daemon.stop() == 0, daemon.stderr()
+    wrong_newest = max(seconds_in(data))
+    restarted = Clock().now()
+    daemon = daemons(config, tmp_path, env=env)
+    wait_for(lambda: len(seconds_in(data)) >= 25, timeout=60, what="rows after the restart")
+    assert daemon.stop() == 0, daemon.stderr()
+    stopped = Clock().now()
+    log = daemon.stderr()
+    assert "stale_seconds=0" in log and "setting it to" not in log  # none skipped, the meter left alone
+    seconds = check_data_dir(data, 7)["csv"]  # also: no second twice
+    # Every second the meter served the second run is in the files: a minute behind the real time, behind
+    # the wrong newest one from before the set-back.
+    after = [s for s in seconds if restarted - dt.timedelta(seconds=62) <= s <= stopped - dt.timedelta(seconds=59)]
+    assert after and max(after) < wrong_newest
+    served = (max(after) - min(after)).total_seconds() + 1
+    assert len(after) == served and min(after) <= restarted - dt.timedelta(seconds=60) + dt.timedelta(seconds=10)
+
+
 def seconds_in(data: Path) -> list:
     path = data / "wattchecker-data.csv"
     if not path.exists():

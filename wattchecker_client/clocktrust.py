@@ -23,14 +23,17 @@ The rules, and why:
 - No second is recorded twice (``Watermark``): a stamp at or before the
   newest one kept is skipped. When the service itself sets the meter's clock
   back, the mark follows, so the right stamps after the set are kept, and the
-  seconds recorded in the last hour stay refused.
+  seconds recorded in the last hour stay refused. That set-back is saved
+  (``Watermark.memory``) until the right stamps pass the wrong ones: at start
+  the newest second on disk may be a wrong one, and judged against it every
+  right reading would look stale.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .clock import utc_epoch
 
@@ -86,6 +89,7 @@ class Kept:
     counter: Optional[str] = None  # the MeterStats field a skip counts in: "duplicates" or "stale_seconds"
     missing: int = 0  # seconds missing just before it (a gap), when recorded
     moved_back_to: Optional[dt.datetime] = None  # the mark followed the meter's clock set back to here
+    memory: Optional[Dict[str, str]] = None  # the watermark's memory when it changed: save it
 
 
 class Watermark:
@@ -97,6 +101,29 @@ class Watermark:
         self._recent: Dict[dt.datetime, None] = {}  # oldest first
         self._set_back_to: Optional[dt.datetime] = None  # where the mark goes after this reading
         self._skip_gap = False  # the next jump in stamps is a clock re-set, not missing seconds
+        # After a set-back: (the mark it left, the newest wrong second kept before it), until passed.
+        self._set_back: Optional[Tuple[dt.datetime, dt.datetime]] = None
+        self._changed = False
+
+    @classmethod
+    def restored(cls, on_disk: Optional[dt.datetime], memory: Mapping[str, Any],
+                 poll_interval: float = 1.0) -> "Watermark":
+        """The mark at start: the newest second on disk, unless that is a wrong one a set-back left behind."""
+        to, ahead = _stamp(memory.get("set_back_to")), _stamp(memory.get("ahead_until"))
+        if on_disk is None or to is None or ahead is None or on_disk > ahead:
+            watermark = cls(on_disk, poll_interval)
+            watermark._changed = bool(memory)  # passed (or unreadable): forget it
+            return watermark
+        watermark = cls(min(on_disk, to), poll_interval)
+        watermark._set_back = (to, ahead)
+        return watermark
+
+    @property
+    def memory(self) -> Dict[str, str]:
+        """What must survive a restart: the last set-back, while the wrong seconds are ahead of the right ones."""
+        if self._set_back is None:
+            return {}
+        return {"set_back_to": str(self._set_back[0]), "ahead_until": str(self._set_back[1])}
 
     def meter_set(self, when: dt.datetime, back: bool) -> None:
         """The meter's clock was set to ``when``; when that moved it back, the mark follows (README: Time).
@@ -114,16 +141,20 @@ class Watermark:
         """One reading: new (after every second kept, and not one of the last hour's) if it ``right``-ly can be."""
         kept = self._is_new(stamp) if right else Kept(False)
         mark, self._set_back_to = self._set_back_to, None  # after the reading: one kept meanwhile must not raise it
+        moved = None
         if mark is not None and self.last is not None and self.last > mark:
-            self.last = mark
-            return Kept(kept.record, kept.counter, kept.missing, moved_back_to=mark)
-        return kept
+            ahead = max(self.last, self._set_back[1]) if self._set_back else self.last
+            self._set_back, self.last, moved, self._changed = (mark, ahead), mark, mark, True
+        changed, self._changed = self._changed, False
+        return Kept(kept.record, kept.counter, kept.missing, moved, self.memory if changed else None)
 
     def _is_new(self, when: dt.datetime) -> Kept:
         last = self.last
         if when in self._recent or (last is not None and when <= last):
             return Kept(False, "duplicates" if when == last or when in self._recent else "stale_seconds")
         self.last = when
+        if self._set_back is not None and when > self._set_back[1]:  # the right seconds passed the wrong ones
+            self._set_back, self._changed = None, True
         self._recent[when] = None
         if len(self._recent) > RECENT_SECONDS:
             del self._recent[next(iter(self._recent))]
@@ -135,6 +166,13 @@ class Watermark:
         return Kept(True, missing=max(0, step - expected))
 
 
+def _stamp(value: Any) -> Optional[dt.datetime]:
+    try:
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 # Events the reader logs (and the daemon hears of): (kind, value).
 STEPPED, SYNCHRONISED, WAITING, WAIT_OVER, IGNORES_SET = "stepped", "synchronised", "waiting", "wait over", "ignores set"
 
@@ -143,8 +181,8 @@ class ClockTrust:
     """One meter's clock-trust state: fed the host's clocks and the meter's stamps, returns decisions."""
 
     def __init__(self, host: Host, *, time_sync_wait: float = 0.0, poll_interval: float = 1.0,
-                 last: Optional[dt.datetime] = None) -> None:
-        self.watermark = Watermark(last, poll_interval)
+                 last: Optional[dt.datetime] = None, saved: Mapping[str, Any] = {}) -> None:
+        self.watermark = Watermark.restored(last, saved, poll_interval)
         self.time_sync_wait = time_sync_wait
         self.poll_interval = poll_interval
         self._deadline = host.monotonic + time_sync_wait

@@ -387,10 +387,11 @@ class ReaderSettings:
 
 @dataclass(frozen=True)
 class MeterMemory:
-    """What a reader starts from that an earlier run left: the newest second on disk, the relay's memory."""
+    """What a reader starts from that an earlier run left (saved.py): the newest second on disk, and more."""
 
     last_time: Optional[dt.datetime] = None
     relay: Mapping[str, Any] = field(default_factory=dict)  # RelayPolicy.memory as saved
+    watermark: Mapping[str, Any] = field(default_factory=dict)  # Watermark.memory as saved: a set-back
 
 
 class ReaderListener:
@@ -409,7 +410,10 @@ class ReaderListener:
         """Which clock is trusted changed: synchronised, stepped, or the wait ran out."""
 
     def relay_memory_changed(self, memory: Dict[str, Any]) -> None:
-        """The relay's latch or last set state changed: it must survive a restart."""
+        """The relay's latch, last set state or on-time changed: it must survive a restart."""
+
+    def watermark_changed(self, memory: Dict[str, Any]) -> None:
+        """The clock policy's watermark moved back with the meter's clock, or passed the wrong seconds."""
 
     def heartbeat(self) -> None:
         """A sign of life, at least every ``heartbeat_interval``."""
@@ -438,7 +442,7 @@ class MeterReader:
         self.backoff = Backoff(*settings.backoff)
         self.stats = MeterStats()
         self.trust = ClockTrust(self._host(), time_sync_wait=settings.time_sync_wait,
-                                poll_interval=settings.poll_interval, last=memory.last_time)
+                                poll_interval=settings.poll_interval, last=memory.last_time, saved=memory.watermark)
         self.relay_driver = relay_driver(self, memory.relay)
         self._failing_since: Optional[float] = None
         self._rejected_before = 0
@@ -447,11 +451,6 @@ class MeterReader:
     def relay(self) -> Optional[bool]:
         """The relay as the last measurement or acknowledgement said (None: unknown, or no relay)."""
         return self.relay_driver.state
-
-    @property
-    def waiting_for_sync(self) -> bool:
-        """True while the host clock is unsynchronised and the wait for it has not run out."""
-        return self.trust.waiting(self.clock.monotonic())
 
     def run(self) -> None:
         """The thread's body: each new reading to the listener until ``stop``. SetupError propagates."""
@@ -525,6 +524,8 @@ class MeterReader:
         if kept.moved_back_to is not None:
             log.info("%s: the meter's clock was set back; seconds after %s UTC are kept again", self.name,
                      kept.moved_back_to)
+        if kept.memory is not None:
+            self.listener.watermark_changed(kept.memory)
         return kept.record
 
     def _sleep(self, seconds: float) -> bool:
