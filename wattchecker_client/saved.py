@@ -11,7 +11,12 @@ The files, in the data folder (``general.data_dir``), each ``{"meters": {name: e
   (``Watermark.memory``). Written at such a set-back, and once the meter's
   right seconds pass the wrong ones (the entry is then empty).
 
-Each file is read once at start and each meter's entry handed to its reader
+Two more files outlive the process and keep their rooms for now, written
+through the same ``writer.atomic_write``: ``energy.json`` (``live.py``: each
+meter's energy and the last row counted, every checkpoint once the rows are
+on disk) and ``meter-ids.json`` (``identity.py``: each meter's id, once).
+
+Each file here is read once at start and each meter's entry handed to its reader
 (``meter.MeterMemory``); the reader tells its listener when one changes and
 the daemon saves it here, all or nothing (``writer.atomic_write``). A file
 that cannot be read loses nothing else: one warning, and the meters start
