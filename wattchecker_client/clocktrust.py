@@ -181,8 +181,8 @@ class ClockTrust:
     """One meter's clock-trust state: fed the host's clocks and the meter's stamps, returns decisions."""
 
     def __init__(self, host: Host, *, time_sync_wait: float = 0.0, poll_interval: float = 1.0,
-                 last: Optional[dt.datetime] = None, saved: Mapping[str, Any] = {}) -> None:
-        self.watermark = Watermark.restored(last, saved, poll_interval)
+                 last: Optional[dt.datetime] = None, saved: Optional[Mapping[str, Any]] = None) -> None:
+        self.watermark = Watermark.restored(last, saved or {}, poll_interval)  # saved: Watermark.memory
         self.time_sync_wait = time_sync_wait
         self.poll_interval = poll_interval
         self._deadline = host.monotonic + time_sync_wait
