@@ -11,10 +11,12 @@ The files, in the data folder (``general.data_dir``), each ``{"meters": {name: e
   (``Watermark.memory``). Written at such a set-back, and once the meter's
   right seconds pass the wrong ones (the entry is then empty).
 
-Two more files outlive the process and keep their rooms for now, written
-through the same ``writer.atomic_write``: ``energy.json`` (``live.py``: each
-meter's energy and the last row counted, every checkpoint once the rows are
-on disk) and ``meter-ids.json`` (``identity.py``: each meter's id, once).
+- ``meter-ids.json``: each meter's id on MQTT and in BigQuery, ``{name: id}``
+  (``identity.py`` decides them). Written once, when a meter is new.
+
+One more file outlives the process and keeps its room for now, written through
+the same ``writer.atomic_write``: ``energy.json`` (``live.py``: each meter's
+energy and the last row counted, at each checkpoint once the rows are on disk).
 
 Each file here is read once at start and each meter's entry handed to its reader
 (``meter.MeterMemory``); the reader tells its listener when one changes and
@@ -29,7 +31,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional
 
 from .writer import atomic_write
 
@@ -37,6 +39,27 @@ log = logging.getLogger(__name__)
 
 RELAY_FILE = "relay.json"
 CLOCK_FILE = "clock.json"
+IDS_FILE = "meter-ids.json"
+
+
+def load_meters(path: Path, unreadable: str) -> Optional[Dict[str, Any]]:
+    """A file's ``meters`` mapping; None when there is none, or (with one warning saying ``unreadable``) no good one."""
+    try:
+        meters = json.loads(path.read_text(encoding="utf-8"))["meters"]
+        if not isinstance(meters, dict):
+            raise ValueError("meters is not a mapping")
+        return meters
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable (%s); %s", path, exc, unreadable)
+        return None
+
+
+def write_meters(path: Path, meters: Mapping[str, Any]) -> None:
+    """All or nothing, 0640 like the rest of the data folder: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, (json.dumps({"meters": meters}, indent=1, sort_keys=True) + "\n").encode(), compress=False)
 
 
 class SavedMeters:
@@ -46,7 +69,7 @@ class SavedMeters:
         self.path = path
         self.unsaved = unsaved  # what a failed save means, for its error line
         self._lock = threading.Lock()  # the readers save from their own threads
-        self._meters = self._read(unreadable)
+        self._meters = load_meters(path, unreadable) or {}
 
     def get(self, name: str) -> Dict[str, Any]:
         entry = self._meters.get(name)
@@ -55,20 +78,7 @@ class SavedMeters:
     def put(self, name: str, entry: Dict[str, Any]) -> None:
         with self._lock:
             self._meters[name] = entry
-            data = json.dumps({"meters": self._meters}, indent=1).encode()
             try:
-                atomic_write(self.path, data, compress=False)
+                write_meters(self.path, self._meters)
             except OSError as exc:
                 log.error("%s: cannot save %s (%s): %s", name, self.path.name, exc.strerror or exc, self.unsaved)
-
-    def _read(self, unreadable: str) -> Dict[str, Any]:
-        try:
-            meters = json.loads(self.path.read_text(encoding="utf-8"))["meters"]
-            if not isinstance(meters, dict):
-                raise ValueError("meters is not a mapping")
-            return meters
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("%s: unreadable (%s); %s", self.path, exc, unreadable)
-            return {}
