@@ -2,9 +2,13 @@
 
 ``MeterSession`` speaks the protocol over a ``Link``: set the clock, start,
 poll, stop, switch the relay, in the dialect of the meter's model.
-``MeterReader`` connects, polls on the wall-clock second, reconnects with
-backoff, yields each new measurement once, and runs relay requests from
-other threads between polls.
+``MeterReader(settings, clock, stop, listener, links)`` connects, polls on
+the wall-clock second, reconnects with backoff, and hands each new
+measurement once to its ``ReaderListener``, as pySerial's ``ReaderThread``
+hands data to its ``Protocol``. The rules are not here: the clock policy
+(clocktrust.py) says which stamps to keep and when to set the meter's clock,
+the relay driver (relaydriver.py) what to write between two polls. See
+docs/meter.md.
 """
 
 from __future__ import annotations
