@@ -715,7 +715,7 @@ def test_an_outage_between_two_readings_over_the_limit_never_trips_the_latch(
     broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path, port=port,
                                            relay={"max_watts": 0.5, "max_watts_for": 10})
     daemon = daemons(config, tmp_path)
-    wait_for(lambda: "connected" in daemon.stderr(), timeout=30, what="readings over the limit")
+    wait_for(lambda: "ON" in relay_states(sub), timeout=30, what="a reading over the limit")
     sim.stop()
     wait_for(lambda: "reconnecting" in daemon.stderr(), timeout=30, what="the meter gone")
     # The premise: the first stretch was shorter than max_watts_for (else this machine is too slow for it).
@@ -732,6 +732,8 @@ def test_an_outage_between_two_readings_over_the_limit_never_trips_the_latch(
     assert daemon.stop() == 0
     assert relay_writes(back) == ["a7 00"]
     rows = overload_rows(tmp_path / "data")
-    after = [(t, w) for t, w in rows if t > rows[0][0] + dt.timedelta(seconds=12)]
+    (outage,) = [i for i, (a, b) in enumerate(zip(rows, rows[1:])) if (b[0] - a[0]).total_seconds() > 10]
+    after = rows[outage + 1:]  # the rows before it were over the limit too
+    assert rows[0][1] > 0.5 and after[0][1] > 0.5
     first_off = next(t for t, watts in after if watts == 0)
     assert 10 <= (first_off - after[0][0]).total_seconds() <= 10 + 1
