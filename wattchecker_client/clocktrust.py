@@ -126,7 +126,7 @@ class Watermark:
         return {"set_back_to": str(self._set_back[0]), "ahead_until": str(self._set_back[1])}
 
     def meter_set(self, when: dt.datetime, back: bool) -> None:
-        """The meter's clock was set to ``when``; when that moved it back, the mark follows (README: Time).
+        """The meter's clock was set to ``when``; when that moved it back, the mark follows (docs/clock.md).
 
         Stamps after the set are the right ones: judged against the wrong ones
         already kept, every right second would look stale until the meter

@@ -8,7 +8,7 @@ measurement once to its ``ReaderListener``, as pySerial's ``ReaderThread``
 hands data to its ``Protocol``. The rules are not here: the clock policy
 (clocktrust.py) says which stamps to keep and when to set the meter's clock,
 the relay driver (relaydriver.py) what to write between two polls. See
-docs/meter.md.
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -596,11 +596,12 @@ def log_clock_event(name: str, kind: str, value: float, time_sync_wait: float) -
         log.warning("%s: the host clock stepped %+.1f s; checking the meter's clock now", name, value)
     elif kind == SYNCHRONISED:
         log.info("%s: the system clock is synchronised", name)
-    elif kind == WAITING:
-        log.info("%s: the system clock is not synchronised; waiting up to %g s for it (a meter clock behind it is "
-                 "set forward, never back)", name, value)
+    elif kind == WAITING:  # reading goes on meanwhile: nothing waits, so the line does not say "waiting"
+        log.info("%s: the system clock is not synchronised yet; reading on with the meter's own clock (a meter clock "
+                 "behind the system's is set forward, never back; a warning follows if it is still not synchronised "
+                 "after %g s)", name, value)
     elif kind == WAIT_OVER and not value:
-        log.warning("%s: the system clock is not synchronised (waited %g s for it); going on: it may lag, so it "
+        log.warning("%s: the system clock is still not synchronised after %g s (time_sync_wait): it may lag, so it "
                     "only ever sets a meter's clock forward", name, time_sync_wait)
     elif kind == IGNORES_SET:
         log.warning("%s: the meter's clock stays %+.0f s ahead of the host clock after being set; recording its "
