@@ -105,18 +105,25 @@ class FileSet:
             part += 1
         return part
 
-    def hour_deleted(self, hour: dt.datetime) -> bool:
-        """True for an hour whose files are gone (retention deleted them, or all were damaged) while its
-        summary is kept: no file of it in either format here.
+    def summary_stands_alone(self, hour: dt.datetime) -> bool:
+        """True when the hour's summary holds seconds no file holds any more: a part every file of which
+        is gone (retention deleted the hour, or damage took them). Rows joining it now could not be
+        integrated with those exactly.
 
-        Asked of an hour with no closed file in this format, before it is
-        written: once an hour, and for late rows. The summaries' lines before
-        the hour are passed over unparsed.
+        Asked of any hour but the current one before rows are written to it:
+        once an hour, and for late rows. The hour's files are read (and a
+        damaged one quarantined) only when it has a summary.
         """
         stem = self.base[:-len(self.format) - 1]
-        if hour in sources_between(self.data_dir, stem, _epoch(hour), _epoch(hour) + 3600).by_hour:
+        summary = read_summaries(self.data_dir, stem, since=hour).get(hour)
+        if summary is None:
             return False
-        return hour in read_summaries(self.data_dir, stem, since=hour)
+        sources = sources_between(self.data_dir, stem, _epoch(hour), _epoch(hour) + 3600)
+        if hour in sources.by_hour:
+            sources.union(hour)  # a damaged file is quarantined here, before anything joins its hour
+        present = set(sources.by_hour.get(hour, {}))
+        made_from = set(summary.parts) if summary.files is None else {int(f.rsplit(".", 1)[1]) for f in summary.files}
+        return bool(made_from - present)
 
     def parse_closed_name(self, name: str) -> Optional[Tuple[dt.datetime, int]]:
         """(hour, part) if ``name`` is one of this set's closed files."""
@@ -203,7 +210,7 @@ class FileSet:
                 self.pending = [m for m in self.pending if hour_of(m.time) not in written]
 
     def _write_hour(self, hour: dt.datetime, rows: List[Measurement]) -> None:
-        if hour != self.current_hour and not self.closed_parts(hour) and self.hour_deleted(hour):
+        if hour != self.current_hour and self.summary_stands_alone(hour):
             self._set_aside(hour, rows)
             return
         if self.current_hour is None and not self.closed_parts(hour):
@@ -229,7 +236,8 @@ class FileSet:
             self.held_already += [m for m in rows if m.time not in seconds]
 
     def _set_aside(self, hour: dt.datetime, rows: List[Measurement]) -> None:
-        """Rows for an hour whose files are gone (``hour_deleted``) go to failed/, kept but counted nowhere.
+        """Rows for an hour whose summary stands alone (``summary_stands_alone``) go to failed/, kept but
+        counted nowhere.
 
         The hour's summary stands for its deleted rows; rows joining it now could
         not be integrated with them exactly, so they wait there for a person.
