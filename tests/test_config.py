@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from wattchecker_client.config import BIGQUERY, DEVICE, GENERAL, MQTT, REPORT, ConfigError, load_config, parse_config
+from wattchecker_client.config import (BIGQUERY, DEVICE, GENERAL, INFLUXDB, MQTT, REPORT, ConfigError, load_config,
+                                       parse_config)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_sample_documents_every_key_and_needs_only_the_address(tmp_path):
     sample = (ROOT / "config_sample.yaml").read_text()
-    for key in list(GENERAL) + list(DEVICE) + list(BIGQUERY):
+    for key in list(GENERAL) + list(DEVICE) + list(BIGQUERY) + list(INFLUXDB):
         assert f"  {key}:" in sample, f"config_sample.yaml does not document {key}"
     with pytest.raises(ConfigError, match=r"config_sample.yaml:\d+: device.address: '00:0C:BF:XX:XX:XX' is not"):
         load_config(str(ROOT / "config_sample.yaml"))

@@ -387,3 +387,21 @@ def test_the_hour_before_is_sent_again_with_its_step_known(influxd, tmp_path):
     held = 'SELECT "watt_seconds" / "watts" FROM "wattchecker" WHERE time = \'2026-06-01T00:59:58Z\''
     assert influxd.query(held, db)[0]["values"][0][1] == 2
     assert influxd.count(db) == 4
+
+
+@pytest.mark.process
+def test_check_config_names_the_server_and_the_token_file(tmp_path):
+    from .conftest import run_cli
+
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text("https://influx.example:8086", 2, org="home", bucket="power", token_file="token"))
+    missing = run_cli("check-config", "--config", str(config))
+    assert missing.returncode != 0
+    assert f"influxdb.token_file: cannot read {tmp_path / 'token'}: No such file or directory" in missing.stderr
+    (tmp_path / "token").write_text("t0ken\n")
+    (tmp_path / "token").chmod(0o644)
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "  InfluxDB: https://influx.example:8086 (InfluxDB 2.x), org home, bucket power with a token, " \
+           "measurement wattchecker\n" in result.stdout
+    assert f"warning: {tmp_path / 'token'} is readable by other users (mode 644): chmod o-rwx it" in result.stderr
