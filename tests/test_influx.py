@@ -212,8 +212,9 @@ def test_live_points_are_the_points_the_hour_upload_rewrites(influxd, tmp_path):
     config = parse_config(config_text(influxd.url, database=db, live="true")).influxdb
     points = LivePoints(live, InfluxTarget(config, clock), clock, {"wattchecker": "m-0c-bf-01"})
     for s in range(5):
-        live.reading("wattchecker", air_conditioner(T0 + dt.timedelta(seconds=s)))
+        live.reading("wattchecker", air_conditioner(T0 + dt.timedelta(seconds=s)), relay=True)
         live.reading("wattchecker", air_conditioner(T0 + dt.timedelta(seconds=s)))  # the same second again
+        live.relay_latch("wattchecker", s == 4)
         points.write_once()
     points.write_once()  # nothing new: no write
     assert points.written == 5 and influxd.count(db) == 5
@@ -221,6 +222,8 @@ def test_live_points_are_the_points_the_hour_upload_rewrites(influxd, tmp_path):
     sink = make_sink(data, influxd.url, db, clock)
     drain(sink, clock)
     assert influxd.count(db) == 3600
+    relay = 'SELECT "relay", "relay_latched", "watt_seconds" FROM "wattchecker" WHERE "relay" >= 0'
+    assert [v[1:3] for v in influxd.query(relay, db)[0]["values"]] == [[1, 0]] * 4 + [[1, 1]]  # kept beside the rows
 
 
 def test_retention_keeps_an_hour_until_every_sink_has_it(tmp_path):

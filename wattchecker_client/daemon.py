@@ -289,7 +289,7 @@ class Daemon:
         from .web import Sources, WebServer
 
         sources = Sources(self.live, lambda: {name: r.stats for name, r in self.readers.items()},
-                          self.writer, self.uploader, self.health, self.identity.meters, self._ble_stats)
+                          self.writer, self.uploader, self.health, self.identity.meters, self._ble_stats, self.influx)
         return WebServer(config, sources, self.clock)
 
     def health(self) -> List[str]:

@@ -80,7 +80,9 @@ class LiveCollector(Collector):
         clock: Clock,
         meter_ids: Optional[Dict[str, str]] = None,
         ble_stats: Callable[[], Dict[str, object]] = dict,
+        influx=None,
     ) -> None:
+        self.influx = influx  # the InfluxDB sink, or None
         self.live = live
         self.ble_stats = ble_stats
         self.meter_ids = meter_ids or {}
@@ -99,6 +101,12 @@ class LiveCollector(Collector):
         yield from self._writer()
         if self.uploader is not None:
             yield from self._uploads(self.uploader)
+        if self.influx is not None:
+            yield from self._influx_uploads(self.influx)
+        yield GaugeMetricFamily(PREFIX + "clock_synchronised",
+                                "1 while the system clock is synchronised (NTP), else 0: readings then carry the "
+                                "meter's own clock, unless the system clock was stepped.",
+                                value=1.0 if self.clock.synchronised() else 0.0)
 
     def _live(self) -> Iterator[Metric]:
         power = GaugeMetricFamily(PREFIX + "power_watts", "Active power now; absent when the meter is quiet.",
@@ -189,6 +197,17 @@ class LiveCollector(Collector):
         if last is not None:
             yield GaugeMetricFamily(PREFIX + "last_upload_timestamp_seconds",
                                     "When the last upload succeeded (Unix time).", value=float(utc_epoch(last)))
+
+
+    @staticmethod
+    def _influx_uploads(sink) -> Iterator[Metric]:
+        s = sink.stats
+        yield CounterMetricFamily(PREFIX + "influxdb_uploaded_hours", "Closed hours written to InfluxDB.",
+                                  value=s.uploaded)
+        yield CounterMetricFamily(PREFIX + "influxdb_failed_hours", "Closed hours InfluxDB refused (points in failed/).",
+                                  value=s.failed)
+        yield GaugeMetricFamily(PREFIX + "influxdb_queued_hours", "Closed hours waiting to be written to InfluxDB.",
+                                value=sink.pending)
 
 
 def registry_for(collector: LiveCollector) -> CollectorRegistry:

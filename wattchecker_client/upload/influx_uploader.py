@@ -222,6 +222,7 @@ class InfluxUploader(HourSink):
 class LivePoints:
     """At most one write a second of each meter's newest reading, for a dashboard that looks live.
 
+    An RS-BTWATTCH2's points also carry ``relay`` and ``relay_latched`` (1 or 0).
     The same points the hour's upload later writes (same tags and second), so
     nothing is doubled; a point lost in an outage is written then too. Errors
     are logged once per outage and never retried here.
@@ -248,7 +249,12 @@ class LivePoints:
                 continue
             t = utc_epoch(m.time)
             series = series_key(self.target.config.measurement, self.devices.get(name, name), name)
-            lines += point_lines(series, [(t, m.volts, m.milliamps, m.watts)], energy=False)
+            line = point_lines(series, [(t, m.volts, m.milliamps, m.watts)], energy=False)[0]
+            relay = "".join(f",{key}={int(value)}i" for key, value in (("relay", state.relay),
+                                                                      ("relay_latched", state.overloaded))
+                            if value is not None)  # an RS-BTWATTCH2's: only here, the files do not hold them
+            head, stamp = line.rsplit(" ", 1)
+            lines.append(f"{head}{relay} {stamp}")
             self.sent[name] = t
         return lines
 
