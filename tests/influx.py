@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import signal
@@ -15,6 +16,9 @@ from typing import List, Optional
 import pytest
 
 from tests.conftest import free_port, wait_for
+from wattchecker_client.clock import FakeClock
+from wattchecker_client.simulator import air_conditioner
+from wattchecker_client.writer import Writer
 
 CONFIG = """reporting-disabled = true
 bind-address = "127.0.0.1:{rpc}"
@@ -95,3 +99,33 @@ def port_closed(port: int) -> bool:
         return False
     except OSError:
         return True
+
+
+@pytest.fixture(scope="module")
+def influxd(tmp_path_factory):
+    """One influxd for a test module; each test uses a database of its own."""
+    server = Influxd(tmp_path_factory.mktemp("influxd")).start()
+    yield server
+    server.stop()
+
+
+def irregular_seconds(hours: int):
+    """1 Hz with what a real meter does: a lost second now and then, a 3 s step, a 40 s gap."""
+    for s in range(hours * 3600):
+        if s % 997 == 0 and s or 5000 < s < 5040 or s in (7001, 7002):
+            continue
+        yield s
+
+
+def write_seconds(data_dir: Path, seconds, start: dt.datetime, formats=("csv", "json")) -> int:
+    """Closed hour files of the air conditioner's rows at ``start`` + each second, made by the real writer."""
+    writer = Writer(data_dir, {"wattchecker": "wattchecker-data"}, formats, FakeClock(start))
+    writer.recover()
+    rows = 0
+    for s in seconds:
+        writer.add("wattchecker", air_conditioner(start + dt.timedelta(seconds=s)))
+        rows += 1
+    writer.flush()
+    for fs in writer.all_sets():
+        fs.close_current()
+    return rows

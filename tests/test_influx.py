@@ -23,41 +23,17 @@ from wattchecker_client.upload.influx_uploader import LEDGER_NAME, InfluxUploade
 from wattchecker_client.upload.influxdb import InfluxTarget, retry_after
 from wattchecker_client.upload.ledger import Ledger
 from wattchecker_client.upload.retention import Retention
-from wattchecker_client.writer import Writer, closed_files_in
+from wattchecker_client.writer import closed_files_in
 
-from .influx import Influxd
+from .influx import Influxd, influxd, irregular_seconds, write_seconds  # noqa: F401  (influxd: a fixture)
 
 T0 = dt.datetime(2026, 6, 1, 0, 0, 0)  # UTC; 09:00 in Tokyo
 HOURS = 26  # a whole UTC day and the next day's first hours: two days' groups
 
 
-def irregular_seconds(hours: int):
-    """1 Hz with what a real meter does: a lost second now and then, a 3 s step, a 40 s gap."""
-    for s in range(hours * 3600):
-        if s % 997 == 0 and s or 5000 < s < 5040 or s in (7001, 7002):
-            continue
-        yield s
-
-
 def write_rows(data_dir: Path, seconds, formats=("csv", "json")) -> int:
-    """Closed hour files made by the real writer; the rows written."""
-    writer = Writer(data_dir, {"wattchecker": "wattchecker-data"}, formats, FakeClock(T0))
-    writer.recover()
-    rows = 0
-    for s in seconds:
-        writer.add("wattchecker", air_conditioner(T0 + dt.timedelta(seconds=s)))
-        rows += 1
-    writer.flush()
-    for fs in writer.all_sets():
-        fs.close_current()
-    return rows
-
-
-@pytest.fixture(scope="module")
-def influxd(tmp_path_factory):
-    server = Influxd(tmp_path_factory.mktemp("influxd")).start()
-    yield server
-    server.stop()
+    """Closed hour files of rows at T0 + each second, made by the real writer; the rows written."""
+    return write_seconds(data_dir, seconds, T0, formats)
 
 
 @pytest.fixture(scope="module")

@@ -145,10 +145,15 @@ class LiveCollector(Collector):
         latch = GaugeMetricFamily(
             PREFIX + "relay_overloaded", "1 while the relay is latched off for over-power, until an explicit ON.",
             labels=["meter"])
+        relay = GaugeMetricFamily(PREFIX + "relay_on", "1 while the relay is on, 0 while off; absent for a meter "
+                                  "without a relay or before its state is known.", labels=["meter"])
         for name, state in sorted(self.live.snapshot().items()):
             if state.overloaded is not None:
                 latch.add_metric([name], 1.0 if state.overloaded else 0.0)
+            if state.relay is not None:
+                relay.add_metric([name], 1.0 if state.relay else 0.0)
         yield latch
+        yield relay
 
     def _meter_counters(self) -> Iterator[Metric]:
         stats = self.meter_stats()
