@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pytest
 
@@ -31,6 +32,7 @@ bind-address = "127.0.0.1:{rpc}"
 [http]
   bind-address = "127.0.0.1:{port}"
   log-enabled = false
+  auth-enabled = {auth}
 [monitor]
   store-enabled = false
 [continuous_queries]
@@ -41,13 +43,14 @@ bind-address = "127.0.0.1:{rpc}"
 class Influxd:
     """One influxd with its own folder; ``stop`` and ``start`` again keep its data."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, auth: bool = False) -> None:
         self.dir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port, self.rpc = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "influxdb.conf"
-        self.config.write_text(CONFIG.format(dir=workdir, port=self.port, rpc=self.rpc))
+        self.config.write_text(CONFIG.format(dir=workdir, port=self.port, rpc=self.rpc,
+                                                 auth="true" if auth else "false"))
         self.log = workdir / "influxd.log"
         self.proc: Optional[subprocess.Popen] = None
 
@@ -74,11 +77,13 @@ class Influxd:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=30)
 
-    def query(self, q: str, db: Optional[str] = None) -> List[dict]:
+    def query(self, q: str, db: Optional[str] = None, user: Optional[Tuple[str, str]] = None) -> List[dict]:
         """The statement's series (``results[0].series``), or [] if it has none; an error raises."""
         params = {"q": q, "epoch": "s", **({"db": db} if db else {})}
         request = urllib.request.Request(self.url + "/query", data=urllib.parse.urlencode(params).encode(),
                                          method="POST")
+        if user:  # influxd reads credentials from the URL or this header, not from a form body
+            request.add_header("Authorization", "Basic " + base64.b64encode(":".join(user).encode()).decode())
         with urllib.request.urlopen(request, timeout=60) as answer:
             result = json.loads(answer.read())["results"][0]
         assert "error" not in result, (q, result["error"])

@@ -384,3 +384,32 @@ def test_check_config_names_the_server_and_the_token_file(tmp_path):
     assert "  InfluxDB: https://influx.example:8086 (InfluxDB 2.x), org home, bucket power with a token, " \
            "measurement wattchecker\n" in result.stdout
     assert f"warning: {tmp_path / 'token'} is readable by other users (mode 644): chmod o-rwx it" in result.stderr
+
+
+@pytest.mark.process
+def test_v1_wrong_password_is_one_line_naming_the_settings(tmp_path, caplog):
+    server = Influxd(tmp_path / "influxd", auth=True).start()
+    try:
+        admin = ("admin", "right")
+        server.query("CREATE USER admin WITH PASSWORD 'right' WITH ALL PRIVILEGES")  # the first user needs none
+        server.query('CREATE DATABASE "auth"', user=admin)
+        data = tmp_path / "data"
+        write_rows(data, range(0, 3600, 60))
+        (tmp_path / "password").write_text("wrong\n")
+        clock = FakeClock(T0 + dt.timedelta(days=1))
+        sink = make_sink(data, server.url, "auth", clock, username="admin", password_file=str(tmp_path / "password"))
+        with caplog.at_level(logging.WARNING):
+            sink.queue(sink.backlog())
+            assert not sink.step()
+            clock.advance(sink.max_backoff)
+            assert not sink.step()
+        assert [r.getMessage() for r in caplog.records] == [
+            "InfluxDB refused the credentials (401: authorization failed): check influxdb.username and "
+            "influxdb.password_file (a user with WRITE on database auth); hours stay queued and are retried with "
+            "backoff"]
+        (tmp_path / "password").write_text("right\n")
+        sink = make_sink(data, server.url, "auth", clock, username="admin", password_file=str(tmp_path / "password"))
+        drain(sink, clock)
+        assert server.query('SELECT count("watts") FROM "wattchecker"', "auth", admin)[0]["values"][0][1] == 60
+    finally:
+        server.stop()
