@@ -413,3 +413,20 @@ def test_v1_wrong_password_is_one_line_naming_the_settings(tmp_path, caplog):
         assert server.query('SELECT count("watts") FROM "wattchecker"', "auth", admin)[0]["values"][0][1] == 60
     finally:
         server.stop()
+
+
+def test_an_hour_and_its_late_part_go_up_as_one_with_the_reports_energy(influxd, tmp_path):
+    from wattchecker_client.clock import time_zone
+    from wattchecker_client.report import meter_report
+
+    data = tmp_path / "data"
+    db = influxd.create_database("parts")
+    write_rows(data, range(0, 7200, 2))
+    write_rows(data, [1, 3, 5, 3601])  # late rows of both hours, closed later: .part1 files
+    assert len(hour_files(closed_files_in(data))) == 4
+    clock = FakeClock(T0 + dt.timedelta(days=1))
+    drain(make_sink(data, influxd.url, db, clock), clock)
+    assert influxd.count(db) == 3600 + 4
+    joules = influxd.query('SELECT sum("watt_seconds") FROM "wattchecker"', db)[0]["values"][0][1]
+    report = meter_report(data, "wattchecker-data", "wattchecker", time_zone("Asia/Tokyo"), use_summaries=False)
+    assert joules == pytest.approx(report.total().watt_seconds, abs=1e-6 * 3.6e6)

@@ -257,7 +257,7 @@ class Daemon:
             return None
         from .upload.retention import Retention
 
-        from .upload.influx_uploader import LEDGER_NAME as INFLUX_LEDGER
+        from .upload.ledger import INFLUX_LEDGER_NAME as INFLUX_LEDGER
         from .upload.ledger import LEDGER_NAME
 
         ledgers = ([LEDGER_NAME] if config.bigquery else []) + ([INFLUX_LEDGER] if config.influxdb else [])

@@ -19,23 +19,24 @@ held 1 s until then. The count does not change; the energy then is the report's.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..clock import Backoff, Clock
 from ..datadir import closed_name
 from .errors import PermanentError, TransientError
 from .hours import FAILED_DIR, HourFile, day_groups, hour_files, readable_rows
 from .influxdb import MAX_POINTS, InfluxTarget, RetryLater, chunks, point_lines, series_key, timed_rows
+from .ledger import INFLUX_LEDGER_NAME as LEDGER_NAME
 from .ledger import Ledger
 from .sink import HourSink, Outage
 
 log = logging.getLogger(__name__)
 
-LEDGER_NAME = "influx-uploaded.json"
 Row = Tuple[int, float, float, float]  # t, V, mA, W
 
 
@@ -53,6 +54,19 @@ class InfluxStats:
     failed: int = 0  # hours the server refused (their points are in failed/)
     retries: int = 0
     last_upload: Optional[dt.datetime] = None
+
+
+class Counted:
+    """An iterator that counts what it yields (the points sent)."""
+
+    def __init__(self, items: Iterator[str]) -> None:
+        self.items = items
+        self.count = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for item in self.items:
+            self.count += 1
+            yield item
 
 
 class InfluxUploader(HourSink):
@@ -93,44 +107,56 @@ class InfluxUploader(HourSink):
             fresh = [h for h in fresh if h.key not in self._single]
         if not fresh:
             return outcomes
-        rows: List[Row] = []
         counted: Dict[str, int] = {}
-        for hour_file in fresh:
-            try:
-                these = hour_rows(hour_file)
-            except PermanentError as exc:
-                self._refuse(hour_file, f"unreadable: {exc}", None)
-                outcomes[hour_file.key] = "failed"
-                continue
-            rows += these
-            counted[hour_file.key] = len(these)
-        sent = [h for h in fresh if h.key in counted]
-        if not sent:
-            return outcomes
-        lines = self._lines(sent, rows)
+        points = Counted(self._points(fresh, counted, outcomes))
         try:
-            for body in chunks(lines, self.batch_points):
+            for body in chunks(points, self.batch_points):
                 self.target.write(body)
                 self.stats.requests += 1
         except PermanentError as exc:
-            return {**outcomes, **self._rejected(sent, exc, lines)}
+            return {**outcomes, **self._rejected(fresh, exc)}
         except TransientError as exc:
-            self._waiting(exc, sent[0].key)
-            return {**outcomes, **{h.key: "retry" for h in sent}}
-        self._credit(sent, counted, len(lines))
+            self._waiting(exc, fresh[0].key)
+            return {**outcomes, **{h.key: "retry" for h in fresh if h.key not in outcomes}}
+        sent = [h for h in fresh if h.key in counted]
+        if sent:
+            self._credit(sent, counted, points.count)
         return {**outcomes, **{h.key: "uploaded" for h in sent}}
 
-    def _lines(self, hours: Sequence[HourFile], rows: List[Row]) -> List[str]:
-        """The hours' points, the row before them again (its step now known) and each one's energy."""
-        first, last = hours[0], hours[-1]
+    def _points(self, hours: Sequence[HourFile], counted: Dict[str, int], outcomes: Dict[str, str]) -> Iterator[str]:
+        """The hours' points in order, with one hour's rows in memory at a time (a day of them would
+        cost a Pi 20 MB); first the row before them again, its step to their first row now known.
+
+        ``counted`` gets each hour's rows as it is read; an unreadable hour is refused on the way.
+        """
+        first = hours[0]
         suffix = first.meter_suffix
         series = series_key(self.target.config.measurement, self.devices.get(suffix) or suffix or "wattchecker",
                             self.names.get(suffix) or suffix or "wattchecker")
-        rows = sorted({r[0]: r for r in rows}.values())
         before = self._neighbour(first, -1)
-        after = self._neighbour(last, +1)
-        lines = point_lines(series, [before[-1]], rows[0][0] if rows else None) if before and rows else []
-        return lines + point_lines(series, rows, after[0][0] if after else None)
+        waiting: Optional[Row] = before[-1] if before else None  # its line needs the next row's stamp
+        read_any = False
+        for _, parts in itertools.groupby(hours, key=lambda h: h.hour):
+            rows: Dict[int, Row] = {}
+            for hour_file in parts:  # an hour and its late parts: one second once, the later part winning
+                try:
+                    these = hour_rows(hour_file)
+                except PermanentError as exc:
+                    self._refuse(hour_file, f"unreadable: {exc}", None)
+                    outcomes[hour_file.key] = "failed"
+                    continue
+                counted[hour_file.key] = len(these)
+                rows.update((r[0], r) for r in these)
+            ordered = [rows[t] for t in sorted(rows)]
+            if not ordered:
+                continue
+            if waiting is not None:
+                yield from point_lines(series, [waiting], ordered[0][0])
+            yield from point_lines(series, ordered[:-1], ordered[-1][0])
+            waiting, read_any = ordered[-1], True
+        if read_any:
+            after = self._neighbour(hours[-1], +1)
+            yield from point_lines(series, [waiting], after[0][0] if after else None)
 
     def _neighbour(self, hour_file: HourFile, direction: int) -> List[Row]:
         """The rows of the closed hour next to ``hour_file`` (``direction`` -1 before, +1 after), if on disk."""
@@ -158,13 +184,13 @@ class InfluxUploader(HourSink):
             self._single.discard(hour_file.key)
         self._healed()
 
-    def _rejected(self, hours: Sequence[HourFile], exc: PermanentError, lines: List[str]) -> Dict[str, str]:
+    def _rejected(self, hours: Sequence[HourFile], exc: PermanentError) -> Dict[str, str]:
         """The server refused a batch: its hours one by one, or the one hour's points to failed/."""
         if len(hours) > 1:
             self._single.update(h.key for h in hours)
-            log.warning("%s; sending the hours of %s one by one", exc, hours[0].key)
+            log.info("%s; sending the hours of %s one by one", exc, hours[0].key)
             return {}
-        self._refuse(hours[0], str(exc), lines)
+        self._refuse(hours[0], str(exc), list(self._points(hours, {}, {})))
         return {hours[0].key: "failed"}
 
     def _refuse(self, hour_file: HourFile, reason: str, lines: Optional[List[str]]) -> None:
@@ -180,8 +206,8 @@ class InfluxUploader(HourSink):
         self._queued.pop(hour_file.key, None)
         self._single.discard(hour_file.key)
         self.stats.failed += 1
-        log.warning("InfluxDB: %s not sent: %s; its points are in %s.lp, and it is tried again at the next start",
-                    hour_file.key, reason, stem)
+        log.warning("InfluxDB: %s not sent: %s; %sit is tried again at the next start", hour_file.key, reason,
+                    f"its points are in {stem}.lp, " if lines else "")
 
     # --- errors --------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import email.utils
 import http.client
 import json
 import logging
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlencode, urlsplit
 
 from ..clock import Clock
@@ -110,10 +110,16 @@ def point_lines(series: str, rows: Sequence[Tuple[int, float, float, float]],
     return lines
 
 
-def chunks(lines: Sequence[str], size: int = MAX_POINTS) -> Iterator[bytes]:
-    """Request bodies of at most ``size`` points each."""
-    for start in range(0, len(lines), size):
-        yield ("\n".join(lines[start:start + size]) + "\n").encode("utf-8")
+def chunks(lines: Iterable[str], size: int = MAX_POINTS) -> Iterator[bytes]:
+    """Request bodies of at most ``size`` points each, taking the lines as they come."""
+    batch: List[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == size:
+            yield ("\n".join(batch) + "\n").encode("utf-8")
+            batch = []
+    if batch:
+        yield ("\n".join(batch) + "\n").encode("utf-8")
 
 
 # --- the server ----------------------------------------------------------------------------

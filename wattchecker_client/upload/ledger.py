@@ -17,7 +17,8 @@ from ..writer import (
 
 log = logging.getLogger(__name__)
 
-LEDGER_NAME = "uploaded.json"
+LEDGER_NAME = "uploaded.json"  # BigQuery's
+INFLUX_LEDGER_NAME = "influx-uploaded.json"
 JOURNAL_NAME = LEDGER_NAME + ".journal"
 
 
