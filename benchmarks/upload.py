@@ -159,6 +159,7 @@ def influx_figures(workdir: Path, data_dir: Path, days: float) -> None:
         elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu
         server_cpu = sum(int(v) for v in Path(f"/proc/{server.proc.pid}/stat").read_text().split()[13:15])
         server_cpu /= os.sysconf("SC_CLK_TCK")
+        peak = day_peak_memory(data_dir, sink.target, clock)
     finally:
         server.stop()
     s = sink.stats
@@ -166,6 +167,27 @@ def influx_figures(workdir: Path, data_dir: Path, days: float) -> None:
           f"({s.points / max(1, s.requests):,.0f} points each) in {elapsed:.1f} s: {s.points / elapsed:,.0f} points/s; "
           f"client CPU {cpu / days:.2f} s per uploaded day (influxd's own: {server_cpu / days:.2f} s per day); "
           f"failed {s.failed}, retries {s.retries}")
+    print(f"InfluxDB: peak Python memory while sending a day again (ledger deleted): {peak[0] / 1e6:.1f} MB, "
+          f"the points streamed an hour at a time; a day's points held at once: {peak[1] / 1e6:.1f} MB")
+
+
+def day_peak_memory(data_dir: Path, target: InfluxTarget, clock: Clock) -> Tuple[int, int]:
+    """tracemalloc's peaks while one day goes up again, its ledger deleted (the points overwrite), and
+    while the same day's points are held in one list instead."""
+    import tracemalloc
+
+    for path in data_dir.glob("influx-uploaded.json*"):
+        path.unlink()
+    sink = InfluxUploader(data_dir, target, clock, devices={"": "bench"}, names={"": "wattchecker"})
+    day = sink.backlog()[:24]
+    sink.queue(day)
+    peaks = []
+    for work in (sink.step, lambda: list(sink._points(day, {}, {}))):
+        tracemalloc.start()
+        work()
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    return peaks[0], peaks[1]
 
 
 def main() -> None:
