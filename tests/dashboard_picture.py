@@ -101,8 +101,9 @@ def _timeline(box, series: List[Series], mdates, tz) -> None:
             alarm = "latch" in name  # a latch is good at 0; a link or a relay at 1
             box.barh(row, (later - t) / 86400, left=start, height=0.6,
                      color="#73bf69" if (value >= 1) != alarm else "#f2495c")
-    box.set_yticks(range(len(names)))
-    box.set_yticklabels(names, color="#ccccdc", fontsize=7)
+    box.set_yticks([])
+    for row, name in enumerate(names):  # inside the band: a meter's name is longer than the margin
+        box.text(0.01, row, name, color="#111217", fontsize=8, va="center", transform=box.get_yaxis_transform())
     _time_axis(box, mdates, tz)
 
 

@@ -430,3 +430,18 @@ def test_an_hour_and_its_late_part_go_up_as_one_with_the_reports_energy(influxd,
     joules = influxd.query('SELECT sum("watt_seconds") FROM "wattchecker"', db)[0]["values"][0][1]
     report = meter_report(data, "wattchecker-data", "wattchecker", time_zone("Asia/Tokyo"), use_summaries=False)
     assert joules == pytest.approx(report.total().watt_seconds, abs=1e-6 * 3.6e6)
+
+
+def test_the_service_announces_each_closed_hour_to_both_sinks_and_retention_waits_for_both(tmp_path):
+    from wattchecker_client.daemon import Daemon
+    from wattchecker_client.writer import ClosedFile
+
+    text = config_text("http://127.0.0.1:8086", database="w").replace("  data_dir: data\n", "  data_dir: data\n"
+                                                                       "  retention_days: 30\n")
+    text += "bigquery:\n  dataset_id: d\n  table_id: t\n  project_id: p\n  api_endpoint: http://127.0.0.1:9\n"
+    daemon = Daemon(parse_config(text, str(tmp_path / "config.yaml")), environ={})
+    closed = ClosedFile("wattchecker", "csv", T0, tmp_path / "data" / "wattchecker-data.csv.2026-06-01_00.gz")
+    daemon.writer.closed_files.put(closed)
+    assert daemon.closed_files.get_nowait() == daemon.influx_files.get_nowait() == closed
+    assert [ledger.path.name for ledger in daemon.retention.ledgers] == ["uploaded.json", LEDGER_NAME]
+    assert daemon.influx_live is None and daemon.influx.target.where == "database w"
