@@ -445,3 +445,24 @@ def test_the_service_announces_each_closed_hour_to_both_sinks_and_retention_wait
     assert daemon.closed_files.get_nowait() == daemon.influx_files.get_nowait() == closed
     assert [ledger.path.name for ledger in daemon.retention.ledgers] == ["uploaded.json", LEDGER_NAME]
     assert daemon.influx_live is None and daemon.influx.target.where == "database w"
+
+
+@pytest.mark.process
+def test_a_connection_the_server_dropped_between_hours_costs_no_warning(tmp_path, caplog):
+    server = Influxd(tmp_path / "influxd").start()
+    try:
+        data = tmp_path / "data"
+        write_rows(data, range(0, 3600, 60))
+        db = server.create_database("idle")
+        clock = FakeClock(T0 + dt.timedelta(days=1))
+        sink = make_sink(data, server.url, db, clock)
+        drain(sink, clock)
+        server.stop()  # its kept-alive connection dies with it
+        server.start()
+        write_rows(data, range(3600, 7200, 60))  # the next hour closes
+        with caplog.at_level(logging.WARNING):
+            drain(sink, clock)
+        assert not caplog.records and sink.stats.retries == 0
+        assert server.count(db) == 120
+    finally:
+        server.stop()

@@ -212,14 +212,21 @@ class InfluxTarget:
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self.authorization:
             headers["Authorization"] = self.authorization
-        try:
-            connection = self._connect()
-            connection.request("POST", self.path, body=body, headers=headers)
-            response = connection.getresponse()
-            answer = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise TransientError(f"InfluxDB at {self.config.url} cannot be reached: {exc or type(exc).__name__}") from None
+        for attempt in range(2):
+            kept = self._connection is not None
+            try:
+                connection = self._connect()
+                connection.request("POST", self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                answer = response.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                # A kept-alive connection the server closed while idle (an hour between uploads, a
+                # restart) fails at once: once more on a new one, as a write is safe to repeat.
+                if not kept or attempt:
+                    raise TransientError(f"InfluxDB at {self.config.url} cannot be reached: "
+                                         f"{exc or type(exc).__name__}") from None
         if response.getheader("Connection", "").lower() == "close":
             self.close()
         self._judge(response.status, response.getheader("Retry-After"), answer)
