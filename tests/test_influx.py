@@ -47,7 +47,8 @@ def day_folder(tmp_path_factory) -> Path:
 def config_text(url: str, version: int = 1, **keys) -> str:
     keys = keys or ({"database": "wattchecker"} if version == 1 else {})
     lines = "".join(f"  {k}: {v}\n" for k, v in keys.items())
-    return f"general:\n  data_dir: data\ndevice:\n  address: sim://\ninfluxdb:\n  url: {url}\n  version: {version}\n{lines}"
+    return (f"general:\n  data_dir: data\ndevice:\n  address: sim://\n"
+            f"influxdb:\n  url: {url}\n  version: {version}\n{lines}")
 
 
 def make_sink(data_dir: Path, url: str, db: str, clock=None, **keys) -> InfluxUploader:

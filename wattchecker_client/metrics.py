@@ -209,8 +209,8 @@ class LiveCollector(Collector):
         s = sink.stats
         yield CounterMetricFamily(PREFIX + "influxdb_uploaded_hours", "Closed hours written to InfluxDB.",
                                   value=s.uploaded)
-        yield CounterMetricFamily(PREFIX + "influxdb_failed_hours", "Closed hours InfluxDB refused (points in failed/).",
-                                  value=s.failed)
+        yield CounterMetricFamily(PREFIX + "influxdb_failed_hours",
+                                  "Closed hours InfluxDB refused (their points in failed/).", value=s.failed)
         yield GaugeMetricFamily(PREFIX + "influxdb_queued_hours", "Closed hours waiting to be written to InfluxDB.",
                                 value=sink.pending)
 

@@ -236,7 +236,8 @@ class InfluxTarget:
             return
         said = quote(answer)
         if status in (429, 503):
-            raise RetryLater(f"InfluxDB is busy ({status}: {said or 'no reason given'})", retry_after(retry, self.clock.now()))
+            raise RetryLater(f"InfluxDB is busy ({status}: {said or 'no reason given'})",
+                             retry_after(retry, self.clock.now()))
         if status in (401, 403):
             raise AccessDenied(f"InfluxDB refused the credentials ({status}: {said}): check {self.fix}")
         if status == 404:

@@ -108,7 +108,8 @@ class HourSink(abc.ABC):
         key = hour_key(stem, hour, part)
         self._queued.pop(key, None)
         # the hour's formats by name and a stat each: a listing per file grew with the years of files
-        present = [p for p in (self.data_dir / closed_name(stem, fmt, hour, part) for fmt in ("json", "csv")) if p.exists()]
+        present = [p for p in (self.data_dir / closed_name(stem, fmt, hour, part) for fmt in ("json", "csv"))
+                   if p.exists()]
         for hour_file in hour_files(present):
             if key not in self.ledger:
                 self._queued[key] = hour_file
