@@ -61,7 +61,7 @@ while [ $# -gt 0 ]; do
         --root) root=${2:?--root needs a value}; shift 2 ;;
         --python) python=${2:?--python needs a value}; shift 2 ;;
         --no-start) start=no; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo pipefail$/{/^set /d;s/^# \{0,1\}//;p;}' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -104,6 +104,7 @@ fi
 say "installing into $target"
 mkdir -p "$target/log"
 cp "$src/README.md" "$src/config_sample.yaml" "$target/"
+cp -r "$src/docs" "$target/"  # the README's linked pages
 [ -x "$target/venv/bin/python" ] || "$python" -m venv "$target/venv"
 # Extras: bigquery for uploads, http for the live page and /metrics (prometheus-client, ~0.5 MB),
 # influxdb (no library: the standard library speaks line protocol).
@@ -116,7 +117,7 @@ find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 "$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$stage[bigquery,http,mqtt,ble,influxdb]"
 
 if [ ! -e "$target/config.yaml" ]; then
-    say "writing $prefix/config.yaml from the sample"
+    say "writing $target/config.yaml from the sample"
     sed_args=()
     [ -n "$address" ] && sed_args+=(-e "s|\"00:0C:BF:XX:XX:XX\"|\"$address\"|")
     [ -n "$channel" ] && sed_args+=(-e "s|^  channel: 6$|  channel: $channel|")
@@ -129,7 +130,7 @@ if [ ! -e "$target/config.yaml" ]; then
         cp "$src/config_sample.yaml" "$target/config.yaml"
     fi
 else
-    say "keeping the existing $prefix/config.yaml"
+    say "keeping the existing $target/config.yaml"
 fi
 
 mkdir -p "$root/etc/systemd/system"

@@ -135,7 +135,7 @@ class Simulator:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=10)
+            return self.proc.wait(timeout=60)  # a failure bound; it exits in well under a second
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
@@ -187,7 +187,7 @@ class DaemonProcess:
     def stderr(self) -> str:
         return self.err_path.read_text()
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout)
@@ -206,6 +206,29 @@ def write_config(path: Path, data_dir: Path, address: str, **general) -> Path:
     lines += ["device:", f"  address: {json.dumps(address)}", "  timeout: 2"]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def run_until_closed_hours(simulator, daemons, tmp_path: Path, seed: str, hours: int):
+    """A real service reading a simulator at 600x until ``hours`` closed hours, stopped cleanly:
+    (its config, its data folder)."""
+    from .datacheck import closed_hours
+
+    (address,) = simulator("--seed", seed, "--clock-speed", "600").addresses
+    data_dir = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", data_dir, address, poll_interval=1 / 600)
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: len(closed_hours(data_dir)) >= hours, timeout=120, what=f"{hours} closed hours")
+    assert daemon.stop() == 0
+    return config, data_dir
+
+
+def line_of(path: Path, text: str) -> int:
+    """The line (from 1) of ``path`` where ``text`` first appears: what an error should name."""
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+MISSING_KEY_HINT = ("copy the service account's JSON key there, or remove service_account_json to use "
+                    "Application Default Credentials")
 
 
 @pytest.fixture
@@ -298,7 +321,7 @@ class Emulator:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=60)
 
     def client(self):
         from google.auth.credentials import AnonymousCredentials

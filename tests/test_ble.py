@@ -26,9 +26,10 @@ import pytest
 bleak_exc = pytest.importorskip("bleak.exc", reason="bleak is the [ble] extra: pip install -e '.[test]'")
 
 from wattchecker_client import ble  # noqa: E402
-from wattchecker_client.clock import (
+from wattchecker_client.clock import (  # noqa: E402
     Backoff,
-    FakeClock,  # noqa: E402
+    Clock,
+    FakeClock,
 )
 from wattchecker_client.meter import MeterReader  # noqa: E402
 from wattchecker_client.protocol import btwattch2  # noqa: E402
@@ -88,6 +89,7 @@ class Radio:
         self.mute_after: Optional[int] = None  # stop notifying after this many requests...
         self.mute_heals = True  # ...until re-subscribed (False: a re-subscribe does not help)
         self.drop_mid_frame: Optional[int] = None  # cut this request's answer after 20 bytes, disconnect
+        self.notify_before_reply = False  # the answer's notifications come before write_gatt_char returns
         self.requests = 0
         self.writes: List[tuple] = []  # (bytes, response) as written
         self.chunks: List[int] = []  # sizes of the notifications sent
@@ -178,7 +180,10 @@ class FakeBleakClient:
         chunks = [response[at : at + 20] for at in range(0, len(response), 20)]
         loop = asyncio.get_running_loop()
         for chunk in chunks[:1] if cut else chunks:
-            loop.call_soon(self._notify, chunk)
+            if radio.notify_before_reply:
+                self._notify(chunk)  # as real BlueZ can: the signal overtakes the method's reply
+            else:
+                loop.call_soon(self._notify, chunk)
         if cut:
             loop.call_soon(self._drop)
 
@@ -314,6 +319,27 @@ def test_notifications_that_stop_are_re_subscribed(opened):
     assert opener.stats.resubscribes == 1 and opener.stats.silent_closes == 0
 
 
+# (poll_interval, polls): the default silence timeout is 3 s; 12 polls at 5 s are a minute.
+INTERVALS = [(1, 6), (3, 4), (5, 12), (10, 3)]
+SCALE = 0.05  # seconds of real time per second of the meter's: the same ratios, twenty times faster
+
+
+@pytest.mark.parametrize("interval, polls", INTERVALS)
+def test_answers_before_the_writes_reply_never_look_like_silence(opened, interval, polls):
+    """Answers that overtake the write's reply: no re-subscribe, whatever the poll interval."""
+    radio = Radio()
+    radio.notify_before_reply = True
+    opener = opened(radio, silence_timeout=ble.SILENCE_TIMEOUT * SCALE)
+    clock = Clock()
+    with opener() as link:
+        for _ in range(polls):
+            assert exchange(link) == MEASUREMENT[3:-1]
+            clock.sleep(interval * SCALE)
+        clock.sleep(2 * ble.SILENCE_TIMEOUT * SCALE)  # after the last answer, as long again as the timer
+    assert (radio.unsubscribes, radio.subscribes) == (0, 1)
+    assert opener.stats.resubscribes == 0 and len(radio.clients) == 1
+
+
 def test_notifications_that_stay_stopped_close_the_link(opened):
     radio = Radio()
     radio.mute_after = 1
@@ -388,8 +414,18 @@ def test_one_silent_meter_does_not_hold_up_another(opened):
         (asyncio.TimeoutError(), "timed out (is the meter plugged in, in range, and not connected to a phone?)"),
         (bleak_exc.BleakDBusError("org.bluez.Error.Failed", ["le-connection-abort-by-remote"]),
          "BlueZ failed: le-connection-abort-by-remote (is the meter plugged in, in range, and not connected to a phone?)"),
+        (bleak_exc.BleakError("adapter 'hci3' not found"),
+         "adapter 'hci3' not found: check `adapter:` (or --adapter) against `bluetoothctl list`"),
+        (bleak_exc.BleakDBusError("org.freedesktop.DBus.Error.AccessDenied", [
+            'Rejected send message, 2 matched rules; type="method_call", sender=":1.2" (uid=999 pid=1) '
+            'interface="org.bluez.Adapter1" member="StartDiscovery" error name="(unset)" destination="org.bluez"']),
+         "D-Bus denied this process a call to BlueZ (org.bluez.Adapter1.StartDiscovery): run the service as root "
+         "or as a member of group `bluetooth` (`sudo usermod -aG bluetooth USER`, then restart it)"),
+        (bleak_exc.BleakDBusError("org.bluez.Error.NotConnected", ["Not Connected"]),
+         "the meter or BlueZ dropped the BLE connection"),
     ],
-    ids=["no-dbus", "no-bluetoothd", "powered-off", "no-adapter", "not-found", "timeout", "bluez-failed"],
+    ids=["no-dbus", "no-bluetoothd", "powered-off", "no-adapter", "not-found", "timeout", "bluez-failed",
+         "no-such-adapter", "denied", "not-connected"],
 )
 def test_what_bluez_raises_becomes_one_line(monkeypatch, error, line):
     monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)
@@ -581,7 +617,7 @@ def read_until_warned(env: dict) -> List[str]:
                 break
         time.sleep(3)  # a few reconnect attempts, to see that they stay quiet
         proc.send_signal(signal.SIGINT)
-        out, rest = proc.communicate(timeout=30)
+        out, rest = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

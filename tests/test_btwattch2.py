@@ -30,7 +30,7 @@ from wattchecker_client.simulator import (
 )
 from wattchecker_client.transport import LinkError, socket_link
 
-from .conftest import ROOT, cli, run_cli, wait_for
+from .conftest import ROOT, cli, free_port, run_cli, wait_for
 from .datacheck import check_data_dir, read
 from .test_cli import parse_json_rows
 from .test_daemon import FAST, FAULTS, final_rows_received
@@ -160,17 +160,17 @@ def test_relay_requests_from_another_thread_are_run_between_polls():
     # The address does not name the model: the reader's model must reach the simulated meter.
     reader, stop, thread, rows = start_reader("sim://?clock_speed=20&seed=4", "btwattch2")
     try:
-        wait_for(lambda: reader.relay is True, timeout=20, what="a first reading")
-        assert reader.request_relay(False).result(timeout=20) is False
-        assert reader.request_relay(None).result(timeout=20) is False
+        wait_for(lambda: reader.relay is True, timeout=60, what="a first reading")
+        assert reader.request_relay(False).result(timeout=60) is False
+        assert reader.request_relay(None).result(timeout=60) is False
         count = len(rows)
-        wait_for(lambda: len(rows) > count + 3, timeout=20, what="readings with the relay off")
+        wait_for(lambda: len(rows) > count + 3, timeout=60, what="readings with the relay off")
         off = rows[count:]
-        assert reader.request_relay(True).result(timeout=20) is True
+        assert reader.request_relay(True).result(timeout=60) is True
         assert reader.relay is True
     finally:
         stop.set()
-        thread.join(10)
+        thread.join(60)
     assert all(m == switched_off(air_conditioner(m.time, 4, "btwattch2")) for m in off)
     assert rows[0] == air_conditioner(rows[0].time, 4, "btwattch2")
 
@@ -190,9 +190,9 @@ def test_pending_relay_requests_fail_when_the_reader_stops():
         address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
     reader, stop, thread, _ = start_reader(address, "btwattch2")
     future = reader.request_relay(False)
-    wait_for(lambda: reader.stats.link_errors >= 1, timeout=10, what="a failed connect")
+    wait_for(lambda: reader.stats.link_errors >= 1, timeout=60, what="a failed connect")
     stop.set()
-    thread.join(10)
+    thread.join(60)
     with pytest.raises(LinkError, match="stopped before the relay request ran"):
         future.result(timeout=0)
     with pytest.raises(LinkError, match="stopping"):
@@ -370,15 +370,16 @@ def test_switch_says_in_one_line_when_the_meter_cannot_be_reached():
 @pytest.mark.process
 def test_demo_with_model_btwattch2(tmp_path):
     data_dir = tmp_path / "demo"
-    proc = subprocess.Popen(cli("demo", "--model", "btwattch2", "--data-dir", str(data_dir), "--speed", "600"),
+    proc = subprocess.Popen(cli("demo", "--model", "btwattch2", "--data-dir", str(data_dir), "--speed", "600",
+                                "--port", str(free_port())),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         shown = [proc.stdout.readline(), proc.stdout.readline()]
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "demo: a simulated btwattch2" in err
+    assert "demo: a simulated RS-BTWATTCH2" in err
     held = check_data_dir(data_dir, 1, model="btwattch2")["json"]
     stored = {json_line(air_conditioner(when, 1, "btwattch2")) + "\n" for when in held}
     assert set(shown + out.splitlines(keepends=True)) <= stored  # what it showed is what it wrote

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli, write_config
+from .conftest import MISSING_KEY_HINT, line_of, run_cli, write_config
 
 # A meta path finder that makes google-cloud-bigquery look uninstalled in the
 # process under test, whatever the venv holds.
@@ -76,8 +76,9 @@ def assert_both_stop_with(config: Path, line: str) -> None:
 @pytest.mark.process
 def test_a_missing_key_file_fails_check_config_as_it_fails_start_up(tmp_path):
     config = config_with_bigquery(tmp_path, service_account_json="missing-key.json")
-    assert_both_stop_with(config, f"wattchecker-client: error: bigquery.service_account_json: cannot read "
-                                  f"{tmp_path / 'missing-key.json'}: No such file or directory")
+    at = f"{config}:{line_of(config, 'service_account_json')}"
+    assert_both_stop_with(config, f"wattchecker-client: error: {at}: bigquery.service_account_json: cannot read "
+                                  f"{tmp_path / 'missing-key.json'}: No such file or directory: {MISSING_KEY_HINT}")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []  # run created nothing either
 
 
@@ -87,8 +88,9 @@ def test_an_unreadable_key_file_fails_both(tmp_path):
     # should be is unreadable as a file for every user.
     (tmp_path / "key.json").mkdir()
     config = config_with_bigquery(tmp_path, service_account_json="key.json")
-    assert_both_stop_with(config, f"wattchecker-client: error: bigquery.service_account_json: cannot read "
-                                  f"{tmp_path / 'key.json'}: Is a directory")
+    at = f"{config}:{line_of(config, 'service_account_json')}"
+    assert_both_stop_with(config, f"wattchecker-client: error: {at}: bigquery.service_account_json: cannot read "
+                                  f"{tmp_path / 'key.json'}: Is a directory: {MISSING_KEY_HINT}")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode 000 file; the folder case covers root")
@@ -96,8 +98,9 @@ def test_a_mode_000_key_file_fails_both(tmp_path):
     key = service_account_key(tmp_path / "key.json")
     key.chmod(0)
     config = config_with_bigquery(tmp_path, service_account_json="key.json")
-    assert_both_stop_with(config, f"wattchecker-client: error: bigquery.service_account_json: cannot read "
-                                  f"{key}: Permission denied")
+    at = f"{config}:{line_of(config, 'service_account_json')}"
+    assert_both_stop_with(config, f"wattchecker-client: error: {at}: bigquery.service_account_json: cannot read "
+                                  f"{key}: Permission denied: {MISSING_KEY_HINT}")
 
 
 @pytest.mark.process
@@ -109,8 +112,10 @@ def test_a_key_that_is_not_a_key_fails_both(tmp_path):
     started = run_cli("run", "--config", str(config), timeout=60)
     assert (checked.returncode, started.returncode) == (2, 2)
     # google-auth lists the missing fields from a set: their order varies from process to process
-    prefix = (f"wattchecker-client: error: bigquery.service_account_json: {tmp_path / 'key.json'} is not a "
-              "service account key: Service account info was not in the expected format, missing fields ")
+    prefix = (f"wattchecker-client: error: {config}:{line_of(config, 'service_account_json')}: "
+              f"bigquery.service_account_json: {tmp_path / 'key.json'} is not a service account key: put the JSON "
+              "key made for the service account there (IAM -> Service accounts -> Keys -> Add key -> JSON); "
+              "Service account info was not in the expected format, missing fields ")
     lines = [result.stderr.splitlines()[-1] for result in (checked, started)]
     assert all(line.startswith(prefix) for line in lines), lines
     assert {frozenset(line[len(prefix):].rstrip(".").split(", ")) for line in lines} == {
@@ -139,8 +144,9 @@ def test_a_good_key_passes_and_a_loose_mode_is_a_warning(tmp_path):
 def test_google_cloud_bigquery_not_installed_fails_both(tmp_path, monkeypatch):
     hide_module(tmp_path, monkeypatch, "google.cloud.bigquery")
     config = config_with_bigquery(tmp_path, project_id="p", api_endpoint="http://127.0.0.1:9")
-    assert_both_stop_with(config, "wattchecker-client: error: bigquery: is configured but google-cloud-bigquery "
-                                  "is not installed: pip install 'google-cloud-bigquery>=3'")
+    assert_both_stop_with(config, f"wattchecker-client: error: {config}:{line_of(config, 'bigquery:')}: bigquery: "
+                                  "is configured but google-cloud-bigquery is not installed: "
+                                  "pip install 'google-cloud-bigquery>=3'")
     monkeypatch.delenv("PYTHONPATH")
     installed = run_cli("check-config", "--config", str(config), timeout=30)
     assert installed.returncode == 0, installed.stderr  # the hook, not the config, made the difference
@@ -149,8 +155,8 @@ def test_google_cloud_bigquery_not_installed_fails_both(tmp_path, monkeypatch):
 @pytest.mark.process
 def test_no_project_anywhere_fails_both(tmp_path):
     config = config_with_bigquery(tmp_path, api_endpoint="http://127.0.0.1:9")
-    assert_both_stop_with(
-        config, "wattchecker-client: error: bigquery.project_id: missing, and the credentials name no project")
+    assert_both_stop_with(config, f"wattchecker-client: error: {config}:{line_of(config, 'bigquery:')}: "
+                                  "bigquery.project_id: missing, and the credentials name no project: set project_id")
 
 
 @pytest.mark.process

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -91,7 +92,7 @@ def test_ctrl_c_stops_read_cleanly(simulator):
     )
     first = proc.stdout.readline()  # a reading arrived: the session is up
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert "Traceback" not in err
     rows = parse_json_rows(first + out)
@@ -110,6 +111,31 @@ def test_sigterm_stops_the_simulator_and_removes_its_link(simulator, tmp_path):
     assert not link.exists()
 
 
+# A stop signal handled while the main thread holds the stop Event's own lock
+# (stop.wait() holds it for a moment at each check) used to wait for itself
+# forever: the simulator or the service then ignored SIGTERM until killed. The
+# script holds that lock while the signal is handled, so the moment is certain.
+SIGNAL_WHILE_WAITING = """
+import signal, threading
+from wattchecker_client.commands.common import on_stop_signals
+stop = threading.Event()
+on_stop_signals(stop)
+with stop._cond:
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+    sum(range(1000))  # a few bytecodes: the handler runs here, with the lock held
+print("handled", flush=True)
+stop.wait()
+print("stopped", flush=True)
+"""
+
+
+@pytest.mark.process
+def test_a_stop_signal_is_never_lost_in_the_moment_the_main_thread_checks_stop():
+    result = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_WAITING], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)  # a failure bound: a deadlock never ends
+    assert (result.returncode, result.stdout, result.stderr) == (0, "handled\nstopped\n", "")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -120,7 +146,7 @@ def test_sigterm_stops_the_simulator_and_removes_its_link(simulator, tmp_path):
 )
 @pytest.mark.process
 def test_setup_errors_are_one_line_and_exit_2(args, message):
-    result = run_cli(*args, timeout=20)
+    result = run_cli(*args, timeout=60)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and message in result.stderr
@@ -135,7 +161,7 @@ def test_read_retries_a_meter_that_is_not_there_yet_and_says_so_once():
     first = proc.stderr.readline()  # the first failed connect, however long the start took
     time.sleep(2)  # a few more attempts, which must stay quiet
     proc.send_signal(signal.SIGTERM)
-    out, rest = proc.communicate(timeout=10)
+    out, rest = proc.communicate(timeout=60)
     err = first + rest
     assert proc.returncode == 0 and out == ""
     assert err.count("reconnecting") == 1

@@ -157,6 +157,24 @@ def test_a_btwattch2s_relay_section_and_its_one_line_errors():
         assert str(err.value) == message
 
 
+def test_a_btwattch2s_adapter_and_its_one_line_errors():
+    plug = "devices:\n  - name: plug\n    address: 'F0:12:34:56:78:9A'\n    model: btwattch2\n"
+    assert parse_config(plug).devices[0].adapter is None  # BlueZ's default
+    assert parse_config(plug + "    adapter: hci1\n").devices[0].adapter == "hci1"
+    for text, message in [
+        (plug + "    adapter: usb0\n",
+         "<config>:5: devices[0].adapter: must be an adapter's name such as hci0 or hci1 (`bluetoothctl list`), "
+         "got 'usb0'"),
+        ("device:\n  address: 00:0C:BF:12:34:56\n  adapter: hci1\n",
+         "<config>:3: device.adapter: only applies to an RS-BTWATTCH2 (model: btwattch2) at a MAC address"),
+        ("device:\n  address: sim://\n  model: btwattch2\n  adapter: hci1\n",
+         "<config>:4: device.adapter: only applies to an RS-BTWATTCH2 (model: btwattch2) at a MAC address"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(text)
+        assert str(err.value) == message
+
+
 @pytest.mark.process
 def test_check_config_says_what_the_relay_will_do(tmp_path):
     from .conftest import run_cli
@@ -169,3 +187,16 @@ def test_check_config_says_what_the_relay_will_do(tmp_path):
     assert ("  relay of heater: at most one switch per 2 s, commands older than 30 s dropped, off above 1500 W "
             "for 10 s (latched until an ON), on connect: keep, off 7200 s after any ON\n") in result.stdout
     assert "relay of aircon" not in result.stdout
+
+
+def test_an_error_found_after_parsing_names_the_file_and_line_of_its_key():
+    """A key file missing at start-up: the same FILE:LINE: key: form as a ConfigError."""
+    from wattchecker_client.errors import SetupError
+
+    config = parse_config("device:\n  address: sim://\nbigquery:\n  dataset_id: d\n  table_id: t\n"
+                          "  service_account_json: key.json\n", "/etc/w/config.yaml")
+    found = config.located(SetupError("cannot read it", key="bigquery.service_account_json"))
+    assert str(found) == "/etc/w/config.yaml:6: bigquery.service_account_json: cannot read it"
+    left_out = config.located(SetupError("missing", key="bigquery.project_id"))
+    assert str(left_out) == "/etc/w/config.yaml:3: bigquery.project_id: missing"  # its section's line
+    assert str(config.located(SetupError("no key"))) == "no key"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Emulator, fill_disk, run_cli, tmpfs, wait_for, write_config
+from .conftest import MISSING_KEY_HINT, ROOT, Emulator, fill_disk, line_of, run_cli, tmpfs, wait_for, write_config
 from .datacheck import check_data_dir, closed_hours, read
 
 SEED = 7
@@ -99,7 +99,7 @@ def test_ready_watchdog_status_and_stopping_reach_a_real_notify_socket(daemons, 
     notify_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify_path))
-    sock.settimeout(10)
+    sock.settimeout(60)  # a failure bound for each message, the first one after the process starts
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://?clock_speed=10", poll_interval=0.1)
     daemon = daemons(config, tmp_path, env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"})
     messages = [sock.recv(4096).decode() for _ in range(6)]
@@ -234,8 +234,9 @@ def test_an_unreadable_key_file_stops_start_up_with_one_line(tmp_path):
     result = run_cli("run", "--config", str(config), timeout=60)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
-        f"wattchecker-client: error: bigquery.service_account_json: cannot read {tmp_path / 'missing-key.json'}: "
-        "No such file or directory"
+        f"wattchecker-client: error: {config}:{line_of(config, 'service_account_json')}: "
+        f"bigquery.service_account_json: cannot read {tmp_path / 'missing-key.json'}: "
+        f"No such file or directory: {MISSING_KEY_HINT}"
     )
 
 

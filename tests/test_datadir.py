@@ -140,9 +140,9 @@ def test_an_hour_still_being_written_is_never_taken_from_a_summary_of_its_closed
     write_closed(tmp_path, [r for r in rows if r[0].hour == 0 or r[0].minute < 30])
     current = [csv_line(Measurement(when, 100.0, 1000.0, w)) for when, w in rows if when.hour == 1 and when.minute >= 30]
     (tmp_path / f"{STEM}.csv").write_text("\n".join(current) + "\n")  # the same hour goes on in the plain file
-    live = LiveState(FakeClock(), tmp_path, {"m": STEM}, data_format=("csv",))
-    live.restore()  # counts, then makes the summaries it can
-    assert sorted(read_summaries(tmp_path, STEM)) == [dt.datetime(2026, 7, 1, 0), dt.datetime(2026, 7, 1, 1)]
+    live = LiveState(FakeClock(), tmp_path, {"m": STEM})
+    live.restore()  # counts, then makes the summaries it can: not hour 1's, which is still being written
+    assert sorted(read_summaries(tmp_path, STEM)) == [dt.datetime(2026, 7, 1, 0)]
     tz = time_zone("UTC")
     want = from_rows(tmp_path, tz)
     assert want.rows == len(rows)

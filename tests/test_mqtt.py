@@ -23,7 +23,7 @@ from wattchecker_client.clock import time_zone
 from wattchecker_client.report import meter_report
 from wattchecker_client.simulator import air_conditioner
 
-from .conftest import ROOT, free_port, run_cli, wait_for, write_config
+from .conftest import ROOT, free_port, line_of, run_cli, wait_for, write_config
 from .datacheck import check_data_dir, read
 
 mqtt = pytest.importorskip("paho.mqtt.client", reason="needs paho-mqtt: pip install 'wattchecker-client[mqtt]'")
@@ -80,12 +80,12 @@ class Mosquitto:
             except OSError:
                 return False
 
-        wait_for(accepting, timeout=10, what="mosquitto")
+        wait_for(accepting, timeout=60, what="mosquitto")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=60)
 
 
 @pytest.fixture
@@ -240,7 +240,7 @@ def test_states_discovery_and_an_energy_that_only_grows_across_sigterm_and_sigki
         runs.append((since, sub.count()))
         if stop_with == signal.SIGTERM:
             assert status == 0, daemon.stderr()
-        wait_for(lambda: sub.status(runs[-1][0])[-1:] == ["offline"], timeout=10,
+        wait_for(lambda: sub.status(runs[-1][0])[-1:] == ["offline"], timeout=60,
                  what="offline status (the clean goodbye, or the broker's last will after a SIGKILL)")
 
     states = sub.states()
@@ -276,7 +276,9 @@ def test_the_broker_stopped_and_started_again(simulator, daemons, brokers, subsc
 
     broker.stop()
     wait_for(lambda: "lost the broker" in daemon.stderr(), timeout=30, what="the publisher to notice")
-    time.sleep(3)  # an outage of a few reconnect attempts
+    # An outage with a failed reconnect in it, as the status line (every 2 s) counts them: made so, not slept for.
+    wait_for(lambda: re.search(r"mqtt: connected=no .*connect_failures=[1-9]", daemon.stderr()), timeout=60,
+             what="a failed reconnect")
     since = sub.count()
     broker.start()  # no persistence: only a republished discovery brings the entities back
     wait_for(lambda: len(sub.discovery(since)) == 4, timeout=60, what="discovery published again")
@@ -399,7 +401,10 @@ def test_check_config_validates_and_shows_the_section(tmp_path):
     config.write_text(text + "mqtt:\n  host: broker.lan\n  username: me\n  password_file: missing\n")
     result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 2
-    assert f"mqtt.password_file: cannot read {tmp_path / 'missing'}: No such file or directory" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"wattchecker-client: error: {config}:{line_of(config, 'password_file')}: mqtt.password_file: cannot read "
+        f"{tmp_path / 'missing'}: No such file or directory: write the secret there (sudo install -o root "
+        f"-g wattchecker -m 0640 /dev/stdin {tmp_path / 'missing'}, type it, Ctrl-D), or remove password_file")
 
 
 @pytest.mark.process
@@ -411,7 +416,8 @@ def test_without_paho_one_line_names_the_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "wattchecker-client: error: mqtt: the paho-mqtt library is not installed: pip install 'wattchecker-client[mqtt]'"]
+        f"wattchecker-client: error: {config}:{line_of(config, 'mqtt:')}: mqtt: the paho-mqtt library is not "
+        "installed: pip install 'wattchecker-client[mqtt]'"]
     assert not (tmp_path / "wattchecker-data.csv").exists()
 
 
@@ -593,9 +599,9 @@ def test_over_power_cuts_the_relay_off_latches_across_a_restart_and_an_explicit_
     wait_for(lambda: [s.get("overloaded") for s in sub.states()][-3:] == ["ON"] * 3, timeout=30, what="latched")
     assert relay_states(sub)[-1] == "OFF"
     # On /metrics and on the page too.
-    metrics = urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10).read().decode()
+    metrics = urlopen(f"http://127.0.0.1:{http}/metrics", timeout=60).read().decode()
     assert f'wattchecker_relay_overloaded{{meter="{METER}"}} 1.0' in metrics.splitlines()
-    page = json.loads(urlopen(f"http://127.0.0.1:{http}/api/page", timeout=10).read())
+    page = json.loads(urlopen(f"http://127.0.0.1:{http}/api/page", timeout=60).read())
     assert page["meters"][METER]["status"]["overloaded"] is True
     assert daemon.stop() == 0
     log = daemon.stderr()

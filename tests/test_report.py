@@ -85,22 +85,17 @@ def test_csv_only_and_json_only_data_dirs_agree(tmp_path):
 
 def test_files_from_a_real_daemon_run(simulator, daemons, tmp_path):
     """The writer's own files from a fast-clock simulator run, against the rows themselves."""
-    from .conftest import wait_for, write_config
-    from .datacheck import check_data_dir, closed_hours
+    from .conftest import run_until_closed_hours
+    from .datacheck import check_data_dir
 
-    (address,) = simulator("--seed", "7", "--clock-speed", "600").addresses
-    data_dir = tmp_path / "data"
-    config = write_config(tmp_path / "config.yaml", data_dir, address, poll_interval=1 / 600)
-    daemon = daemons(config, tmp_path)
-    wait_for(lambda: len(closed_hours(data_dir)) >= 2, timeout=90, what="two closed hours")
-    assert daemon.stop() == 0
+    _, data_dir = run_until_closed_hours(simulator, daemons, tmp_path, "7", 2)
     seconds = sorted(check_data_dir(data_dir, 7)["json"])
     report = meter_report(data_dir, "wattchecker-data", "m", UTC)
     expected_ws, expected_cover = 0.0, 0
     for a, b in zip(seconds, seconds[1:] + [None]):
         step = (b - a).total_seconds() if b else None
         held = step if step is not None and step <= 5 else 1
-        expected_ws += round(air_conditioner(a, 7).watts, 2) * held  # the report reads the CSV files
+        expected_ws += air_conditioner(a, 7).watts * held  # the report reads the JSON's W where both formats hold it
         expected_cover += held
     total = report.total()
     assert total.watt_seconds == pytest.approx(expected_ws, rel=1e-9)
@@ -123,8 +118,10 @@ def test_a_truncated_gz_is_reported_skipped_and_the_rest_counted(tmp_path):
     assert meter_report(tmp_path, "wattchecker-data", "m", UTC).problems == []  # summarized at close
     summaries.unlink()  # as after an upgrade: the hours are read from their files
     report = meter_report(tmp_path, "wattchecker-data", "m", UTC)
-    assert report.problems == [f"{broken.name}: skipped, unreadable (EOFError: "
+    assert report.problems == [f"{broken.name}: damaged, skipped (EOFError: "
                                "Compressed file ended before the end-of-stream marker was reached)"]
+    assert not broken.exists() and (tmp_path / "failed" / broken.name).exists()  # moved aside, said once
+    assert meter_report(tmp_path, "wattchecker-data", "m", UTC).problems == []
     d = day(report, "2026-07-01")
     assert d.hours_covered == pytest.approx(2 + 10 / 3600)
     assert d.kwh == pytest.approx(100 * (2 + 10 / 3600) / 1000)

@@ -132,9 +132,9 @@ def retained(port: int) -> Dict[str, str]:
 
     sub = Subscriber(port)
     try:
-        wait_for(lambda: sub.client.is_connected(), timeout=10, what="a subscriber")
+        wait_for(lambda: sub.client.is_connected(), timeout=60, what="a subscriber")
         wait_for(lambda: sub.client.publish("test/end-of-retained", "1", qos=1).rc == 0 and
-                 sub.on("test/end-of-retained"), timeout=10, what="the retained messages")
+                 sub.on("test/end-of-retained"), timeout=60, what="the retained messages")
         with sub.lock:
             return {t: p for t, p, kept in sub.messages if kept}
     finally:

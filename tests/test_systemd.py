@@ -65,6 +65,21 @@ def test_install_lays_out_a_working_service(installed):
     assert "meters: wattchecker at 00:0C:BF:12:34:56 channel 3" in check.stdout
 
 
+def test_install_into_a_root_says_it_writes_inside_it(installed):
+    root, result = installed
+    assert f"installing into {root}{PREFIX}\n" in result.stdout
+    assert f"writing {root}{PREFIX}/config.yaml from the sample\n" in result.stdout
+
+
+@pytest.mark.process
+def test_install_help_is_the_header_without_the_code():
+    result = subprocess.run(["bash", str(ROOT / "install.sh"), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("Turn a fresh Raspberry Pi OS")
+    assert result.stdout.endswith("  --no-start           install and enable, but do not start now\n")
+    assert "set -euo" not in result.stdout and "#" not in result.stdout
+
+
 def test_install_caps_the_wait_for_time_sync_and_says_what_to_enable(installed):
     """--root cannot tell the time service nor run systemctl: it writes the cap and says the rest."""
     root, result = installed
@@ -84,7 +99,7 @@ def test_install_again_keeps_the_users_config_and_data(installed):
     config.write_text(edited)
     (target / "log" / "wattchecker-data.csv").write_text("2019-09-07 09:24:30,102.93,2311.75,181.38\n")
     result = install(root, "--address", "00:0C:BF:99:99:99")
-    assert "keeping the existing" in result.stdout
+    assert f"keeping the existing {config}\n" in result.stdout  # inside --root, where it is
     assert config.read_text() == edited
     assert (target / "log" / "wattchecker-data.csv").read_text().startswith("2019-09-07 09:24:30")
 

@@ -324,14 +324,18 @@ def test_a_corrupted_gzip_falls_back_to_csv_or_goes_to_failed_and_never_blocks(e
     uploader = uploader_for(emulator, tmp_path)
     drain(uploader)
     assert (uploader.stats.uploaded, uploader.stats.failed) == (2, 1)
-    failed = tmp_path / "failed"
+    failed = tmp_path / "failed"  # each damaged file quarantined with its reason, and the hour's own reason
     assert sorted(p.name for p in failed.iterdir()) == [
         "wattchecker-data.2026-07-01_01.reason",
         "wattchecker-data.csv.2026-07-01_01.gz",
+        "wattchecker-data.csv.2026-07-01_01.gz.reason",
+        "wattchecker-data.json.2026-07-01_00.gz",
+        "wattchecker-data.json.2026-07-01_00.gz.reason",
         "wattchecker-data.json.2026-07-01_01.gz",
+        "wattchecker-data.json.2026-07-01_01.gz.reason",
     ]
-    reason = (failed / "wattchecker-data.2026-07-01_01.reason").read_text()
-    assert "wattchecker-data.json.2026-07-01_01.gz: unreadable" in reason
+    assert "no file of it can be read" in (failed / "wattchecker-data.2026-07-01_01.reason").read_text()
+    assert "damaged: EOFError" in (failed / "wattchecker-data.json.2026-07-01_00.gz.reason").read_text()
     assert table_totals(emulator)[0] == len(written) - 60  # hours 0 (from CSV) and 2
     ledger = read_ledger(tmp_path)["uploaded"]
     assert ledger["wattchecker-data.2026-07-01_00"]["source"] == "wattchecker-data.csv.2026-07-01_00.gz"
@@ -363,7 +367,7 @@ def test_a_missing_table_waits_unless_creation_is_allowed(emulator, tmp_path, ca
     uploader = uploader_for(emulator, tmp_path, create_table=False)
     drain(uploader)
     assert uploader.pending == 1 and uploader.stats.failed == 0
-    assert f"table {TABLE} does not exist: create it (README) or set bigquery.create_table: true" in caplog.text
+    assert f"table {TABLE} does not exist: create it (docs/bigquery.md) or set bigquery.create_table: true" in caplog.text
     creating = uploader_for(emulator, tmp_path, create_table=True)
     drain(creating)
     assert creating.stats.uploaded == 1
@@ -560,7 +564,8 @@ def test_a_rejected_batch_goes_back_whole_then_its_hours_load_alone_and_only_the
     bad = tmp_path / "wattchecker-data.json.2026-07-01_01.gz"
     with gzip.open(bad, "rt") as f:
         lines = f.read().splitlines(keepends=True)
-    lines[3] = lines[3].replace("2026-07-01 01:", "2026-07-01 25:", 1)  # a row BigQuery refuses
+    stamp = lines[3][14:33]
+    lines[3] = lines[3].replace(stamp, stamp[:17] + "99", 1)  # a row BigQuery refuses: second 99
     with gzip.open(bad, "wt") as f:
         f.write("".join(lines))
     uploader = uploader_for(proxy, tmp_path, clock=FakeClock(T0))

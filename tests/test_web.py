@@ -21,7 +21,7 @@ from typing import Dict, Optional
 import pytest
 
 from tests.browser import end_process
-from tests.conftest import ROOT, cli, free_port, run_cli, wait_for, write_config
+from tests.conftest import ROOT, cli, free_port, line_of, run_cli, wait_for, write_config
 from wattchecker_client.clock import Clock, FakeClock, time_zone, utc_epoch
 from wattchecker_client.config import parse_config
 from wattchecker_client.daemon import Daemon
@@ -60,7 +60,7 @@ def get(url: str, method: str = "GET"):
     """(status, headers, body) of one request; error statuses are returned, not raised."""
     request = urllib.request.Request(url, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
@@ -311,7 +311,7 @@ def test_healthz_is_503_while_the_writer_is_stalled(tmp_path):
         healthy = wait_for(status_is(f"http://127.0.0.1:{port}/healthz", 200), 30, what="healthy")
         assert json.loads(healthy[2])["status"] == "ok"
         assert healthy[2].count(b"\n") == 1
-        wait_for(current.exists, 10, what="the first flush")
+        wait_for(current.exists, 60, what="the first flush")
         # A named pipe where the writer appends: its next flush blocks in open(), like a hung disk.
         current.unlink()
         os.mkfifo(current)
@@ -375,7 +375,7 @@ def test_without_the_library_check_config_names_the_extra(tmp_path):
                           timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "wattchecker-client: error: http: needs the prometheus_client library: "
+        f"wattchecker-client: error: {config}:{line_of(config, 'http:')}: http: needs the prometheus_client library: "
         "pip install 'wattchecker-client[http]'"]
 
 
@@ -536,10 +536,10 @@ def test_energy_is_absent_from_metrics_until_the_files_are_counted(tmp_path):
     for s in range(0, 600, 2):
         writer.add(METER, air_conditioner(dt.datetime(2026, 7, 1, 4, 50, 0) + dt.timedelta(seconds=s), 3))
     writer.flush()
-    live = LiveState(clock, tmp_path, {METER: "wattchecker-data"}, data_format=("csv",))
+    live = LiveState(clock, tmp_path, {METER: "wattchecker-data"})
     gate = threading.Lock()
     gate.acquire()  # the count holds here: the scrape below is made while it runs
-    live._finish_restore, finish = (lambda work: (gate.acquire(), finish(work))), live._finish_restore
+    live._finish_restore, finish = (lambda *args: (gate.acquire(), finish(*args))), live._finish_restore
     on_disk = Writer(tmp_path, {METER: "wattchecker-data"}, ["csv"], clock)  # as at start-up
     on_disk.recover()
     live.restore({METER: on_disk.last_time(METER)}, background=True)

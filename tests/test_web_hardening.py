@@ -102,9 +102,10 @@ def test_150_slow_clients_hold_few_threads_and_metrics_and_rows_carry_on(tmp_pat
             except OSError:
                 pass
         most_threads = max(most_threads, threads_of(daemon.proc.pid))
-        # A scrape gets through while they trickle, within 2 s or urllib gives up.
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-            sock.settimeout(2)
+        # A scrape gets through while they trickle: within 8 s, under the 10 s a request head is given,
+        # so it was not merely let in once a slow client was cut off (it takes milliseconds when idle).
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as sock:
+            sock.settimeout(8)
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             answer = b""
             while not answer.endswith(b"\n") or b"wattchecker_power_watts" not in answer:
@@ -123,7 +124,7 @@ def test_150_slow_clients_hold_few_threads_and_metrics_and_rows_carry_on(tmp_pat
           f"peak RSS {status_field(daemon.proc.pid, 'VmHWM') / 1024:.1f} MB (the unit's TasksMax and MemoryMax)")
     assert most_threads <= 64
     # Rows for at least 90 % of the seconds the slow clients trickled (the flush lags by a second or two).
-    wait_for(lambda: len(rows_by_second(tmp_path / "data") - before) >= 0.9 * (last_second - first_second), 10,
+    wait_for(lambda: len(rows_by_second(tmp_path / "data") - before) >= 0.9 * (last_second - first_second), 60,
              what="rows for 90 % of the seconds")
     assert "Traceback" not in daemon.stderr()
     assert daemon.stop() == 0
@@ -161,7 +162,7 @@ def test_a_trickled_or_oversized_request_head_is_cut_off(tmp_path, simulator, da
 def test_100_resets_mid_response_leave_no_traceback(tmp_path, simulator, daemons):
     daemon, port = started(tmp_path, simulator, daemons, "  \n")
     for n in range(100):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
         sock.sendall(b"GET /static/uPlot.iife.min.js HTTP/1.1\r\nHost: localhost\r\n\r\n" if n % 2 else
                      b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -178,7 +179,7 @@ def test_events_are_capped_per_client(tmp_path, simulator, daemons):
     daemon, port = started(tmp_path, simulator, daemons)
     streams = []
     for n in range(5):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         sock.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         streams.append((sock, sock.recv(100)))
     assert [status_line(first) for _, first in streams] == ["HTTP/1.0 200 OK"] * 4 + [
@@ -283,7 +284,7 @@ def test_the_page_with_the_token_in_a_real_browser(tmp_path, simulator, daemons)
 
 @pytest.mark.process
 def test_a_token_file_others_can_read_warns_and_an_empty_one_stops(tmp_path):
-    from tests.conftest import run_cli, write_config
+    from tests.conftest import line_of, run_cli, write_config
 
     config = write_config(tmp_path / "config.yaml", tmp_path / "data", "sim://")
     token = token_file(tmp_path, 0o644)
@@ -295,4 +296,5 @@ def test_a_token_file_others_can_read_warns_and_an_empty_one_stops(tmp_path):
     token.write_text("\n")
     result = run_cli("check-config", "--config", str(config))
     assert result.returncode == 2
-    assert result.stderr == f"wattchecker-client: error: http.auth_token_file: {token} is empty\n"
+    assert result.stderr == (f"wattchecker-client: error: {config}:{line_of(config, 'auth_token_file')}: "
+                             f"http.auth_token_file: {token} is empty: write the secret there\n")

@@ -5,7 +5,8 @@ per meter. A real socketpair joins the two: the reader gets an fd-based
 ``transport.Link`` on one end; a bridge coroutine owns the other end, writes
 each notification of the Nordic UART RX characteristic into it, and forwards
 what the reader writes to the TX characteristic. Notifications arrive split at
-about 20 bytes; the decoder above frames by length, so they are just a stream.
+the ATT payload (20 bytes by default; at a Pi's MTU of 247 a whole answer, or
+two), and the decoder above frames by length, so they are just a stream.
 
 One event loop thread per BLE meter (per ``BleOpener``), kept across that
 meter's reconnects: a silent meter, or a bleak call that wedges, holds up only
@@ -21,6 +22,12 @@ What BlueZ does in practice, and the answer here:
   next request unanswered as well: close the link, and the reader reconnects;
 - no adapter, adapter off, bluetoothd or D-Bus not running: a ``LinkError``
   whose one line says what to run; the reader retries with backoff.
+- bluetoothd restarted (an upgrade, a crash): bleak's view of BlueZ (one per
+  event loop) keeps the old objects and never learns the new paths, so every
+  connect after is half-open ("Multiple Characteristics with this UUID"). Once
+  a call meets BlueZ gone or an object unknown, the next open starts a fresh
+  event loop (a fresh view) and first waits, up to the connect timeout, for
+  ``org.bluez`` to be back, so the link heals as soon as it is.
 
 ``bleak`` is the optional extra ``[ble]``, imported only when a BLE link opens.
 """
@@ -31,10 +38,11 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from .errors import SetupError
 from .transport import DEFAULT_TIMEOUT, Link, LinkError, LinkTimeout, is_ble
@@ -52,6 +60,15 @@ CONNECT_ATTEMPTS = 2
 MIN_CONNECT_TIMEOUT = 10.0
 SILENCE_TIMEOUT = 3.0
 DEFAULT_BUS = "unix:path=/run/dbus/system_bus_socket"
+# D-Bus errors that mean bluetoothd left (or restarted, and the path we hold is gone).
+BLUEZ_GONE = (
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.UnknownObject",
+    "org.freedesktop.DBus.Error.NoReply",  # it left (or hung) mid-call
+)
+# How often to ask the bus whether org.bluez is back, while it is not.
+BLUEZ_POLL = 0.2
 # What to check when BlueZ cannot reach the meter over the air.
 OUT_OF_REACH = "is the meter plugged in, in range, and not connected to a phone?"
 
@@ -92,6 +109,31 @@ def quiet_bleak(folder: str) -> None:
         root.addFilter(FromPackage(folder))
 
 
+def adapter_args(adapter: Optional[str], **bluez: Any) -> Dict[str, Any]:
+    """bleak's keyword arguments for a client or scanner on ``adapter`` (hci1; None: BlueZ's default),
+    with ``bluez``'s BlueZ-only ones (a scan's filters). bleak 0.21 takes ``adapter=``; since it grew a
+    ``bluez`` argument for clients too, ``adapter`` goes in there (the keyword is deprecated)."""
+    if adapter is None:
+        return {"bluez": bluez} if bluez else {}
+    import inspect
+
+    if "bluez" in inspect.signature(import_bleak().BleakClient.__init__).parameters:
+        return {"bluez": {**bluez, "adapter": adapter}}
+    return {"adapter": adapter, **({"bluez": bluez} if bluez else {})}
+
+
+def client_on(adapter: Optional[str]) -> Optional[ClientFactory]:
+    """A factory of bleak clients on ``adapter`` (a device's ``adapter: hci1``), bleak imported at first
+    use; None for BlueZ's default adapter (the opener's own default, bleak.BleakClient)."""
+    if adapter is None:
+        return None
+
+    def factory(address: str, **kwargs: Any) -> Any:
+        return import_bleak().BleakClient(address, **kwargs, **adapter_args(adapter))
+
+    return factory
+
+
 def check_setup(meters: Iterable[Any]) -> List[str]:
     """Start-up's check (``daemon.preflight``, so also check-config), for meters with ``address`` and
     ``model``: a BLE meter without bleak installed is a SetupError there, not a reader that stops later."""
@@ -123,15 +165,25 @@ def explain(exc: BaseException) -> str:
     reason = getattr(getattr(exc, "reason", None), "name", "")
     text = " ".join(str(a) for a in exc.args if isinstance(a, str)) or type(exc).__name__
     lowered = text.lower()
-    if dbus_error in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+    if dbus_error in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner") or (
+        dbus_error == "org.freedesktop.DBus.Error.NoReply" and "disconnected" in lowered  # it left mid-call
+    ):
         return "bluetoothd is not running (no org.bluez on the D-Bus system bus): `sudo systemctl start bluetooth`"
+    if dbus_error == "org.bluez.Error.NotConnected":  # a write to a link BlueZ knows is down (after a restart)
+        return "the meter or BlueZ dropped the BLE connection"
     if dbus_error == "org.bluez.Error.NotReady" or reason == "POWERED_OFF" or "powered" in lowered:
         return "the Bluetooth adapter is powered off: `bluetoothctl power on` (and check `rfkill list`)"
+    if lowered.startswith("adapter ") and lowered.endswith(" not found"):  # bleak, for adapter: hci1
+        return f"{text}: check `adapter:` (or --adapter) against `bluetoothctl list`"
     if reason in ("NO_BLUETOOTH", "NO_BLE_CENTRAL_ROLE") or "no bluetooth adapters" in lowered:
         return f"no Bluetooth LE adapter found ({text}): check `bluetoothctl list` and `rfkill list`"
     if dbus_error == "org.freedesktop.DBus.Error.AccessDenied" or reason.startswith("DENIED"):
+        # dbus-daemon's text is a paragraph of rules and pids; the method refused is what helps.
+        called = re.search(r'interface="([^"]+)" member="([^"]+)"', text)
+        what = f" ({called[1]}.{called[2]})" if called else ""
         return (
-            f"D-Bus denied access to BlueZ ({text}): run as root or as a member of group `bluetooth`"
+            f"D-Bus denied this process a call to BlueZ{what}: run the service as root or as a member of "
+            "group `bluetooth` (`sudo usermod -aG bluetooth USER`, then restart it)"
         )
     if dbus_error == "org.bluez.Error.Failed":
         # BlueZ's catch-all, with its reason as the body (le-connection-abort-by-remote, ...): mostly radio.
@@ -165,6 +217,12 @@ class BleStats:
 
     def summary(self) -> str:
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+
+class ServiceGone(Exception):
+    """No org.bluez on the bus, found by asking the bus itself."""
+
+    dbus_error = "org.freedesktop.DBus.Error.NameHasNoOwner"
 
 
 class HalfOpen(Exception):
@@ -232,9 +290,23 @@ class LoopThread:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
         if loop is not None and thread is not None:
+            # bleak's tasks (its watch on its D-Bus connection) end here, not in a "destroyed but pending".
+            try:
+                asyncio.run_coroutine_threadsafe(_cancel_others(), loop).result(2)
+            except Exception as exc:
+                log.debug("%s: tasks left at close: %r", self.name, exc)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(5)
             loop.close()
+
+
+async def _cancel_others() -> None:
+    """Cancel every other task on this loop and wait (briefly) for them to end."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=1)
 
 
 class BleOpener:
@@ -260,9 +332,14 @@ class BleOpener:
         self.connect_attempts = connect_attempts
         self.stats = BleStats()
         self.loop = LoopThread(f"ble {self.mac}")
+        # Set when a call met BlueZ gone: bleak's view of it, kept per event loop, is stale.
+        self.bluez_left = False
 
     def __call__(self) -> Link:
         factory = self.client_factory or import_bleak().BleakClient
+        if self.bluez_left:
+            stale, self.loop = self.loop, LoopThread(f"ble {self.mac}")
+            stale.close()
         ours, theirs = socket.socketpair()
         bridge = Bridge(self, factory, theirs)
         # A safety net only: every step inside has its own timeout.
@@ -330,6 +407,8 @@ class Bridge:
         opener = self.opener
         error: BaseException = LinkError("no connect attempt")
         try:
+            if opener.bluez_left:
+                await self._bluez_back()
             for attempt in range(opener.connect_attempts):
                 client = self.factory(
                     opener.mac, disconnected_callback=self._on_disconnected, timeout=opener.connect_timeout
@@ -337,6 +416,7 @@ class Bridge:
                 try:
                     await asyncio.wait_for(client.connect(), opener.connect_timeout + 1)
                 except Exception as exc:  # bleak and D-Bus raise many types; explain() sorts them
+                    self._explain(exc)
                     await self._drop(client)
                     raise link_error(opener.name, exc) from None
                 try:
@@ -344,7 +424,7 @@ class Bridge:
                 except Exception as exc:
                     self.stats.half_open += 1
                     error = exc
-                    log.info("%s: connected but %s; dropping that link", opener.name, explain(exc))
+                    log.info("%s: connected but %s; dropping that link", opener.name, self._explain(exc))
                     await self._drop(client)
                     continue
                 self.client = client
@@ -355,6 +435,37 @@ class Bridge:
         except BaseException:
             self.sock.close()
             raise
+
+    async def _bluez_back(self) -> None:
+        """Wait, up to the connect timeout, for org.bluez on the bus; LinkError if it stays away."""
+        from dbus_fast import Message
+        from dbus_fast.aio import MessageBus
+
+        asked = Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus", member="NameHasOwner", signature="s", body=["org.bluez"])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.opener.connect_timeout
+        try:
+            bus = await asyncio.wait_for(MessageBus(bus_address=system_bus()).connect(), self.opener.timeout)
+        except Exception as exc:
+            raise link_error(self.opener.name, exc) from None
+        try:
+            while not (await asyncio.wait_for(bus.call(asked), self.opener.timeout)).body[0]:
+                if loop.time() >= deadline:
+                    raise LinkError(f"{self.opener.name}: {explain(ServiceGone())}")
+                await asyncio.sleep(BLUEZ_POLL)
+        except asyncio.TimeoutError as exc:
+            raise link_error(self.opener.name, exc) from None
+        finally:
+            bus.disconnect()
+        log.info("%s: BlueZ is back on the bus; connecting afresh", self.opener.name)
+        self.opener.bluez_left = False
+
+    def _explain(self, exc: BaseException) -> str:
+        """``explain(exc)``, noting on the opener when it says BlueZ left (its next open starts afresh)."""
+        if getattr(exc, "dbus_error", None) in BLUEZ_GONE:
+            self.opener.bluez_left = True
+        return explain(exc)
 
     async def _subscribe(self, client: Any) -> None:
         services = client.services
@@ -405,17 +516,20 @@ class Bridge:
                 data = await loop.sock_recv(self.sock, 4096)
                 if not data:
                     break
+                # Armed before the write: BlueZ may deliver the answer before the write's reply
+                # (signals and replies reach bleak on two connections), and a notification heard
+                # meanwhile disarms it; armed after, it would stay armed with the answer already in.
+                self._expect_reply()
                 for at in range(0, len(data), WRITE_CHUNK):
                     await asyncio.wait_for(
                         self.client.write_gatt_char(self._tx, data[at : at + WRITE_CHUNK], response=self._with_response),
                         self.opener.timeout,
                     )
                 self.stats.bytes_out += len(data)
-                self._expect_reply()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._spawn(self.finish(f"write to the meter failed: {explain(exc)}"))
+            self._spawn(self.finish(f"write to the meter failed: {self._explain(exc)}"))
             return
         self._spawn(self.finish("closed by this client"))
 
@@ -454,11 +568,11 @@ class Bridge:
         try:
             await asyncio.wait_for(client.stop_notify(self._rx), timeout)
         except Exception as exc:
-            log.debug("%s: stop_notify: %s", self.opener.name, explain(exc))
+            log.debug("%s: stop_notify: %s", self.opener.name, self._explain(exc))
         try:
             await asyncio.wait_for(client.start_notify(self._rx, self._on_notify), timeout)
         except Exception as exc:
-            await self.finish(f"re-subscribing failed: {explain(exc)}")
+            await self.finish(f"re-subscribing failed: {self._explain(exc)}")
         finally:
             self._resubscribing = False
         # The next request re-arms the timer: no answer to it either, and the link closes.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qsl, urlsplit
@@ -18,9 +18,10 @@ from urllib.parse import parse_qsl, urlsplit
 import yaml
 
 from .clock import time_zone
+from .errors import SetupError
 from .protocol import DEFAULT_MODEL, MODELS
 from .relay import ON_CONNECT, RelaySettings
-from .transport import MAC_RE
+from .transport import MAC_RE, is_ble
 
 DEFAULT_NAME = "wattchecker"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
@@ -39,6 +40,7 @@ class DeviceConfig:
     timeout: float
     model: str = DEFAULT_MODEL
     relay: Optional[RelaySettings] = None  # a btwattch2's relay: section; None: the defaults
+    adapter: Optional[str] = None  # a btwattch2's Bluetooth adapter (hci1); None: BlueZ's default
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,15 @@ class Config:
     http: Optional[HttpConfig] = None  # the page, /metrics and /healthz; None: not served
     mqtt: Optional[MqttConfig] = None  # live readings to an MQTT broker / Home Assistant
     influxdb: Optional[InfluxConfig] = None  # closed hours (and optionally live points) to InfluxDB
+    # Each section's keys -> their line in the file, for errors found after parsing (a key file missing).
+    key_lines: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def located(self, exc: SetupError) -> SetupError:
+        """``exc`` with this file and the line of its key in front, as a ConfigError names them."""
+        if exc.key is None:
+            return exc
+        line = self.key_lines.get(exc.key) or self.key_lines.get(exc.key.partition(".")[0])  # a key left out
+        return SetupError(f"{self.source}:{line}: {exc}" if line else f"{self.source}: {exc}")
 
     def file_stem(self, device: DeviceConfig) -> str:
         return f"wattchecker-data-{device.name}" if self.named_files else "wattchecker-data"
@@ -234,6 +245,18 @@ def measurement_name(value: Any) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name):
         raise ValueError(f"{name!r}: use 1-64 letters, digits and _ . : -")
     return name
+
+
+# --- adapter: which Bluetooth adapter a BLE meter is reached through ---
+
+ADAPTER_RE = re.compile(r"hci[0-9]{1,3}")
+
+
+def adapter_name(value: Any) -> str:
+    """A BlueZ adapter's name, as `bluetoothctl list` and `hciconfig` show it."""
+    if not isinstance(value, str) or not ADAPTER_RE.fullmatch(value.strip()):
+        raise ValueError(f"must be an adapter's name such as hci0 or hci1 (`bluetoothctl list`), got {value!r}")
+    return value.strip()
 
 
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -365,6 +388,7 @@ DEVICE: Spec = {
     "start_argument": (integer(0, 255), 0),
     "timeout": (number(maximum=600), 5.0),
     "relay": (lambda value: value, None),  # checked by _device against RELAY
+    "adapter": (optional(adapter_name), None),
 }
 RELAY: Spec = {
     "min_interval": (number(0, exclusive=False), 2.0),
@@ -529,6 +553,8 @@ def _device(ctx: _Context, path: List[Any], data: Any) -> DeviceConfig:
         if values["model"] != "btwattch2":
             raise ctx.error(path + ["relay"], "only an RS-BTWATTCH2 (model: btwattch2) has a relay")
         values["relay"] = RelaySettings(**_section(ctx, path + ["relay"], values["relay"], RELAY))
+    if values["adapter"] is not None and not is_ble(where, values["model"]):
+        raise ctx.error(path + ["adapter"], "only applies to an RS-BTWATTCH2 (model: btwattch2) at a MAC address")
     simulated = dict(parse_qsl(urlsplit(where).query)).get("model") if where.startswith("sim:") else None
     if simulated is not None and simulated != values["model"]:
         raise ctx.error(path + ["model"], f"is {values['model']}, but the address simulates a {simulated}: "
@@ -610,7 +636,17 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
     mqtt = _mqtt(ctx, data["mqtt"], base) if "mqtt" in data else None
     influxdb = _influxdb(ctx, data["influxdb"], base) if data.get("influxdb") is not None else None
     return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, report, "devices" in data, http=http,
-                  mqtt=mqtt, influxdb=influxdb)
+                  mqtt=mqtt, influxdb=influxdb, key_lines=_key_lines(root))
+
+
+def _key_lines(root: Optional[yaml.Node]) -> Dict[str, int]:
+    """``section`` and ``section.key`` -> line, for the top-level sections' own keys."""
+    lines: Dict[str, int] = {}
+    for key_node, value_node in root.value if isinstance(root, yaml.MappingNode) else ():
+        lines[key_node.value] = key_node.start_mark.line + 1
+        for sub_key, _ in value_node.value if isinstance(value_node, yaml.MappingNode) else ():
+            lines[f"{key_node.value}.{sub_key.value}"] = sub_key.start_mark.line + 1
+    return lines
 
 
 def load_config(path: str) -> Config:

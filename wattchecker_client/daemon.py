@@ -46,8 +46,16 @@ def preflight(config: Config) -> List[str]:
     One function for both, so a config that passes check-config cannot stop
     the service. Each configured output adds its own ``check_setup`` (its
     libraries, its key files): SetupError where start-up stops, warnings
-    returned. It creates nothing and connects nowhere.
+    returned. It creates nothing and connects nowhere. Errors name the
+    config's file and line.
     """
+    try:
+        return _preflight(config)
+    except SetupError as exc:
+        raise config.located(exc) from None
+
+
+def _preflight(config: Config) -> List[str]:
     warnings: List[str] = []
     if config.bigquery is not None:
         from .upload.bigquery import check_setup as check_bigquery
@@ -78,6 +86,15 @@ def preflight(config: Config) -> List[str]:
     elif not data_dir.is_dir():
         warnings.append(f"general.data_dir: {data_dir} is not a folder: start-up will exit 1")
     return warnings
+
+
+def ble_client_factory(device: DeviceConfig) -> Optional[Callable[..., object]]:
+    """bleak clients on the device's ``adapter: hci1``; None (BlueZ's default adapter) without one."""
+    if device.adapter is None:
+        return None  # no need to import asyncio and the BLE link here
+    from .ble import client_on
+
+    return client_on(device.adapter)
 
 
 def one_malloc_arena() -> None:
@@ -189,6 +206,8 @@ class Daemon:
         self.heartbeat_interval = general.watchdog_stall / 3
         self.readers: Dict[str, MeterReader] = {}
         self.live = self._live_for(config)
+        if self.live is not None:
+            self.writer.listener = self.live  # the energy counts what reached the disk, once
         self.influx, self.influx_live = self._influx_for(config)  # after the live state its live points read
         self.mqtt = None  # the MQTT publisher, made by its thread once the readers exist
         self.web = self._web_for(config)
@@ -276,8 +295,6 @@ class Daemon:
             general.data_dir,
             config.file_stems(),
             history_seconds=history_seconds(config) if config.http is not None else 0,  # the page's last hour
-            data_format=general.data_format,
-            durable_rows=self._rows_on_disk,
             # Energy is saved (and shown) once its rows are on disk: saving more often than the writer flushes gains nothing.
             checkpoint_interval=min(60.0, max(1.0, general.data_buffer_size)),
         )
@@ -296,10 +313,6 @@ class Daemon:
         """Why the service is not healthy (for /healthz): the threads the watchdog would not vouch for."""
         stuck = self._stuck(self._writer_thread) if self._writer_thread is not None else ["starting up"]
         return [f"no sign of life from {', '.join(stuck)} for {self.config.general.watchdog_stall:g} s"] if stuck else []
-
-    def _rows_on_disk(self, meter: str) -> int:
-        """Rows of ``meter`` the writer has written in every format since start-up."""
-        return min(fs.rows_written for fs in self.writer.sets[meter])
 
     # --- threads ----------------------------------------------------------------
 
@@ -324,6 +337,7 @@ class Daemon:
             on_disconnect=partial(self.live.disconnected, device.name) if self.live else (lambda: None),
             relay=self._relay_policy(device),
             on_relay_memory=partial(self._relay_memory, device.name),
+            ble_client_factory=ble_client_factory(device),
         )
 
     def _relay_policy(self, device: DeviceConfig):
@@ -526,7 +540,8 @@ class Daemon:
             return ""
         note = "; " + next(iter(self.readers.values())).trust.describe()
         if any(r.waiting_for_sync for r in self.readers.values()):
-            note += f"; waiting up to {self.config.general.time_sync_wait:g} s for the system clock to be synchronised"
+            note += (f"; the system clock is not synchronised yet (a warning if it is not within "
+                     f"{self.config.general.time_sync_wait:g} s)")
         return note
 
     def _clock_trust_changed(self) -> None:

@@ -74,7 +74,7 @@ class EnergyView:
         self.price = config.report.price
         self.lag = flush_lag(config)
         # W as the report reads it back from the files, so memory and files agree to the row.
-        self.stored = stored_watts if "csv" in config.general.data_format else float
+        self.stored = float if "json" in config.general.data_format else stored_watts  # as the folder's union reads W
         self._lock = threading.Lock()
         self._settled_hour: Optional[int] = None
         self._files: Dict[str, _FilePart] = {}
@@ -158,7 +158,7 @@ class EnergyView:
         if CURRENT_PART in parts:
             return None
         summary = closed.get(hour)
-        if summary is None or summary.parts != parts:
+        if summary is None or not summary.covers(sources.files(hour)):
             self.hours_read += 1
             summary = summarize_files(sources, hour)  # unreadable: None, and add_hour tells of it
             if summary is None:

@@ -1,7 +1,41 @@
-"""The data folder's contract: the hour files' names, their rows, the integration rule, hourly summaries.
+"""The data folder's contract: the hour files' names, their rows, the union rule, hourly summaries.
 
-The writer, the uploader, the report, the page and the energy restore all
-read the folder through this module; none of them spells a file name itself.
+The writer, the uploader, the report, the page, retention and the energy
+restore all read the folder through this module; none of them spells a file
+name or reconciles formats or parts itself.
+
+**The folder is the union of its files.** Each meter-second that any file
+holds (either format, any part, closed or the plain current file) counts
+exactly once. ``read_union`` is the one reading of an hour: where both
+formats hold a second the JSON's full-precision line wins, and the second
+belongs to (is uploaded with) the first part that holds it in any format.
+
+**Write order and durability** (``writer.py``). A flush appends each
+meter's rows to the JSON file first, then the CSV, each append followed by
+an fsync: a row is durable once the first fsync covering it returns, and a
+crash between the two formats leaves the winning values on disk. A close
+writes the hour's ``.gz`` under a temporary name, fsyncs it, renames it,
+fsyncs the folder, then unlinks the plain file and fsyncs the folder again:
+a crash anywhere leaves the rows in the plain file, the ``.gz``, or both,
+and the union counts them once. The energy counter counts a row only after
+the writer has told it durable and new to the folder.
+
+**A closed hour while its formats disagree** (a crash between two appends,
+or between two formats' closes) is simply the union of what each holds: the
+short format is not repaired, nothing is counted twice, and the hour's
+summary is made once every format has closed it.
+
+**Deleting an hour** (retention) takes all its parts and formats together,
+and only once every part is in BigQuery (when uploading) and a saved summary
+covers all its files; a crash mid-deletion leaves a subset that the summary
+still covers. Part numbers are never used twice (a part in ``failed/`` keeps
+its number), and rows for an hour retention deleted are kept in ``failed/``
+and counted nowhere: they could not be integrated with rows that are gone.
+
+**A damaged file** (a bad gzip, garbage, an empty closed file, a line that
+is not a row of its hour) is moved to ``failed/`` beside a ``.reason`` with
+one warning by whichever reader meets it first (``quarantine``); the hour is
+read from its other files and the service keeps reading.
 
 The raw hour files stay the one source of truth. A summary is a cache
 derived from one closed UTC hour of one meter, so that a year of history
@@ -14,7 +48,9 @@ a multiple of 15 minutes, so a bucket lies in one local day and hour), the
 watt-seconds, seconds held, peak W and rows of its rows but the last, and
 the first and last row. The last row's hold depends on the next hour's first
 row, so joining hours applies the one step rule (``held_seconds``) exactly as
-a pass over every row does.
+a pass over every row does. It names the files it was read from: a file not
+among them (a late part) makes it stale; fewer files (retention, damage)
+leave it standing.
 
 Summaries are one JSON line per hour in ``<stem>.summaries.jsonl``, appended
 and never rewritten; a later line for the same hour replaces an earlier one
@@ -33,15 +69,10 @@ import zlib
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from . import fileops
+from .fileops import FILE_MODE, private_file  # noqa: F401  (re-exported: the folder's file mode)
+
 log = logging.getLogger(__name__)
-FILE_MODE = 0o640  # readings show when someone is home: the service's group may read them, others not
-
-
-def private_file(path: str, flags: int) -> int:
-    """An ``opener`` for open(): a file it creates gets FILE_MODE whatever the umask allows beyond it."""
-    return os.open(path, flags, FILE_MODE)
-
-
 MAX_STEP = 5  # seconds
 BUCKET_SECONDS = 900  # the largest step every time-zone offset is a multiple of
 BUCKETS = 3600 // BUCKET_SECONDS
@@ -50,6 +81,8 @@ LINE_START = '{"hour":"'  # how every summary line begins (HourSummary.to_line):
 HOUR_FORMAT = "%Y-%m-%d_%H"  # in the hour files' names, as TimedRotatingFileHandler names them
 STAMP_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 CURRENT_PART = 10_000  # the plain current file sorts after any closed part of its hour
+FAILED_DIR = "failed"  # damaged files, and hours BigQuery refused, beside a .reason each
+REASON_SUFFIX = ".reason"
 
 Row = Tuple[int, float]  # (second within its hour, W)
 
@@ -98,6 +131,15 @@ class HourSummary(NamedTuple):
     gaps: int  # steps longer than MAX_STEP inside the hour
     buckets: Tuple[Bucket, ...]
     volts: Optional[Tuple[float, float]] = None  # the hour's lowest and highest V (None in older lines)
+    # The files it was read from (``csv.0``, ``json.1``): a file not among them makes it stale. None in
+    # lines of releases before the union rule: those stand only once the hour's files are gone.
+    files: Optional[Tuple[str, ...]] = None
+
+    def covers(self, files: Sequence[str]) -> bool:
+        """True if it was made from every one of ``files`` (fewer: retention or damage took some since)."""
+        if not files:
+            return True
+        return self.files is not None and set(files) <= set(self.files)
 
     @property
     def watt_seconds(self) -> float:
@@ -110,6 +152,7 @@ class HourSummary(NamedTuple):
             "first": list(self.first), "last": list(self.last), "rows": self.rows, "gaps": self.gaps,
             "buckets": [[b.watt_seconds, b.seconds, b.peak_watts, b.rows] for b in self.buckets],
             **({"volts": list(self.volts)} if self.volts else {}),
+            **({"files": list(self.files)} if self.files is not None else {}),
         }, separators=(",", ":")) + "\n"
 
     @classmethod
@@ -119,10 +162,11 @@ class HourSummary(NamedTuple):
         if len(buckets) != BUCKETS:
             raise ValueError(f"{len(buckets)} buckets, not {BUCKETS}")
         first, last = data["first"], data["last"]
-        volts = data.get("volts")
+        volts, files = data.get("volts"), data.get("files")
         return cls(dt.datetime.strptime(data["hour"], HOUR_FORMAT), tuple(int(p) for p in data["parts"]),
                    (int(first[0]), float(first[1])), (int(last[0]), float(last[1])), int(data["rows"]),
-                   int(data["gaps"]), buckets, (float(volts[0]), float(volts[1])) if volts else None)
+                   int(data["gaps"]), buckets, (float(volts[0]), float(volts[1])) if volts else None,
+                   tuple(str(f) for f in files) if files is not None else None)
 
 
 # --- names --------------------------------------------------------------------------
@@ -189,14 +233,133 @@ def line_volts(line: str) -> float:
     return float(field.split(":", 1)[1] if line.startswith("{") else field)
 
 
-def read_hour(path: Path, volts: Optional[List[float]] = None) -> List[Tuple[int, float]]:
-    """The file's (second, W) rows; each row's V into ``volts`` too when given (for a summary)."""
+class Damaged(Exception):
+    """A data file whose bytes cannot be rows (a bad gzip, garbage, an empty closed file)."""
+
+
+DAMAGE = (EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError, ValueError, IndexError, Damaged)
+
+
+class FileRow(NamedTuple):
+    second: int  # within its hour
+    watts: float
+    line: str
+
+
+def file_lines(path: Path, hour: Optional[str] = None) -> List[FileRow]:
+    """Every row of a data file, in file order, each parsed once (the hot path of every reader).
+
+    A closed file is all or nothing: any line that is not a row, or no row at
+    all, means damage (``Damaged`` or a gzip/zlib error). The plain current
+    file may end in a torn line (a crash mid-append): that line is not a row yet.
+    ``hour`` (``YYYY-MM-DD HH``): only that hour's rows (a plain file a crash
+    left spanning two hours holds rows of both).
+    """
+    closed = path.suffix == ".gz"
     with open_text(path) as f:
-        if volts is None:
-            return [parse_line(line) for line in f if line.strip()]
-        lines = [line for line in f if line.strip()]
-    volts.extend(line_volts(line) for line in lines)
-    return [parse_line(line) for line in lines]
+        lines = f.read().splitlines(keepends=True)
+    if not closed and lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            second, watts = parse_line(line)
+            stamp = line[14:27] if line[0] == "{" else line[:13]
+            ok = stamp[4] == "-" and stamp[10] == " " and 0 <= second < 3600
+        except (ValueError, IndexError):
+            ok = False
+        if not ok:
+            if closed and line.strip():
+                raise Damaged(f"line {number} is not a row")
+            continue
+        if hour is None or stamp == hour:
+            rows.append(FileRow(second, watts, line))
+        elif closed:
+            raise Damaged(f"line {number} is not of the file's hour")
+    if closed and not rows:
+        raise Damaged("no rows")
+    return rows
+
+
+def quarantine(path: Path, reason: str) -> None:
+    """Move a damaged file to ``failed/`` beside a ``.reason``, with one warning; the rest reads on.
+
+    Every reader calls this, so whoever meets the damage first moves the file
+    and the others find it gone. A reader that may not move it (``report`` run
+    as another user) says so and skips the file.
+    """
+    if path.parent.name == FAILED_DIR:  # read from failed/ (``upload`` of a file put back by hand)
+        log.warning("%s: damaged (%s), skipped", path, reason)
+        return
+    failed = path.parent / FAILED_DIR
+    target = failed / path.name
+    try:
+        failed.mkdir(exist_ok=True)
+        number = 1
+        while target.exists():
+            number += 1
+            target = failed / f"{path.name}.{number}"
+        fileops.rename(path, target)
+        fileops.atomic_write(target.with_name(target.name + REASON_SUFFIX), f"damaged: {reason}\n".encode(),
+                             compress=False)
+    except FileNotFoundError:
+        return  # another reader moved it first
+    except OSError as exc:
+        log.warning("%s: damaged (%s), skipped; cannot move it to %s/ (%s)", path, reason, FAILED_DIR, exc)
+        return
+    log.warning("%s: damaged (%s): moved to %s; the hour keeps the rows its other files hold", path.name, reason, target)
+
+
+class UnionRow(NamedTuple):
+    """One second of an hour as the folder holds it."""
+
+    owner: int  # the lowest part holding this second: the upload unit it belongs to
+    line: str  # the most precise line holding it (JSON over CSV)
+    watts: float  # that line's W
+
+
+def read_union(files: Dict[int, Dict[str, Path]], hour: dt.datetime,
+               problems: Optional[List[str]] = None) -> Dict[int, UnionRow]:
+    """The one reading of an hour: second -> its row, each second once, across formats and parts.
+
+    ``files``: part -> format -> path (``CURRENT_PART`` for the plain file).
+    Parts are read in order and JSON before CSV within each, so a second's
+    owner is the first part holding it in any format and its line the JSON's
+    when any JSON file holds it. A damaged file is quarantined and the hour
+    is read from the rest.
+    """
+    union: Dict[int, UnionRow] = {}
+    prefix = hour.strftime("%Y-%m-%d %H")
+    for part in sorted(files):
+        for fmt in ("json", "csv"):
+            path = files[part].get(fmt)
+            if path is None:
+                continue
+            try:
+                rows = file_lines(path, prefix)
+            except FileNotFoundError:
+                continue  # moved or deleted meanwhile (quarantine, retention, the writer's close)
+            except DAMAGE as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                quarantine(path, reason)
+                if problems is not None:
+                    problems.append(f"{path.name}: damaged, skipped ({reason})")
+                continue
+            for second, watts, line in rows:
+                held = union.get(second)
+                if held is None:
+                    union[second] = UnionRow(part, line, watts)
+                elif fmt == "json" and held.line[0] != "{":
+                    union[second] = UnionRow(held.owner, line, watts)
+    return union
+
+
+def union_rows(union: Dict[int, UnionRow], volts: Optional[List[float]] = None) -> List[Row]:
+    """(second, W) of an hour's union in time order; each row's V into ``volts`` too when given."""
+    ordered = sorted(union.items())
+    if volts is not None:
+        volts.extend(line_volts(row.line) for _, row in ordered)
+    return [(second, row.watts) for second, row in ordered]
 
 
 class HourSources:
@@ -208,23 +371,32 @@ class HourSources:
     def add(self, hour: dt.datetime, part: int, fmt: str, path: Path) -> None:
         self.by_hour.setdefault(hour, {}).setdefault(part, {})[fmt] = path
 
-    def rows(self, hour: dt.datetime, problems: List[str],
-             volts: Optional[List[float]] = None) -> List[Tuple[int, float]]:
-        """The hour's rows in time order; an unreadable file falls back to its other format."""
-        rows: List[Tuple[int, float]] = []
-        for part in sorted(self.by_hour[hour]):
-            formats = self.by_hour[hour][part]
-            for fmt in ("csv", "json"):  # CSV is smaller and quicker; W to 0.01 is plenty for kWh
-                path = formats.get(fmt)
-                if path is None:
-                    continue
-                try:
-                    rows += read_hour(path, volts)
-                    break
-                except (OSError, EOFError, zlib.error, ValueError, IndexError) as exc:
-                    problems.append(f"{path.name}: skipped, unreadable ({type(exc).__name__}: {exc})")
-        rows.sort()
-        return rows
+    def files(self, hour: dt.datetime) -> Tuple[str, ...]:
+        """The hour's files as a summary names them (``csv.0``, ``json.1``, ...)."""
+        return file_names(self.by_hour.get(hour, {}))
+
+    def union(self, hour: dt.datetime, problems: Optional[List[str]] = None) -> Dict[int, UnionRow]:
+        union = read_union(self.by_hour[hour], hour, problems)
+        self.by_hour[hour] = present(self.by_hour[hour])  # without the files quarantined meanwhile
+        if not self.by_hour[hour]:
+            del self.by_hour[hour]
+        return union
+
+    def rows(self, hour: dt.datetime, problems: Optional[List[str]] = None,
+             volts: Optional[List[float]] = None) -> List[Row]:
+        """The hour's rows in time order, each second once (``read_union``)."""
+        if hour not in self.by_hour:
+            return []
+        return union_rows(self.union(hour, problems), volts)
+
+
+def present(files: Dict[int, Dict[str, Path]]) -> Dict[int, Dict[str, Path]]:
+    kept = {part: {fmt: path for fmt, path in formats.items() if path.exists()} for part, formats in files.items()}
+    return {part: formats for part, formats in kept.items() if formats}
+
+
+def file_names(files: Dict[int, Dict[str, Path]]) -> Tuple[str, ...]:
+    return tuple(sorted(f"{fmt}.{part}" for part, formats in files.items() for fmt in formats))
 
 
 def sources_for(data_dir: Path, stem: str, since: Optional[dt.datetime] = None) -> HourSources:
@@ -253,17 +425,18 @@ def sources_between(data_dir: Path, stem: str, start: int, end: int) -> HourSour
 
     No listing: the page asks for two days, and that must cost the same
     beside five years of files as beside one. Late parts are numbered on
-    from 1, so probing stops at the first part missing in both formats.
+    from 1 and a number is never used twice, so probing stops at the first
+    part missing in both formats, here and in failed/.
     """
     sources = HourSources()
     for hour_start in range(start - start % 3600, end, 3600):
         hour = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=hour_start)
         part = 0
         while True:
-            found = [(fmt, data_dir / closed_name(stem, fmt, hour, part)) for fmt in ("csv", "json")]
-            found = [(fmt, path) for fmt, path in found if path.exists()]
-            if not found:
-                break
+            names = [(fmt, closed_name(stem, fmt, hour, part)) for fmt in ("csv", "json")]
+            found = [(fmt, data_dir / name) for fmt, name in names if (data_dir / name).exists()]
+            if not found and not any((data_dir / FAILED_DIR / name).exists() for _, name in names):
+                break  # a part in failed/ (damaged, or refused) still holds its number: probe on past it
             for fmt, path in found:
                 sources.add(hour, part, fmt, path)
             part += 1
@@ -272,24 +445,31 @@ def sources_between(data_dir: Path, stem: str, start: int, end: int) -> HourSour
 
 
 def add_current(data_dir: Path, stem: str, sources: HourSources) -> None:
-    """The plain current files, as the hour of their first row (after any closed part of it)."""
+    """The plain current files, under every hour they hold (after any closed part of it).
+
+    One hour, but for a crash that left rows of the next hour in it before
+    the writer's recovery closes it.
+    """
     for fmt in ("csv", "json"):
         current = data_dir / f"{stem}.{fmt}"
         try:
-            with open(current, encoding="utf-8") as f:
-                first = f.readline()
+            with open(current, encoding="utf-8", errors="replace") as f:
+                hours = {stamp[:13] for stamp in map(line_stamp, f) if stamp}
         except FileNotFoundError:
             continue
-        if first.strip():
-            sources.add(hour_of_line(first), CURRENT_PART, fmt, current)
+        for hour in hours:
+            sources.add(parse_stamp(hour + ":00:00"), CURRENT_PART, fmt, current)
 
 
 # --- summaries ------------------------------------------------------------------------
 
 
-def summarize(hour: dt.datetime, parts: Sequence[int], rows: Sequence[Row],
+def summarize(hour: dt.datetime, files: Sequence[str], rows: Sequence[Row],
               volts: Sequence[float] = ()) -> Optional[HourSummary]:
-    """The summary of one hour's rows (in time order, as ``HourSources.rows`` gives them); None for none."""
+    """The summary of one hour's rows (in time order, as ``HourSources.rows`` gives them); None for none.
+
+    ``files``: the hour's files it was read from (``HourSources.files``).
+    """
     if not rows:
         return None
     sums = [[0.0, 0, 0.0, 0] for _ in range(BUCKETS)]
@@ -305,9 +485,10 @@ def summarize(hour: dt.datetime, parts: Sequence[int], rows: Sequence[Row],
             bucket[1] += held
             bucket[2] = max(bucket[2], watts)
     sums[rows[-1][0] // BUCKET_SECONDS][3] += 1
-    return HourSummary(hour, tuple(sorted(parts)), rows[0], rows[-1], len(rows), gaps,
+    parts = tuple(sorted({int(name.rsplit(".", 1)[1]) for name in files}))
+    return HourSummary(hour, parts, rows[0], rows[-1], len(rows), gaps,
                        tuple(Bucket(ws, s, p, r) for ws, s, p, r in sums),
-                       (min(volts), max(volts)) if volts else None)
+                       (min(volts), max(volts)) if volts else None, tuple(sorted(files)))
 
 
 def summaries_path(data_dir: Path, stem: str) -> Path:
@@ -342,55 +523,58 @@ def append_summaries(data_dir: Path, stem: str, summaries: List[HourSummary]) ->
         return
     path = summaries_path(data_dir, stem)
     try:
-        with open(path, "a+b", opener=private_file) as f:
-            f.seek(0, os.SEEK_END)
-            torn = False
-            if f.tell():
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"  # a crash mid-append: start a line of our own
-            f.write((b"\n" if torn else b"") + "".join(s.to_line() for s in summaries).encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+        torn = False
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell():
+                    f.seek(-1, os.SEEK_END)
+                    torn = f.read(1) != b"\n"  # a crash mid-append: start a line of our own
+        except FileNotFoundError:
+            pass
+        fileops.append(path, (b"\n" if torn else b"") + "".join(s.to_line() for s in summaries).encode("utf-8"))
     except OSError as exc:
         log.warning("%s: summaries not saved (%s); the report reads those hours' files", path, exc)
 
 
-def summarize_files(sources: HourSources, hour: dt.datetime) -> Optional[HourSummary]:
-    """A closed hour's summary from its files; None for the current hour, an unreadable file or no rows
-    (their rows are read each time, and they are tried again later)."""
-    parts = tuple(sorted(sources.by_hour[hour]))
-    if CURRENT_PART in parts:
+def summarize_files(sources: HourSources, hour: dt.datetime,
+                    problems: Optional[List[str]] = None) -> Optional[HourSummary]:
+    """A closed hour's summary from the union of its files; None for the current hour or no rows
+    (their rows are read each time). A damaged file is quarantined on the way; the rest count."""
+    if CURRENT_PART in sources.by_hour.get(hour, {}):
         return None
-    problems: List[str] = []  # told by whoever reads the hour's rows instead
     volts: List[float] = []
     rows = sources.rows(hour, problems, volts)
-    return None if problems else summarize(hour, parts, rows, volts)
+    if CURRENT_PART in sources.by_hour.get(hour, {}):
+        return None
+    return summarize(hour, sources.files(hour), rows, volts)
 
 
-def summarize_closed_hours(data_dir: Path, stem: str) -> None:
+def summarize_closed_hours(data_dir: Path, stem: str) -> Dict[dt.datetime, HourSummary]:
     """Make and save the summaries still missing (before retention deletes the hours' rows)."""
-    hour_summaries(data_dir, stem, sources_for(data_dir, stem))
+    return hour_summaries(data_dir, stem, sources_for(data_dir, stem))
 
 
 def hour_summaries(data_dir: Path, stem: str, sources: HourSources, only: Optional[Sequence[dt.datetime]] = None,
-                   since: Optional[dt.datetime] = None) -> Dict[dt.datetime, HourSummary]:
-    """Every closed hour's summary: saved ones still matching their files, the rest made now and saved.
+                   since: Optional[dt.datetime] = None, problems: Optional[List[str]] = None,
+                   ) -> Dict[dt.datetime, HourSummary]:
+    """Every closed hour's summary: saved ones still covering their files, the rest made now and saved.
 
     Hours whose raw files retention deleted keep their saved summary. An
-    hour with the current plain file, or a file that cannot be read, is not
-    summarized (its rows are read each time, and it is tried again later).
-    ``only``: make none but these hours' (the rest are made another time).
-    ``since``: none before this hour (those lines are not even parsed).
+    hour with the current plain file is not summarized (its rows are read
+    each time). ``only``: make none but these hours' (the rest are made
+    another time). ``since``: none before this hour (those lines are not
+    even parsed).
     """
     saved = read_summaries(data_dir, stem, since)
     made = []
     for hour in sorted(sources.by_hour if only is None else set(only) & set(sources.by_hour)):
-        if hour in saved and saved[hour].parts == tuple(sorted(sources.by_hour[hour])):
+        if hour in saved and saved[hour].covers(sources.files(hour)):
             continue
-        summary = summarize_files(sources, hour)
+        summary = summarize_files(sources, hour, problems)
         if summary is not None:
             saved[hour] = summary
             made.append(summary)
     append_summaries(data_dir, stem, made)
     return {hour: summary for hour, summary in saved.items()  # none for an hour whose files changed since
-            if hour not in sources.by_hour or summary.parts == tuple(sorted(sources.by_hour[hour]))}
+            if hour not in sources.by_hour or summary.covers(sources.files(hour))}

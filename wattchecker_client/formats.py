@@ -31,10 +31,10 @@ FORMATTERS = {"json": json_line, "csv": csv_line}
 
 
 def watts_as_stored(data_format: Sequence[str]) -> Callable[[Measurement], float]:
-    """W of a reading exactly as a reader of the files gets it back: CSV first (two decimals), else JSON.
+    """W of a reading exactly as the data folder's union reads it back: JSON's when kept, else CSV's.
 
     JSON keeps the float as it is (its repr round-trips), so only CSV rounds.
     """
-    if "csv" in data_format:
-        return lambda m: float(csv_value(m.watts))
-    return lambda m: m.watts
+    if "json" in data_format:
+        return lambda m: m.watts
+    return lambda m: float(csv_value(m.watts))

@@ -5,26 +5,33 @@ lock, no I/O, so an output can never slow a reader. Outputs read consistent
 copies (``snapshot``) or block until something changes (``wait``).
 
 Energy is the integral of W with the report's rule (``datadir.held_seconds``),
-over the rows as the files hold them. It must never go down, not even across
-a SIGKILL, because Home Assistant reads a drop of a ``total_increasing``
-sensor as a meter reset. So outputs show only a *persisted* value, and only
-rows already on disk are persisted:
+over the rows as the folder's union holds them (``datadir.read_union``). It
+must never go down, not even across a SIGKILL, because Home Assistant reads a
+drop of a ``total_increasing`` sensor as a meter reset. So outputs show only a
+*persisted* value, and only rows already on disk are counted:
 
-* every row the readers hand over moves a running ``Accumulator``;
-* ``checkpoint()`` notes (row count, accumulator) pairs; once the writer says
-  that many rows are on disk (``durable_rows``), the newest such pair is
-  written to ``energy.json`` atomically, and only then shown;
-* ``restore()`` at start-up takes ``energy.json`` and integrates the file rows
-  newer than its last row. Rows on disk never vanish and the checkpoint only
-  holds rows on disk, so a restore after any crash gives at least what was
-  shown, and exactly the report's kWh of the same files.
+* the writer tells (``durable``) each flush's rows that are new to the folder:
+  written in some format and held before in none. A second the meter repeats
+  (a clock set back), rows for an hour retention deleted, rows that never
+  reached the disk: none of these is told, none is counted;
+* rows told in time order move a running ``Accumulator``. A row not later than
+  every row counted (a late row filling a gap) cannot be added so: the count
+  is made again from the files (``recount``, in a thread), the rows told
+  meanwhile joined to it (``Accumulator.then``);
+* ``checkpoint()`` writes the count to ``energy.json`` atomically when due, and
+  only then shows it. ``restore()`` at start-up takes ``energy.json`` and
+  integrates the file rows newer than its last row, so a restore after any
+  crash gives exactly the report's kWh of the same files;
+* the value shown is the count, or the highest value shown before where the
+  count went lower (a late row inside a step already counted, a damaged file
+  moved to failed/): ``floor_joules`` in ``energy.json`` carries that across
+  restarts, and the count overtakes it again within seconds of use.
 * Counting years of files again (no ``energy.json`` yet) takes minutes on a
-  Pi, so the daemon restores in a thread while the readers already read: the
-  rows of this run form a segment that is joined to the restored total once it
-  is known (``Accumulator.then``). Until then outputs show the saved value
-  (``energy_known`` False when there is none). Closed hours are counted from
-  their summaries (``datadir``), made once after an upgrade and kept past
-  retention, so a lost ``energy.json`` costs seconds and loses nothing.
+  Pi, so the daemon restores in a thread while the readers already read.
+  Until then outputs show the saved value (``energy_known`` False when there
+  is none). Closed hours are counted from their summaries (``datadir``), made
+  once after an upgrade and kept past retention, so a lost ``energy.json``
+  costs seconds and loses nothing.
 
 The price is a lag: the energy shown trails the power by the writer's flush
 interval plus up to one checkpoint interval.
@@ -39,12 +46,11 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .clock import Clock, utc_epoch
-from .formats import watts_as_stored
 from .protocol import Measurement
-from .datadir import HourSources, held_seconds, hour_summaries, sources_for, summaries_path
+from .datadir import CURRENT_PART, held_seconds, hour_summaries, sources_for, summaries_path
 from .writer import atomic_write, hour_of
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,6 @@ log = logging.getLogger(__name__)
 STATE_FILE = "energy.json"
 STATE_VERSION = 1
 CHECKPOINT_INTERVAL = 30.0  # seconds of host time between writes of energy.json
-MAX_CANDIDATES = 4096  # checkpoints waiting for the writer; beyond this the oldest are dropped
 EPOCH = dt.datetime(1970, 1, 1)
 
 
@@ -128,12 +133,16 @@ class _Meter:
         self.since: Optional[dt.datetime] = None
         self.relay: Optional[bool] = None
         self.overloaded: Optional[bool] = None
-        self.base: Optional[Accumulator] = None  # every row on disk at start-up; None until restored
-        self.running = Accumulator()  # the rows of this run
-        self.rows = 0  # rows received since start-up, the writer counts the same rows
-        self.shown = Accumulator()  # persisted: the base and a part of this run, or the saved value
+        self.base: Optional[Accumulator] = None  # every file row up to ``upto``; None while it is counted
+        self.upto: Optional[int] = None  # UTC epoch second: the base holds every file row at or before it
+        self.running = Accumulator()  # rows the writer told after ``upto``, in time order
+        self.newest: Optional[int] = None  # the newest second told or counted
+        self.recount = False  # a row came that the running count cannot take: count the files again
+        self.late = False  # late rows are being written: energy.json says so until they are counted
+        self.shown = 0.0  # persisted joules, never decreasing
+        self.floor = 0.0  # the highest value shown so far (the count may dip below it)
+        self.saved: Optional[Tuple[float, Optional[Tuple[int, float]], float]] = None  # as last written
         self.known = False  # shown holds a saved or restored value
-        self.candidates: Deque[Tuple[int, Accumulator]] = collections.deque(maxlen=MAX_CANDIDATES)
         self.history: Deque[Tuple[int, float]] = collections.deque(maxlen=history_seconds or None)
         self.keep_history = history_seconds > 0
 
@@ -154,8 +163,6 @@ class LiveState:
         meters: Dict[str, str],  # meter name -> file stem
         *,
         history_seconds: int = 0,
-        data_format: Sequence[str] = ("csv",),
-        durable_rows: Optional[Callable[[str], int]] = None,
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
     ) -> None:
         self.clock = clock
@@ -163,9 +170,6 @@ class LiveState:
         self.data_dir = data_dir
         self.stats = LiveStats()
         self._meters = {name: _Meter(name, stem, history_seconds) for name, stem in meters.items()}
-        self._stored_watts = watts_as_stored(data_format)
-        # Without a writer to ask, every row counts as on disk (tools and tests).
-        self._durable_rows = durable_rows or (lambda name: self._meters[name].rows)
         self.checkpoint_interval = checkpoint_interval
         self._next_save = clock.monotonic() + checkpoint_interval
         self._version = 0
@@ -177,19 +181,48 @@ class LiveState:
     # --- writers: the reader threads ---------------------------------------------------
 
     def reading(self, meter: str, m: Measurement, relay: Optional[bool] = None) -> None:
-        """A new row (the writer gets the same rows, in the same order)."""
-        t, watts = utc_epoch(m.time), self._stored_watts(m)
+        """A new reading, as the meter gave it (the energy counts it once the writer has it on disk)."""
         now = self.clock.monotonic()
         with self._changed:
             state = self._meters[meter]
             state.measurement, state.received_monotonic = m, now
             if relay is not None:
                 state.relay = relay
-            state.running = state.running.add(t, watts)
-            state.rows += 1
             if state.keep_history:
-                state.history.append((t, m.watts))
+                state.history.append((utc_epoch(m.time), m.watts))
             self._bump()
+
+    def late_rows_coming(self, meter: str) -> None:
+        """The writer is about to write rows among rows already counted: say so in energy.json first.
+
+        A restart after a crash that left them on disk, uncounted, must count
+        the files again rather than carry on from the saved count's last row.
+        """
+        with self._saving:
+            with self._changed:
+                state = self._meters[meter]
+                if state.late or state.saved is None:
+                    state.late = True
+                    return  # flagged already, or nothing saved to carry on from
+                state.late = True
+                document = self._document({})
+            self._write(document)
+
+    def durable(self, meter: str, rows: Sequence[Tuple[int, float]], complete: bool = True) -> None:
+        """Rows the writer made durable that the folder did not hold: (UTC epoch second, W), in time order.
+
+        ``complete``: the flush wrote everything it had (no late row still waits).
+        """
+        with self._changed:
+            state = self._meters[meter]
+            for t, watts in rows:
+                if state.newest is not None and t <= state.newest:
+                    state.recount = True  # it lies among rows counted: only the files can place it
+                elif not state.recount:
+                    state.running = state.running.add(t, watts)
+                state.newest = t if state.newest is None else max(state.newest, t)
+            if complete and not state.recount and state.base is not None:
+                state.late = False  # the late rows, if any, were seconds the folder held: nothing to count
 
     def relay_latch(self, meter: str, overloaded: bool) -> None:
         """The over-power latch of a meter's relay, set or cleared."""
@@ -223,7 +256,7 @@ class LiveState:
 
     @staticmethod
     def _copy(s: _Meter) -> MeterLive:
-        return MeterLive(s.name, s.measurement, s.received_monotonic, s.connected, s.since, s.shown.joules, s.relay,
+        return MeterLive(s.name, s.measurement, s.received_monotonic, s.connected, s.since, s.shown, s.relay,
                          s.known, s.overloaded)
 
     def wait(self, version: int, timeout: float) -> int:
@@ -240,77 +273,67 @@ class LiveState:
     # --- persistence: the daemon's supervising thread --------------------------------------
 
     def checkpoint(self) -> None:
-        """Note where each meter is; write energy.json when due and the writer has caught up."""
-        self._note()
+        """Write energy.json when due; start a recount a late row asked for."""
+        self._start_recount()
         if self.clock.monotonic() >= self._next_save:
             self.save()
 
-    def _note(self) -> None:
-        with self._changed:
-            for state in self._meters.values():
-                if not state.candidates or state.candidates[-1][0] != state.rows:
-                    state.candidates.append((state.rows, state.running))
-
     def save(self, force: bool = False) -> None:
-        """Persist the newest state whose rows are all on disk, then show it.
+        """Persist each known meter's count, then show it (never below what was shown).
 
-        ``force``: at shutdown, after the writer's last flush, so everything
-        received counts (if the writer says it is on disk).
+        ``force``: at shutdown, and after a restore, even if not due.
         """
         with self._saving:
             self._next_save = self.clock.monotonic() + self.checkpoint_interval
-            if force:
-                self._note()
-            chosen = self._durable_states()
-            if not chosen and not force:
-                return
             with self._changed:
+                chosen = {name: total for name, total in self._totals().items()
+                          if force or self._meters[name].saved != self._entry(name, total)}
+                if not chosen and not force:
+                    return
                 document = self._document(chosen)
-            try:
-                atomic_write(self.path, json.dumps(document, indent=1).encode(), compress=False)
-            except OSError as exc:
-                self.stats.checkpoint_errors += 1
-                if not self._failing:
-                    log.error("cannot save %s (%s); energy shown stays put until it can", self.path,
-                              exc.strerror or exc)
-                self._failing = True
+            if not self._write(document):
                 return
-            if self._failing:
-                log.warning("%s saved again", self.path)
-            self._failing = False
-            self.stats.checkpoints += 1
             with self._changed:
-                for name, acc in chosen.items():
-                    self._meters[name].shown = acc
+                for name, total in chosen.items():
+                    state = self._meters[name]
+                    state.saved = self._entry(name, total)
+                    state.floor = state.shown = state.saved[2]
                 if chosen:
                     self._bump()
 
-    def _durable_states(self) -> Dict[str, Accumulator]:
-        """Per meter, the newest noted state that holds only rows on disk and moves the energy on.
+    def _write(self, document: dict) -> bool:
+        try:
+            atomic_write(self.path, json.dumps(document, indent=1).encode(), compress=False)
+        except OSError as exc:
+            self.stats.checkpoint_errors += 1
+            if not self._failing:
+                log.error("cannot save %s (%s); energy shown stays put until it can", self.path, exc.strerror or exc)
+            self._failing = True
+            return False
+        if self._failing:
+            log.warning("%s saved again", self.path)
+        self._failing = False
+        self.stats.checkpoints += 1
+        return True
 
-        A meter still being restored has nothing to choose: its candidates wait.
-        """
-        chosen: Dict[str, Accumulator] = {}
-        for name, state in self._meters.items():
-            durable = self._durable_rows(name)
-            with self._changed:
-                if state.base is None:
-                    continue
-                best = None
-                while state.candidates and state.candidates[0][0] <= durable:
-                    best = state.candidates.popleft()[1]
-                if best is not None:
-                    total = state.base.then(best)
-                    # Never below what was shown, even if the files went back in time (a restored backup).
-                    if total != state.shown and total.joules >= state.shown.joules:
-                        chosen[name] = total
-        return chosen
+    def _entry(self, name: str, total: Accumulator) -> Tuple[float, Optional[Tuple[int, float]], float, bool]:
+        """What energy.json holds for a meter: the count, its floor, and whether late rows await a recount."""
+        state = self._meters[name]
+        return total.credited, total.last, max(state.floor, total.joules), state.late or state.recount
+
+    def _totals(self) -> Dict[str, Accumulator]:
+        """Per meter whose base is known, the count: the base and the rows told since (lock held)."""
+        return {name: state.base.then(state.running) for name, state in self._meters.items()
+                if state.base is not None}
 
     def _document(self, chosen: Dict[str, Accumulator]) -> dict:
         meters = {}
         for name, s in self._meters.items():
-            if name in chosen or s.known:
-                meters[name] = {"stem": s.stem, **chosen.get(name, s.shown).to_json()}
+            entry = self._entry(name, chosen[name]) if name in chosen else s.saved
+            if entry is not None:
+                credited, last, floor, late = entry
+                meters[name] = {"stem": s.stem, **Accumulator(credited, last).to_json(), "floor_joules": floor,
+                                **({"late_rows": True} if late or s.late else {})}
         return {"version": STATE_VERSION, "meters": meters}
 
     # --- start-up ----------------------------------------------------------------------
@@ -319,10 +342,10 @@ class LiveState:
         """energy.json plus the file rows newer than its last row; without it, every file once.
 
         ``until``: per meter, the newest second on disk before the readers
-        start (the writer's ``last_time``); later rows are this run's and come
-        through ``reading``. ``background``: count the closed files in a
-        thread of its own (the readers need not wait); energy.json and the
-        plain current files are read here, before anything appends to them.
+        start (the writer's ``last_time``); later rows are told by the writer
+        (``durable``). ``background``: count the closed files in a thread of
+        its own (the readers need not wait); energy.json and the plain current
+        files are read here, before anything appends to them.
         """
         saved = self._read_state_file()
         work = []
@@ -332,28 +355,56 @@ class LiveState:
             if entry is not None and entry.get("stem") == state.stem:
                 try:
                     start = Accumulator.from_json(entry)
-                    state.shown, state.known = start, True
+                    floor = max(float(entry.get("floor_joules", 0.0)), start.joules)
+                    state.shown = state.floor = floor
+                    state.saved, state.known = (start.credited, start.last, floor, False), True
+                    if entry.get("late_rows"):  # written among counted rows, maybe uncounted: count them all
+                        log.info("%s: meter %s: late rows were being written; counting its files again", self.path,
+                                 name)
+                        start = Accumulator()
                 except (KeyError, TypeError, ValueError) as exc:
                     log.warning("%s: meter %s: unusable entry (%s); counting its files again", self.path, name, exc)
             limit = None if until is None else (utc_epoch(until[name]) if until.get(name) else -1)
+            state.upto = state.newest = limit
             work.append((name, start, FileRows(self.data_dir, state.stem, start.last[0] if start.last else None,
                                                limit)))
+        self._run_counts(work, background, "restored")
+
+    def _start_recount(self) -> None:
+        """Count again from the files every meter a late row made uncountable, rows told since joined on."""
+        if self.restorer is not None and self.restorer.is_alive():
+            return
+        work = []
+        with self._changed:
+            for name, state in self._meters.items():
+                if state.recount and state.base is not None:
+                    state.recount, state.base, state.running = False, None, Accumulator()
+                    state.upto = state.newest
+                    work.append((name, Accumulator(), None))
+        if work:
+            work = [(name, start, FileRows(self.data_dir, self._meters[name].stem, None, self._meters[name].upto))
+                    for name, start, _ in work]
+            self._run_counts(work, True, "counted again after a late row")
+
+    def _run_counts(self, work: List[Tuple[str, Accumulator, "FileRows"]], background: bool, what: str) -> None:
         if background:
-            self.restorer = threading.Thread(target=self._finish_restore, args=(work,), name="energy", daemon=True)
+            self.restorer = threading.Thread(target=self._finish_restore, args=(work, what), name="energy",
+                                             daemon=True)
             self.restorer.start()
         else:
-            self._finish_restore(work)
+            self._finish_restore(work, what)
 
-    def _finish_restore(self, work: List[Tuple[str, Accumulator, "FileRows"]]) -> None:
+    def _finish_restore(self, work: List[Tuple[str, Accumulator, "FileRows"]], what: str = "restored") -> None:
         for name, start, rows in work:
             base = rows.fold(start)
             with self._changed:
                 state = self._meters[name]
-                state.base = state.shown = base.saved()
+                state.base = base.saved()
                 state.known = True
+                state.late = state.late and state.recount  # counted now, unless more came meanwhile
                 self._bump()
-            log.info("%s: energy %.3f kWh restored (%d rows counted from the files)", name, base.joules / 3_600_000,
-                     rows.count)
+            log.info("%s: energy %.3f kWh %s (%d rows counted from the files)", name, base.joules / 3_600_000,
+                     what, rows.count)
         self.save(force=True)
         for _, _, rows in work:
             rows.backfill()
@@ -402,14 +453,11 @@ class FileRows:
         self.sources = sources_for(data_dir, stem, since=first_hour)  # a restart holds only the hours since
         self._first_hour = first_hour
         self.hours = [h for h in sorted(self.sources.by_hour) if first_hour is None or h >= first_hour]
-        self.plain: Dict[dt.datetime, List[Tuple[int, float]]] = {}
-        for hour in self.hours:
-            parts = self.sources.by_hour[hour]
-            for part in [p for p, paths in parts.items() if any(path.suffix != ".gz" for path in paths.values())]:
-                one = HourSources()
-                for fmt, path in parts.pop(part).items():
-                    one.add(hour, part, fmt, path)
-                self.plain[hour] = one.rows(hour, self.problems)
+        # The hours of the plain files, read whole now (the writer appends to those files, and closes them).
+        self.plain: Dict[dt.datetime, List[Tuple[int, float]]] = {
+            hour: self.sources.rows(hour) for hour in self.hours if CURRENT_PART in self.sources.by_hour[hour]}
+        for hour in self.plain:
+            self.sources.by_hour.pop(hour, None)
 
     def fold(self, base: Accumulator) -> Accumulator:
         """``base`` followed by these rows: a closed hour from its summary when it lies wholly
@@ -443,8 +491,8 @@ class FileRows:
         return (self.after is None or t > self.after) and (self.until is None or t <= self.until)
 
     def _hour_rows(self, hour: dt.datetime, start: int) -> Iterator[Tuple[int, float]]:
-        rows = self.sources.rows(hour, self.problems) if self.sources.by_hour.get(hour) else []
-        for second, watts in sorted(rows + self.plain.get(hour, [])):
+        rows = self.plain[hour] if hour in self.plain else self.sources.rows(hour)
+        for second, watts in rows:
             if self._inside(start + second):
                 self.count += 1
                 yield start + second, watts

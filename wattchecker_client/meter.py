@@ -650,7 +650,7 @@ class MeterReader:
         return decision.record
 
     def _set_meter_clock(self, session: MeterSession, when: dt.datetime, back: bool) -> None:
-        """Set the meter's clock; when that moves it back, the high-water mark follows (README: Time).
+        """Set the meter's clock; when that moves it back, the high-water mark follows (docs/clock.md).
 
         Stamps after the set are the right ones: judged against the wrong ones
         already kept, every right second would look stale until the meter
@@ -684,12 +684,14 @@ class MeterReader:
             elif kind == SYNCHRONISED:
                 log.info("%s: the system clock is synchronised", self.name)
             elif kind == WAITING:
-                log.info("%s: the system clock is not synchronised; waiting up to %g s for it (a meter clock "
-                         "behind it is set forward, never back)", self.name, value)
+                # Reading goes on meanwhile: nothing waits, so the line does not say "waiting".
+                log.info("%s: the system clock is not synchronised yet; reading on with the meter's own clock (a "
+                         "meter clock behind the system's is set forward, never back; a warning follows if it is "
+                         "still not synchronised after %g s)", self.name, value)
             elif kind == WAIT_OVER:
                 if not value:
-                    log.warning("%s: the system clock is not synchronised (waited %g s for it); going on: it "
-                                "may lag, so it only ever sets a meter's clock forward", self.name,
+                    log.warning("%s: the system clock is still not synchronised after %g s (time_sync_wait): "
+                                "it may lag, so it only ever sets a meter's clock forward", self.name,
                                 self.trust.time_sync_wait)
             elif kind == IGNORES_SET:
                 log.warning("%s: the meter's clock stays %+.0f s ahead of the host clock after being set; "

@@ -73,9 +73,9 @@ def paho_library() -> Any:
     try:
         import paho.mqtt.client as mqtt
     except ImportError:
-        raise SetupError(f"mqtt: the paho-mqtt library is not installed: {INSTALL_HINT}") from None
+        raise SetupError(f"the paho-mqtt library is not installed: {INSTALL_HINT}", key="mqtt") from None
     if not hasattr(mqtt, "CallbackAPIVersion"):
-        raise SetupError(f"mqtt: paho-mqtt 2.x is needed (an older one is installed): {INSTALL_HINT} --upgrade")
+        raise SetupError(f"paho-mqtt 2.x is needed (an older one is installed): {INSTALL_HINT} --upgrade", key="mqtt")
     return mqtt
 
 
@@ -96,7 +96,8 @@ def check_setup(config: MqttConfig) -> List[str]:
         try:
             config.ca_file.read_bytes()
         except OSError as exc:
-            raise SetupError(f"mqtt.ca_file: cannot read {config.ca_file}: {exc.strerror or exc}") from None
+            raise SetupError(f"cannot read {config.ca_file}: {exc.strerror or exc}: copy the broker's CA "
+                             "certificate there, or remove ca_file to trust the system's CAs", key="mqtt.ca_file") from None
     if config.username is not None and not config.tls:
         warnings.append(f"mqtt: the password goes to {config.host} unencrypted (tls: false)")
     return warnings

@@ -182,7 +182,7 @@ def meter_report(
     start = local_midnight_utc(first_day, tz) if first_day else -(2**62)
     end = local_midnight_utc(last_day + dt.timedelta(days=1), tz) if last_day else 2**62
     sources = sources_for(data_dir, stem)
-    summaries = hour_summaries(data_dir, stem, sources) if use_summaries else {}
+    summaries = hour_summaries(data_dir, stem, sources, problems=report.problems) if use_summaries else {}
     integrator = Integrator(report, tz, start, end)
     for hour in sorted(set(sources.by_hour) | set(summaries)):
         hour_start = utc_epoch(hour)

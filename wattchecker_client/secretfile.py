@@ -26,9 +26,12 @@ def read_secret(key: str, path: Path) -> Tuple[str, Optional[str]]:
         mode = path.stat().st_mode
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise SetupError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+        raise SetupError(f"cannot read {path}: {exc.strerror or exc}: write the secret there "
+                         f"(sudo install -o root -g wattchecker -m 0640 /dev/stdin {path}, type it, Ctrl-D), "
+                         f"or remove {key.rpartition('.')[2]}", key=key) from None
     except UnicodeDecodeError as exc:
-        raise SetupError(f"{key}: {path} is not UTF-8 text (byte {exc.start})") from None
+        raise SetupError(f"{path} is not UTF-8 text (byte {exc.start}): it holds only the secret, as text",
+                         key=key) from None
     if not text:
-        raise SetupError(f"{key}: {path} is empty")
+        raise SetupError(f"{path} is empty: write the secret there", key=key)
     return text, others_may_read(path, mode)

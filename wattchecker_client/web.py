@@ -69,7 +69,7 @@ def check_setup(section: HttpConfig) -> List[str]:
     try:
         importlib.import_module("prometheus_client")
     except ImportError:
-        raise SetupError(f"http: needs the prometheus_client library: {EXTRA_HINT}") from None
+        raise SetupError(f"needs the prometheus_client library: {EXTRA_HINT}", key="http") from None
     warnings = []
     if section.auth_token_file is not None:
         mode_warning = read_secret("http.auth_token_file", section.auth_token_file)[1]

@@ -10,7 +10,6 @@ close interrupted by a crash is simply done again at start-up.
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import logging
 import os
 import queue
@@ -18,19 +17,21 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Set, Tuple
 
+from . import fileops
 from .clock import Clock
+from .fileops import TMP_SUFFIX, atomic_write  # noqa: F401  (atomic_write: re-exported)
 from .datadir import (HOUR_FORMAT, closed_files_in, closed_name, line_stamp, open_text,  # noqa: F401  (re-exported)
                       parse_closed, parse_line, parse_stamp)
-from .datadir import FILE_MODE, append_summaries, line_volts, private_file, summarize
+from .datadir import (DAMAGE, FAILED_DIR, REASON_SUFFIX, FileRow, append_summaries, file_lines, quarantine,
+                      read_summaries, sources_between, summarize_files)
 from .formats import FORMATTERS
 from .protocol import Measurement
 
 log = logging.getLogger(__name__)
 
 HOUR = dt.timedelta(hours=1)
-TMP_SUFFIX = ".tmp"
 # How long a closed hour waits for its other formats before it is announced anyway.
 HOLD_LIMIT = 300.0
 
@@ -47,14 +48,6 @@ class ClosedFile:
 
 def hour_of(when: dt.datetime) -> dt.datetime:
     return when.replace(minute=0, second=0, microsecond=0)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_lines(path: Path) -> List[str]:
@@ -77,7 +70,9 @@ class FileSet:
         self.last_time: Optional[dt.datetime] = None
         self.recovered = False
         self.rows_written = 0
-        self.summarizes = False  # this format's closed hours are the ones the report reads (CSV, else JSON)
+        # This flush's rows: written now, or left out because this format held their second already.
+        self.written: List[Measurement] = []
+        self.held_already: List[Measurement] = []
         # Files closed but not yet announced; kept here so that an I/O error
         # later in the same action cannot lose the announcement.
         self.outbox: List[ClosedFile] = []
@@ -88,18 +83,39 @@ class FileSet:
         return self.data_dir / closed_name(self.base[:-len(self.format) - 1], self.format, hour, part)
 
     def closed_parts(self, hour: dt.datetime) -> List[Path]:
-        """The hour's closed files (the .gz, then its late parts), by name and a stat each.
+        """The hour's closed files in this format (the .gz, then its late parts), by name and a stat each.
 
         Not an index of every closed hour: that grew with the years of files
         (about 7 MB of memory a year for two formats), and went stale when
-        retention or failed/ took files away.
+        retention or failed/ took files away. A part number is never used
+        twice: a part moved to failed/, or missing in this format only, still
+        takes its number.
         """
-        found: List[Path] = []
-        while True:
-            path = self.closed_path(hour, len(found))
-            if not path.exists():
-                return found
-            found.append(path)
+        return [path for path in (self.closed_path(hour, part) for part in range(self.next_part(hour)))
+                if path.exists()]
+
+    def next_part(self, hour: dt.datetime) -> int:
+        """The first part number this format has not used for the hour, here or in failed/.
+
+        A number is never used twice: its upload key may be credited already.
+        """
+        part = 0
+        while any((folder / self.closed_path(hour, part).name).exists()
+                  for folder in (self.data_dir, self.data_dir / FAILED_DIR)):
+            part += 1
+        return part
+
+    def hour_deleted(self, hour: dt.datetime) -> bool:
+        """True for an hour retention deleted: no file of it in either format, and its summary kept.
+
+        Asked of an hour with no closed file in this format, before it is
+        written: once an hour, and for late rows. The summaries' lines before
+        the hour are passed over unparsed.
+        """
+        stem = self.base[:-len(self.format) - 1]
+        if hour in sources_between(self.data_dir, stem, _epoch(hour), _epoch(hour) + 3600).by_hour:
+            return False
+        return hour in read_summaries(self.data_dir, stem, since=hour)
 
     def parse_closed_name(self, name: str) -> Optional[Tuple[dt.datetime, int]]:
         """(hour, part) if ``name`` is one of this set's closed files."""
@@ -121,12 +137,12 @@ class FileSet:
             for entry in entries:
                 if entry.name.startswith(self.base + ".") and entry.name.endswith(TMP_SUFFIX):
                     log.warning("removing %s, left by an interrupted compression", entry.path)
-                    os.unlink(entry.path)
+                    fileops.unlink(Path(entry.path), missing_ok=True)
                 parsed = self.parse_closed_name(entry.name)
                 if parsed and (newest is None or parsed[0] > newest):
                     newest = parsed[0]
         if newest is not None:
-            stamps = [line_stamp(l) for p in self.closed_parts(newest) for l in _tail_lines(p)]
+            stamps = [line_stamp(line) for p in self.closed_parts(newest) for _, _, line in _rows_or_none(p)[-1:]]
             self.last_time = max((parse_stamp(s) for s in stamps if s), default=None)
         if not self.current_path.exists():
             self.recovered = True
@@ -165,29 +181,55 @@ class FileSet:
             for hour in sorted(by_hour):
                 self._write_hour(hour, by_hour[hour])
                 written.add(hour)
-                self.rows_written += len(by_hour[hour])
         finally:
             if written:
                 self.pending = [m for m in self.pending if hour_of(m.time) not in written]
 
     def _write_hour(self, hour: dt.datetime, rows: List[Measurement]) -> None:
+        if hour != self.current_hour and not self.closed_parts(hour) and self.hour_deleted(hour):
+            self._set_aside(hour, rows)
+            return
         if self.current_hour is None and not self.closed_parts(hour):
             self.current_hour = hour
         if self.current_hour is not None and hour > self.current_hour:
             self.close_current()
             self.current_hour = hour
         if hour == self.current_hour:
-            rows = self._not_written(rows)
-            if rows:
-                self._append(rows)
+            new = self._not_written(rows)
+            if new:
+                self._append(new)
+            self._done(rows, new)
         else:
             log.info("%s: %d late row(s) for closed hour %s", self.base, len(rows), hour.strftime(HOUR_FORMAT))
-            self._write_closed(hour, [self.format_row(m) + "\n" for m in rows])
+            self._done(rows, self._write_closed(hour, rows))
+
+    def _done(self, rows: List[Measurement], new: List[Measurement]) -> None:
+        """Note which rows reached this format now and which it held already (for the energy counter)."""
+        self.rows_written += len(new)
+        self.written += new
+        if len(new) < len(rows):
+            seconds = {m.time for m in new}
+            self.held_already += [m for m in rows if m.time not in seconds]
+
+    def _set_aside(self, hour: dt.datetime, rows: List[Measurement]) -> None:
+        """Rows for an hour retention deleted go to failed/, kept but counted nowhere.
+
+        The hour's summary stands for its deleted rows; rows joining it now could
+        not be integrated with them exactly, so they wait there for a person.
+        """
+        failed = self.data_dir / FAILED_DIR
+        failed.mkdir(exist_ok=True)
+        path = failed / self.closed_path(hour, self.next_part(hour)).name
+        atomic_write(path, "".join(self.format_row(m) + "\n" for m in rows).encode("utf-8"), compress=True)
+        atomic_write(path.with_name(path.name + REASON_SUFFIX),
+                     f"rows for hour {hour.strftime(HOUR_FORMAT)}, which retention had deleted\n".encode(), compress=False)
+        log.warning("%s: %d row(s) for hour %s, which retention deleted: kept in %s, counted nowhere",
+                    self.base, len(rows), hour.strftime(HOUR_FORMAT), path)
 
     def _not_written(self, rows: List[Measurement]) -> List[Measurement]:
         """The rows whose second the current file does not hold yet, each once.
 
-        A meter clock set back repeats seconds (README: Time); no second is
+        A meter clock set back repeats seconds (docs/clock.md); no second is
         ever written twice. The file is read only when a row is not later than
         every second already written, which a steady meter never causes.
         """
@@ -208,20 +250,8 @@ class FileSet:
         return new
 
     def _append(self, rows: Sequence[Measurement]) -> None:
-        """Append whole rows or nothing: a failed write is cut back to where it began."""
-        data = memoryview("".join(self.format_row(m) + "\n" for m in rows).encode("utf-8"))
-        fd = os.open(self.current_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        try:
-            size = os.fstat(fd).st_size
-            try:
-                while data:
-                    data = data[os.write(fd, data):]
-                os.fsync(fd)
-            except OSError:
-                _truncate_quietly(fd, size, self.current_path)
-                raise
-        finally:
-            os.close(fd)
+        """Append whole rows or nothing (``fileops.append``), fsynced."""
+        fileops.append(self.current_path, "".join(self.format_row(m) + "\n" for m in rows).encode("utf-8"))
 
     def close_current(self) -> None:
         """Compress the current hour's plain file and remove it."""
@@ -234,35 +264,48 @@ class FileSet:
         for line in lines:
             by_hour.setdefault(line_stamp(line)[:13], []).append(line)  # "YYYY-MM-DD HH"
         for hour in sorted(by_hour):
-            self._write_closed(parse_stamp(hour + ":00:00"), by_hour[hour])
-        os.unlink(self.current_path)
-        fsync_dir(self.data_dir)
+            self._close_lines(parse_stamp(hour + ":00:00"), by_hour[hour])
+        fileops.unlink(self.current_path)
+        fileops.sync_dir(self.data_dir)
 
-    def _write_closed(self, hour: dt.datetime, lines: List[str]) -> None:
-        """Write the seconds the hour's closed files do not hold yet: the .gz, or a new part."""
-        existing = self.closed_parts(hour)
-        held = {line_stamp(l) for p in existing for l in read_lines(p)}
-        new = [l for l in lines if line_stamp(l) not in held]
-        if not new:
-            return
-        path = self.closed_path(hour, len(existing))  # parts are numbered on from 0 without holes
-        atomic_write(path, "".join(new).encode("utf-8"), compress=True)
-        if self.summarizes and not existing:  # a late part's hour is summarized again when next read
-            self._summarize(hour, new)
-        log.info("closed %s (%d rows)", path.name, len(new))
+    def _closed_stamps(self, hour: dt.datetime) -> Set[str]:
+        """The stamps the hour's closed files in this format hold (a damaged one is quarantined)."""
+        held: Set[str] = set()
+        for path in self.closed_parts(hour):
+            held.update(line_stamp(row.line) for row in _rows_or_none(path))
+        return held
+
+    def _close_lines(self, hour: dt.datetime, lines: List[str]) -> None:
+        """The plain file's lines of one hour into its closed file, less the seconds already closed.
+
+        Idempotent: a close a crash interrupted after the rename is done again
+        at start-up and writes nothing twice.
+        """
+        held = self._closed_stamps(hour)
+        new = [line for line in lines if line_stamp(line) not in held]
+        if new:
+            self._write_part(hour, new)
+
+    def _write_closed(self, hour: dt.datetime, rows: List[Measurement]) -> List[Measurement]:
+        """Write the rows whose seconds the hour's closed files in this format do not hold yet, as a new part."""
+        held = self._closed_stamps(hour)
+        new, lines = [], []
+        for m in rows:
+            line = self.format_row(m) + "\n"
+            stamp = line_stamp(line)
+            if stamp not in held:
+                held.add(stamp)
+                new.append(m)
+                lines.append(line)
+        if new:
+            self._write_part(hour, lines)
+        return new
+
+    def _write_part(self, hour: dt.datetime, lines: List[str]) -> None:
+        path = self.closed_path(hour, self.next_part(hour))  # a number never used before, in any format
+        atomic_write(path, "".join(lines).encode("utf-8"), compress=True)
+        log.info("closed %s (%d rows)", path.name, len(lines))
         self.outbox.append(ClosedFile(self.meter, self.format, hour, path))
-
-    def _summarize(self, hour: dt.datetime, lines: List[str]) -> None:
-        """The hour's summary at close, from the rows in hand; a row it cannot read leaves it to the report."""
-        lines = [line for line in lines if line.strip()]
-        try:
-            rows = sorted(parse_line(line) for line in lines)
-            volts = [line_volts(line) for line in lines]
-        except (ValueError, IndexError):
-            return
-        summary = summarize(hour, (0,), rows, volts)
-        if summary is not None:
-            append_summaries(self.data_dir, self.base[:-len(self.format) - 1], [summary])
 
     def close_if_stale(self, now: dt.datetime, grace: float) -> None:
         """Close the current hour once the host clock is past its end by ``grace`` seconds."""
@@ -279,41 +322,30 @@ class FileSet:
         return closed
 
 
-def _tail_lines(path: Path) -> List[str]:
+def _rows_or_none(path: Path) -> List[FileRow]:
+    """A closed file's rows; a damaged file is quarantined and gives none, a vanished one too."""
     try:
-        return read_lines(path)[-1:]
-    except (OSError, EOFError, gzip.BadGzipFile):
+        return file_lines(path)
+    except FileNotFoundError:
+        return []
+    except DAMAGE as exc:
+        quarantine(path, f"{type(exc).__name__}: {exc}")
         return []
 
 
-def _truncate_quietly(fd: int, size: int, path: Path) -> None:
-    """Undo a partial append so a retry cannot leave a torn or doubled row."""
-    try:
-        os.ftruncate(fd, size)
-    except OSError as exc:
-        log.error("cannot undo a partial write to %s: %s", path, exc)
+def _epoch(hour: dt.datetime) -> int:
+    return int((hour - dt.datetime(1970, 1, 1)).total_seconds())
 
 
-def atomic_write(path: Path, data: bytes, compress: bool) -> None:
-    """Write to a temporary name, fsync, rename, fsync the folder: all or nothing."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb", opener=private_file) as raw:
-            if compress:
-                with gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, mtime=0) as gz:
-                    gz.write(data)
-            else:
-                raw.write(data)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
+class DurableListener(Protocol):
+    """Told what reaches the disk: the energy counter counts exactly these rows."""
+
+    def late_rows_coming(self, meter: str) -> None:
+        """A flush is about to write rows not later than the newest second on disk."""
+
+    def durable(self, meter: str, rows: List[Tuple[int, float]], complete: bool) -> None:
+        """After a flush: its rows no format held before, as (UTC epoch second, W as the union reads it);
+        ``complete``: nothing is left pending."""
 
 
 @dataclass
@@ -346,13 +378,14 @@ class Writer:
         self.max_buffered_rows = max_buffered_rows
         self.closed_files = closed_files
         self.stats = WriterStats()
+        # JSON first: it is what the folder's union reads for a second both formats hold, so a crash
+        # between the two appends leaves the winning values on disk.
+        order = sorted(formats, key=lambda fmt: fmt != "json")
         self.sets: Dict[str, List[FileSet]] = {
-            meter: [FileSet(data_dir, stem, fmt, meter) for fmt in formats] for meter, stem in stems.items()
+            meter: [FileSet(data_dir, stem, fmt, meter) for fmt in order] for meter, stem in stems.items()
         }
-        for sets in self.sets.values():  # a summary per hour at close, from the rows in hand
-            preferred = "csv" if "csv" in formats else "json"
-            for fs in sets:
-                fs.summarizes = fs.format == preferred
+        self.stems = dict(stems)
+        self.listener: Optional[DurableListener] = None  # the energy counter (live.LiveState)
         self._next_flush = clock.monotonic() + buffer_seconds
         self._failing = False
         # Set to have the writer take its rows now: at stop, or when rows pile up.
@@ -387,18 +420,39 @@ class Writer:
 
     def tick(self) -> None:
         """Flush when due; close hours the host clock has left behind."""
-        if self.clock.monotonic() >= self._next_flush:
-            self.flush()
         now = self.clock.now()
+        if self.clock.monotonic() >= self._next_flush or any(fs._is_stale(now, self.grace) for fs in self.all_sets()):
+            self.flush()  # a stale hour's buffered rows go in first, told to the energy counter as any flush's
         for fs in self.all_sets():
             self._guarded(fs, lambda fs=fs: fs.close_if_stale(now, self.grace))
 
     def flush(self) -> None:
         self._next_flush = self.clock.monotonic() + self.buffer_seconds
-        ok = all([self._guarded(fs, fs.flush) for fs in self.all_sets()])
+        ok = True
+        for meter, sets in self.sets.items():
+            newest = self.last_time(meter)
+            if self.listener is not None and newest is not None and any(
+                    m.time <= newest for fs in sets for m in fs.pending):
+                self.listener.late_rows_coming(meter)  # before they reach the disk: a crash must not hide them
+            meter_ok = all([self._guarded(fs, fs.flush) for fs in sets])
+            self._tell_durable(meter, sets, meter_ok)
+            ok = ok and meter_ok
         if ok and self._failing:
             log.warning("writing works again; every buffered row is on disk")
         self._failing = not ok
+
+    def _tell_durable(self, meter: str, sets: List[FileSet], complete: bool) -> None:
+        """The rows this flush made new to the folder: written in some format, held before in none."""
+        written: Dict[dt.datetime, float] = {}
+        held: Set[dt.datetime] = set()
+        for fs in sets:
+            for m in fs.written:  # JSON first: its full-precision W is what the union reads
+                written.setdefault(m.time, m.watts if fs.format == "json" else float(f"{m.watts:.2f}"))
+            held.update(m.time for m in fs.held_already)
+            fs.written, fs.held_already = [], []
+        rows = sorted((_epoch(t), watts) for t, watts in written.items() if t not in held)
+        if self.listener is not None and (rows or complete):
+            self.listener.durable(meter, rows, complete)
 
     def _guarded(self, fs: FileSet, action: Callable[[], None]) -> bool:
         """Run a file action; an I/O error is logged once per outage and retried later."""
@@ -424,8 +478,6 @@ class Writer:
         seconds, longer while writing fails.
         """
         self.stats.files_closed += len(closed)
-        if self.closed_files is None:
-            return
         now = self.clock.monotonic()
         for item in closed:
             _, _, hour, part = parse_closed(item.path)
@@ -434,8 +486,20 @@ class Writer:
             complete = len(files) == len(self.sets[key[0]])
             if complete or (not self._failing and now - since >= HOLD_LIMIT):
                 del self._held[key]
+                self._summarize(key[0], key[1])
                 for item in files.values():
-                    self.closed_files.put(item)
+                    if self.closed_files is not None:
+                        self.closed_files.put(item)
+
+    def _summarize(self, meter: str, hour: dt.datetime) -> None:
+        """The hour's summary once it is closed in every format, from the union of its files (a
+        late part's hour again, whole): the report, the page and the energy restore need not read it."""
+        stem = self.stems[meter]
+        start = _epoch(hour)
+        sources = sources_between(self.data_dir, stem, start, start + 3600)
+        summary = summarize_files(sources, hour) if hour in sources.by_hour else None
+        if summary is not None:
+            append_summaries(self.data_dir, stem, [summary])
 
     def pending_rows(self) -> int:
         return max((len(fs.pending) for fs in self.all_sets()), default=0)

@@ -63,8 +63,8 @@ def id_collisions(config) -> list:
 
 
 def time_sync(wait: float) -> str:
-    """Which clock is trusted now and why (README: Time), and the time_sync_wait setting in words."""
+    """Which clock is trusted now and why (docs/clock.md), and the time_sync_wait setting in words."""
     trust = trust_in_words(Clock().synchronised())
     if not wait:
-        return f"{trust} (now); no wait for synchronisation (time_sync_wait: 0)"
-    return f"{trust} (now); the service waits up to {wait:g} s for synchronisation (time_sync_wait)"
+        return f"{trust} (now); a warning at once while it is not synchronised (time_sync_wait: 0)"
+    return f"{trust} (now); a warning if it is still not synchronised {wait:g} s after start (time_sync_wait)"

@@ -19,7 +19,7 @@ from ..clock import Clock
 from ..errors import SetupError
 from ..protocol import btwattch2
 from ..protocol.frames import ProtocolError
-from .common import EXIT_OK, on_stop_signals, positive_float
+from .common import EXIT_OK, adapter_option, on_stop_signals, positive_float
 
 log = logging.getLogger("wattchecker_client")
 
@@ -36,6 +36,7 @@ ScannerFactory = Callable[..., Any]  # bleak.BleakScanner or a stand-in
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scan", help="list nearby RATOC meters (Bluetooth scan)")
     p.add_argument("--seconds", type=positive_float, default=10.0, help="how long to scan (default 10)")
+    p.add_argument("--adapter", type=adapter_option, help="the Bluetooth adapter to scan with (hci1); default: BlueZ's")
     p.set_defaults(func=run)
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"scanning for {args.seconds:g} s ...", file=sys.stderr, flush=True)
 
     bleak = import_bleak("scanning for meters")
-    sightings, others = scan(bleak.BleakScanner, args.seconds, Clock(), stop, started)
+    sightings, others = scan(bleak.BleakScanner, args.seconds, Clock(), stop, started, adapter=args.adapter)
     for line in report(sightings, others, args.seconds):
         print(line)
     return EXIT_OK
@@ -120,6 +121,7 @@ def scan(
     clock: Clock,
     stop: threading.Event,
     started: Callable[[], None] = lambda: None,
+    adapter: Optional[str] = None,
 ) -> Tuple[List[Sighting], int]:
     """Scan for ``seconds`` (or until ``stop``); the meters seen, and how many other devices were.
 
@@ -127,13 +129,13 @@ def scan(
     """
     import concurrent.futures
 
-    from ..ble import LoopThread, explain
+    from ..ble import LoopThread, adapter_args, explain
 
     seen = Sightings()
     loop = LoopThread("ble scan")
 
     async def start() -> Any:
-        scanner = factory(detection_callback=seen, bluez=BLUEZ_ARGS)
+        scanner = factory(detection_callback=seen, **adapter_args(adapter, **BLUEZ_ARGS))
         await scanner.start()
         return scanner
 

@@ -9,6 +9,7 @@ from typing import Dict, Iterator, List
 
 from ..clock import Clock
 from ..config import ConfigError, load_config
+from ..errors import SetupError
 from .common import EXIT_FAILED, EXIT_OK
 
 
@@ -30,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.bigquery is None:
         raise ConfigError(f"{args.config}: bigquery: is not configured; nothing to upload to")
-    target = None if args.dry_run else BigQueryTarget(config.bigquery, config.named_files)
+    try:
+        target = None if args.dry_run else BigQueryTarget(config.bigquery, config.named_files)
+    except SetupError as exc:
+        raise config.located(exc) from None
     uploader = Uploader(config.general.data_dir, target, Clock(), devices=device_values(config, for_config(config)))
     files = hour_files([Path(p).resolve() for p in args.paths]) if args.paths else uploader.backlog()
     if args.paths and not files:

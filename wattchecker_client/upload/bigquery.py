@@ -59,10 +59,8 @@ def bigquery_library():
     try:
         from google.cloud import bigquery
     except ImportError:
-        raise SetupError(
-            "bigquery: is configured but google-cloud-bigquery is not installed: "
-            "pip install 'google-cloud-bigquery>=3'"
-        ) from None
+        raise SetupError("is configured but google-cloud-bigquery is not installed: "
+                         "pip install 'google-cloud-bigquery>=3'", key="bigquery") from None
     return bigquery
 
 
@@ -80,7 +78,9 @@ def credentials_and_project(config: BigQueryConfig, warn: Callable[[str], None])
             with open(path, "rb"):
                 pass
         except OSError as exc:
-            raise SetupError(f"bigquery.service_account_json: cannot read {path}: {exc.strerror or exc}") from None
+            raise SetupError(f"cannot read {path}: {exc.strerror or exc}: copy the service account's JSON key "
+                             "there, or remove service_account_json to use Application Default Credentials",
+                             key="bigquery.service_account_json") from None
         if others_may_read(path, mode):
             warn(others_may_read(path, mode))
         from google.oauth2 import service_account
@@ -90,7 +90,9 @@ def credentials_and_project(config: BigQueryConfig, warn: Callable[[str], None])
                 str(path), scopes=["https://www.googleapis.com/auth/bigquery"]
             )
         except (ValueError, KeyError) as exc:
-            raise SetupError(f"bigquery.service_account_json: {path} is not a service account key: {exc}") from None
+            raise SetupError(f"{path} is not a service account key: put the JSON key made for the service "
+                             f"account there (IAM -> Service accounts -> Keys -> Add key -> JSON); {exc}",
+                             key="bigquery.service_account_json") from None
         project = credentials.project_id
     elif config.api_endpoint:
         from google.auth.credentials import AnonymousCredentials
@@ -98,7 +100,7 @@ def credentials_and_project(config: BigQueryConfig, warn: Callable[[str], None])
         credentials = AnonymousCredentials()
     project = config.project_id or project
     if not project:
-        raise SetupError("bigquery.project_id: missing, and the credentials name no project")
+        raise SetupError("missing, and the credentials name no project: set project_id", key="bigquery.project_id")
     return credentials, project
 
 
@@ -132,7 +134,7 @@ class BigQueryTarget:
 
     def schema_for_new_table(self) -> list:
         field = self.bigquery.SchemaField
-        # Always a device column: other Pis may load into the same table (README "Several Pis").
+        # Always a device column: other Pis may load into the same table (docs/several-pis.md).
         return [field("datetime", "TIMESTAMP")] + [field(c, "FLOAT") for c in COLUMNS[1:]] + [
             field(DEVICE_COLUMN, "STRING")]
 
@@ -148,7 +150,7 @@ class BigQueryTarget:
         except api.NotFound:
             if not self.config.create_table:
                 raise TransientError(
-                    f"table {self.table_ref} does not exist: create it (README) or set bigquery.create_table: true"
+                    f"table {self.table_ref} does not exist: create it (docs/bigquery.md) or set bigquery.create_table: true"
                 ) from None
             dataset = self.bigquery.Dataset(f"{self.project}.{self.config.dataset_id}")
             dataset.location = self.config.location

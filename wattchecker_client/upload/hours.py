@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import json
 import logging
 import os
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Set, Tuple
 
+from ..datadir import FAILED_DIR, file_lines, sources_between  # noqa: F401  (FAILED_DIR: re-exported)
 from ..writer import (
     HOUR_FORMAT,
     hour_of,
@@ -25,7 +24,6 @@ from .errors import PermanentError
 
 log = logging.getLogger(__name__)
 
-FAILED_DIR = "failed"
 COLUMNS = ("datetime", "V", "mA", "W")
 PLAIN_RE = re.compile(r"^(?P<stem>.+)\.(csv|json)$")  # the writer's current hour
 DEVICE_COLUMN = "device"
@@ -73,37 +71,47 @@ def hour_files(paths: Sequence[Path]) -> List[HourFile]:
 # --- rows ------------------------------------------------------------------------
 
 
+def row_fields(line: str) -> Dict[str, str]:
+    """A CSV or JSON row as the table's text fields; full float precision from JSON."""
+    if line.startswith("{"):
+        obj = json.loads(line)
+        return {"datetime": obj["datetime"], "V": repr(float(obj["V"])), "mA": repr(float(obj["mA"])),
+                "W": repr(float(obj["W"]))}
+    stamp, volts, milliamps, watts = line.rstrip("\n").split(",")
+    return {"datetime": stamp, "V": volts, "mA": milliamps, "W": watts}
+
+
 def read_rows(path: Path) -> List[Dict[str, str]]:
-    """The rows of one closed file as text fields; full float precision from JSON."""
-    parsed = parse_closed(path)
-    is_json = parsed is not None and parsed[1] == "json"
+    """The rows of one closed file as text fields (``upload --dry-run`` and tests)."""
     rows = []
-    with open_text(path) as f:
-        for number, line in enumerate(f, 1):
-            try:
-                if is_json:
-                    obj = json.loads(line)
-                    rows.append({"datetime": obj["datetime"], "V": repr(float(obj["V"])),
-                                 "mA": repr(float(obj["mA"])), "W": repr(float(obj["W"]))})
-                else:
-                    stamp, volts, milliamps, watts = line.rstrip("\n").split(",")
-                    rows.append({"datetime": stamp, "V": volts, "mA": milliamps, "W": watts})
-            except (ValueError, KeyError, TypeError) as exc:
-                raise PermanentError(f"{path.name}: line {number} is not a row: {exc}") from None
+    for number, (_, _, line) in enumerate(file_lines(path), 1):
+        try:
+            rows.append(row_fields(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PermanentError(f"{path.name}: line {number} is not a row: {exc}") from None
     return rows
 
 
 def readable_rows(hour_file: HourFile) -> Tuple[Path, List[Dict[str, str]]]:
-    """Rows from the most precise file that reads cleanly; PermanentError if none does."""
-    problems = []
-    for path in hour_file.sources:
-        try:
-            return path, read_rows(path)
-        except (OSError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError) as exc:
-            problems.append(f"{path.name}: unreadable ({exc})")
-        except PermanentError as exc:
-            problems.append(str(exc))
-    raise PermanentError("; ".join(problems))
+    """The rows this upload unit owns: its hour's union (``datadir.read_union``), the seconds whose
+    first part is this one, JSON's values where both formats hold them. A damaged file is
+    quarantined on the way; PermanentError if a row still cannot be read."""
+    folder = hour_file.sources[0].parent
+    start = int((hour_file.hour - dt.datetime(1970, 1, 1)).total_seconds())
+    sources = sources_between(folder, hour_file.stem, start, start + 3600)
+    union = sources.union(hour_file.hour) if hour_file.hour in sources.by_hour else {}
+    left = sources.by_hour.get(hour_file.hour, {}).get(hour_file.part, {})
+    if not left:
+        raise PermanentError("no file of it can be read (the damaged ones are in failed/)")
+    rows = []
+    for second in sorted(union):
+        row = union[second]
+        if row.owner == hour_file.part:
+            try:
+                rows.append(row_fields(row.line))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise PermanentError(f"{hour_file.key}: a row cannot be read ({exc}): {row.line!r}") from None
+    return left.get("json") or left["csv"], rows
 
 
 def csv_body(rows: List[Dict[str, str]], columns: Sequence[str], device: str) -> bytes:

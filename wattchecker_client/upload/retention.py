@@ -16,11 +16,12 @@ import datetime as dt
 import logging
 import threading
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
+from .. import fileops
 from ..clock import Clock
-from ..datadir import closed_files_in, summarize_closed_hours
-from .hours import hour_files
+from ..datadir import CURRENT_PART, HOUR_FORMAT, closed_files_in, hour_summaries, sources_for
+from .hours import HourFile, hour_files
 from .ledger import LEDGER_NAME, Ledger
 
 log = logging.getLogger(__name__)
@@ -42,20 +43,35 @@ class Retention:
         self.deleted = 0
 
     def delete_expired(self) -> int:
-        """One pass; the hours deleted. Their summaries are written first and kept forever."""
+        """One pass; the hours deleted. An hour goes as a unit, all its parts and formats together,
+        once every part of it is in every sink (when uploading) and a summary of all its files is saved."""
         for ledger in self.ledgers:
             ledger.reload()
         cutoff = self.clock.now() - dt.timedelta(days=self.days)
-        expired = [h for h in hour_files(closed_files_in(self.data_dir)) if h.hour + dt.timedelta(hours=1) <= cutoff
-                   and all(h.key in ledger for ledger in self.ledgers)]
-        for stem in sorted({h.stem for h in expired}):
-            summarize_closed_hours(self.data_dir, stem)  # the report's and the energy's past outlive the rows
-        for hour_file in expired:
-            for path in hour_file.sources:
-                path.unlink(missing_ok=True)
-            self.deleted += 1
-            log.info("retention: deleted %s (older than %d days)", hour_file.key, self.days)
-        return len(expired)
+        hours: Dict[Tuple[str, dt.datetime], List[HourFile]] = {}
+        for unit in hour_files(closed_files_in(self.data_dir)):
+            if unit.hour + dt.timedelta(hours=1) <= cutoff:
+                hours.setdefault((unit.stem, unit.hour), []).append(unit)
+        # an hour with a part not yet in every sink keeps every part
+        hours = {key: units for key, units in hours.items()
+                 if all(u.key in ledger for u in units for ledger in self.ledgers)}
+        deleted = 0
+        for stem in sorted({stem for stem, _ in hours}):
+            sources = sources_for(self.data_dir, stem)
+            summaries = hour_summaries(self.data_dir, stem, sources)  # the past outlives the rows
+            for (_, hour), units in sorted((k, v) for k, v in hours.items() if k[0] == stem):
+                summary = summaries.get(hour)
+                if CURRENT_PART in sources.by_hour.get(hour, {}) or summary is None \
+                        or not summary.covers(sources.files(hour)):
+                    continue  # still written, or no summary of it: it stays (the next pass tries again)
+                for unit in sorted(units, key=lambda u: -u.part):
+                    for path in unit.sources:
+                        fileops.unlink(path, missing_ok=True)
+                fileops.sync_dir(self.data_dir)
+                deleted += 1
+                self.deleted += 1
+                log.info("retention: deleted %s.%s (older than %d days)", stem, hour.strftime(HOUR_FORMAT), self.days)
+        return deleted
 
     def run(self, stop: threading.Event) -> None:
         """The retention thread: a pass at start, then hourly, until ``stop``."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..clock import Backoff, Clock
+from ..datadir import REASON_SUFFIX
 from ..errors import SetupError
 from ..writer import closed_files_in
 from .bigquery import BigQueryTarget, classify, missing_role
@@ -303,9 +304,12 @@ class Uploader(HourSink):
     def _restore_if_failed_before(self, hour_file: HourFile) -> None:
         """A file re-sent from failed/ goes back beside the others, its .reason removed."""
         failed = self.data_dir / FAILED_DIR
+        resent = (failed / f"{hour_file.key}{REASON_SUFFIX}").exists()  # the hour failed, and was sent again
         for path in hour_file.sources:
-            if path.parent == failed and path.exists():
+            marker = path.with_name(path.name + REASON_SUFFIX)  # quarantined as damaged: it stays unless re-sent
+            if path.parent == failed and path.exists() and (resent or not marker.exists()):
                 shutil.move(str(path), str(self.data_dir / path.name))
+                marker.unlink(missing_ok=True)
         (failed / f"{hour_file.key}.reason").unlink(missing_ok=True)
 
     def _columns(self) -> List[str]:
