@@ -416,21 +416,25 @@ def test_v1_wrong_password_is_one_line_naming_the_settings(tmp_path, caplog):
         server.stop()
 
 
-def test_an_hour_and_its_late_part_go_up_as_one_with_the_reports_energy(influxd, tmp_path):
+def test_an_hour_and_its_late_parts_go_up_with_the_reports_energy(influxd, tmp_path):
     from wattchecker_client.clock import time_zone
     from wattchecker_client.report import meter_report
 
     data = tmp_path / "data"
     db = influxd.create_database("parts")
-    write_rows(data, range(0, 7200, 2), formats=("json",))  # (the report reads a CSV's rounded watts, the sink JSON)
-    write_rows(data, [1, 3, 5, 3601], formats=("json",))  # late rows of both hours, closed later: .part1 files
-    assert len(hour_files(closed_files_in(data))) == 4
     clock = FakeClock(T0 + dt.timedelta(days=1))
-    drain(make_sink(data, influxd.url, db, clock), clock)
-    assert influxd.count(db) == 3600 + 4
+    sink = make_sink(data, influxd.url, db, clock)
+    write_rows(data, range(0, 7200, 2))
+    write_rows(data, [1, 3, 5, 3601])  # late rows of both hours, closed later: .part1 files
+    assert len(hour_files(closed_files_in(data))) == 4
+    drain(sink, clock)  # parts sent together
+    write_rows(data, [7, 9, 3603])  # later still: .part2 files, sent alone
+    drain(sink, clock)
+    assert sink.stats.uploaded == 6
+    assert influxd.count(db) == 3600 + 7
     joules = influxd.query('SELECT sum("watt_seconds") FROM "wattchecker"', db)[0]["values"][0][1]
     report = meter_report(data, "wattchecker-data", "wattchecker", time_zone("Asia/Tokyo"), use_summaries=False)
-    assert joules == pytest.approx(report.total().watt_seconds, rel=1e-12)
+    assert joules == pytest.approx(report.total().watt_seconds, rel=1e-12)  # row 6 now holds 1 s, not 2
 
 
 def test_the_service_announces_each_closed_hour_to_both_sinks_and_retention_waits_for_both(tmp_path):

@@ -13,7 +13,9 @@ credit, a lost answer, a ledger deleted) overwrites the same points.
 
 Each hour's upload also sends the row before it (the previous hour's last
 one) again, now that its step to the next row is known: its ``watt_seconds``
-held 1 s until then. The count does not change; the energy then is the report's.
+held 1 s until then; and a late part sends its whole hour again, its
+neighbours' steps changed. The count does not change; the energy then is the
+report's.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from ..clock import Backoff, Clock
-from ..datadir import closed_name
+from ..clock import Backoff, Clock, utc_epoch
+from ..datadir import sources_between
 from .errors import PermanentError, TransientError
-from .hours import FAILED_DIR, HourFile, day_groups, hour_files, readable_rows
-from .influxdb import MAX_POINTS, InfluxTarget, RetryLater, chunks, point_lines, series_key, timed_rows
+from .hours import FAILED_DIR, HourFile, day_groups, row_fields
+from .influxdb import MAX_POINTS, InfluxTarget, RetryLater, chunks, point_lines, series_key
 from .ledger import INFLUX_LEDGER_NAME as LEDGER_NAME
 from .ledger import Ledger
 from .sink import HourSink, Outage
@@ -40,10 +42,26 @@ log = logging.getLogger(__name__)
 Row = Tuple[int, float, float, float]  # t, V, mA, W
 
 
-def hour_rows(hour_file: HourFile) -> List[Row]:
-    """An hour's rows: the one place this sink reads the data folder's rows."""
-    source, rows = readable_rows(hour_file)
-    return timed_rows(rows, source.name)
+def hour_union(data_dir: Path, stem: str, hour: dt.datetime) -> Tuple[List[Tuple[int, Row]], Set[int]]:
+    """The one place this sink reads rows: an hour as the data folder's union holds it (each second
+    once across formats and parts, JSON's values), each row with the part owning it; and the parts
+    left with a readable file. A whole hour, so a late part's neighbours are sent with their steps
+    corrected. PermanentError for a row that cannot be read."""
+    start = utc_epoch(hour)
+    sources = sources_between(data_dir, stem, start, start + 3600)
+    if hour not in sources.by_hour:
+        return [], set()
+    union = sources.union(hour)  # second of the hour -> its row
+    rows = []
+    for second in sorted(union):
+        row = union[second]
+        try:
+            fields = row_fields(row.line)
+            rows.append((row.owner, (start + second, float(fields["V"]), float(fields["mA"]), float(fields["W"]))))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PermanentError(f"a row of {stem} at {hour:%Y-%m-%d %H}h cannot be read ({exc}): "
+                                 f"{row.line!r}") from None
+    return rows, set(sources.by_hour.get(hour, {}))
 
 
 @dataclass
@@ -128,7 +146,8 @@ class InfluxUploader(HourSink):
         a day's points at once: 18 MB, benchmarks/upload.py); first the row before them again, its step
         to their first row now known.
 
-        ``counted`` gets each hour's rows as it is read; an unreadable hour is refused on the way.
+        ``counted`` gets each unit's rows (the seconds its part owns) as its hour is read; a unit
+        without a readable file is refused on the way.
         """
         first = hours[0]
         suffix = first.meter_suffix
@@ -137,18 +156,22 @@ class InfluxUploader(HourSink):
         before = self._neighbour(first, -1)
         waiting: Optional[Row] = before[-1] if before else None  # its line needs the next row's stamp
         read_any = False
-        for _, parts in itertools.groupby(hours, key=lambda h: h.hour):
-            rows: Dict[int, Row] = {}
-            for hour_file in parts:  # an hour and its late parts: one second once, the later part winning
-                try:
-                    these = hour_rows(hour_file)
-                except PermanentError as exc:
-                    self._refuse(hour_file, f"unreadable: {exc}", None)
-                    outcomes[hour_file.key] = "failed"
-                    continue
-                counted[hour_file.key] = len(these)
-                rows.update((r[0], r) for r in these)
-            ordered = [rows[t] for t in sorted(rows)]
+        for hour, units in itertools.groupby(hours, key=lambda h: h.hour):
+            units = list(units)
+            try:
+                union, readable = hour_union(self.data_dir, first.stem, hour)
+            except PermanentError as exc:
+                union, readable = [], set()
+                problem = str(exc)
+            else:
+                problem = "no file of it can be read (the damaged ones are in failed/)"
+            for unit in units:
+                if unit.part in readable:
+                    counted[unit.key] = sum(1 for owner, _ in union if owner == unit.part)
+                else:
+                    self._refuse(unit, f"unreadable: {problem}", None)
+                    outcomes[unit.key] = "failed"
+            ordered = [row for _, row in union] if readable else []
             if not ordered:
                 continue
             if waiting is not None:
@@ -160,16 +183,12 @@ class InfluxUploader(HourSink):
             yield from point_lines(series, [waiting], after[0][0] if after else None)
 
     def _neighbour(self, hour_file: HourFile, direction: int) -> List[Row]:
-        """The rows of the closed hour next to ``hour_file`` (``direction`` -1 before, +1 after), if on disk."""
-        hour = hour_file.hour + dt.timedelta(hours=direction)
-        present = [p for p in (self.data_dir / closed_name(hour_file.stem, fmt, hour) for fmt in ("json", "csv"))
-                   if p.exists()]
-        for neighbour in hour_files(present):
-            try:
-                return hour_rows(neighbour)
-            except PermanentError:
-                return []
-        return []
+        """The rows of the hour next to ``hour_file`` (``direction`` -1 before, +1 after), if on disk."""
+        try:
+            union, _ = hour_union(self.data_dir, hour_file.stem, hour_file.hour + dt.timedelta(hours=direction))
+        except PermanentError:
+            return []
+        return [row for _, row in union]
 
     def _credit(self, hours: Sequence[HourFile], rows: Dict[str, int], points: int) -> None:
         at = self.clock.now().strftime("%Y-%m-%d %H:%M:%S")

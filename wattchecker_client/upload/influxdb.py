@@ -25,7 +25,7 @@ import email.utils
 import http.client
 import json
 import logging
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlencode, urlsplit
 
 from ..clock import Clock
@@ -60,37 +60,6 @@ def escape_tag(value: str) -> str:
 def series_key(measurement: str, device: str, name: str) -> str:
     """``measurement,device=..,name=..``: tags in key order, as InfluxDB sorts them anyway."""
     return f"{escape_tag(measurement)},device={escape_tag(device)},name={escape_tag(name)}"
-
-
-class Stamps:
-    """Row stamps (``YYYY-MM-DD HH:MM:SS``, UTC) to Unix seconds; one strptime per hour, not per row."""
-
-    def __init__(self) -> None:
-        self._hours: Dict[str, int] = {}
-
-    def __call__(self, stamp: str) -> int:
-        hour = stamp[:13]
-        base = self._hours.get(hour)
-        if base is None:
-            import calendar
-            import time
-
-            base = self._hours[hour] = calendar.timegm(time.strptime(hour, "%Y-%m-%d %H"))
-        return base + int(stamp[14:16]) * 60 + int(stamp[17:19])
-
-
-def timed_rows(rows: Sequence[Dict[str, str]], where: str) -> List[Tuple[int, float, float, float]]:
-    """(t, V, mA, W) of text rows, sorted, one per second (a repeated second: the later row);
-    PermanentError naming ``where`` for a row that is not one."""
-    stamps = Stamps()
-    by_second: Dict[int, Tuple[int, float, float, float]] = {}
-    for number, row in enumerate(rows, 1):
-        try:
-            t = stamps(row["datetime"])
-            by_second[t] = (t, float(row["V"]), float(row["mA"]), float(row["W"]))
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise PermanentError(f"{where}: row {number} is not a reading: {exc}") from None
-    return [by_second[t] for t in sorted(by_second)]
 
 
 def point_lines(series: str, rows: Sequence[Tuple[int, float, float, float]],
