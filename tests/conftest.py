@@ -198,7 +198,7 @@ def write_config(path: Path, data_dir: Path, address: str, **general) -> Path:
         "data_dir": str(data_dir),
         "data_buffer_size": 1,
         "data_format": ["csv", "json"],
-        "poll_interval": 0.002,
+        "poll_interval": 0.002 if address.startswith(("sim:", "tcp://")) else 0.1,  # a real meter: 0.1 s at least
         "status_interval": 2,
         **general,
     }

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from wattchecker_client.config import (BIGQUERY, DEVICE, GENERAL, INFLUXDB, MQTT, REPORT, ConfigError, load_config,
-                                       parse_config)
+from wattchecker_client.config import (BIGQUERY, DEVICE, GENERAL, INFLUXDB, LIMITS, MQTT, REPORT, ConfigError,
+                                       load_config, parse_config)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def test_several_meters_get_files_named_after_them():
         ("device:\n  address: 00:0C:BF:12:34\n",
          "config.yaml:2: device.address: '00:0C:BF:12:34' is not a Bluetooth MAC"),
         ("device:\n  address: sim://\n  channel: 31\n",
-         "config.yaml:3: device.channel: must be between 1 and 30, got 31"),
+         "config.yaml:3: device.channel: must be at most 30, got 31"),
         ("device:\n  channel: 6\n", "config.yaml:1: device.address: missing (required)"),
         ("general: {}\n", "config.yaml: device.address: missing (required): the meter's MAC"),
         ("device:\n  address: sim://\ndevices:\n  - name: a\n    address: sim://\n",
@@ -116,7 +116,9 @@ def test_the_floats_the_issue_found_fail_check_config_naming_the_key(tmp_path):
     for line, message in [("poll_interval: .nan", "general.poll_interval: must be a finite number, got nan"),
                           ("watchdog_stall: .nan", "general.watchdog_stall: must be a finite number, got nan"),
                           ("data_buffer_size: .inf", "general.data_buffer_size: must be a finite number, got inf"),
-                          ("poll_interval: 0.000000001", "general.poll_interval: must be at least 0.001, got 1e-09")]:
+                          ("poll_interval: 0.000000001", "general.poll_interval: must be at least 0.001, got 1e-09"),
+                          ("status_interval: " + "9" * 400,
+                           "general.status_interval: must be at most 86400, got a 400-digit number")]:
         path = tmp_path / "config.yaml"
         path.write_text(f"general:\n  {line}\ndevice:\n  address: sim://\n")
         result = run_cli("check-config", "--config", str(path))
@@ -150,7 +152,7 @@ def test_a_btwattch2s_relay_section_and_its_one_line_errors():
         (device + "  relay:\n    on_connect: toggle\n",
          "<config>:5: device.relay.on_connect: must be one of keep, on, off, restore, got 'toggle'"),
         (device + "  relay:\n    max_wats: 1500\n", "<config>:5: device.relay.max_wats: unknown key; did you mean 'max_watts'?"),
-        (device + "  relay:\n    max_watts: -1\n", "<config>:5: device.relay.max_watts: must be above 0, got -1"),
+        (device + "  relay:\n    max_watts: -1\n", "<config>:5: device.relay.max_watts: must be at least 0.1, got -1"),
     ]:
         with pytest.raises(ConfigError) as err:
             parse_config(text)
@@ -200,3 +202,106 @@ def test_an_error_found_after_parsing_names_the_file_and_line_of_its_key():
     left_out = config.located(SetupError("missing", key="bigquery.project_id"))
     assert str(left_out) == "/etc/w/config.yaml:3: bigquery.project_id: missing"  # its section's line
     assert str(config.located(SetupError("no key"))) == "no key"
+
+
+# Each limit's key -> a config holding VALUE there, with what its section requires besides.
+MAC = "'00:0C:BF:12:34:56'"  # a real meter's address: poll_interval's floor is 0.1 for it
+LIMIT_CONFIGS = {
+    "general": "general:\n  {key}: {value}\ndevice:\n  address: " + MAC + "\n",
+    "device": "device:\n  address: " + MAC + "\n  {key}: {value}\n",
+    "device.relay": "device:\n  address: " + MAC + "\n  model: btwattch2\n  relay:\n    {key}: {value}\n",
+    "bigquery": "bigquery:\n  dataset_id: d\n  table_id: t\n  {key}: {value}\ndevice:\n  address: " + MAC + "\n",
+    "report": "report:\n  {key}: {value}\ndevice:\n  address: " + MAC + "\n",
+    "mqtt": "mqtt:\n  host: h\n  {key}: {value}\ndevice:\n  address: " + MAC + "\n",
+    "http": "http:\n  {key}: '127.0.0.1:{value}'\ndevice:\n  address: " + MAC + "\n",
+    "influxdb": "influxdb:\n  url: http://127.0.0.1:8086\n  database: w\n  {key}: {value}\ndevice:\n  address: "
+                + MAC + "\n",
+}
+
+
+def limit_config(name: str, value) -> str:
+    section, key = name.rsplit(".", 1)
+    return LIMIT_CONFIGS[section].format(key=key, value=value)
+
+
+def outside(name: str):
+    """A value just below the floor and one just above the ceiling, of the number's own kind."""
+    low, high, _ = LIMITS[name]
+    step = 1 if name.endswith(("port", "listen", "rows", "bytes", "count", "days", "channel", "argument")) else 0.01
+    return [(low - step, "at least"), (high + step, "at most")]
+
+
+@pytest.mark.parametrize("name", sorted(LIMITS))
+def test_every_number_has_a_floor_and_a_ceiling_with_a_one_line_error(name):
+    low, high, _ = LIMITS[name]
+    parse_config(limit_config(name, low), "config.yaml")  # both ends are allowed
+    parse_config(limit_config(name, high), "config.yaml")
+    line = limit_config(name, 0).splitlines().index(next(l for l in limit_config(name, 0).splitlines()
+                                                        if l.strip().startswith(name.rsplit(".", 1)[1] + ":"))) + 1
+    for value, bound in outside(name) + [(int("9" * 400), "at most")]:
+        with pytest.raises(ConfigError) as info:
+            parse_config(limit_config(name, value), "config.yaml")
+        message = str(info.value)
+        assert message.startswith(f"config.yaml:{line}: {name}: "), message
+        assert "\n" not in message and len(message) < 200
+        assert (bound in message) if name != "http.listen" else ("between 1 and 65535" in message
+                                                                 or "is not HOST:PORT" in message)
+
+
+def test_every_number_in_the_specs_is_in_the_limits_table():
+    """Nothing numeric escapes the table: each section's numeric defaults have a row."""
+    specs = {"general": GENERAL, "device": DEVICE, "bigquery": BIGQUERY, "report": REPORT, "mqtt": MQTT,
+             "influxdb": INFLUXDB}
+    from wattchecker_client.config import RELAY
+
+    specs["device.relay"] = RELAY
+    for section, spec in specs.items():
+        for key, (_, default) in spec.items():
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                assert f"{section}.{key}" in LIMITS, f"{section}.{key} has no floor or ceiling"
+    for key in ("general.retention_days", "device.channel", "device.relay.max_watts", "device.relay.auto_off_after"):
+        assert key in LIMITS  # optional numbers, default None
+
+
+def test_a_simulator_may_be_polled_faster_than_a_real_meter():
+    assert parse_config("general:\n  poll_interval: 0.002\ndevice:\n  address: sim://\n").general.poll_interval == 0.002
+    with pytest.raises(ConfigError) as info:
+        parse_config("general:\n  poll_interval: 0.05\ndevices:\n  - name: a\n    address: sim://\n"
+                     "  - name: b\n    address: /dev/rfcomm0\n", "config.yaml")
+    assert str(info.value) == ("config.yaml:2: general.poll_interval: must be at least 0.1 for /dev/rfcomm0 (a meter "
+                               "measures once a second; only sim:// and tcp:// simulators may be polled faster), "
+                               "got 0.05")
+
+
+def test_a_number_too_long_for_python_is_a_one_line_error():
+    with pytest.raises(ConfigError) as info:
+        parse_config("device:\n  address: sim://\n  timeout: " + "9" * 5000 + "\n", "config.yaml")
+    assert str(info.value) == "config.yaml:3: a number of 5000 digits is too long to be a setting"
+
+
+@pytest.mark.parametrize("typed, meant", [("off", "off"), ("on", "on"), ("no", "off"), ("yes", "on"),
+                                          ("Off", "off"), ("'off'", "off"), ("restore", "restore")])
+def test_on_connect_takes_yamls_unquoted_booleans(typed, meant):
+    text = f"device:\n  address: sim://\n  model: btwattch2\n  relay:\n    on_connect: {typed}\n"
+    assert parse_config(text).devices[0].relay.on_connect == meant
+
+
+@pytest.mark.process
+def test_check_config_and_run_refuse_a_number_above_its_ceiling_in_one_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"general:\n  data_dir: {tmp_path / 'data'}\n  watchdog_stall: 1.0e-9\n"
+                    "device:\n  address: sim://\n")
+    for command in ("check-config", "run"):
+        result = run_cli(command, "--config", str(path))
+        assert (result.returncode, result.stdout) == (2, ""), result.stderr
+        assert result.stderr == (f"wattchecker-client: error: {path}:3: general.watchdog_stall: must be at least 0.5, "
+                                 "got 1e-09\n")
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_limits_page_shows_the_table_as_it_is():
+    from wattchecker_client.config import figure
+
+    page = (ROOT / "docs" / "limits.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| `")]
+    assert rows == [f"| `{key}` | {figure(low)} | {figure(high)} | {why} |" for key, (low, high, why) in LIMITS.items()]

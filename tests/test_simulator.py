@@ -77,6 +77,14 @@ def test_meter_keeps_the_clock_it_is_given_running_fast():
     assert decode_measurement(payload) == air_conditioner(T0 + dt.timedelta(seconds=150))
 
 
+@pytest.mark.parametrize("offset", [3600, -90])
+def test_a_meter_clock_can_start_off_the_hosts(offset):
+    clock = FakeClock(dt.datetime(2026, 1, 1))
+    meter = SimulatedMeter(parse_sim_address(f"sim://?clock_offset={offset}"), clock)
+    clock.advance(2)
+    assert meter.now() == dt.datetime(2026, 1, 1) + dt.timedelta(seconds=offset + 2)
+
+
 def test_meter_acknowledges_start_and_stop():
     meter = SimulatedMeter(SimOptions(), FakeClock())
     assert meter.respond(bytes([0x02, 0x00])) == bytes.fromhex("AA 02 00 02 00 AB")

@@ -101,7 +101,7 @@ def test_without_bigquery_no_uploader_thread_yet_old_hours_are_deleted(tmp_path)
     with gzip.open(old, "wt") as f:
         f.write("2020-01-01 00:00:00,100.00,1000.00,100.00\n")
     config = parse_config(
-        f"general:\n  data_dir: {data}\n  retention_days: 1\n  status_interval: 0.2\n  log_file: null\n"
+        f"general:\n  data_dir: {data}\n  retention_days: 1\n  status_interval: 1\n  log_file: null\n"
         "device:\n  address: 'sim://'\n"
     )
     daemon = Daemon(config, environ={})

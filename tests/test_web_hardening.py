@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import free_port, wait_for
 from tests.test_web import METER, Prometheus, get, http_config, sample, serving
+from wattchecker_client.pageauth import cookie_value
 
 pytest.importorskip("prometheus_client", reason="pip install 'wattchecker-client[http]'")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -57,10 +59,10 @@ def status_line(answer: bytes) -> str:
     return answer.split(b"\r\n", 1)[0].decode()
 
 
-def started(tmp_path: Path, simulator, daemons, extra: str = ""):
+def started(tmp_path: Path, simulator, daemons, extra: str = "", **general):
     sim = simulator()
     port = free_port()
-    config = http_config(tmp_path, sim.addresses[0], port)
+    config = http_config(tmp_path, sim.addresses[0], port, **general)
     config.write_text(config.read_text() + extra)
     daemon = daemons(config, tmp_path)
     wait_for(lambda: get_any(port, "/healthz") == 200, 60, what="a healthy service")
@@ -175,11 +177,11 @@ def test_100_resets_mid_response_leave_no_traceback(tmp_path, simulator, daemons
     assert "Traceback" not in err and "ConnectionResetError" not in err and "BrokenPipe" not in err
 
 
-def test_events_are_capped_per_client(tmp_path, simulator, daemons):
+def test_events_are_capped_per_client_and_every_loopback_address_is_one_client(tmp_path, simulator, daemons):
     daemon, port = started(tmp_path, simulator, daemons)
     streams = []
-    for n in range(5):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    for n in range(1, 6):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(f"127.0.0.{n}", 0))
         sock.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         streams.append((sock, sock.recv(100)))
     assert [status_line(first) for _, first in streams] == ["HTTP/1.0 200 OK"] * 4 + [
@@ -187,6 +189,62 @@ def test_events_are_capped_per_client(tmp_path, simulator, daemons):
     for sock, _ in streams:
         sock.close()
     assert daemon.stop() == 0
+
+
+def test_a_newcomer_ends_the_largest_holders_oldest_stream_through_the_real_handler(tmp_path):
+    """Two clients (127.0.0.1 and 127.0.0.2, told apart here: the service folds loopback into one), two slots."""
+    from wattchecker_client.config import parse_config
+    from wattchecker_client.daemon import Daemon
+    from wattchecker_client.pageslots import StreamSlots
+
+    port = free_port()
+    config = parse_config(f"general:\n  data_dir: {tmp_path / 'data'}\n  log_file: null\n"
+                          f"device:\n  address: 'sim://'\nhttp:\n  listen: 127.0.0.1:{port}\n")
+    daemon = Daemon(config)
+    daemon.web.streams = StreamSlots(total=2, per_client=2, key=str)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+
+    def open_stream(source: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        return sock
+
+    def read_to_end(sock: socket.socket) -> bytes:
+        """Up to the server's closing; a stream still open after 30 s (keepalives every 15 s) fails the test."""
+        data, deadline = b"", time.monotonic() + 30
+        sock.settimeout(5)
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                return data
+            data += chunk
+        raise AssertionError(f"the stream stayed open: {data[-200:]!r}")
+
+    try:
+        wait_for(lambda: get_any(port, "/healthz") == 200, 60, what="a healthy service")
+        first = open_stream("127.0.0.1")  # held before the second is opened: the oldest, for sure
+        assert status_line(first.recv(100)) == "HTTP/1.0 200 OK"
+        wait_for(lambda: daemon.web.streams.held() == {"127.0.0.1": 1}, 10, what="the first stream held")
+        second = open_stream("127.0.0.1")
+        assert status_line(second.recv(100)) == "HTTP/1.0 200 OK"
+        wait_for(lambda: daemon.web.streams.held() == {"127.0.0.1": 2}, 10, what="both streams held")
+        newcomer = open_stream("127.0.0.2")
+        assert status_line(newcomer.recv(100)) == "HTTP/1.0 200 OK"
+        assert b"event: init" in read_to_end(first)  # the oldest page's stream ended: EOF
+        assert daemon.web.streams.held() == {"127.0.0.1": 1, "127.0.0.2": 1}
+        again = open_stream("127.0.0.1")  # its browser reconnects: refused while the shares are even
+        assert status_line(read_to_end(again)) == "HTTP/1.0 503 Service Unavailable"
+        for sock in (first, second, newcomer, again):
+            sock.close()
+    finally:
+        daemon.stop.set()
+        runner.join(60)
+    assert not runner.is_alive()
+    assert daemon.web.streams.taken_over == 1
 
 
 # --- Host ------------------------------------------------------------------------------------------------
@@ -215,7 +273,8 @@ def token_file(tmp_path: Path, mode: int = 0o640) -> Path:
 
 
 def test_the_token_bearer_cookie_and_refusals(tmp_path, simulator, daemons):
-    daemon, port = started(tmp_path, simulator, daemons, f"  auth_token_file: {token_file(tmp_path)}\n")
+    daemon, port = started(tmp_path, simulator, daemons, f"  auth_token_file: {token_file(tmp_path)}\n",
+                           log_level="DEBUG")
     base = f"http://127.0.0.1:{port}"
     for path in ("/", "/metrics", "/api/page", "/events", "/static/uPlot.iife.min.js"):
         answer = request(port, f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
@@ -230,13 +289,24 @@ def test_the_token_bearer_cookie_and_refusals(tmp_path, simulator, daemons):
     answer = request(port, f"GET /?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
     assert status_line(answer) == "HTTP/1.0 303 See Other"
     assert b"\r\nLocation: /\r\n" in answer
-    assert f"Set-Cookie: wattchecker_token={TOKEN}; Path=/; HttpOnly; SameSite=Strict".encode() in answer
-    assert status_line(request(port, b"GET /?token=wrong HTTP/1.1\r\nHost: localhost\r\n\r\n")) == \
-        "HTTP/1.0 401 Unauthorized"
-    answer = request(port, f"GET /api/page HTTP/1.1\r\nHost: localhost\r\nCookie: wattchecker_token={TOKEN}\r\n"
-                           f"Connection: close\r\n\r\n".encode())
-    assert status_line(answer) == "HTTP/1.0 200 OK" and b'"meters"' in answer
+    cookie = f"wattchecker_page={cookie_value(TOKEN)}"
+    assert f"Set-Cookie: {cookie}; Path=/; HttpOnly; SameSite=Strict".encode() in answer
+    assert b"Set-Cookie: wattchecker_token=; Max-Age=0; Path=/" in answer  # the old raw-token cookie goes
+    assert TOKEN.encode() not in answer
+    # A wrong token leaves the address too, for a 401 on the clean one; so does a second one beside a cookie.
+    for head in ("GET /?token=wrong HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                 f"GET /?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\n\r\n"):
+        answer = request(port, head.encode())
+        assert status_line(answer) == "HTTP/1.0 303 See Other" and b"\r\nLocation: /\r\n" in answer
+    for cookies, expected in [(cookie, "200 OK"), (f"wattchecker_token={TOKEN}", "401 Unauthorized"),
+                              (f'prefs={{"theme":"dark"}}; {cookie}; x', "200 OK")]:
+        answer = request(port, f"GET /api/page HTTP/1.1\r\nHost: localhost\r\nCookie: {cookies}\r\n"
+                               f"Connection: close\r\n\r\n".encode())
+        assert status_line(answer) == f"HTTP/1.0 {expected}", cookies
     assert daemon.stop() == 0
+    logs = daemon.stderr() + "".join(path.read_text() for path in (tmp_path / "data").glob("*.log*"))
+    assert "GET /?token=<hidden> HTTP/1.1" in logs  # the DEBUG request lines, with the token blanked
+    assert TOKEN not in logs and cookie_value(TOKEN) not in logs
 
 
 def test_prometheus_scrapes_with_the_token_and_not_without(tmp_path, simulator, daemons):
@@ -279,6 +349,64 @@ def test_the_page_with_the_token_in_a_real_browser(tmp_path, simulator, daemons)
         assert set(browser.errors()) <= refused
     finally:
         browser.close()
+    assert daemon.stop() == 0
+
+
+class CookieSetter:
+    """Another app on another port of the same host, whose page sets a cookie SimpleCookie cannot read."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = b"<html><body>other app</body></html>"
+                self.send_response(200)
+                self.send_header("Set-Cookie", 'prefs={"theme":"dark"}; Path=/')
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_another_apps_cookie_on_the_same_host_does_not_lock_the_page_in_a_real_browser(tmp_path, simulator, daemons):
+    from tests.browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("needs a headless browser: apt-get install chromium")
+    daemon, port = started(tmp_path, simulator, daemons, f"  auth_token_file: {token_file(tmp_path)}\n")
+    other = CookieSetter()
+    browser = Browser(tmp_path / "chromium", 1280, 800)
+    power = "document.querySelector('.meter .power')?.textContent || ''"
+    try:
+        # Before and after the page's own cookie: the other app's cookie is sent to every port of 127.0.0.1.
+        for first, then in [(f"http://127.0.0.1:{other.port}/", f"http://127.0.0.1:{port}/?token={TOKEN}"),
+                            (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{other.port}/")]:
+            browser.open(first)
+            wait_for(lambda: browser.evaluate("document.readyState") == "complete", 30, what=f"{first} loaded")
+            browser.open(then)
+            wait_for(lambda: browser.evaluate("document.readyState") == "complete", 30, what=f"{then} loaded")
+        cookies = browser.call("Network.getAllCookies", session=True)["cookies"]
+        assert {c["name"] for c in cookies} == {"prefs", "wattchecker_page"}
+        assert all(TOKEN not in c["value"] for c in cookies)
+        browser.open(f"http://127.0.0.1:{port}/")  # the page, with both cookies sent
+        wait_for(lambda: (lambda p: p if p and p[0].isdigit() else None)(browser.evaluate(power)), 30,
+                 what="a power value on the page, live through its cookie beside the other app's")
+        assert browser.evaluate("location.href") == f"http://127.0.0.1:{port}/"
+    finally:
+        browser.close()
+        other.close()
     assert daemon.stop() == 0
 
 

@@ -155,26 +155,90 @@ class Config:
         return {d.name: self.file_stem(d) for d in self.devices}
 
 
+# --- limits: every number the config takes, with the floor and ceiling the service can live with ---
+#
+# One row per number: (floor, ceiling, why). Both ends are allowed. Each floor
+# keeps a loop from spinning or a log from flooding; each ceiling keeps a
+# promise (a command's age, a flush, a wait) within what a user would notice.
+
+LIMITS: Dict[str, Tuple[float, float, str]] = {
+    "general.data_buffer_size": (0.1, 3600, "seconds of rows held in memory; below 0.1 the writer spins"),
+    "general.poll_interval": (0.1, 60, "a meter measures once a second; sim:// and tcp:// may go to 0.001"),
+    "general.hour_close_grace": (0, 3600, "seconds an hour file stays open for late rows"),
+    "general.max_buffered_rows": (60, 10_000_000, "rows kept while the disk refuses them (about 100 B each)"),
+    "general.log_max_bytes": (10_000, 1 << 30, "bytes before the log file rotates"),
+    "general.log_backup_count": (0, 100, "rotated log files kept"),
+    "general.status_interval": (1, 86_400, "seconds between status lines; below 1 the log floods"),
+    "general.watchdog_stall": (0.5, 3600, "seconds without a sign of life; its third is a heartbeat"),
+    "general.retention_days": (1, 36_500, "days of hour files kept"),
+    "general.time_sync_wait": (0, 86_400, "seconds to wait for the system clock's synchronisation"),
+    "device.channel": (1, 30, "RFCOMM channels"),
+    "device.start_argument": (0, 255, "one byte of the start command"),
+    "device.timeout": (0.5, 600, "seconds a meter may take to answer"),
+    "device.relay.min_interval": (0.5, 3600, "seconds between two switchings; spares the relay's contacts"),
+    "device.relay.max_watts": (0.1, 1500, "watts; an RS-BTWATTCH2 is rated 15 A at 100 V"),
+    "device.relay.max_watts_for": (0, 3600, "seconds over max_watts before it switches off"),
+    "device.relay.auto_off_after": (1, 31 * 86_400, "seconds on before it switches off"),
+    "device.relay.max_age": (1, 600, "seconds a command may wait for its meter; an older one is dropped"),
+    "bigquery.max_backoff": (1, 86_400, "seconds between upload retries at most"),
+    "influxdb.max_backoff": (1, 86_400, "seconds between InfluxDB write retries at most"),
+    "report.price": (0, 1_000_000, "price of a kWh"),
+    "mqtt.port": (1, 65_535, "TCP ports"),
+    "mqtt.publish_interval": (1, 3600, "seconds between MQTT state messages; below 1 the broker floods"),
+    "http.listen": (1, 65_535, "TCP ports (the port of HOST:PORT)"),
+}
+# A simulated meter (sim://, or a simulator behind tcp://) may run its clock
+# faster than real time (`simulate --clock-speed`), so it may be polled faster.
+SIMULATOR_POLL_FLOOR = 0.001
+SIMULATOR_PREFIXES = ("sim:", "tcp://")
+
+
+def _shown(value: Any) -> str:
+    """A value for an error line: a 400-digit number or a long string stays one short line."""
+    text_ = repr(value)
+    if len(text_) <= 40:
+        return text_
+    if isinstance(value, int):
+        return f"a {len(str(abs(value)))}-digit number"
+    return f"{text_[:32]}... ({len(text_)} characters)"
+
+
+def figure(limit: float) -> str:
+    """A limit as a user would write it: 10000000, 0.5."""
+    return str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
+
+
+def _in_range(value: Any, low: float, high: float) -> None:
+    """Compares ints exactly (a huge int never goes through float, which overflows)."""
+    if value < low:
+        raise ValueError(f"must be at least {figure(low)}, got {_shown(value)}")
+    if value > high:
+        raise ValueError(f"must be at most {figure(high)}, got {_shown(value)}")
+
+
 # --- value checks: each returns the clean value or raises ValueError(problem) ----
 
 
-def number(minimum: float = 0.0, exclusive: bool = True, maximum: float = 86_400.0) -> Callable[[Any], float]:
-    """A finite number in range: YAML's .nan and .inf parse as floats, and each stalls or crashes a loop."""
+def number(key: str, floor: Optional[float] = None) -> Callable[[Any], float]:
+    """A finite number within ``key``'s limits (YAML's .nan and .inf parse as floats: each stalls or crashes a loop)."""
+    low, high, _ = LIMITS[key]
+    low = low if floor is None else floor
+
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"must be a number, got {value!r}")
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"must be a finite number, got {value!r}")
-        if value < minimum or (exclusive and value == minimum):
-            raise ValueError(f"must be {'above' if exclusive else 'at least'} {minimum:g}, got {value!r}")
-        if value > maximum:
-            raise ValueError(f"must be at most {maximum:g}, got {value!r}")
+        _in_range(value, low, high)
         return float(value)
 
     return check
 
 
-def integer(low: int, high: int) -> Callable[[Any], int]:
+def integer(key: str) -> Callable[[Any], int]:
+    """A whole number within ``key``'s limits; 0x.. and 0o.. strings too (a meter's argument byte)."""
+    low, high, _ = LIMITS[key]
+
     def check(value: Any) -> int:
         if isinstance(value, str):
             try:
@@ -183,8 +247,7 @@ def integer(low: int, high: int) -> Callable[[Any], int]:
                 pass
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"must be a whole number, got {value!r}")
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}, got {value}")
+        _in_range(value, low, high)
         return value
 
     return check
@@ -235,6 +298,7 @@ def http_url(value: Any) -> str:
 
 
 def influx_version(value: Any) -> int:
+    """Which write API: a choice of two, not a range (so not in LIMITS)."""
     if value not in (1, 2) or isinstance(value, bool):
         raise ValueError(f"must be 1 (InfluxDB 1.x: /write) or 2 (InfluxDB 2.x: /api/v2/write), got {value!r}")
     return value
@@ -306,6 +370,9 @@ def meter_model(value: Any) -> str:
 
 
 def on_connect(value: Any) -> str:
+    """keep, on, off or restore; YAML reads an unquoted on/off/yes/no as a boolean, as Tasmota's users type it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if not isinstance(value, str) or value.strip().lower() not in ON_CONNECT:
         raise ValueError(f"must be one of {', '.join(ON_CONNECT)}, got {value!r}")
     return value.strip().lower()
@@ -332,7 +399,7 @@ def listen_address(value: Any) -> Tuple[str, int]:
     plain = re.match(r"^([A-Za-z0-9.-]+):(\d{1,5})$", value)
     match = bracketed or plain
     if match is None:
-        raise ValueError(f"{value!r} is not HOST:PORT (127.0.0.1:9750, 0.0.0.0:9750, [::1]:9750)")
+        raise ValueError(f"{_shown(value)} is not HOST:PORT (127.0.0.1:9750, 0.0.0.0:9750, [::1]:9750)")
     host, port = match.group(1), int(match.group(2))
     if bracketed:
         try:
@@ -344,8 +411,9 @@ def listen_address(value: Any) -> Tuple[str, int]:
             ipaddress.IPv4Address(host)
         except ValueError:
             raise ValueError(f"{host!r} in {value!r} is not an IPv4 address") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} in {value!r} must be between 1 and 65535")
+    low, high, _ = LIMITS["http.listen"]
+    if not low <= port <= high:
+        raise ValueError(f"port {port} in {value!r} must be between {low} and {high}")
     return host, port
 
 
@@ -365,38 +433,38 @@ Spec = Dict[str, Tuple[Callable[[Any], Any], Any]]
 
 GENERAL: Spec = {
     "data_dir": (text, "log"),
-    "data_buffer_size": (number(), 180.0),
+    "data_buffer_size": (number("general.data_buffer_size"), 180.0),
     "data_format": (formats, ("csv",)),
-    # Below a millisecond the reader spins; the tests' simulated meters answer every 2 ms.
-    "poll_interval": (number(0.001, exclusive=False, maximum=60), 1.0),
-    "hour_close_grace": (number(0, exclusive=False, maximum=3600), 120.0),
-    "max_buffered_rows": (integer(60, 10_000_000), 604_800),
+    # Checked against its meters' links by _poll_interval: only a simulator may be polled below 0.1 s.
+    "poll_interval": (number("general.poll_interval", floor=SIMULATOR_POLL_FLOOR), 1.0),
+    "hour_close_grace": (number("general.hour_close_grace"), 120.0),
+    "max_buffered_rows": (integer("general.max_buffered_rows"), 604_800),
     "log_level": (choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     "log_file": (optional(text), "wattchecker-client.log"),
-    "log_max_bytes": (integer(10_000, 1 << 30), 1_000_000),
-    "log_backup_count": (integer(0, 100), 5),
-    "status_interval": (number(), 600.0),
-    "watchdog_stall": (number(), 180.0),
-    "retention_days": (optional(integer(1, 36_500)), None),
-    "time_sync_wait": (number(0, exclusive=False), 180.0),
+    "log_max_bytes": (integer("general.log_max_bytes"), 1_000_000),
+    "log_backup_count": (integer("general.log_backup_count"), 5),
+    "status_interval": (number("general.status_interval"), 600.0),
+    "watchdog_stall": (number("general.watchdog_stall"), 180.0),
+    "retention_days": (optional(integer("general.retention_days")), None),
+    "time_sync_wait": (number("general.time_sync_wait"), 180.0),
 }
 DEVICE: Spec = {
     "name": (meter_name, DEFAULT_NAME),
     "address": (address, REQUIRED),
     "model": (meter_model, DEFAULT_MODEL),
-    "channel": (optional(integer(1, 30)), None),
-    "start_argument": (integer(0, 255), 0),
-    "timeout": (number(maximum=600), 5.0),
+    "channel": (optional(integer("device.channel")), None),
+    "start_argument": (integer("device.start_argument"), 0),
+    "timeout": (number("device.timeout"), 5.0),
     "relay": (lambda value: value, None),  # checked by _device against RELAY
     "adapter": (optional(adapter_name), None),
 }
 RELAY: Spec = {
-    "min_interval": (number(0, exclusive=False), 2.0),
-    "max_watts": (optional(number()), None),
-    "max_watts_for": (number(0, exclusive=False), 10.0),
+    "min_interval": (number("device.relay.min_interval"), 2.0),
+    "max_watts": (optional(number("device.relay.max_watts")), None),
+    "max_watts_for": (number("device.relay.max_watts_for"), 10.0),
     "on_connect": (on_connect, "keep"),
-    "auto_off_after": (optional(number()), None),
-    "max_age": (number(), 30.0),
+    "auto_off_after": (optional(number("device.relay.auto_off_after")), None),
+    "max_age": (number("device.relay.max_age"), 30.0),
 }
 BIGQUERY: Spec = {
     "service_account_json": (optional(text), None),
@@ -406,11 +474,11 @@ BIGQUERY: Spec = {
     "location": (optional(text), None),
     "api_endpoint": (optional(endpoint), None),
     "create_table": (boolean, False),
-    "max_backoff": (number(), 3600.0),
+    "max_backoff": (number("bigquery.max_backoff"), 3600.0),
 }
 REPORT: Spec = {
     "timezone": (zone_name, "Asia/Tokyo"),
-    "price": (number(0, exclusive=False, maximum=1e6), 25.0),
+    "price": (number("report.price"), 25.0),
     "currency": (text, "JPY"),
 }
 HTTP: Spec = {
@@ -420,7 +488,7 @@ HTTP: Spec = {
 }
 MQTT: Spec = {
     "host": (text, REQUIRED),
-    "port": (integer(1, 65535), 1883),
+    "port": (integer("mqtt.port"), 1883),
     "username": (optional(text), None),
     "password": (optional(text), None),
     "password_file": (optional(text), None),
@@ -429,11 +497,11 @@ MQTT: Spec = {
     "client_id": (optional(text), None),
     "topic_prefix": (topic, "wattchecker"),
     "discovery_prefix": (optional(topic), "homeassistant"),
-    "publish_interval": (number(), 10.0),
+    "publish_interval": (number("mqtt.publish_interval"), 10.0),
 }
 INFLUXDB: Spec = {
     "url": (http_url, REQUIRED),
-    "version": (influx_version, 1),
+    "version": (influx_version, None),  # None: 1
     "database": (optional(text), None),
     "username": (optional(text), None),
     "password_file": (optional(text), None),
@@ -442,7 +510,7 @@ INFLUXDB: Spec = {
     "token_file": (optional(text), None),
     "measurement": (measurement_name, "wattchecker"),
     "live": (boolean, False),
-    "max_backoff": (number(), 3600.0),
+    "max_backoff": (number("influxdb.max_backoff"), 3600.0),
 }
 TOP_LEVEL = ("general", "device", "devices", "bigquery", "report", "http", "mqtt", "influxdb")
 
@@ -586,6 +654,7 @@ def _http(ctx: _Context, data: Any, base: Path) -> HttpConfig:
 def _influxdb(ctx: _Context, data: Any, base: Path) -> InfluxConfig:
     """An influxdb: section: the keys of its version, each needed one present, the others refused."""
     values = _section(ctx, ["influxdb"], data, INFLUXDB)
+    values["version"] = values["version"] or 1
     needed = ("database",) if values["version"] == 1 else ("org", "bucket", "token_file")
     other = ("org", "bucket", "token_file") if values["version"] == 1 else ("database", "username", "password_file")
     for key in other:
@@ -604,6 +673,30 @@ def _influxdb(ctx: _Context, data: Any, base: Path) -> InfluxConfig:
     return InfluxConfig(**values)
 
 
+def _poll_interval(ctx: _Context, interval: float, devices: Sequence[DeviceConfig]) -> None:
+    """Below 0.1 s only for simulated meters: a real one measures once a second, so faster polls only load its link."""
+    floor = LIMITS["general.poll_interval"][0]
+    real = [d.address for d in devices if not d.address.startswith(SIMULATOR_PREFIXES)]
+    if interval < floor and real:
+        raise ctx.error(["general", "poll_interval"], f"must be at least {figure(floor)} for {real[0]} (a meter "
+                        f"measures once a second; only sim:// and tcp:// simulators may be polled faster), "
+                        f"got {interval:g}")
+
+
+def _long_number(root: Optional[yaml.Node]) -> Tuple[Optional[int], int]:
+    """The line and length of the first number too long for Python to read (over 4300 digits)."""
+    nodes = [root]
+    while nodes:
+        node = nodes.pop(0)
+        if isinstance(node, yaml.ScalarNode) and len(node.value) > 4000:
+            return node.start_mark.line + 1, len(node.value)
+        if isinstance(node, yaml.MappingNode):
+            nodes.extend(n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            nodes.extend(node.value)
+    return None, 0
+
+
 def parse_config(text_: str, source: str = "<config>") -> Config:
     """Validate YAML text; relative paths are relative to the config file's folder."""
     try:
@@ -615,6 +708,9 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}{line}: not valid YAML: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    except ValueError:  # Python refuses to read an integer of over 4300 digits
+        line, digits = _long_number(root)
+        raise ConfigError(f"{source}:{line}: a number of {digits} digits is too long to be a setting") from None
     ctx = _Context(source, root)
     if data is None:
         data = {}
@@ -635,7 +731,9 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
     http = _http(ctx, data["http"], base) if "http" in data else None
     mqtt = _mqtt(ctx, data["mqtt"], base) if "mqtt" in data else None
     influxdb = _influxdb(ctx, data["influxdb"], base) if data.get("influxdb") is not None else None
-    return Config(source, GeneralConfig(**general), _devices(ctx, data), bigquery, report, "devices" in data, http=http,
+    devices = _devices(ctx, data)
+    _poll_interval(ctx, general["poll_interval"], devices)
+    return Config(source, GeneralConfig(**general), devices, bigquery, report, "devices" in data, http=http,
                   mqtt=mqtt, influxdb=influxdb, key_lines=_key_lines(root))
 
 

@@ -50,6 +50,11 @@ class SimOptions:
         default=1.0,
         metadata={"help": "how fast the meter's clock runs against real time (above 1, it never goes back)"},
     )
+    clock_offset: float = field(
+        default=0.0,
+        metadata={"help": "seconds the meter's clock starts ahead of the host's (negative: behind); a right "
+                          "meter beside a host clock that lags is ahead of it"},
+    )
     corrupt_rate: float = field(
         default=0.0, metadata={"help": "fraction of responses with one bit flipped"}
     )
@@ -164,7 +169,7 @@ class SimulatedMeter:
         self.relay_writes: List[bytes] = []  # every 0xA7 payload, so a test can count what reached the meter
         self.identified = 0
         self._lock = threading.Lock()
-        self._rtc_base = clock.now()
+        self._rtc_base = clock.now() + dt.timedelta(seconds=options.clock_offset)
         self._rtc_mono = clock.monotonic()
 
     def now(self) -> dt.datetime:

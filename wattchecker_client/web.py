@@ -11,7 +11,6 @@ live state whenever a reading arrives.
 from __future__ import annotations
 
 import errno
-import hmac
 import importlib
 import io
 import ipaddress
@@ -24,16 +23,16 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
-from urllib.parse import parse_qsl
 
 from .clock import Clock, utc_epoch
 from .config import Config, HttpConfig
 from .dashboard import STALE_AFTER, EnergyView, current
 from .errors import SetupError
+from .pageauth import OK, REDIRECT, check, redacted
+from .pageslots import StreamSlots
 from .secretfile import read_secret
 
 log = logging.getLogger(__name__)
@@ -48,14 +47,11 @@ HEADERS = {  # the page loads nothing from elsewhere and cannot be framed
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-MAX_STREAMS = 16  # open pages at once; more get 503 rather than a thread each
-MAX_STREAMS_PER_CLIENT = 4  # so a few idle tabs on one machine cannot lock every other one out
 MAX_CONNECTIONS = 32  # connections served at once (a thread each); past it, closed at once
 REQUEST_QUEUE = 64  # connections the kernel holds for accept()
 HEADER_DEADLINE = 10.0  # seconds for the request line and headers together, however they trickle in
 MAX_HEADER_BYTES = 16384  # request line and headers; a GET needs far less
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-COOKIE = "wattchecker_token"
 QUIET_ERRORS = (ConnectionError, TimeoutError, socket.timeout)  # a client went away: not the server's fault
 WAKE_EVERY = 2.0  # seconds an idle stream sleeps before looking at staleness again
 SUMMARY_EVERY = 10.0  # seconds between today's-kWh/bars updates on an open page
@@ -228,8 +224,7 @@ class WebServer:
         self.clock = clock
         self.energy = EnergyView(config, sources.live, clock)
         self.stopping = threading.Event()
-        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
-        self.streams_of: Counter = Counter()  # client address -> open event streams
+        self.streams = StreamSlots()  # open pages' event streams, shared fairly between clients
         self.token: Optional[str] = None
         self.static = _load_static()
         self.metrics: Optional[Callable[[], Tuple[bytes, str]]] = None
@@ -457,24 +452,15 @@ class _Handler(BaseHTTPRequestHandler):
         return ok
 
     def _authorised(self, path: str) -> bool:
-        """True to go on; otherwise the answer (401, or the redirect that turns ?token= into a cookie) is sent."""
-        token = self.app.token
-        if token is None or path == "/healthz":
+        """True to go on; otherwise the answer (401, or the redirect that takes ?token= away) is sent."""
+        token = None if path == "/healthz" else self.app.token
+        answer = check(token, self.path, self.headers.get("Authorization", ""), self.headers.get_all("Cookie") or [])
+        if answer.kind == OK:
             return True
-        given = self.headers.get("Authorization", "")
-        if given[:7].lower() == "bearer " and _same(given[7:].strip(), token):
-            return True
-        try:
-            cookie = SimpleCookie(self.headers.get("Cookie", ""))
-        except CookieError:
-            cookie = SimpleCookie()
-        if COOKIE in cookie and _same(cookie[COOKIE].value, token):
-            return True
-        query = dict(parse_qsl(self.path.partition("?")[2]))
-        if "token" in query and _same(query["token"], token):
-            # Once: the token leaves the address bar (and the history) for a cookie only this page sees.
+        if answer.kind == REDIRECT:
+            # The token leaves the address bar (and the history); a right one leaves a cookie that stands for it.
             self._send(HTTPStatus.SEE_OTHER, b"", "text/plain; charset=utf-8",
-                       {"Location": path, "Set-Cookie": f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"})
+                       {"Location": answer.location, "Set-Cookie": list(answer.cookies)})
             return False
         self._send(HTTPStatus.UNAUTHORIZED, b"a token is needed: open the page with ?token=..., "
                    b"or send Authorization: Bearer\n", "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"})
@@ -511,24 +497,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str, extra: Optional[Dict[str, str]] = None) -> None:
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str,
+              extra: Optional[Dict[str, object]] = None) -> None:
+        """One answer; a header whose value is a list is sent once per item (Set-Cookie)."""
         self.send_response(status)
         for name, value in {**HEADERS, "Content-Type": content_type, "Content-Length": str(len(body)),
                             "Cache-Control": "no-store", **(extra or {})}.items():
-            self.send_header(name, value)
+            for one in value if isinstance(value, list) else [value]:
+                self.send_header(name, one)
         self.end_headers()
         if not getattr(self, "_head_only", False):
             self.wfile.write(body)
 
     def _events(self) -> None:
-        client = self.client_address[0]
-        with self.server.lock:  # type: ignore[attr-defined]
-            mine = self.app.streams_of[client] < MAX_STREAMS_PER_CLIENT
-            if mine:
-                self.app.streams_of[client] += 1
-        if not mine or not self.app.streams.acquire(blocking=False):
-            if mine:
-                self._stream_closed(client)
+        ticket = self.app.streams.take(self.client_address[0])
+        if ticket is None:
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"too many open pages\n", "text/plain; charset=utf-8")
             return
         try:
@@ -538,27 +521,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
             self.end_headers()
             if not getattr(self, "_head_only", False):
-                EventStream(self.app, self.wfile).run()
+                EventStream(self.app, self.wfile, ticket.ended).run()
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             pass  # the page was closed
         finally:
-            self.app.streams.release()
-            self._stream_closed(client)
+            self.app.streams.give_back(ticket)
             self.close_connection = True
 
-    def _stream_closed(self, client: str) -> None:
-        with self.server.lock:  # type: ignore[attr-defined]
-            self.app.streams_of[client] -= 1
-            if self.app.streams_of[client] <= 0:
-                del self.app.streams_of[client]
-
     def log_message(self, format: str, *args: object) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-def _same(given: str, token: str) -> bool:
-    """Compared in constant time: how long a wrong guess takes tells nothing."""
-    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
+        """The request line at DEBUG, with any token's value blanked."""
+        log.debug("%s %s", self.address_string(), redacted(format % args))
 
 
 def _json_line(data: object) -> bytes:
@@ -568,9 +540,10 @@ def _json_line(data: object) -> bytes:
 class EventStream:
     """One open page: new readings as they arrive, status when it changes, totals now and then."""
 
-    def __init__(self, app: WebServer, out) -> None:
+    def __init__(self, app: WebServer, out, ended: Optional[threading.Event] = None) -> None:
         self.app = app
         self.out = out
+        self.ended = ended or threading.Event()  # set when another client took this stream's slot
         self.live = app.sources.live
         self.sent: Dict[str, int] = {}  # meter -> newest epoch second sent
         self.status: Dict[str, tuple] = {}
@@ -587,7 +560,7 @@ class EventStream:
         self._write()
         next_summary = next_keepalive = clock.monotonic()
         next_summary += SUMMARY_EVERY
-        while not self.app.stopping.is_set():
+        while not self.app.stopping.is_set() and not self.ended.is_set():
             version = self.live.wait(version, WAKE_EVERY)
             self._readings_and_status()
             mono = clock.monotonic()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..clock import Clock
+from ..clocksync import NOBODY, SOURCES, decide
 from ..clocktrust import trust_in_words
 from ..config import load_config
 from .common import EXIT_OK
@@ -63,8 +63,10 @@ def id_collisions(config) -> list:
 
 
 def time_sync(wait: float) -> str:
-    """Which clock is trusted now and why (docs/clock.md), and the time_sync_wait setting in words."""
-    trust = trust_in_words(Clock().synchronised())
+    """Which clock is trusted now, who says so (docs/clock.md), and the time_sync_wait setting in words."""
+    answer = decide(SOURCES)
+    said = "nobody here can tell" if answer.source == NOBODY else f"says {answer.source}"
+    trust = f"{trust_in_words(answer.synchronised)} (now, {said})"
     if not wait:
-        return f"{trust} (now); a warning at once while it is not synchronised (time_sync_wait: 0)"
-    return f"{trust} (now); a warning if it is still not synchronised {wait:g} s after start (time_sync_wait)"
+        return f"{trust}; a warning at once while it is not synchronised (time_sync_wait: 0)"
+    return f"{trust}; a warning if it is still not synchronised {wait:g} s after start (time_sync_wait)"
