@@ -210,6 +210,8 @@ LIMIT_CONFIGS = {
     "general": "general:\n  {key}: {value}\ndevice:\n  address: " + MAC + "\n",
     "device": "device:\n  address: " + MAC + "\n  {key}: {value}\n",
     "device.relay": "device:\n  address: " + MAC + "\n  model: btwattch2\n  relay:\n    {key}: {value}\n",
+    # stop_watts may not exceed start_watts: the other one set so that both ends of each are allowed
+    "device.runs": "device:\n  address: " + MAC + "\n  runs:\n    {other}\n    {key}: {value}\n",
     "bigquery": "bigquery:\n  dataset_id: d\n  table_id: t\n  {key}: {value}\ndevice:\n  address: " + MAC + "\n",
     "report": "report:\n  {key}: {value}\ndevice:\n  address: " + MAC + "\n",
     "mqtt": "mqtt:\n  host: h\n  {key}: {value}\ndevice:\n  address: " + MAC + "\n",
@@ -221,13 +223,14 @@ LIMIT_CONFIGS = {
 
 def limit_config(name: str, value) -> str:
     section, key = name.rsplit(".", 1)
-    return LIMIT_CONFIGS[section].format(key=key, value=value)
+    other = "stop_watts: 0" if key == "start_watts" else "start_watts: 100000"
+    return LIMIT_CONFIGS[section].format(key=key, value=value, other=other)
 
 
 def outside(name: str):
     """A value just below the floor and one just above the ceiling, of the number's own kind."""
     low, high, _ = LIMITS[name]
-    step = 1 if name.endswith(("port", "listen", "rows", "bytes", "count", "days", "channel", "argument")) else 0.01
+    step = 1 if name.endswith(("port", "listen", "rows", "bytes", "count", "days", "channel", "argument", "after")) else 0.01
     return [(low - step, "at least"), (high + step, "at most")]
 
 

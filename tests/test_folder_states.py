@@ -167,8 +167,9 @@ class DataFolder(RuleBasedStateMachine):
             assert report.rows >= len(seconds) + deleted_rows
         else:
             assert report.rows == len(seconds) + deleted_rows, "a second counted twice, or not at all"
-        for hour, rows in self.deleted.items():
-            assert summaries[hour].rows == rows, f"hour {hour}'s summary lost rows"
+        for hour, rows in self.deleted.items():  # made before a damage, a summary keeps the rows it saw
+            assert summaries[hour].rows >= rows if self.damaged else summaries[hour].rows == rows, \
+                f"hour {hour}'s summary lost rows"
         self.live.checkpoint()
         self.settle()
         self.live.save(force=True)

@@ -53,7 +53,9 @@ def test_each_row_holds_for_its_step_up_to_5_s_and_one_second_before_a_longer_st
     # 100 W for the 5 s step, 200 W for 1 s of its 6 s step, 400 W for 1 s, 800 W (last) for 1 s
     assert live.snapshot()["m"].energy_joules == 100 * 5 + 200 + 400 + 800
     saved = json.loads((tmp_path / STATE_FILE).read_text())["meters"]["m"]
+    runs = saved.pop("runs")  # the run detector's state after the same rows (runs.py), for a restart mid-run
     assert saved == {"stem": STEM, "credited_joules": 1100.0, "last": [1567850352, 800.0], "floor_joules": 1900.0}
+    assert runs["prev"] == [1567850352, 800.0] and runs["start"] == 1567850340 and runs["peak"] == 400.0
 
 
 def test_energy_is_the_reports_kwh_of_the_files_and_is_shown_only_once_they_are_on_disk(tmp_path):

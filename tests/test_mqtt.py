@@ -182,6 +182,8 @@ def assert_discovery_is_complete(configs: Dict[str, dict]) -> Dict[str, str]:
     """Every key Home Assistant needs per entity; returns entity -> unique_id."""
     by_entity = {}
     for topic, config in configs.items():
+        if re.fullmatch(r"homeassistant/(binary_sensor|event)/wattchecker_[a-z0-9_]+/run(ning)?/config", topic):
+            continue  # the runs' entities: test_runs_mqtt.py
         match = re.fullmatch(r"homeassistant/sensor/(wattchecker_[a-z0-9_]+)/(\w+)/config", topic)
         assert match, topic
         node, entity = match.groups()
@@ -233,7 +235,7 @@ def test_states_discovery_and_an_energy_that_only_grows_across_sigterm_and_sigki
     for stop_with in (signal.SIGTERM, signal.SIGKILL, signal.SIGTERM):
         since = sub.count()
         daemon = daemons(config, tmp_path)
-        wait_for(lambda: len(sub.discovery(since)) == 4, timeout=30, what="discovery")
+        wait_for(lambda: len(sub.discovery(since)) == 6, timeout=30, what="discovery")
         wait_for(lambda: len({s.get("energy_kWh", 0) for s in sub.states(since)} - {0}) >= 3, timeout=60,
                  what="the energy growing in this run")
         status = daemon.stop(stop_with)
@@ -281,7 +283,7 @@ def test_the_broker_stopped_and_started_again(simulator, daemons, brokers, subsc
              what="a failed reconnect")
     since = sub.count()
     broker.start()  # no persistence: only a republished discovery brings the entities back
-    wait_for(lambda: len(sub.discovery(since)) == 4, timeout=60, what="discovery published again")
+    wait_for(lambda: len(sub.discovery(since)) == 6, timeout=60, what="discovery published again")
     wait_for(lambda: len(sub.states(since)) >= 20, timeout=30, what="states again")
     assert sub.status(since)[0] == "online"
     assert daemon.stop() == 0
@@ -380,7 +382,7 @@ def test_a_meters_ids_come_from_its_address_alone(tmp_path):
         "wattchecker_000cbf1234ab_energy", ["wattchecker_000cbf1234ab"], [["bluetooth", "00:0c:bf:12:34:ab"]])
     assert sorted(first) == sorted(f"ha/{c}/wattchecker_000cbf1234ab/{e}/config" for c, e in [
         ("sensor", "power"), ("sensor", "voltage"), ("sensor", "current"), ("sensor", "energy"), ("switch", "relay"),
-        ("binary_sensor", "overloaded")])
+        ("binary_sensor", "overloaded"), ("binary_sensor", "running"), ("event", "run")])
 
 
 @pytest.mark.process
@@ -428,7 +430,7 @@ def test_the_relay_switch_of_an_rs_btwattch2(simulator, daemons, brokers, subscr
     config = mqtt_config(tmp_path / "config.yaml", tmp_path / "data", address, broker.port)
     config.write_text(config.read_text().replace("  timeout: 2\n", "  timeout: 2\n  model: btwattch2\n"))
     daemon = daemons(config, tmp_path)
-    wait_for(lambda: len(sub.discovery()) == 6, timeout=30, what="discovery with a switch and the latch")
+    wait_for(lambda: len(sub.discovery()) == 8, timeout=30, what="discovery with a switch and the latch")
     (switch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/switch/")]
     assert switch["command_topic"] == switch["state_topic"][:-len("state")] + "relay/set"
     assert switch["device"]["model"] == "RS-BTWATTCH2"
@@ -591,8 +593,9 @@ def test_over_power_cuts_the_relay_off_latches_across_a_restart_and_an_explicit_
                                            relay={"max_watts": 0.5, "max_watts_for": 2}, http=http)
     data_dir = tmp_path / "data"
     daemon = daemons(config, tmp_path)
-    wait_for(lambda: len(sub.discovery()) == 6, timeout=30, what="discovery with the switch and the latch")
-    (latch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/binary_sensor/")]
+    wait_for(lambda: len(sub.discovery()) == 8, timeout=30, what="discovery with the switch and the latch")
+    (latch,) = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/binary_sensor/") and
+                t.endswith("/overloaded/config")]
     assert (latch["device_class"], latch["payload_on"], latch["payload_off"]) == ("problem", "ON", "OFF")
     assert latch["value_template"] == "{{ value_json.overloaded | is_defined }}"
     assert latch["state_topic"] == relay_set(sim)[:-len("relay/set")] + "state" and latch["unique_id"].endswith("_overloaded")

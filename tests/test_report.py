@@ -153,12 +153,13 @@ def test_report_command_prints_the_table_and_writes_csv(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "meter wattchecker: Asia/Tokyo days, 30 JPY/kWh",
-        "date              kWh     cost JPY   hours    peak W",
-        "2026-07-02      3.000        90.00    24.0     125.0",
-        "total           3.000        90.00    24.0     125.0",
+        "date              kWh     cost JPY   hours    peak W  standby W  stby %",
+        "2026-07-02      3.000        90.00    24.0     125.0          -       -",  # never at rest (runs.stop_watts)
+        "total           3.000        90.00    24.0     125.0          -       -",
     ]
     assert (tmp_path / "days.csv").read_text() == (
-        "date,meter,kwh,cost,hours_covered,peak_w\n2026-07-02,wattchecker,3.000000,90.0000,24.0000,125.0\n")
+        "date,meter,kwh,cost,hours_covered,peak_w,standby_w,standby_share\n"
+        "2026-07-02,wattchecker,3.000000,90.0000,24.0000,125.0,,\n")
 
 
 @pytest.mark.process

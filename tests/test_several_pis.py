@@ -58,7 +58,7 @@ def test_two_services_on_one_broker_keep_to_their_own_meters(simulator, daemons,
     broker = brokers()
     sub = subscribers(broker.port)
     services = two_services(simulator, daemons, broker, tmp_path)
-    nodes = discovered(sub, entities=4)
+    nodes = discovered(sub, entities=6)  # four sensors, running, the run event
     state_topics = {c["state_topic"] for c in nodes.values()}
     status_topics = {c["availability"][0]["topic"] for c in nodes.values()}
     assert len(state_topics) == 2 and len(status_topics) == 2, nodes
@@ -76,7 +76,7 @@ def test_two_services_on_one_broker_keep_to_their_own_meters(simulator, daemons,
     # Home Assistant restarts: its birth message brings every discovery config and a state again.
     since = sub.count()
     sub.client.publish("homeassistant/status", "online", qos=1)
-    wait_for(lambda: len(sub.discovery(since)) == 8 and all(sub.on(t, since) for t in state_topics), timeout=30,
+    wait_for(lambda: len(sub.discovery(since)) == 12 and all(sub.on(t, since) for t in state_topics), timeout=30,
              what="discovery and states again after Home Assistant's birth message")
 
     # One stops (SIGKILL: the broker's last will speaks for it); the other stays available.
@@ -105,7 +105,7 @@ def test_each_relay_topic_reaches_only_its_own_meter(simulator, daemons, brokers
     broker = brokers()
     sub = subscribers(broker.port)
     services = two_services(simulator, daemons, broker, tmp_path, model="btwattch2")
-    nodes = discovered(sub, entities=6)  # four sensors, the switch, the over-power latch
+    nodes = discovered(sub, entities=8)  # four sensors, running, the run event, the switch, the over-power latch
     switches = [c for t, c in sub.discovery().items() if t.startswith("homeassistant/switch/")]
     assert len({s["command_topic"] for s in switches}) == 2
     wait_for(lambda: all(states_on(sub, s["state_topic"]) for s in switches), timeout=30, what="both relays' states")
@@ -169,7 +169,7 @@ def test_an_upgrade_keeps_home_assistants_entities(simulator, daemons, brokers, 
     for run in range(2):
         since = sub.count()
         daemon = daemons(config, tmp_path)
-        wait_for(lambda: len(sub.discovery(since)) == 4 and sub.states(since), timeout=30, what="discovery and states")
+        wait_for(lambda: len(sub.discovery(since)) == 6 and sub.states(since), timeout=30, what="discovery and states")
         assert daemon.stop() == 0, daemon.stderr()
         cleared = re.findall(r"cleared the retained (\S+) of the old topic layout", daemon.stderr())
         assert sorted(cleared) == (["wattchecker/status", "wattchecker/wattchecker/availability"] if run == 0 else [])
@@ -177,7 +177,8 @@ def test_an_upgrade_keeps_home_assistants_entities(simulator, daemons, brokers, 
         now = retained(broker.port)
         old_discovery = {t: json.loads(p) for t, p in old.items() if t.startswith("homeassistant/")}
         new_discovery = {t: json.loads(p) for t, p in now.items() if t.startswith("homeassistant/")}
-        assert sorted(new_discovery) == sorted(old_discovery)  # the same config topics: no second device
+        added = sorted(t.split("/")[-2] for t in set(new_discovery) - set(old_discovery))
+        assert set(old_discovery) <= set(new_discovery) and added == ["run", "running"]  # no second device
         for topic, before in old_discovery.items():
             after = new_discovery[topic]
             assert after["unique_id"] == before["unique_id"]  # Home Assistant keeps the entity and its history

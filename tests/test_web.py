@@ -38,9 +38,9 @@ PROMETHEUS = "/usr/bin/prometheus"
 SEED_HOURS = int(os.environ.get("WATTCHECKER_SEED_HOURS", "12"))  # 48 for the README's picture
 METER = "wattchecker"
 GAUGES = ["power_watts", "voltage_volts", "current_amperes", "meter_connected", "last_reading_timestamp_seconds",
-          "buffered_rows", "upload_queued_files"]
+          "buffered_rows", "upload_queued_files", "run_seconds", "cost_today"]
 COUNTERS = ["energy_joules", "readings", "crc_errors", "rejected_readings", "reconnects", "gaps", "missing_seconds",
-            "rows_written", "write_errors", "uploaded_files", "upload_failed_files"]
+            "rows_written", "write_errors", "uploaded_files", "upload_failed_files", "runs"]
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from .clock import time_zone
 from .errors import SetupError
@@ -43,7 +43,8 @@ def day_seconds(day: dt.date, tz: dt.tzinfo) -> int:
     return local_midnight_utc(day + dt.timedelta(days=1), tz) - local_midnight_utc(day, tz)
 
 
-def render(reports: List[MeterReport], path: Path, tz_name: str, price: float, currency: str) -> None:
+def render(reports: List[MeterReport], path: Path, tz_name: str, price: Optional[float], currency: str) -> None:
+    """``price`` None: a time-of-use tariff (the days' costs are labelled, no cost axis: it is not one line)."""
     try:
         import matplotlib
 
@@ -56,14 +57,16 @@ def render(reports: List[MeterReport], path: Path, tz_name: str, price: float, c
     if not days:
         raise SetupError("--png: no readings in the chosen days, nothing to draw")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7.5), height_ratios=[3, 2], constrained_layout=True)
-    fig.suptitle(f"{report.meter}: {days[0]} to {days[-1]} ({tz_name} days, {price:g} {currency}/kWh)")
+    pricing = f"{price:g} {currency}/kWh" if price is not None else f"time-of-use tariff, {currency}"
+    fig.suptitle(f"{report.meter}: {days[0]} to {days[-1]} ({tz_name} days, {pricing})")
     draw_days(top, report, days, time_zone(tz_name), price, currency)
     draw_hours(bottom, report, days, tz_name)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def draw_days(ax, report: MeterReport, days: List[dt.date], tz: dt.tzinfo, price: float, currency: str) -> None:
+def draw_days(ax, report: MeterReport, days: List[dt.date], tz: dt.tzinfo, price: Optional[float],
+              currency: str) -> None:
     """One bar per day (kWh on the left axis, cost on the right), centred in at least a week of slots."""
     totals = [report.days[d] for d in days]
     partial = [t.covered_seconds < FULL_SHARE * day_seconds(d, tz) for d, t in zip(days, totals)]
@@ -86,12 +89,12 @@ def draw_days(ax, report: MeterReport, days: List[dt.date], tz: dt.tzinfo, price
             label.set_visible(i % (len(days) // 30 + 1) == 0)
     ax.set_ylabel("energy per day (kWh)")
     ax.set_ylim(0, max(kwh) * 1.25 or 1)
-    if price > 0:
+    if price:
         cost = ax.secondary_yaxis("right", functions=(lambda k: k * price, lambda c: c / price))
         cost.set_ylabel(f"cost per day ({currency})")
     if len(days) <= 31:
         for i, t in enumerate(totals):
-            label = f"{t.kwh:.2f}\n{t.kwh * price:.0f} {currency}"
+            label = f"{t.kwh:.2f}\n{t.cost:.0f} {currency}"
             if partial[i]:
                 label += f"\n{t.hours_covered:.1f} h"
             ax.annotate(label, (i, kwh[i]), xytext=(0, 2), textcoords="offset points",

@@ -21,6 +21,8 @@ from .clock import time_zone
 from .errors import SetupError
 from .protocol import DEFAULT_MODEL, MODELS
 from .relay import ON_CONNECT, RelaySettings
+from .runs import RunSettings
+from .tariff import Tariff, parse_tariff
 from .transport import MAC_RE, is_ble
 
 DEFAULT_NAME = "wattchecker"
@@ -41,6 +43,7 @@ class DeviceConfig:
     model: str = DEFAULT_MODEL
     relay: Optional[RelaySettings] = None  # a btwattch2's relay: section; None: the defaults
     adapter: Optional[str] = None  # a btwattch2's Bluetooth adapter (hci1); None: BlueZ's default
+    runs: RunSettings = RunSettings()  # when the appliance counts as running (runs.py)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,12 @@ class Config:
     http: Optional[HttpConfig] = None  # the page, /metrics and /healthz; None: not served
     mqtt: Optional[MqttConfig] = None  # live readings to an MQTT broker / Home Assistant
     influxdb: Optional[InfluxConfig] = None  # closed hours (and optionally live points) to InfluxDB
+    tariff: Optional[Tariff] = None  # time-of-use prices (tariff.py); None: report.price at every moment
+
+    def pricing(self) -> Tariff:
+        """The tariff: the configured one, else report.price as its one period."""
+        return self.tariff if self.tariff is not None else Tariff.flat(self.report.price)
+
     # Each section's keys -> their line in the file, for errors found after parsing (a key file missing).
     key_lines: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -180,6 +189,9 @@ LIMITS: Dict[str, Tuple[float, float, str]] = {
     "device.relay.max_watts_for": (0, 3600, "seconds over max_watts before it switches off"),
     "device.relay.auto_off_after": (1, 31 * 86_400, "seconds on before it switches off"),
     "device.relay.max_age": (1, 600, "seconds a command may wait for its meter; an older one is dropped"),
+    "device.runs.start_watts": (0, 100_000, "W above which the appliance counts as running"),
+    "device.runs.stop_watts": (0, 100_000, "W below which a run may end (at most start_watts)"),
+    "device.runs.stop_after": (1, 86_400, "seconds below stop_watts that end a run: a day at most"),
     "bigquery.max_backoff": (1, 86_400, "seconds between upload retries at most"),
     "influxdb.max_backoff": (1, 86_400, "seconds between InfluxDB write retries at most"),
     "report.price": (0, 1_000_000, "price of a kWh"),
@@ -457,6 +469,12 @@ DEVICE: Spec = {
     "timeout": (number("device.timeout"), 5.0),
     "relay": (lambda value: value, None),  # checked by _device against RELAY
     "adapter": (optional(adapter_name), None),
+    "runs": (lambda value: value, None),  # checked by _device against RUNS
+}
+RUNS: Spec = {
+    "start_watts": (number("device.runs.start_watts"), RunSettings.start_watts),
+    "stop_watts": (number("device.runs.stop_watts"), RunSettings.stop_watts),
+    "stop_after": (integer("device.runs.stop_after"), RunSettings.stop_after),
 }
 RELAY: Spec = {
     "min_interval": (number("device.relay.min_interval"), 2.0),
@@ -512,7 +530,7 @@ INFLUXDB: Spec = {
     "live": (boolean, False),
     "max_backoff": (number("influxdb.max_backoff"), 3600.0),
 }
-TOP_LEVEL = ("general", "device", "devices", "bigquery", "report", "http", "mqtt", "influxdb")
+TOP_LEVEL = ("general", "device", "devices", "bigquery", "report", "http", "mqtt", "tariff", "influxdb")
 
 
 # --- loading -------------------------------------------------------------------------
@@ -623,11 +641,20 @@ def _device(ctx: _Context, path: List[Any], data: Any) -> DeviceConfig:
         values["relay"] = RelaySettings(**_section(ctx, path + ["relay"], values["relay"], RELAY))
     if values["adapter"] is not None and not is_ble(where, values["model"]):
         raise ctx.error(path + ["adapter"], "only applies to an RS-BTWATTCH2 (model: btwattch2) at a MAC address")
+    values["runs"] = _runs(ctx, path + ["runs"], values["runs"])
     simulated = dict(parse_qsl(urlsplit(where).query)).get("model") if where.startswith("sim:") else None
     if simulated is not None and simulated != values["model"]:
         raise ctx.error(path + ["model"], f"is {values['model']}, but the address simulates a {simulated}: "
                         f"set model: {simulated}")
     return DeviceConfig(**values)
+
+
+def _runs(ctx: _Context, path: List[Any], data: Any) -> RunSettings:
+    runs = RunSettings(**_section(ctx, path, data, RUNS))
+    if runs.stop_watts > runs.start_watts:
+        raise ctx.error(path + ["stop_watts"], f"must be at most start_watts ({runs.start_watts:g}), "
+                        f"got {runs.stop_watts:g}")
+    return runs
 
 
 def _mqtt(ctx: _Context, data: Any, base: Path) -> MqttConfig:
@@ -733,8 +760,9 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
     influxdb = _influxdb(ctx, data["influxdb"], base) if data.get("influxdb") is not None else None
     devices = _devices(ctx, data)
     _poll_interval(ctx, general["poll_interval"], devices)
+    tariff = parse_tariff(data["tariff"], ctx.error) if data.get("tariff") is not None else None
     return Config(source, GeneralConfig(**general), devices, bigquery, report, "devices" in data, http=http,
-                  mqtt=mqtt, influxdb=influxdb, key_lines=_key_lines(root))
+                  mqtt=mqtt, tariff=tariff, influxdb=influxdb, key_lines=_key_lines(root))
 
 
 def _key_lines(root: Optional[yaml.Node]) -> Dict[str, int]:

@@ -288,6 +288,8 @@ class Daemon:
             return None
         from .dashboard import history_seconds
         from .live import LiveState
+        from .clock import time_zone
+        from .tariff import utc_pricer
 
         general = config.general
         return LiveState(
@@ -295,8 +297,12 @@ class Daemon:
             general.data_dir,
             config.file_stems(),
             history_seconds=history_seconds(config) if config.http is not None else 0,  # the page's last hour
+            data_format=general.data_format,
             # Energy is saved (and shown) once its rows are on disk: saving more often than the writer flushes gains nothing.
             checkpoint_interval=min(60.0, max(1.0, general.data_buffer_size)),
+            # runs (runs.py): the running sensor, the finished event, /metrics and the page's band
+            runs={d.name: d.runs for d in config.devices},
+            price=utc_pricer(config.pricing(), time_zone(config.report.timezone)),
         )
 
     def _web_for(self, config: Config):

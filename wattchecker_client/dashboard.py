@@ -25,6 +25,7 @@ from .report import Integrator, MeterReport
 
 STALE_AFTER = 10.0  # seconds without a reading: the meter has no "now" any more
 BAR_HOURS = 48
+CHART_SECONDS = 3600  # the line chart's span: the last hour
 FLUSH_MARGIN = 60  # seconds beyond the flush interval before rows count as on disk
 SUMMARY_TTL = 5.0  # seconds one computed summary serves every open page
 
@@ -71,7 +72,7 @@ class EnergyView:
         self.live = live
         self.clock = clock
         self.tz = time_zone(config.report.timezone)
-        self.price = config.report.price
+        self.tariff = config.pricing()
         self.lag = flush_lag(config)
         # W as the report reads it back from the files, so memory and files agree to the row.
         self.stored = float if "json" in config.general.data_format else stored_watts  # as the folder's union reads W
@@ -138,7 +139,7 @@ class EnergyView:
         closed = self._closed[meter]
         for hour in [h for h in closed if utc_epoch(h) < start]:  # out of the window for good
             del closed[hour]
-        integrator = Integrator(report, self.tz, start, seam)
+        integrator = Integrator(report, self.tz, start, seam, self.tariff)
         for hour in sorted(sources.by_hour):
             hour_start = utc_epoch(hour)
             if not start <= hour_start < seam:
@@ -176,22 +177,35 @@ class EnergyView:
     def _meter_summary(self, meter: str, now: int) -> dict:
         part = self._files[meter]
         memory = MeterReport(meter)
-        integrator = Integrator(memory, self.tz, part.seam, 2**62)
+        integrator = Integrator(memory, self.tz, part.seam, 2**62, self.tariff)
         for hour_start, rows in by_hour(self.live.history(meter), self.stored):
             integrator.add_hour(hour_start, rows)
         integrator.finish()
         local_now = dt.datetime.fromtimestamp(now, self.tz).replace(tzinfo=None)
         today = local_now.date()
         watt_seconds = sum(r.days[today].watt_seconds for r in (part.report, memory) if today in r.days)
+        cost = sum(r.days[today].cost for r in (part.report, memory) if today in r.days)
         this_hour = local_now.replace(minute=0, second=0, microsecond=0)
         hours = [this_hour - dt.timedelta(hours=h) for h in range(BAR_HOURS - 1, -1, -1)]
         wh = [part.report.hourly_wh.get(h, 0.0) + memory.hourly_wh.get(h, 0.0) for h in hours]
         kwh = watt_seconds / 3_600_000
         return {
             "kwh": round(kwh, 6),
-            "cost": round(kwh * self.price, 4),
+            "cost": round(cost, 4),  # each quarter hour at the tariff then
             "bars": [[wall_epoch(h) for h in hours], [round(w / 1000, 6) for w in wh]],
+            "runs": runs_shown(self.live.snapshot()[meter], now - CHART_SECONDS),
         }
+
+
+def runs_shown(state, since: int) -> List[dict]:
+    """The runs the chart's hour shows as bands: those that ended after ``since``, and the one going on."""
+    shown = [{"start": run.start, "end": run.end, "kwh": round(run.kwh, 6), "cost": round(run.cost, 4),
+              "running": False} for _, run in state.recent_runs if run.end > since]
+    if state.run is not None:
+        run = state.run
+        shown.append({"start": run.start, "end": run.end, "kwh": round(run.kwh, 6), "cost": round(run.cost, 4),
+                      "running": True})
+    return shown
 
 
 def stored_watts(watts: float) -> float:

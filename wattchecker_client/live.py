@@ -51,6 +51,9 @@ from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 from .clock import Clock, utc_epoch
 from .protocol import Measurement
 from .datadir import CURRENT_PART, held_seconds, hour_summaries, sources_for, summaries_path
+from .formats import watts_as_stored
+from .report import meter_rows
+from .runs import Finished, Price, Run, RunDetector, RunSettings, resume_index
 from .writer import atomic_write, hour_of
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "energy.json"
 STATE_VERSION = 1
 CHECKPOINT_INTERVAL = 30.0  # seconds of host time between writes of energy.json
+RECENT_RUNS = 32  # finished runs kept per meter, for the page's band and an MQTT session that was away
+RUNS_LOOKBACK = 12 * 3600  # seconds of files a start without a saved run state reads back at most
 EPOCH = dt.datetime(1970, 1, 1)
 
 
@@ -119,13 +124,19 @@ class MeterLive:
     relay: Optional[bool]  # RS-BTWATTCH2 only, else None
     energy_known: bool = True  # False while a first count of the files runs (no energy.json yet)
     overloaded: Optional[bool] = None  # an RS-BTWATTCH2's over-power latch, else None
+    run: Optional[Run] = None  # the run going on (runs.py), up to its last working row; None: at rest
+    runs_finished: int = 0  # runs that finished since start-up (those replayed at a restart not counted)
+    recent_runs: Tuple[Tuple[int, Run], ...] = ()  # (number, run) of the last finished runs, oldest first
 
 
 class _Meter:
     """One meter's mutable live fields; guarded by LiveState's lock."""
 
-    def __init__(self, name: str, stem: str, history_seconds: int) -> None:
+    def __init__(self, name: str, stem: str, history_seconds: int, runs: RunSettings, price: Optional[Price]) -> None:
         self.name = name
+        self.detector = RunDetector(runs, price)
+        self.runs_finished = 0
+        self.recent_runs: Deque[Tuple[int, Run]] = collections.deque(maxlen=RECENT_RUNS)
         self.stem = stem
         self.measurement: Optional[Measurement] = None
         self.received_monotonic: Optional[float] = None
@@ -143,6 +154,8 @@ class _Meter:
         self.floor = 0.0  # the highest value shown so far (the count may dip below it)
         self.saved: Optional[Tuple[float, Optional[Tuple[int, float]], float]] = None  # as last written
         self.known = False  # shown holds a saved or restored value
+        # The run detector fed the rows on disk, as the energy counter is: its state goes in energy.json.
+        self.durable_detector = RunDetector(self.detector.settings, self.detector.price)
         self.history: Deque[Tuple[int, float]] = collections.deque(maxlen=history_seconds or None)
         self.keep_history = history_seconds > 0
 
@@ -163,13 +176,18 @@ class LiveState:
         meters: Dict[str, str],  # meter name -> file stem
         *,
         history_seconds: int = 0,
+        data_format: Sequence[str] = ("csv",),  # the files' formats: which W they give back (for runs)
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
+        runs: Optional[Dict[str, RunSettings]] = None,  # meter name -> its thresholds; default: RunSettings()
+        price: Optional[Price] = None,  # UTC second -> price per kWh, for a run's cost
     ) -> None:
         self.clock = clock
         self.path = data_dir / STATE_FILE
         self.data_dir = data_dir
         self.stats = LiveStats()
-        self._meters = {name: _Meter(name, stem, history_seconds) for name, stem in meters.items()}
+        self._meters = {name: _Meter(name, stem, history_seconds, (runs or {}).get(name, RunSettings()), price)
+                        for name, stem in meters.items()}
+        self._stored_watts = watts_as_stored(data_format)  # a run's kWh integrates W as the files hold it
         self.checkpoint_interval = checkpoint_interval
         self._next_save = clock.monotonic() + checkpoint_interval
         self._version = 0
@@ -188,6 +206,10 @@ class LiveState:
             state.measurement, state.received_monotonic = m, now
             if relay is not None:
                 state.relay = relay
+            for event in state.detector.feed(utc_epoch(m.time), self._stored_watts(m)):
+                if isinstance(event, Finished):
+                    state.runs_finished += 1
+                    state.recent_runs.append((state.runs_finished, event.run))
             if state.keep_history:
                 state.history.append((utc_epoch(m.time), m.watts))
             self._bump()
@@ -220,6 +242,8 @@ class LiveState:
                     state.recount = True  # it lies among rows counted: only the files can place it
                 elif not state.recount:
                     state.running = state.running.add(t, watts)
+                if state.durable_detector.prev is None or t > state.durable_detector.prev[0]:
+                    state.durable_detector.feed(t, watts)
                 state.newest = t if state.newest is None else max(state.newest, t)
             if complete and not state.recount and state.base is not None:
                 state.late = False  # the late rows, if any, were seconds the folder held: nothing to count
@@ -257,7 +281,7 @@ class LiveState:
     @staticmethod
     def _copy(s: _Meter) -> MeterLive:
         return MeterLive(s.name, s.measurement, s.received_monotonic, s.connected, s.since, s.shown, s.relay,
-                         s.known, s.overloaded)
+                         s.known, s.overloaded, s.detector.current(), s.runs_finished, tuple(s.recent_runs))
 
     def wait(self, version: int, timeout: float) -> int:
         """Block until something changed after ``version`` (or ``timeout``); the current version."""
@@ -334,6 +358,8 @@ class LiveState:
                 credited, last, floor, late = entry
                 meters[name] = {"stem": s.stem, **Accumulator(credited, last).to_json(), "floor_joules": floor,
                                 **({"late_rows": True} if late or s.late else {})}
+                if s.durable_detector.prev is not None:
+                    meters[name]["runs"] = s.durable_detector.state()
         return {"version": STATE_VERSION, "meters": meters}
 
     # --- start-up ----------------------------------------------------------------------
@@ -348,6 +374,9 @@ class LiveState:
         files are read here, before anything appends to them.
         """
         saved = self._read_state_file()
+        for name, state in self._meters.items():
+            last = None if until is None else (utc_epoch(until[name]) if until.get(name) else -1)
+            self._restore_runs(state, saved.get(name), last)
         work = []
         for name, state in self._meters.items():
             entry = saved.get(name)
@@ -393,6 +422,52 @@ class LiveState:
             self.restorer.start()
         else:
             self._finish_restore(work, what)
+
+    def _restore_runs(self, state: _Meter, entry: Optional[dict], last: Optional[int]) -> None:
+        """The run detector as it stood at the newest row on disk: a run going on at a restart goes on.
+
+        From energy.json's run state and the file rows after it; without one
+        (the first start, an upgrade), from the files: an hour back, then
+        further, hour by hour, until a quiet stretch shows where the detector's
+        state began (runs.resume_index), at most RUNS_LOOKBACK. The runs that
+        finished in the rows read are kept for the page, never announced again.
+        """
+        if last is not None and last < 0:
+            return  # nothing on disk
+        end = (last + 1) if last is not None else 2**62
+        problems: List[str] = []
+        try:
+            if entry is None or entry.get("stem") != state.stem or entry.get("runs") is None:
+                raise KeyError("runs")
+            state.detector.resume(entry["runs"])
+            prev = state.detector.prev
+            if prev is None or (end != 2**62 and end - prev[0] > RUNS_LOOKBACK):
+                raise ValueError("no rows, or too many to read")
+            rows = list(meter_rows(self.data_dir, state.stem, prev[0] + 1, end, problems))
+        except (KeyError, TypeError, ValueError):
+            state.detector = RunDetector(state.detector.settings, state.detector.price)
+            rows = self._rows_since_rest(state, end, problems)
+        for t, watts in rows:
+            for event in state.detector.feed(t, watts):
+                if isinstance(event, Finished):
+                    state.recent_runs.append((0, event.run))
+        for problem in problems:
+            log.warning("runs: %s", problem)
+        state.durable_detector.resume(state.detector.state())  # both stand at the newest row on disk
+
+    def _rows_since_rest(self, state: _Meter, end: int, problems: List[str]) -> List[Tuple[int, float]]:
+        """The file rows from the first point, from an hour or more and at most RUNS_LOOKBACK before ``end``,
+        where no run can be going on."""
+        if end == 2**62:
+            end = utc_epoch(self.clock.now()) + 1
+        start = (end - 3600) - (end - 3600) % 3600  # the page's hour at least: its runs are shown as bands
+        rows = list(meter_rows(self.data_dir, state.stem, start, end, problems))
+        while True:
+            index = resume_index(rows, state.detector.settings)
+            if index is not None or end - start >= RUNS_LOOKBACK:
+                return rows[index or 0:]
+            start -= 3600
+            rows = list(meter_rows(self.data_dir, state.stem, start, start + 3600, problems)) + rows
 
     def _finish_restore(self, work: List[Tuple[str, Accumulator, "FileRows"]], what: str = "restored") -> None:
         for name, start, rows in work:

@@ -80,10 +80,12 @@ class LiveCollector(Collector):
         clock: Clock,
         meter_ids: Optional[Dict[str, str]] = None,
         ble_stats: Callable[[], Dict[str, object]] = dict,
+        today: Optional[Callable[[], Dict[str, dict]]] = None,
         influx=None,
     ) -> None:
         self.influx = influx  # the InfluxDB sink, or None
         self.live = live
+        self.today = today  # the page's EnergyView.summary: per meter today's "kwh" and "cost"
         self.ble_stats = ble_stats
         self.meter_ids = meter_ids or {}
         self.meter_stats = meter_stats
@@ -138,7 +140,31 @@ class LiveCollector(Collector):
                 volts.add_metric(labels, now.volts)
                 amps.add_metric(labels, now.milliamps / 1000)
         yield from (power, volts, amps, connected, stamp, energy)
+        yield from self._runs()
+        yield from self._today()
         yield from self._relay_latches()
+
+    def _runs(self) -> Iterator[Metric]:
+        """runs.py: finished runs since start-up, and how long the run going on has lasted (0 at rest)."""
+        total = CounterMetricFamily(PREFIX + "runs", "Runs of the appliance finished since the service started.",
+                                    labels=METER_LABELS)
+        seconds = GaugeMetricFamily(PREFIX + "run_seconds",
+                                    "Seconds the run going on has lasted up to its last working reading; 0 at rest.",
+                                    labels=METER_LABELS)
+        for name, state in sorted(self.live.snapshot().items()):
+            total.add_metric(self._labels(name), state.runs_finished)
+            seconds.add_metric(self._labels(name), float(state.run.seconds) if state.run is not None else 0.0)
+        yield from (total, seconds)
+
+    def _today(self) -> Iterator[Metric]:
+        """Today's cost (the local day of report.timezone, each quarter hour at the tariff then), as the page shows it."""
+        if self.today is None:
+            return
+        cost = GaugeMetricFamily(PREFIX + "cost_today", "Cost of today's energy so far, in report.currency, at the "
+                                 "tariff of each quarter hour.", labels=METER_LABELS)
+        for name, summary in sorted(self.today().items()):
+            cost.add_metric(self._labels(name), summary["cost"])
+        yield cost
 
     def _relay_latches(self) -> Iterator[Metric]:
         """The over-power latch of each RS-BTWATTCH2 (relay.max_watts); absent for a meter without a relay."""

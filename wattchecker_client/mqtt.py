@@ -13,6 +13,8 @@ key and ``<meter>`` a meter's id (identity.py: unique across Pis on one broker):
 - ``P/<meter>/availability``: ``online`` while the meter's link is up, retained
 - ``P/<meter>/state``: JSON ``{"timestamp", "W", "V", "A", "energy_kWh"[, "relay"]}``
 - ``P/<meter>/relay/set``: ``ON``/``OFF`` switches an RS-BTWATTCH2's relay
+- ``P/<meter>/run``: ``{"event_type": "finished", "kWh", "duration_s", "cost", ...}`` once per finished
+  run (runs.py), not retained; the state's ``running`` field is ``ON`` while a run goes on
 - ``<discovery prefix>/<component>/wattchecker_<meter>/<entity>/config``:
   Home Assistant discovery, retained, sent again on every (re)connect and
   whenever Home Assistant says ``online`` on ``<discovery prefix>/status``
@@ -20,6 +22,7 @@ key and ``<meter>`` a meter's id (identity.py: unique across Pis on one broker):
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import socket
@@ -36,6 +39,7 @@ from .errors import SetupError
 from .identity import Identity, derive
 from .live import LiveState, MeterLive
 from .relay import RelayStale, RelaySuperseded
+from .runs import Run
 from .secretfile import read_secret
 from .transport import MAC_RE
 
@@ -53,6 +57,7 @@ MAX_COMMAND_BYTES = 8
 QUOTED_CHARS = 16
 WARNING_WINDOW = 60.0  # bad commands: one warning, then one count per minute
 
+EPOCH = dt.datetime(1970, 1, 1)
 RelaySwitch = Callable[[Optional[bool]], "Future[bool]"]
 
 # entity -> (state field, discovery keys); the value_template picks the field
@@ -143,6 +148,9 @@ class Topics:
     def relay_set(self, meter: str) -> str:
         return f"{self.prefix}/{meter}/relay/set"
 
+    def run_event(self, meter: str) -> str:
+        return f"{self.prefix}/{meter}/run"
+
 
 def state_payload(live: MeterLive) -> Dict[str, Any]:
     """The state message of one meter's last reading."""
@@ -159,7 +167,18 @@ def state_payload(live: MeterLive) -> Dict[str, Any]:
         payload["relay"] = "ON" if live.relay else "OFF"
     if live.overloaded is not None:
         payload["overloaded"] = "ON" if live.overloaded else "OFF"
+    payload["running"] = "ON" if live.run is not None else "OFF"
+    payload["run_seconds"] = live.run.seconds if live.run is not None else 0
     return payload
+
+
+def run_payload(run: Run) -> Dict[str, Any]:
+    """The ``finished`` event of one run: what ``report --runs`` shows of it, to the same rounding as its CSV."""
+    def stamp(t: int) -> str:
+        return (EPOCH + dt.timedelta(seconds=t)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    return {"event_type": "finished", "kWh": round(run.kwh, 6), "duration_s": run.seconds,
+            "cost": round(run.cost, 4), "peak_W": run.peak_watts, "start": stamp(run.start), "end": stamp(run.end)}
 
 
 def discovery_messages(
@@ -194,6 +213,14 @@ def discovery_messages(
         payload = {**keys, "unique_id": f"{node}_{entity}", "value_template": template,
                    "expire_after": expire_after, **common}
         messages.append((f"{config.discovery_prefix}/sensor/{node}/{entity}/config", payload))
+    # Runs (runs.py): a running sensor from the state, and an event entity that fires once per finished run.
+    payload = {"name": "Running", "unique_id": f"{node}_running", "device_class": "running",
+               "value_template": "{{ value_json.running | is_defined }}", "payload_on": "ON", "payload_off": "OFF",
+               **common}
+    messages.append((f"{config.discovery_prefix}/binary_sensor/{node}/running/config", payload))
+    payload = {"name": "Run", "unique_id": f"{node}_run", "event_types": ["finished"], **common,
+               "state_topic": topics.run_event(meter)}
+    messages.append((f"{config.discovery_prefix}/event/{node}/run/config", payload))
     if has_relay:
         payload = {"name": "Relay", "unique_id": f"{node}_relay", "device_class": "outlet",
                    "command_topic": topics.relay_set(meter), "payload_on": "ON", "payload_off": "OFF",
@@ -299,6 +326,7 @@ class Publisher:
         self._outage_since: Optional[float] = None
         self._available: Dict[str, bool] = {}  # per meter, as last published
         self._sent: Dict[str, Any] = {}  # per meter, the meter time of the last state sent
+        self._runs_sent: Dict[str, int] = {}  # per meter, the number of the last finished run announced
         self._closing = False
         self._session_started = 0.0
         self._bad_commands = WarningWindow(clock)
@@ -480,6 +508,15 @@ class Publisher:
                            retain=True)
                 self._available[name] = state.connected
             self._send_state(name, state)
+            self._send_runs(name, state)
+
+    def _send_runs(self, name: str, state: MeterLive) -> None:
+        """Each run finished since start-up, once: those of an outage too, while the live state keeps them."""
+        for number, run in state.recent_runs:
+            if number > self._runs_sent.get(name, 0):
+                if not self._send(self.topics.run_event(self.ids[name]), json.dumps(run_payload(run))):
+                    return  # not connected: sent once connected again
+                self._runs_sent[name] = number
 
     def _send_announcement(self) -> None:
         """Discovery, then availability: Home Assistant sees entities before their values."""

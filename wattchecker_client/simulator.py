@@ -26,6 +26,7 @@ from . import protocol
 from .clock import Clock, utc_epoch
 from .errors import SetupError
 from .protocol import Measurement, btwattch2
+from .traces import TRACES, trace
 from .transport import Link, LinkError, LinkTimeout, make_raw, socket_link
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ class SimOptions:
     drop_after: int = field(
         default=0, metadata={"help": "close the link after this many requests (0: never)"}
     )
+    load: str = field(
+        default="aircon",
+        metadata={"help": "what the meter measures: aircon, or a trace with known runs (traces.py)",
+                  "choices": ("aircon",) + tuple(TRACES)},
+    )
 
     def __post_init__(self) -> None:
         for name in ("corrupt_rate", "junk_rate", "stray_ack_rate", "bad_status_rate"):
@@ -84,6 +90,8 @@ class SimOptions:
         if self.latency < 0 or self.drop_after < 0:
             raise ValueError("latency and drop_after cannot be negative")
         protocol.dialect(self.model)  # ValueError naming the known models
+        if self.load != "aircon" and self.load not in TRACES:
+            raise ValueError(f"load must be aircon or one of {', '.join(TRACES)}, got {self.load!r}")
 
     @classmethod
     def from_pairs(cls, pairs: List[Tuple[str, str]]) -> "SimOptions":
@@ -148,6 +156,12 @@ def air_conditioner(when: dt.datetime, seed: int = 1, model: str = protocol.DEFA
     return protocol.dialect(model).quantize(Measurement(when, volts, milliamps, watts))
 
 
+def played(when: dt.datetime, name: str, seed: int = 1, model: str = protocol.DEFAULT_MODEL) -> Measurement:
+    """A trace's W at the meter's second (traces.py), at a steady 100 V and power factor 0.9."""
+    watts = trace(name, seed).at(utc_epoch(when))
+    return protocol.dialect(model).quantize(Measurement(when, 100.0, watts / 90.0 * 1000, watts))
+
+
 def switched_off(m: Measurement) -> Measurement:
     """What a BTWATTCH2 measures with its relay off: the line voltage, no load."""
     return dataclasses.replace(m, milliamps=0.0, watts=0.0)
@@ -179,7 +193,10 @@ class SimulatedMeter:
 
     def measure(self) -> Measurement:
         """What the meter measures now: the load, or nothing with the relay off."""
-        m = air_conditioner(self.now(), self.options.seed, self.options.model)
+        if self.options.load == "aircon":
+            m = air_conditioner(self.now(), self.options.seed, self.options.model)
+        else:
+            m = played(self.now(), self.options.load, self.options.seed, self.options.model)
         return m if self.relay else switched_off(m)
 
     def advertisement(self) -> bytes:

@@ -233,7 +233,7 @@ class WebServer:
 
     def bind(self) -> None:
         """Take the port first, so a port in use stops start-up before anything else starts."""
-        self.metrics = _metrics_renderer(self.sources, self.clock)
+        self.metrics = _metrics_renderer(self.sources, self.clock, self.energy.summary)
         if self.section.auth_token_file is not None:
             self.token = read_secret("http.auth_token_file", self.section.auth_token_file)[0]
         server_class = _Server6 if ":" in self.section.host else _Server
@@ -336,14 +336,15 @@ def status_of(state, mono: float) -> dict:
     }
 
 
-def _metrics_renderer(sources: Sources, clock: Clock) -> Callable[[], Tuple[bytes, str]]:
+def _metrics_renderer(sources: Sources, clock: Clock,
+                      today: Optional[Callable[[], Dict[str, dict]]] = None) -> Callable[[], Tuple[bytes, str]]:
     """prometheus_client is imported only here: the http extra is needed only when http: is set."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from .metrics import LiveCollector, registry_for
 
     registry = registry_for(LiveCollector(sources.live, sources.meter_stats, sources.writer, sources.uploader, clock,
-                                          sources.meter_ids, sources.ble_stats, sources.influx))
+                                          sources.meter_ids, sources.ble_stats, today, sources.influx))
     return lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
 
 

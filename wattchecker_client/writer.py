@@ -142,7 +142,8 @@ class FileSet:
                 if parsed and (newest is None or parsed[0] > newest):
                     newest = parsed[0]
         if newest is not None:
-            stamps = [line_stamp(line) for p in self.closed_parts(newest) for _, _, line in _rows_or_none(p)[-1:]]
+            # every row of the newest hour, not its files' last lines: files of older releases are not sorted
+            stamps = [line_stamp(line) for p in self.closed_parts(newest) for _, _, line in _rows_or_none(p)]
             self.last_time = max((parse_stamp(s) for s in stamps if s), default=None)
         if not self.current_path.exists():
             self.recovered = True
@@ -179,7 +180,7 @@ class FileSet:
         written: Set[dt.datetime] = set()
         try:
             for hour in sorted(by_hour):
-                self._write_hour(hour, by_hour[hour])
+                self._write_hour(hour, sorted(by_hour[hour], key=lambda m: m.time))  # a set-back meter's, in time order
                 written.add(hour)
         finally:
             if written:
@@ -303,6 +304,7 @@ class FileSet:
 
     def _write_part(self, hour: dt.datetime, lines: List[str]) -> None:
         path = self.closed_path(hour, self.next_part(hour))  # a number never used before, in any format
+        lines = sorted(lines, key=line_stamp)  # in time order, whatever order a set-back meter gave them
         atomic_write(path, "".join(lines).encode("utf-8"), compress=True)
         log.info("closed %s (%d rows)", path.name, len(lines))
         self.outbox.append(ClosedFile(self.meter, self.format, hour, path))

@@ -67,9 +67,34 @@
     ];
   }
 
-  function lineChart(box, history) {
+  // The runs (runs.py) as bands behind the line: finished ones shaded, the one going on to the right edge.
+  function runBands(c) {
+    return { hooks: { drawAxes: [(u) => {
+      const { left, top, width, height } = u.bbox;
+      const ctx = u.ctx;
+      ctx.save();
+      for (const r of c.runs || []) {
+        const end = r.running ? u.scales.x.max : r.end;
+        const x0 = Math.max(left, u.valToPos(r.start, "x", true));
+        const x1 = Math.min(left + width, u.valToPos(end, "x", true));
+        if (x1 <= x0) continue;
+        ctx.fillStyle = css(r.running ? "--run-now" : "--run");
+        ctx.fillRect(x0, top, x1 - x0, height);
+      }
+      ctx.restore();
+    }] } };
+  }
+
+  function runText(r) {
+    const minutes = Math.round((r.end - r.start) / 60);
+    return clockText(r.start) + "–" + (r.running ? "now" : clockText(r.end)) + " · " + minutes + " min · "
+      + r.kwh.toFixed(3) + " kWh · " + money(r.cost);
+  }
+
+  function lineChart(box, history, c) {
     const zone = settings.timezone;
     return new uPlot({
+      plugins: [runBands(c)],
       width: Math.max(200, box.clientWidth), height: 200,
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), zone),
       legend: { show: false },
@@ -110,7 +135,8 @@
     left.append(el("h2", "name", name), el("div", "state", ""), el("div", "power none", "–"));
     const figures = el("dl", "figures");
     const parts = {};
-    for (const [key, label] of [["v", "Voltage"], ["a", "Current"], ["kwh", "Today"], ["cost", "Cost today"]]) {
+    for (const [key, label] of [["v", "Voltage"], ["a", "Current"], ["kwh", "Today"], ["cost", "Cost today"],
+                                ["run", "Run"]]) {
       figures.append(el("dt", "", label));
       parts[key] = figures.appendChild(el("dd", key, "–"));
     }
@@ -123,8 +149,9 @@
     root.append(node);
     const c = {
       node: node, state: left.querySelector(".state"), power: left.querySelector(".power"), parts: parts,
-      data: meter.history, line: lineChart(lineBox, meter.history), bars: null, barBox: barBox, lineBox: lineBox,
+      data: meter.history, line: null, bars: null, barBox: barBox, lineBox: lineBox, runs: [],
     };
+    c.line = lineChart(lineBox, meter.history, c);
     window.wattcheckerCharts[name] = c;
     new ResizeObserver(() => fit(c)).observe(node);
     return c;
@@ -151,6 +178,11 @@
       if (!c) continue;
       c.parts.kwh.textContent = s.kwh.toFixed(3) + " kWh";
       c.parts.cost.textContent = money(s.cost);
+      c.runs = s.runs || [];
+      const last = c.runs[c.runs.length - 1];
+      c.parts.run.textContent = last ? runText(last) : "at rest";
+      c.parts.run.classList.toggle("running", !!(last && last.running));
+      c.line.redraw(false, false);
       if (c.bars) c.bars.setData(s.bars);
       else {
         c.bars = barChart(c.barBox, s.bars);
