@@ -19,7 +19,7 @@ import threading
 import time
 
 from wattchecker_client.clock import Clock
-from wattchecker_client.meter import MeterReader
+from wattchecker_client.meter import MeterReader, ReaderSettings
 from wattchecker_client.simulator import SimOptions, SimulatedMeter, TcpServer
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     server = TcpServer(meter)
     server.start()
     stop = threading.Event()
-    reader = MeterReader(server.address, Clock(), stop, model="btwattch2", poll_interval=args.poll)
+    reader = MeterReader(ReaderSettings(server.address, model="btwattch2", poll_interval=args.poll), Clock(), stop)
     arrivals = []
     thread = threading.Thread(target=lambda: [arrivals.append(time.monotonic()) for _ in reader.readings()],
                               daemon=True)

@@ -26,12 +26,8 @@ import pytest
 bleak_exc = pytest.importorskip("bleak.exc", reason="bleak is the [ble] extra: pip install -e '.[test]'")
 
 from wattchecker_client import ble  # noqa: E402
-from wattchecker_client.clock import (  # noqa: E402
-    Backoff,
-    Clock,
-    FakeClock,
-)
-from wattchecker_client.meter import MeterReader  # noqa: E402
+from wattchecker_client.clock import Clock, FakeClock  # noqa: E402
+from wattchecker_client.meter import MeterReader, ReaderSettings, links_for  # noqa: E402
 from wattchecker_client.protocol import btwattch2  # noqa: E402
 from wattchecker_client.protocol.frames import FrameDecoder, Measurement, encode_frame  # noqa: E402
 from wattchecker_client.simulator import SimOptions, SimulatedMeter, air_conditioner, switched_off  # noqa: E402
@@ -464,10 +460,9 @@ def simulated_radio(clock, **options) -> tuple:
 
 
 def ble_reader(radio: Radio, clock, **kwargs) -> MeterReader:
-    return MeterReader(
-        ADDRESS, clock, threading.Event(), model="btwattch2", ble_client_factory=radio.factory,
-        timeout=0.5, response_timeout=0.5, backoff=Backoff(0.01, 0.02), **kwargs,
-    )
+    settings = ReaderSettings(ADDRESS, model="btwattch2", timeout=0.5, response_timeout=0.5, backoff=(0.01, 0.02),
+                              **kwargs)
+    return MeterReader(settings, clock, threading.Event(), links=links_for(settings, ble_client_factory=radio.factory))
 
 
 def take(reader: MeterReader, count: int) -> List[Measurement]:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from wattchecker_client.clock import Backoff, Clock, FakeClock
+from wattchecker_client.clock import Clock, FakeClock
 from wattchecker_client.config import ConfigError, parse_config
 from wattchecker_client.errors import SetupError
 from wattchecker_client.formats import json_line
-from wattchecker_client.meter import MeterReader, MeterSession, NoRelayError
+from wattchecker_client.meter import MeterReader, MeterSession, NoRelayError, ReaderSettings
 from wattchecker_client.protocol import FrameDecoder, btwattch2
 from wattchecker_client.simulator import (
     SimOptions,
@@ -149,7 +149,7 @@ def test_a_refused_relay_command_is_a_protocol_error():
 
 def start_reader(address: str, model: str = "btwattch1"):
     stop = threading.Event()
-    reader = MeterReader(address, Clock(), stop, model=model, poll_interval=0.05, backoff=Backoff(0.05, 0.2))
+    reader = MeterReader(ReaderSettings(address, model=model, poll_interval=0.05, backoff=(0.05, 0.2)), Clock(), stop)
     rows = []
     thread = threading.Thread(target=lambda: rows.extend(reader.readings()), daemon=True)
     thread.start()
@@ -177,7 +177,7 @@ def test_relay_requests_from_another_thread_are_run_between_polls():
 
 def test_a_btwattch1_reader_fails_relay_requests_at_once():
     stop = threading.Event()
-    reader = MeterReader("sim://", Clock(), stop, name="aircon")
+    reader = MeterReader(ReaderSettings("sim://", name="aircon"), Clock(), stop)
     error = reader.request_relay(True).exception(timeout=0)
     assert isinstance(error, NoRelayError)
     assert str(error).startswith("aircon: this meter (REX-BTWATTCH1) has no relay")

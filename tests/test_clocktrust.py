@@ -13,8 +13,8 @@ import datetime as dt
 
 import pytest
 
-from wattchecker_client.clocktrust import (SYNCHRONISED, WAIT_OVER, WAITING, ClockTrust, Decision, Host,
-                                           CLOCK_RESET_INTERVAL)
+from wattchecker_client.clocktrust import (CLOCK_RESET_INTERVAL, RECENT_SECONDS, SYNCHRONISED, WAIT_OVER, WAITING,
+                                           ClockTrust, Decision, Host, Kept, Watermark)
 
 T0 = dt.datetime(2026, 11, 29, 6, 0, 0)
 LATER = 20.0  # seconds after the connection when the case's reading comes
@@ -174,3 +174,98 @@ def test_the_wait_running_out_is_told_and_changes_no_rule():
     assert trust.take_events() == [(WAIT_OVER, 0.0)]
     assert trust.describe() == ("clock: the meter's (the system clock is not synchronised and may lag; "
                                 "a meter behind it is set forward, never back)")
+
+
+# --- the watermark: no second recorded twice, and the mark following a clock set back -----------
+
+def at(k: int) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=k)
+
+
+AHEAD = [("see", 70, True), ("see", 71, True), ("see", 72, True)]  # a meter a minute ahead, recorded
+SET_BACK = AHEAD + [("set", 13, True), ("see", 73, False)]  # the service sets it back; that reading is skipped
+
+def saved(to: int, ahead: int) -> dict:
+    return {"set_back_to": str(at(to)), "ahead_until": str(at(ahead))}
+
+
+# (the mark on disk at start, what happened before) + the stamp seen (right or not) -> what the watermark makes of it
+WATERMARK = {
+    "the first second ever": (None, [], 11, True, Kept(True)),
+    "the next second": (10, [], 11, True, Kept(True)),
+    "seconds missing before it": (10, [], 14, True, Kept(True, missing=3)),
+    "the second on disk again": (10, [], 10, True, Kept(False, "duplicates")),
+    "a second before the mark": (10, [], 5, True, Kept(False, "stale_seconds")),
+    "a stamp the clock policy refused": (10, [], 11, False, Kept(False)),
+    "a jump after a clock set is no gap": (10, [("set", 20, False)], 20, True, Kept(True)),
+    "a jump without one is a gap": (10, [], 20, True, Kept(True, missing=9)),
+    "the reading that asked for a set back": (10, AHEAD + [("set", 13, True)], 73, False,
+                                              Kept(False, moved_back_to=at(12), memory=saved(12, 72))),
+    "a second set back before the first is passed": (10, SET_BACK + [("see", 13, True), ("set", 5, True)], 14, False,
+                                                     Kept(False, moved_back_to=at(4), memory=saved(4, 72))),
+    "the right seconds passing the wrong ones": (10, SET_BACK + [("see", k, True) for k in range(13, 73)], 73, True,
+                                                 Kept(True, missing=3, memory={})),  # 70-72: kept before
+    "the right second after a set back": (10, SET_BACK, 13, True, Kept(True)),
+    "a right second once recorded as a wrong one": (10, SET_BACK + [("see", 13, True)], 71, True,
+                                                    Kept(False, "duplicates")),
+    "set back below the mark on disk": (72, [("set", 13, True), ("see", 73, False)], 13, True, Kept(True)),
+    "a set forward moves no mark": (10, [("set", 30, False), ("see", 11, True)], 12, True, Kept(True)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WATERMARK))
+def test_the_watermark(case):
+    mark, before, stamp, right, expected = WATERMARK[case]
+    watermark = Watermark(None if mark is None else at(mark))
+    for action, k, flag in before:
+        if action == "set":
+            watermark.meter_set(at(k), back=flag)
+        else:
+            watermark.see(at(k), flag)
+    assert watermark.see(at(stamp), right) == expected
+
+
+def test_the_watermark_remembers_the_last_hour_of_seconds_only():
+    watermark = Watermark(at(0))
+    for k in range(1, RECENT_SECONDS + 11):
+        watermark.see(at(k), True)
+    watermark.meter_set(at(6), back=True)  # back before the hour it remembers (seconds 11 on)
+    watermark.see(at(RECENT_SECONDS + 11), False)
+    assert watermark.see(at(11), True) == Kept(False, "duplicates")  # remembered: never twice
+    assert watermark.see(at(10), True) == Kept(True)  # forgotten: the writer keeps it out of its files
+
+
+# (newest second on disk at start, what the last run saved) -> the mark, and what a right reading after it makes
+RESTORED = {
+    "nothing saved": (72, {}, 72),
+    "a set back, the wrong seconds still the newest on disk": (72, saved(12, 72), 12),
+    "a set back, some wrong rows lost in a crash": (70, saved(12, 72), 12),
+    "a set back the right seconds have passed": (80, saved(12, 72), 80),
+    "an unreadable memory": (72, {"set_back_to": "soon", "ahead_until": 72}, 72),
+    "nothing on disk": (None, saved(12, 72), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESTORED))
+def test_the_watermark_at_start(case):
+    on_disk, memory, mark = RESTORED[case]
+    watermark = Watermark.restored(None if on_disk is None else at(on_disk), memory)
+    assert watermark.last == (None if mark is None else at(mark))
+    still_ahead = mark == 12
+    assert watermark.memory == (memory if still_ahead else {})
+    # A reading past every wrong second (or the first one, when the memory no longer held): forget it.
+    forget = {} if memory else None
+    assert watermark.see(at(90), True) == Kept(True, missing=0 if mark is None else 89 - mark, memory=forget)
+
+
+def test_a_restart_after_a_set_back_keeps_every_right_second():
+    """The wrong seconds 70-72 are the newest on disk; after the restart the right ones from 13 on are kept."""
+    watermark = Watermark(at(10))
+    for k in (70, 71, 72):
+        watermark.see(at(k), True)
+    watermark.meter_set(at(13), back=True)
+    memory = watermark.see(at(73), False).memory
+    for k in range(13, 20):
+        assert watermark.see(at(k), True).record
+    restarted = Watermark.restored(at(72), memory)
+    assert [restarted.see(at(k), True).record for k in range(21, 80)] == [True] * 59

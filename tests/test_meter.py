@@ -12,7 +12,8 @@ import pytest
 
 from wattchecker_client import protocol
 from wattchecker_client.clock import Backoff, Clock, FakeClock
-from wattchecker_client.meter import MeterReader, MeterSession, seconds_until_next_tick
+from wattchecker_client.meter import (MeterMemory, MeterReader, MeterSession, ReaderListener, ReaderSettings, links_for,
+                                      seconds_until_next_tick)
 from wattchecker_client.protocol import Measurement, MeasurementError, encode_frame
 from wattchecker_client.transport import LinkError, socket_link
 
@@ -175,13 +176,8 @@ def test_backoff_doubles_with_jitter_up_to_the_cap():
 def test_reader_reconnects_and_skips_repeated_seconds(caplog):
     """Embedded simulator dropping the link every 6 requests; fast clock; real sockets."""
     stop = threading.Event()
-    reader = MeterReader(
-        "sim://?clock_speed=20&drop_after=6&seed=5",
-        Clock(),
-        stop,
-        poll_interval=0.02,
-        backoff=Backoff(0.01, 0.05),
-    )
+    reader = MeterReader(ReaderSettings("sim://?clock_speed=20&drop_after=6&seed=5", poll_interval=0.02,
+                                        backoff=(0.01, 0.05)), Clock(), stop)
     caplog.set_level(logging.INFO)
     got = []
     for m in reader.readings():
@@ -212,7 +208,8 @@ def test_reader_stops_when_asked_during_backoff():
     with socket.socket() as refusing:
         refusing.bind(("127.0.0.1", 0))  # bound, never listening: every connect is refused
         address = "tcp://127.0.0.1:%d" % refusing.getsockname()[1]
-        reader = MeterReader(address, Clock(), stop, timeout=0.5, backoff=HourLongBackoff())
+        reader = MeterReader(ReaderSettings(address, timeout=0.5), Clock(), stop)
+        reader.backoff = HourLongBackoff()
         got = []
         runner = threading.Thread(target=lambda: got.extend(reader.readings()), daemon=True)
         runner.start()
@@ -230,7 +227,8 @@ def test_reader_logs_an_outage_once_and_backs_off(caplog):
     stop = threading.Event()
     clock = FakeClock()
     backoff = Backoff(1, 60, random.Random(3))
-    reader = MeterReader("tcp://127.0.0.1:9", clock, stop, timeout=0.2, backoff=backoff)
+    reader = MeterReader(ReaderSettings("tcp://127.0.0.1:9", timeout=0.2), clock, stop)
+    reader.backoff = backoff
     delays = []
     next_delay = backoff.next_delay
 
@@ -261,8 +259,9 @@ def test_a_meter_clock_set_back_never_records_a_second_twice(scripted):
     stamps = [last - dt.timedelta(seconds=2), last - dt.timedelta(seconds=1), last,
               last + dt.timedelta(seconds=1), last + dt.timedelta(seconds=1), last + dt.timedelta(seconds=3)]
     peer = scripted(HANDSHAKE + [measurement_frame(t) for t in stamps] + [ACK_STOP])
-    reader = MeterReader("00:0C:BF:12:34:56", FakeClock(last), threading.Event(), channel=6,
-                         rfcomm_factory=peer.rfcomm_factory, last_time=last)
+    settings = ReaderSettings("00:0C:BF:12:34:56", channel=6)
+    reader = MeterReader(settings, FakeClock(last), threading.Event(),
+                         links=links_for(settings, rfcomm_factory=peer.rfcomm_factory), memory=MeterMemory(last))
     readings = reader.readings()
     got = [next(readings).time, next(readings).time]
     readings.close()
@@ -276,16 +275,55 @@ def test_a_drifting_meter_clock_is_set_again_at_most_once_an_hour(caplog):
     """Host time runs 10 min per poll while the meter keeps real time: a huge drift."""
     stop = threading.Event()
     clock = FakeClock(dt.datetime(2026, 1, 1, 0, 0, 0))
-    reader = MeterReader("sim://?seed=2", clock, stop, poll_interval=600.0)
+    reader = MeterReader(ReaderSettings("sim://?seed=2", poll_interval=600.0), clock, stop)
 
     def beat():
         if reader.stats.polls >= 13:  # 13 polls: 2 h 10 min of host time
             stop.set()
 
-    reader.heartbeat = beat
+    reader.listener.heartbeat = beat
     caplog.set_level(logging.INFO)
     got = list(reader.readings())
     # set at connect (00:00), then again at 01:00 and 02:00, not at every poll
     assert reader.stats.clock_resets == 2
     assert caplog.text.count("s off; setting it to") == 2
     assert got and all(m == protocol.quantize(m) for m in got)  # the meter's own stamps
+
+
+class Recorder(ReaderListener):
+    """A listener that writes down what the reader tells, and stops it after ``readings`` readings."""
+
+    def __init__(self, stop: threading.Event, readings: int) -> None:
+        self.stop, self.wanted = stop, readings
+        self.events: list = []
+
+    def connected(self) -> None:
+        self.events.append("connected")
+
+    def disconnected(self) -> None:
+        self.events.append("disconnected")
+
+    def reading(self, measurement: Measurement, relay) -> None:
+        self.events.append((measurement, relay))
+        if sum(isinstance(e, tuple) for e in self.events) == self.wanted:
+            self.stop.set()
+
+
+@pytest.mark.parametrize("model, relay", [("btwattch1", None), ("btwattch2", True)])
+def test_the_listener_hears_each_connection_and_each_new_second_once(model, relay):
+    """Simulated meter dropping the link every 6 requests: connected, readings, disconnected, and again."""
+    stop = threading.Event()
+    recorder = Recorder(stop, 10)
+    settings = ReaderSettings("sim://?clock_speed=20&drop_after=6&seed=5", model=model, poll_interval=0.02,
+                              backoff=(0.01, 0.05))
+    reader = MeterReader(settings, Clock(), stop, recorder)
+    reader.run()
+    events = recorder.events
+    readings = [e for e in events if isinstance(e, tuple)]
+    assert len(readings) == 10 and all(r == relay for _, r in readings)
+    times = [m.time for m, _ in readings]
+    assert times == sorted(set(times))  # each second once, in order
+    # "connected" opens each connection, "disconnected" closes it: the link failed, or the reader stopped
+    marks = [e for e in events if isinstance(e, str)]
+    assert marks == ["connected", "disconnected"] * reader.stats.connects and reader.stats.connects >= 2
+    assert events[0] == "connected" and events[-1] == "disconnected"

@@ -682,3 +682,67 @@ def test_auto_off_after_any_on(simulator, daemons, brokers, subscribers, tmp_pat
 
 def relay_writes_so_far(daemon) -> int:
     return len(re.findall(r"relay switched", daemon.stderr()))
+
+
+# --- relay timers across restarts and outages (issue 27) ------------------------------------------------
+
+
+def test_auto_off_after_holds_through_a_restart_loop(simulator, daemons, brokers, subscribers, tmp_path):
+    """Restarted 4 times within auto_off_after, the service still switches the relay off on time.
+
+    The on-time counts from the meter second the relay was first seen on, saved in relay.json:
+    each run carries it on, downtime included, since the relay stayed on meanwhile.
+    """
+    auto_off = 20
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path, relay={"auto_off_after": auto_off})
+    relay_file = tmp_path / "data" / "relay.json"
+    for restart in range(4):
+        since = sub.count()
+        daemon = daemons(config, tmp_path)
+        wait_for(lambda: "ON" in relay_states(sub, since), timeout=30, what=f"run {restart + 1} reading, relay on")
+        assert daemon.stop() == 0
+        # The premise: the relay is still on when the run ends (else this machine took 20 s for these restarts).
+        assert "relay switched" not in daemon.stderr(), f"run {restart + 1} outlived auto_off_after"
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: "relay switched off (auto_off_after)" in daemon.stderr(), timeout=60, what="the relay off")
+    wait_for(lambda: relay_states(sub)[-2:] == ["OFF"] * 2, timeout=30, what="states with the relay off")
+    assert daemon.stop() == 0
+    assert relay_writes(sim) == ["a7 00"]
+    rows = overload_rows(tmp_path / "data")
+    first_on = rows[0][0]
+    first_off = next(t for t, watts in rows if watts == 0)
+    # On for auto_off_after by the meter's seconds, then off at the next poll (a meter second is truncated: +1).
+    assert rows[0][1] > 0 and auto_off <= (first_off - first_on).total_seconds() <= auto_off + 1
+    assert json.loads(relay_file.read_text())["meters"][METER] == {"overloaded": False, "last_set": False}
+
+
+def test_an_outage_between_two_readings_over_the_limit_never_trips_the_latch(
+    simulator, daemons, brokers, subscribers, tmp_path
+):
+    """Over the limit before a 12 s outage and after it: two short stretches, not one long overload."""
+    port = free_port()
+    broker, sub, sim, config = relay_setup(simulator, brokers, subscribers, tmp_path, port=port,
+                                           relay={"max_watts": 0.5, "max_watts_for": 10})
+    daemon = daemons(config, tmp_path)
+    wait_for(lambda: "ON" in relay_states(sub), timeout=30, what="a reading over the limit")
+    sim.stop()
+    wait_for(lambda: "reconnecting" in daemon.stderr(), timeout=30, what="the meter gone")
+    # The premise: the first stretch was shorter than max_watts_for (else this machine is too slow for it).
+    assert "latching" not in daemon.stderr()
+    time.sleep(12)  # longer than max_watts_for: on host time since the first reading, this would trip at once
+    back = simulator("--model", "btwattch2", "--seed", str(SEED), "--tcp", f"127.0.0.1:{port}")
+    wait_for(lambda: "connected again" in daemon.stderr(), timeout=60, what="the meter back")
+    since = sub.count()
+    wait_for(lambda: relay_states(sub, since)[-4:] == ["ON"] * 4, timeout=30, what="readings after the reconnect")
+    assert "latching" not in daemon.stderr() and "relay switched" not in daemon.stderr()
+    # Still over the limit: a continuous stretch now trips the latch, 10 meter seconds into it.
+    wait_for(lambda: "relay switched off (overload)" in daemon.stderr(), timeout=60, what="the latch after 10 s")
+    wait_for(lambda: relay_states(sub)[-2:] == ["OFF"] * 2, timeout=30, what="states with the relay off")
+    assert daemon.stop() == 0
+    assert relay_writes(back) == ["a7 00"]
+    rows = overload_rows(tmp_path / "data")
+    (outage,) = [i for i, (a, b) in enumerate(zip(rows, rows[1:])) if (b[0] - a[0]).total_seconds() > 10]
+    after = rows[outage + 1:]  # the rows before it were over the limit too
+    assert rows[0][1] > 0.5 and after[0][1] > 0.5
+    first_off = next(t for t, watts in after if watts == 0)
+    assert 10 <= (first_off - after[0][0]).total_seconds() <= 10 + 1

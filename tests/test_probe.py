@@ -17,8 +17,8 @@ import threading
 import pytest
 
 from wattchecker_client import protocol
-from wattchecker_client.clock import Backoff, Clock, FakeClock
-from wattchecker_client.meter import MeterReader, probe_channel
+from wattchecker_client.clock import Clock, FakeClock
+from wattchecker_client.meter import MeterReader, ReaderSettings, links_for, probe_channel
 from wattchecker_client.protocol import Measurement, encode_frame
 from wattchecker_client.transport import LinkError
 
@@ -126,8 +126,8 @@ def test_the_reader_searches_once_tells_the_user_and_reconnects_on_the_found_cha
     second = scripted(HANDSHAKE + [reading(now + dt.timedelta(seconds=2), watts=50.0)])
     channels = Channels({4: [first, second]})
     stop = threading.Event()
-    reader = MeterReader(MAC, SynchronisedClock(), stop, poll_interval=0.05, rfcomm_factory=channels,
-                         backoff=Backoff(0.01, 0.05))
+    settings = ReaderSettings(MAC, poll_interval=0.05, backoff=(0.01, 0.05))
+    reader = MeterReader(settings, SynchronisedClock(), stop, links=links_for(settings, rfcomm_factory=channels))
     caplog.set_level(logging.INFO)
     got = []
     for measurement in reader.readings():

@@ -9,9 +9,9 @@ import threading
 import pytest
 
 from wattchecker_client import protocol
-from wattchecker_client.clock import Backoff, Clock, FakeClock
+from wattchecker_client.clock import Clock, FakeClock
 from wattchecker_client.errors import SetupError
-from wattchecker_client.meter import MeterReader
+from wattchecker_client.meter import MeterReader, ReaderSettings
 from wattchecker_client.protocol import FrameDecoder, decode_measurement
 from wattchecker_client.simulator import (
     PtyServer,
@@ -127,7 +127,7 @@ def test_split_writes_cover_the_response_exactly():
 
 def read_some(address: str, count: int, **kwargs) -> list:
     stop = threading.Event()
-    reader = MeterReader(address, Clock(), stop, poll_interval=0.05, backoff=Backoff(0.05, 0.2), **kwargs)
+    reader = MeterReader(ReaderSettings(address, poll_interval=0.05, backoff=(0.05, 0.2), **kwargs), Clock(), stop)
     got = []
     for m in reader.readings():
         got.append(m)

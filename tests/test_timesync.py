@@ -26,7 +26,7 @@ from wattchecker_client.clock import Clock, FakeClock, utc_epoch
 from wattchecker_client.clocksync import kernel_clock
 from wattchecker_client.config import ConfigError, parse_config
 from wattchecker_client.daemon import Daemon
-from wattchecker_client.meter import MeterReader
+from wattchecker_client.meter import MeterReader, ReaderSettings, links_for
 from wattchecker_client.protocol import Measurement, encode_frame
 from wattchecker_client.simulator import SimOptions, SimulatedMeter, serve_link
 from wattchecker_client.transport import socket_link
@@ -71,7 +71,8 @@ def rfcomm_to(meter: SimulatedMeter):
 
 
 def reader_for(clock: Clock, meter: SimulatedMeter, **kwargs) -> MeterReader:
-    return MeterReader(MAC, clock, threading.Event(), channel=6, rfcomm_factory=rfcomm_to(meter), **kwargs)
+    settings = ReaderSettings(MAC, channel=6, **kwargs)
+    return MeterReader(settings, clock, threading.Event(), links=links_for(settings, rfcomm_factory=rfcomm_to(meter)))
 
 
 def drive(reader: MeterReader, clock: FakeClock, seconds: float, events=None):
@@ -89,7 +90,7 @@ def drive(reader: MeterReader, clock: FakeClock, seconds: float, events=None):
         if elapsed >= seconds:
             reader.stop.set()
 
-    reader.heartbeat = beat
+    reader.listener.heartbeat = beat
     return [(clock.monotonic() - start, clock.now(), m) for m in reader.readings()]
 
 
@@ -323,7 +324,9 @@ def test_a_meter_far_ahead_of_a_synchronised_host_is_skipped_counted_and_set(scr
     peer = scripted([ACK_CLOCK, ACK_START, frame(start + second), frame(start + 2 * second), frame(ahead),
                      ACK_CLOCK, frame(start + 4 * second), frame(start + 5 * second), ACK_STOP])
     clock = FakeClock(start)
-    reader = MeterReader(MAC, clock, threading.Event(), channel=6, rfcomm_factory=peer.rfcomm_factory)
+    settings = ReaderSettings(MAC, channel=6)
+    reader = MeterReader(settings, clock, threading.Event(),
+                         links=links_for(settings, rfcomm_factory=peer.rfcomm_factory))
     readings = reader.readings()
     got = [next(readings).time for _ in range(4)]
     readings.close()
@@ -449,6 +452,46 @@ def test_the_running_service_two_days_behind_keeps_a_right_meters_seconds(simula
         assert "the host clock stepped +17280" in log
         after = [s for s in seconds if s >= stepped]
         assert after and min(after) <= stepped + dt.timedelta(seconds=10)  # real time within 10 s of the step
+
+
+def test_a_restart_after_a_deliberate_set_back_keeps_every_right_reading(simulator, daemons, tmp_path):
+    """The service steps 60 s back and sets the meter back with it; then it restarts.
+
+    The newest second on disk is then one of the 60 s ahead, now wrong. The
+    watermark the set-back left is saved (clock.json) and restored, so the
+    restarted service keeps the right seconds from the first, instead of
+    skipping a minute of them as stale.
+    """
+    (address,) = simulator("--seed", "7").addresses
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "config.yaml", data, address, poll_interval=0.25, data_format=["csv"])
+    env = {"LD_PRELOAD": libfaketime(), "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+           "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    daemon = daemons(config, tmp_path, env=env)
+    wait_for(lambda: len(seconds_in(data)) >= 5, timeout=60, what="rows in the real time")
+    offset.write_text("-60\n")  # someone sets the service's clock a minute back: the meter is set back with it
+    wait_for(lambda: "setting it to" in daemon.stderr(), timeout=60, what="the meter set back")
+    wait_for(lambda: len(seconds_in(data)) >= 12, timeout=60, what="rows after the set-back")
+    assert daemon.stop() == 0, daemon.stderr()
+    before = set(seconds_in(data))
+    wrong_newest = max(before)
+    restarted = Clock().now()
+    daemon = daemons(config, tmp_path, env=env)
+    wait_for(lambda: len(seconds_in(data)) >= 25, timeout=60, what="rows after the restart")
+    assert daemon.stop() == 0, daemon.stderr()
+    stopped = Clock().now()
+    log = daemon.stderr()
+    assert "stale_seconds=0" in log and "setting it to" not in log  # none skipped, the meter left alone
+    seconds = check_data_dir(data, 7)["csv"]  # also: no second twice
+    # Every second the meter served the second run is in the files, from its start: a minute behind the real
+    # time, behind the wrong newest one from before the set-back.
+    after = sorted(set(seconds) - before)
+    assert after and max(after) < wrong_newest and max(after) <= stopped - dt.timedelta(seconds=59)
+    served = (max(after) - min(after)).total_seconds() + 1
+    assert len(after) >= 0.95 * served, f"{len(after)} of {served:.0f} served seconds kept"  # a busy machine's stall
+    assert min(after) <= restarted - dt.timedelta(seconds=60) + dt.timedelta(seconds=10)
 
 
 def seconds_in(data: Path) -> list:

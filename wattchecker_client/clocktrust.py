@@ -20,13 +20,20 @@ The rules, and why:
   (it lost its power): that reading is skipped and the meter set forward.
 - A meter slowly drifting off a steady proven clock keeps its stamps and is
   set again at most once an hour.
+- No second is recorded twice (``Watermark``): a stamp at or before the
+  newest one kept is skipped. When the service itself sets the meter's clock
+  back, the mark follows, so the right stamps after the set are kept, and the
+  seconds recorded in the last hour stay refused. That set-back is saved
+  (``Watermark.memory``) until the right stamps pass the wrong ones: at start
+  the newest second on disk may be a wrong one, and judged against it every
+  right reading would look stale.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .clock import utc_epoch
 
@@ -36,6 +43,9 @@ MAX_CLOCK_DRIFT = 2.0
 # How far a right meter's stamp can be from the host clock: the drift allowed,
 # plus one because the meter's second is truncated.
 CLOCK_TOLERANCE = MAX_CLOCK_DRIFT + 1
+# How many recorded seconds the watermark remembers, so a meter clock set back an hour or less
+# repeats none of them (older ones the writer keeps out of its files).
+RECENT_SECONDS = 3600
 # The host clock stepped when wall minus monotonic time moves by more than this
 # between two looks: NTP's first answer after a boot, or someone's `date -s`.
 HOST_STEP = 2.0
@@ -71,6 +81,98 @@ class Decision:
     why: str = ""  # a few words for the log when the clock is set
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What the watermark made of one stamp: recorded or not, and what the reader counts and logs."""
+
+    record: bool
+    counter: Optional[str] = None  # the MeterStats field a skip counts in: "duplicates" or "stale_seconds"
+    missing: int = 0  # seconds missing just before it (a gap), when recorded
+    moved_back_to: Optional[dt.datetime] = None  # the mark followed the meter's clock set back to here
+    memory: Optional[Dict[str, str]] = None  # the watermark's memory when it changed: save it
+
+
+class Watermark:
+    """The meter's seconds already recorded: the newest one, and the last hour of them."""
+
+    def __init__(self, last: Optional[dt.datetime] = None, poll_interval: float = 1.0) -> None:
+        self.last = last
+        self.poll_interval = poll_interval
+        self._recent: Dict[dt.datetime, None] = {}  # oldest first
+        self._set_back_to: Optional[dt.datetime] = None  # where the mark goes after this reading
+        self._skip_gap = False  # the next jump in stamps is a clock re-set, not missing seconds
+        # After a set-back: (the mark it left, the newest wrong second kept before it), until passed.
+        self._set_back: Optional[Tuple[dt.datetime, dt.datetime]] = None
+        self._changed = False
+
+    @classmethod
+    def restored(cls, on_disk: Optional[dt.datetime], memory: Mapping[str, Any],
+                 poll_interval: float = 1.0) -> "Watermark":
+        """The mark at start: the newest second on disk, unless that is a wrong one a set-back left behind."""
+        to, ahead = _stamp(memory.get("set_back_to")), _stamp(memory.get("ahead_until"))
+        if on_disk is None or to is None or ahead is None or on_disk > ahead:
+            watermark = cls(on_disk, poll_interval)
+            watermark._changed = bool(memory)  # passed (or unreadable): forget it
+            return watermark
+        watermark = cls(min(on_disk, to), poll_interval)
+        watermark._set_back = (to, ahead)
+        return watermark
+
+    @property
+    def memory(self) -> Dict[str, str]:
+        """What must survive a restart: the last set-back, while the wrong seconds are ahead of the right ones."""
+        if self._set_back is None:
+            return {}
+        return {"set_back_to": str(self._set_back[0]), "ahead_until": str(self._set_back[1])}
+
+    def meter_set(self, when: dt.datetime, back: bool) -> None:
+        """The meter's clock was set to ``when``; when that moved it back, the mark follows (docs/clock.md).
+
+        Stamps after the set are the right ones: judged against the wrong ones
+        already kept, every right second would look stale until the meter
+        caught up. Seconds already written are still never written again (the
+        writer keeps them out of its files); late rows go to ``.partN`` files.
+        """
+        self._skip_gap = True
+        if back:
+            self._set_back_to = when.replace(microsecond=0) - dt.timedelta(seconds=1)
+
+    def see(self, stamp: dt.datetime, right: bool) -> Kept:
+        """One reading: new (after every second kept, and not one of the last hour's) if it ``right``-ly can be."""
+        kept = self._is_new(stamp) if right else Kept(False)
+        mark, self._set_back_to = self._set_back_to, None  # after the reading: one kept meanwhile must not raise it
+        moved = None
+        if mark is not None and self.last is not None and self.last > mark:
+            ahead = max(self.last, self._set_back[1]) if self._set_back else self.last
+            self._set_back, self.last, moved, self._changed = (mark, ahead), mark, mark, True
+        changed, self._changed = self._changed, False
+        return Kept(kept.record, kept.counter, kept.missing, moved, self.memory if changed else None)
+
+    def _is_new(self, when: dt.datetime) -> Kept:
+        last = self.last
+        if when in self._recent or (last is not None and when <= last):
+            return Kept(False, "duplicates" if when == last or when in self._recent else "stale_seconds")
+        self.last = when
+        if self._set_back is not None and when > self._set_back[1]:  # the right seconds passed the wrong ones
+            self._set_back, self._changed = None, True
+        self._recent[when] = None
+        if len(self._recent) > RECENT_SECONDS:
+            del self._recent[next(iter(self._recent))]
+        skip_gap, self._skip_gap = self._skip_gap, False
+        if last is None or skip_gap:  # a jump made by re-setting the clock is not a gap
+            return Kept(True)
+        step = int((when - last).total_seconds())
+        expected = max(1, round(self.poll_interval))
+        return Kept(True, missing=max(0, step - expected))
+
+
+def _stamp(value: Any) -> Optional[dt.datetime]:
+    try:
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 # Events the reader logs (and the daemon hears of): (kind, value).
 STEPPED, SYNCHRONISED, WAITING, WAIT_OVER, IGNORES_SET = "stepped", "synchronised", "waiting", "wait over", "ignores set"
 
@@ -78,7 +180,9 @@ STEPPED, SYNCHRONISED, WAITING, WAIT_OVER, IGNORES_SET = "stepped", "synchronise
 class ClockTrust:
     """One meter's clock-trust state: fed the host's clocks and the meter's stamps, returns decisions."""
 
-    def __init__(self, host: Host, *, time_sync_wait: float = 0.0, poll_interval: float = 1.0) -> None:
+    def __init__(self, host: Host, *, time_sync_wait: float = 0.0, poll_interval: float = 1.0,
+                 last: Optional[dt.datetime] = None, saved: Optional[Mapping[str, Any]] = None) -> None:
+        self.watermark = Watermark.restored(last, saved or {}, poll_interval)  # saved: Watermark.memory
         self.time_sync_wait = time_sync_wait
         self.poll_interval = poll_interval
         self._deadline = host.monotonic + time_sync_wait
@@ -141,6 +245,15 @@ class ClockTrust:
         if self._reset_due or self._set_at is None or host.monotonic - self._set_at >= CLOCK_RESET_INTERVAL:
             return self._set(host, True, None, offset, "off")
         return Decision(True, offset=offset)
+
+    def meter_set(self, decision: Decision) -> None:
+        """The meter acknowledged the clock set ``decision`` asked for: the watermark follows it."""
+        assert decision.set_clock is not None
+        self.watermark.meter_set(decision.set_clock, back=decision.offset > 0)
+
+    def kept(self, stamp: dt.datetime, decision: Decision) -> Kept:
+        """After ``decision`` (and the set it asked for): whether the stamp is recorded, never a second twice."""
+        return self.watermark.see(stamp, decision.record)
 
     # --- the rules ---------------------------------------------------------------------------
 

@@ -7,12 +7,10 @@ logs a status line now and then, and shuts everything down in order.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import threading
-from functools import partial
 from typing import Callable, Dict, List, Mapping, Optional
 
 from .clock import Clock
@@ -20,11 +18,12 @@ from .config import Config, DeviceConfig
 from .errors import EXIT_FAILED, EXIT_OK, SetupError
 from .identity import device_values
 from .identity import for_config as identity_for
-from .meter import MeterReader
+from .meter import MeterMemory, MeterReader, ReaderListener, ReaderSettings, links_for
 from .notify import Notifier
-from .protocol import Measurement
+from .protocol import Measurement, dialect
+from .saved import CLOCK_FILE, RELAY_FILE, SavedMeters
 from .transport import RfcommFactory, is_ble
-from .writer import ClosedFile, Writer, atomic_write
+from .writer import ClosedFile, Writer
 
 # The upload package is imported only when BigQuery or retention is configured:
 # with hashlib's OpenSSL the uploader costs about 4 MB of memory, a fifth of the service's.
@@ -38,7 +37,6 @@ JOIN_TIMEOUT = 15.0
 M_ARENA_MAX = -8  # mallopt(3) parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept
-RELAY_FILE = "relay.json"  # per btwattch2: the over-power latch and the state the service last set
 
 def preflight(config: Config) -> List[str]:
     """Every check start-up makes before it starts anything; ``check-config`` runs the same.
@@ -166,6 +164,47 @@ class Heartbeats:
             return sorted(name for name, last in self._last.items() if now - last > limit)
 
 
+class Fanout(ReaderListener):
+    """One reader's events, fanned out: rows to the writer's queue, the live state, relay.json, the status line."""
+
+    def __init__(self, daemon: "Daemon", name: str) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.live = daemon.live
+        self.thread = f"reader {name}"
+        self.heartbeat()  # from now on the watchdog waits for this reader too
+
+    def heartbeat(self) -> None:
+        self.daemon.heartbeats.beat(self.thread)
+
+    def reading(self, measurement: Measurement, relay: Optional[bool]) -> None:
+        rows = self.daemon.rows
+        rows.put((self.name, measurement))
+        if rows.qsize() >= WAKE_WRITER_AT:  # else it takes them when it flushes
+            self.daemon.writer.wake.set()
+        if self.live is not None:
+            self.live.reading(self.name, measurement, relay=relay)
+        if self.daemon.echo is not None:
+            self.daemon.echo(self.name, measurement)
+
+    def connected(self) -> None:
+        if self.live is not None:
+            self.live.connected(self.name)
+
+    def disconnected(self) -> None:
+        if self.live is not None:
+            self.live.disconnected(self.name)
+
+    def clock_trust_changed(self) -> None:
+        self.daemon._clock_trust_changed()
+
+    def relay_memory_changed(self, memory: dict) -> None:
+        self.daemon._relay_memory(self.name, memory)
+
+    def watermark_changed(self, memory: dict) -> None:
+        self.daemon.saved_clocks.put(self.name, memory)
+
+
 class Daemon:
     """Wires readers, writer, watchdog and status for one configuration."""
 
@@ -217,21 +256,12 @@ class Daemon:
         self._reading = "reading " + ", ".join(f"{d.name} at {d.address}" for d in config.devices)
         self._ready_sent = False  # READY sent: a change of clock trust updates the status line
         self._status_lock = threading.Lock()
-        self._relay_saved = self._read_relay_file()
-        self._relay_file_lock = threading.Lock()  # the readers save it
-
-    def _read_relay_file(self) -> Dict[str, dict]:
-        path = self.config.general.data_dir / RELAY_FILE
-        try:
-            meters = json.loads(path.read_text(encoding="utf-8"))["meters"]
-            if not isinstance(meters, dict):
-                raise ValueError("meters is not a mapping")
-            return meters
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("%s: unreadable (%s); no relay is latched", path, exc)
-            return {}
+        data_dir = general.data_dir  # what the readers left for this run (saved.py): read once, here
+        self.saved_relays = SavedMeters(data_dir / RELAY_FILE, "no relay is latched",
+                                        "the relay's latch would not survive a restart")
+        self.saved_clocks = SavedMeters(data_dir / CLOCK_FILE, "each meter's watermark is its newest second on disk",
+                                        "after a restart, right readings may be skipped until the meter passes "
+                                        "the wrong stamps it had")
 
     def _uploader_for(self, config: Config):
         """An Uploader when BigQuery is configured, else None (and no thread)."""
@@ -323,64 +353,30 @@ class Daemon:
     # --- threads ----------------------------------------------------------------
 
     def _reader_for(self, device: DeviceConfig) -> MeterReader:
-        return MeterReader(
-            device.address,
-            self.clock,
-            self.stop,
-            channel=device.channel,
-            model=device.model,
-            poll_interval=self.config.general.poll_interval,
-            start_argument=device.start_argument,
-            timeout=device.timeout,
-            rfcomm_factory=self.rfcomm_factory,
-            name=device.name,
-            last_time=self.writer.last_time(device.name),
-            heartbeat=self.heartbeats.beater(f"reader {device.name}"),
-            heartbeat_interval=self.heartbeat_interval,
-            time_sync_wait=self.config.general.time_sync_wait,
-            on_clock_trust=self._clock_trust_changed,
-            on_connect=partial(self.live.connected, device.name) if self.live else (lambda: None),
-            on_disconnect=partial(self.live.disconnected, device.name) if self.live else (lambda: None),
-            relay=self._relay_policy(device),
-            on_relay_memory=partial(self._relay_memory, device.name),
-            ble_client_factory=ble_client_factory(device),
-        )
+        settings = ReaderSettings.of(device, self.config.general, self.heartbeat_interval)
+        memory = MeterMemory(self.writer.last_time(device.name), self._relay_saved_for(device),
+                             self.saved_clocks.get(device.name))
+        links = links_for(settings, rfcomm_factory=self.rfcomm_factory, ble_client_factory=ble_client_factory(device))
+        return MeterReader(settings, self.clock, self.stop, Fanout(self, device.name), links, memory=memory)
 
-    def _relay_policy(self, device: DeviceConfig):
-        """A btwattch2's relay policy, with its latch and last set state as saved (relay.json)."""
-        if device.model != "btwattch2":
-            return None
-        from .relay import RelayPolicy, RelaySettings
-
-        saved = self._relay_saved.get(device.name)
-        saved = saved if isinstance(saved, dict) else {}
+    def _relay_saved_for(self, device: DeviceConfig) -> dict:
+        """A btwattch2's relay memory as saved (relay.json); the live state shows the latch."""
+        if not dialect(device.model).has_relay:
+            return {}
+        saved = self.saved_relays.get(device.name)
         if self.live is not None:
-            self.live.relay_latch(device.name, bool(saved.get("overloaded")))
-        return RelayPolicy(device.relay or RelaySettings(), bool(saved.get("overloaded")), saved.get("last_set"))
+            self.live.relay_latch(device.name, saved.get("overloaded") is True)
+        return saved
 
-    def _relay_memory(self, name: str, policy) -> None:
-        """Save a relay's latch and last set state at once: both must survive a restart (relay.json)."""
+    def _relay_memory(self, name: str, memory: dict) -> None:
+        """Save a relay's memory at once: the latch, last set state and on-time must survive a restart."""
         if self.live is not None:
-            self.live.relay_latch(name, policy.overloaded)
-        with self._relay_file_lock:
-            self._relay_saved[name] = policy.memory
-            data = json.dumps({"meters": self._relay_saved}, indent=1).encode()
-            try:
-                atomic_write(self.config.general.data_dir / RELAY_FILE, data, compress=False)
-            except OSError as exc:
-                log.error("%s: cannot save %s (%s): the relay's latch would not survive a restart", name,
-                          RELAY_FILE, exc.strerror or exc)
+            self.live.relay_latch(name, memory["overloaded"])
+        self.saved_relays.put(name, memory)
 
     def _read_meter(self, name: str, reader: MeterReader) -> None:
         try:
-            for measurement in reader.readings():
-                self.rows.put((name, measurement))
-                if self.rows.qsize() >= WAKE_WRITER_AT:  # else it takes them when it flushes
-                    self.writer.wake.set()
-                if self.live is not None:
-                    self.live.reading(name, measurement, relay=reader.relay)
-                if self.echo is not None:
-                    self.echo(name, measurement)
+            reader.run()
         except SetupError as exc:
             self._fail(f"{name}: {exc}")
         except Exception:
@@ -545,7 +541,7 @@ class Daemon:
         if not self.readers:
             return ""
         note = "; " + next(iter(self.readers.values())).trust.describe()
-        if any(r.waiting_for_sync for r in self.readers.values()):
+        if any(r.trust.waiting(self.clock.monotonic()) for r in self.readers.values()):
             note += (f"; the system clock is not synchronised yet (a warning if it is not within "
                      f"{self.config.general.time_sync_wait:g} s)")
         return note

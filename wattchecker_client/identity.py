@@ -20,7 +20,6 @@ is written down (``meter-ids.json``) so it never changes again.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import socket
@@ -31,14 +30,13 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Seque
 
 from .config import DEFAULT_NAME
 from .transport import MAC_RE
-from .writer import atomic_write
+from .saved import IDS_FILE, load_meters, write_meters
 
 if TYPE_CHECKING:
     from .config import Config
 
 log = logging.getLogger(__name__)
 
-IDS_FILE = "meter-ids.json"
 MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 
 
@@ -133,16 +131,9 @@ def made_before_ids(data_dir: Path) -> bool:
 def _resolve(data_dir: Path, addresses: Mapping[str, str], hostname: Optional[str],
              machine_id: Optional[str]) -> Tuple[Identity, bool]:
     """The identity ``data_dir`` holds or implies, and whether it must be written down."""
-    path = data_dir / IDS_FILE
     upgrading = made_before_ids(data_dir)
-    try:
-        known = json.loads(path.read_text(encoding="utf-8"))["meters"]
-        first = False
-    except FileNotFoundError:
-        known, first = {}, True
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("%s: unreadable (%s); the meter ids are derived again", path, exc)
-        known, first = {}, True
+    saved = load_meters(data_dir / IDS_FILE, "the meter ids are derived again")
+    known, first = saved or {}, saved is None
     if first and upgrading:  # the ids the old release gave to discovery: Home Assistant's entities keep theirs
         known = {name: address_key(address) for name, address in addresses.items()}
     identity = derive(addresses, hostname=hostname, machine_id=machine_id, known=known)
@@ -162,16 +153,10 @@ def for_data_dir(data_dir: Path, addresses: Mapping[str, str], *,
     identity, changed = _resolve(data_dir, addresses, hostname, machine_id)
     if changed:
         try:
-            _write(data_dir / IDS_FILE, identity.meters)
+            write_meters(data_dir / IDS_FILE, identity.meters)
         except OSError as exc:  # the ids stay derivable; the daemon's own checks report the folder
             log.warning("cannot keep the meter ids in %s: %s", data_dir / IDS_FILE, exc.strerror or exc)
     return identity
-
-
-def _write(path: Path, meters: Dict[str, str]) -> None:
-    """Atomically, 0640 like the rest of the data folder: a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, (json.dumps({"meters": meters}, indent=1, sort_keys=True) + "\n").encode("utf-8"), compress=False)
 
 
 def for_config(config: "Config") -> Identity:

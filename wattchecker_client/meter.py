@@ -2,9 +2,13 @@
 
 ``MeterSession`` speaks the protocol over a ``Link``: set the clock, start,
 poll, stop, switch the relay, in the dialect of the meter's model.
-``MeterReader`` connects, polls on the wall-clock second, reconnects with
-backoff, yields each new measurement once, and runs relay requests from
-other threads between polls.
+``MeterReader(settings, clock, stop, listener, links)`` connects, polls on
+the wall-clock second, reconnects with backoff, and hands each new
+measurement once to its ``ReaderListener``, as pySerial's ``ReaderThread``
+hands data to its ``Protocol``. The rules are not here: the clock policy
+(clocktrust.py) says which stamps to keep and when to set the meter's clock,
+the relay driver (relaydriver.py) what to write between two polls. See
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import importlib.util
 import logging
 import math
 import threading
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from functools import partial
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import protocol
 from .clock import Backoff, Clock, utc_epoch
-from .clocktrust import IGNORES_SET, STEPPED, SYNCHRONISED, WAIT_OVER, WAITING, ClockTrust, Host
+from .clocktrust import IGNORES_SET, STEPPED, SYNCHRONISED, WAIT_OVER, WAITING, ClockTrust, Decision, Host, Kept
 from .protocol import Frame, Measurement, MeasurementError, ProtocolError, btwattch2
-from .relay import RelayPolicy, RelaySettings, RelayStale, RelaySuperseded
+from .relay import RelayPolicy, RelaySettings
+from .relaydriver import NoRelay, RelayDriver
 from .transport import (
     DEFAULT_TIMEOUT,
     MAC_RE,
@@ -37,6 +43,8 @@ from .transport import (
 if TYPE_CHECKING:  # concurrent.futures costs the service 0.9 MB: imported when a relay is switched
     from concurrent.futures import Future
 
+    from .config import DeviceConfig, GeneralConfig
+
 log = logging.getLogger(__name__)
 
 RESPONSE_TIMEOUT = 2.0
@@ -51,9 +59,6 @@ PROBE_CHANNELS = range(1, 31)
 # daemon's default stall limit (general.watchdog_stall, 180 s), so a live
 # reader in a long backoff never looks stuck. The daemon passes its own.
 HEARTBEAT_INTERVAL = 60.0
-# How many recorded seconds a reader remembers, so a meter clock set back an hour or less repeats none
-# of them (older ones the writer keeps out of its files).
-RECENT_SECONDS = 3600
 
 
 @dataclass
@@ -82,6 +87,18 @@ class MeterStats:
 
     def summary(self) -> str:
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+    def count(self, counter: Optional[str]) -> None:
+        """One more of ``counter`` (a field's name, as the policies give it); None counts nothing."""
+        if counter:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+    def kept(self, kept: Kept) -> None:
+        """What the watermark made of a stamp: a skip, or a gap before a new second."""
+        self.count(kept.counter)
+        if kept.missing:
+            self.gaps += 1
+            self.missing_seconds += kept.missing
 
 
 class NoRelayError(SetupError):
@@ -311,14 +328,12 @@ def probe_channel(
 ) -> Tuple[int, Link]:
     """The first channel on which ``mac`` completes the handshake (clock set, a valid reading), still open.
 
-    Without an SDP module (pybluez does not install on current Pythons) this
-    is the only way to find the channel. A refused channel, or one that
-    accepts but does not speak the protocol (another service of the device),
-    is skipped. Any other connect failure (a timeout, host down) means the
-    meter itself is out of reach: LinkError at once, so the reader backs off
-    and searches again, instead of waiting out thirty timeouts. While the host
-    clock is unsynchronised, the start command's acknowledgement stands in
-    for the clock set, so a wrong time never reaches the meter.
+    Without an SDP module (pybluez does not install on current Pythons) this is
+    the only way to find it. A refused channel, or one that does not speak the
+    protocol (another service of the device), is skipped. Any other connect
+    failure means the meter is out of reach: LinkError at once, so the reader
+    backs off and searches again. An unsynchronised host sets no clock: the
+    start command's acknowledgement stands in for it.
     """
     for channel in channels:
         try:
@@ -338,11 +353,9 @@ def probe_channel(
             link.close()
             continue
         return channel, link
-    raise LinkError(
-        f"{mac}: no RFCOMM channel {channels[0]}-{channels[-1]} answered like a WATT CHECKER (set clock, "
-        "a reading): is it paired, powered and in range? Or set its `channel:` (`sdptool browse "
-        f"{mac}`)"
-    )
+    raise LinkError(f"{mac}: no RFCOMM channel {channels[0]}-{channels[-1]} answered like a WATT CHECKER (set "
+                    "clock, a reading): is it paired, powered and in range? Or set its `channel:` (`sdptool browse "
+                    f"{mac}`)")
 
 
 def seconds_until_next_tick(now: dt.datetime, interval: float) -> float:
@@ -352,86 +365,107 @@ def seconds_until_next_tick(now: dt.datetime, interval: float) -> float:
     return max(0.0, next_tick - epoch)
 
 
-class MeterReader:
-    """Keeps one meter connected and yields each new reading once, in the meter's time."""
+@dataclass(frozen=True)
+class ReaderSettings:
+    """One meter's validated settings: its ``devices:`` entry and the ``general:`` values a reader uses."""
 
-    def __init__(
-        self,
-        address: str,
-        clock: Clock,
-        stop: threading.Event,
-        *,
-        channel: Optional[int] = None,
-        model: str = protocol.DEFAULT_MODEL,
-        poll_interval: float = 1.0,
-        start_argument: int = 0x00,
-        timeout: float = DEFAULT_TIMEOUT,
-        response_timeout: float = RESPONSE_TIMEOUT,
-        backoff: Optional[Backoff] = None,
-        rfcomm_factory: Optional[RfcommFactory] = None,
-        ble_client_factory: Optional[Callable[..., Any]] = None,
-        name: Optional[str] = None,
-        last_time: Optional[dt.datetime] = None,
-        heartbeat: Callable[[], None] = lambda: None,
-        heartbeat_interval: float = HEARTBEAT_INTERVAL,
-        time_sync_wait: float = 0.0,
-        on_clock_trust: Callable[[], None] = lambda: None,
-        on_connect: Callable[[], None] = lambda: None,
-        on_disconnect: Callable[[], None] = lambda: None,
-        relay: Optional[RelayPolicy] = None,
-        on_relay_memory: Callable[[RelayPolicy], None] = lambda policy: None,
-    ) -> None:
-        self.address = address
+    address: str
+    name: str = ""  # empty: the address
+    model: str = protocol.DEFAULT_MODEL
+    channel: Optional[int] = None
+    start_argument: int = 0x00
+    timeout: float = DEFAULT_TIMEOUT
+    poll_interval: float = 1.0
+    response_timeout: float = RESPONSE_TIMEOUT
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    time_sync_wait: float = 0.0
+    backoff: Tuple[float, float] = (1.0, 60.0)  # reconnect delays: first and longest, seconds
+    relay: RelaySettings = RelaySettings()
+
+    @classmethod
+    def of(cls, device: "DeviceConfig", general: "GeneralConfig", heartbeat_interval: float) -> "ReaderSettings":
+        return cls(device.address, device.name, device.model, device.channel, device.start_argument,
+                   device.timeout, general.poll_interval, heartbeat_interval=heartbeat_interval,
+                   time_sync_wait=general.time_sync_wait, relay=device.relay or RelaySettings())
+
+
+@dataclass(frozen=True)
+class MeterMemory:
+    """What a reader starts from that an earlier run left (saved.py): the newest second on disk, and more."""
+
+    last_time: Optional[dt.datetime] = None
+    relay: Mapping[str, Any] = field(default_factory=dict)  # RelayPolicy.memory as saved
+    watermark: Mapping[str, Any] = field(default_factory=dict)  # Watermark.memory as saved: a set-back
+
+
+class ReaderListener:
+    """What a reader tells, one method per event, as pySerial's ``Protocol``; each does nothing here."""
+
+    def connected(self) -> None:
+        """The handshake is done: readings follow."""
+
+    def disconnected(self) -> None:
+        """The link failed, or the reader stopped."""
+
+    def reading(self, measurement: Measurement, relay: Optional[bool]) -> None:
+        """A new second, once, and the relay as the meter last said (None: unknown, or no relay)."""
+
+    def clock_trust_changed(self) -> None:
+        """Which clock is trusted changed: synchronised, stepped, or the wait ran out."""
+
+    def relay_memory_changed(self, memory: Dict[str, Any]) -> None:
+        """The relay's latch, last set state or on-time changed: it must survive a restart."""
+
+    def watermark_changed(self, memory: Dict[str, Any]) -> None:
+        """The clock policy's watermark moved back with the meter's clock, or passed the wrong seconds."""
+
+    def heartbeat(self) -> None:
+        """A sign of life, at least every ``heartbeat_interval``."""
+
+
+def links_for(settings: ReaderSettings, **factories: Any) -> Callable[[], Link]:
+    """The opener of a meter's link as its settings say; tests pass an ``rfcomm_factory`` or ``ble_client_factory``."""
+    return link_opener(settings.address, channel=settings.channel, timeout=settings.timeout, model=settings.model,
+                       **factories)
+
+
+class MeterReader:
+    """Keeps one meter connected and hands each new reading once, in the meter's time, to its listener."""
+
+    def __init__(self, settings: ReaderSettings, clock: Clock, stop: threading.Event,
+                 listener: Optional[ReaderListener] = None, links: Optional[Callable[[], Link]] = None,
+                 *, memory: MeterMemory = MeterMemory()) -> None:
+        self.settings = settings
+        self.name = settings.name or settings.address
         self.clock = clock
         self.stop = stop
-        self.poll_interval = poll_interval
-        self.start_argument = start_argument
-        self.response_timeout = response_timeout
-        self.backoff = backoff or Backoff()
-        self.model = model
-        self.dialect = protocol.dialect(model)
-        self._open_link = link_opener(
-            address, channel=channel, timeout=timeout, rfcomm_factory=rfcomm_factory, model=model,
-            ble_client_factory=ble_client_factory,
-        )
-        # The BLE links' counters (ble.BleStats) for an RS-BTWATTCH2, else None: the status line and /metrics.
-        self.link_stats = getattr(self._open_link, "stats", None)
-        # The relay as the last measurement said (None: unknown, or no relay), for the live state.
-        self.relay: Optional[bool] = None
-        # The relay's desired state (one slot, never a queue), shared with the threads that command it.
-        self.relay_policy = (relay or RelayPolicy(RelaySettings())) if self.dialect.has_relay else None
-        self.on_relay_memory = on_relay_memory
-        self._relay_lock = threading.Lock()
-        self._relay_waiters: List[Future] = []  # the futures of the newest command only
-        self._relay_readers: List[Future] = []
-        self.name = name or address
+        self.listener = listener or ReaderListener()
+        self.links = links or links_for(settings)
+        self.link_stats = getattr(self.links, "stats", None)  # a BLE link's counters (ble.BleStats), else None
+        self.dialect = protocol.dialect(settings.model)
+        self.backoff = Backoff(*settings.backoff)
         self.stats = MeterStats()
-        self.last_time = last_time
-        self.heartbeat = heartbeat
-        self.heartbeat_interval = heartbeat_interval
+        self.trust = ClockTrust(self._host(), time_sync_wait=settings.time_sync_wait,
+                                poll_interval=settings.poll_interval, last=memory.last_time, saved=memory.watermark)
+        self.relay_driver = relay_driver(self, memory.relay)
         self._failing_since: Optional[float] = None
         self._rejected_before = 0
-        # The host clock: how long to wait for its synchronisation, and what is known of it.
-        self.time_sync_wait = time_sync_wait
-        self.on_clock_trust = on_clock_trust  # the status line: which clock is trusted changed
-        # The live state follows the link: up after the handshake, down on a failure or at stop.
-        self.on_connect = on_connect
-        self.on_disconnect = on_disconnect
-        self.trust = ClockTrust(self._host(), time_sync_wait=time_sync_wait, poll_interval=poll_interval)
-        self._recent: Dict[dt.datetime, None] = {}  # the seconds last recorded, oldest first
-        self._set_back_to: Optional[dt.datetime] = None  # where the watermark goes after this reading
-        self._skip_gap = False  # the next jump in stamps is a clock re-set, not missing seconds
 
     @property
-    def waiting_for_sync(self) -> bool:
-        """True while the host clock is unsynchronised and the wait for it has not run out."""
-        return self.trust.waiting(self.clock.monotonic())
+    def relay(self) -> Optional[bool]:
+        """The relay as the last measurement or acknowledgement said (None: unknown, or no relay)."""
+        return self.relay_driver.state
+
+    def run(self) -> None:
+        """The thread's body: each new reading to the listener until ``stop``. SetupError propagates."""
+        for measurement in self.readings():
+            self.listener.reading(measurement, self.relay)
 
     def readings(self) -> Iterator[Measurement]:
         """Yield readings until ``stop`` is set. SetupError propagates: retrying cannot fix it."""
         try:
             while not self.stop.is_set():
-                self.heartbeat()
+                self.listener.heartbeat()
                 try:
                     yield from self._one_connection()
                 except LinkError as exc:
@@ -439,56 +473,23 @@ class MeterReader:
                     if self._sleep(self.backoff.next_delay()):
                         return
         finally:
-            self._fail_relay_requests(LinkError(f"{self.name}: the reader stopped before the relay request ran"))
-            self.on_disconnect()
+            self.relay_driver.close(LinkError(f"{self.name}: the reader stopped before the relay request ran"))
+            self.listener.disconnected()
 
     def request_relay(self, on: Optional[bool]) -> "Future[bool]":
-        """Switch the relay (None: read it) from any thread; the Future holds the acknowledged state.
-
-        The newest command replaces an older one still waiting (whose Future
-        fails with RelaySuperseded): one slot, never a queue. The reader
-        carries it out between two polls, at most one switch per
-        ``relay.min_interval``; one older than ``COMMAND_MAX_AGE`` by the time
-        the link can carry it fails with RelayStale. A BTWATTCH1 fails it at
-        once with NoRelayError.
-        """
-        from concurrent.futures import Future
-
-        future: "Future[bool]" = Future()
-        if self.relay_policy is None:
-            future.set_exception(no_relay(self.name, self.dialect))
-        elif self.stop.is_set():
-            future.set_exception(LinkError(f"{self.name}: the reader is stopping"))
-        elif on is None:
-            with self._relay_lock:
-                self._relay_readers.append(future)
-        else:
-            with self._relay_lock:
-                changed = on and self.relay_policy.overloaded
-                self.relay_policy.command(on, self.clock.monotonic())
-                superseded, self._relay_waiters = self._relay_waiters, [future]
-            _fail_all(superseded, RelaySuperseded(f"{self.name}: relay {_word(on)} replaced an older command"))
-            if changed:
-                log.warning("%s: relay ON asked: the over-power latch is cleared", self.name)
-                self.on_relay_memory(self.relay_policy)
-        return future
+        """Switch the relay (None: read it) from any thread; the Future holds the state (see relaydriver.py)."""
+        return self.relay_driver.request(on)
 
     def _one_connection(self) -> Iterator[Measurement]:
-        with self._open_link() as link:
-            session = MeterSession(
-                link,
-                self.clock,
-                start_argument=self.start_argument,
-                response_timeout=self.response_timeout,
-                stats=self.stats,
-                model=self.model,
-            )
+        settings = self.settings
+        with self.links() as link:
+            session = MeterSession(link, self.clock, start_argument=settings.start_argument, stats=self.stats,
+                                   response_timeout=settings.response_timeout, model=settings.model)
             set_to = self.trust.on_connect(self._host())
             self._tell(self.trust.take_events())
             if set_to is not None:
                 session.set_clock(set_to)  # where the meter's clock stood is unknown: the watermark stays
             session.start(set_clock=False)
-            self._rejected_before = self.stats.rejected
             self._connected()
             try:
                 yield from self._poll_until_stopped(session)
@@ -498,8 +499,8 @@ class MeterReader:
             session.stop()
 
     def _poll_until_stopped(self, session: MeterSession) -> Iterator[Measurement]:
-        while not self._sleep(seconds_until_next_tick(self.clock.now(), self.poll_interval)):
-            self._drive_relay(session)
+        while not self._sleep(seconds_until_next_tick(self.clock.now(), self.settings.poll_interval)):
+            self.relay_driver.drive(session)
             try:
                 measurement = session.poll()
             except MeasurementError as exc:
@@ -507,215 +508,68 @@ class MeterReader:
                 level = logging.WARNING if session.stats.rejected == self._rejected_before + 1 else logging.DEBUG
                 log.log(level, "%s: reading dropped: %s", self.name, exc)
                 continue
-            self._relay_seen(session.relay, measurement.watts)
-            right = self._can_be_right(session, measurement.time)
-            new = right and self._is_new(measurement.time)
-            self._follow_set_back()  # after the reading: one kept while the clock was set must not raise it again
-            if new:
+            self.relay_driver.seen(session.relay, measurement.watts, measurement.time)
+            if self._judge(session, measurement.time):
                 yield measurement
 
-    def _drive_relay(self, session: MeterSession) -> None:
-        """Carry out the relay's wanted state, if one is due: at most one write between two polls."""
-        policy = self.relay_policy
-        if policy is None:
-            return
-        now = self.clock.monotonic()
-        with self._relay_lock:
-            decision = policy.due(now)
-        if decision.dropped is not None:
-            age = now - decision.dropped.asked
-            log.warning("%s: relay %s dropped: asked %.0f s ago, older than %g s by the time the meter could "
-                        "be reached", self.name, _word(decision.dropped.on), age, policy.settings.max_age)
-            self._settle_waiters(RelayStale(f"{self.name}: relay {_word(decision.dropped.on)} asked {age:.0f} s "
-                                            "ago: too late, dropped"))
-        elif decision.settled:
-            self._settle_waiters()
-        if decision.switch is None:
-            return
-        try:
-            state = session.switch_relay(decision.switch.on)
-        except ProtocolError as exc:
-            log.warning("%s: relay %s failed: %s", self.name, _word(decision.switch.on), exc)
-            with self._relay_lock:
-                policy.failed(now)
-            self._settle_waiters(exc)
-            return
-        log.info("%s: relay switched %s (%s)", self.name, _word(state), decision.switch.why)
-        self.relay = state
-        with self._relay_lock:
-            policy.switched(state, now)
-        self.on_relay_memory(policy)
-        self._settle_waiters()
-
-    def _settle_waiters(self, exc: Optional[Exception] = None) -> None:
-        """The command's Futures once its wish is gone: the state the meter acknowledged, or ``exc``."""
-        with self._relay_lock:
-            if self.relay_policy is not None and self.relay_policy.waiting_command:
-                return
-            waiters, self._relay_waiters = self._relay_waiters, []
-        if exc is not None:
-            _fail_all(waiters, exc)
-        else:
-            for future in waiters:
-                if not future.done():
-                    future.set_result(self.relay)
-
-    def _relay_seen(self, state: Optional[bool], watts: float) -> None:
-        """A measurement told the relay state (None: it did not); the reads waiting for it get it."""
-        policy = self.relay_policy
-        if policy is not None:
-            with self._relay_lock:
-                tripped = policy.seen(state, watts, self.clock.monotonic())
-            if tripped:
-                log.warning("%s: over %g W for %g s: switching the relay off and latching 'overloaded' until "
-                            "an explicit ON", self.name, policy.settings.max_watts, policy.settings.max_watts_for)
-                self.on_relay_memory(policy)
-        if state is None:
-            return
-        self.relay = state
-        with self._relay_lock:
-            readers, self._relay_readers = self._relay_readers, []
-        for future in readers:
-            if not future.done():
-                future.set_result(state)
-
-    def _fail_relay_requests(self, exc: Exception) -> None:
-        """When the reader ends, no relay request is left hanging: each fails with ``exc``."""
-        with self._relay_lock:
-            pending = self._relay_readers + self._relay_waiters
-            self._relay_readers, self._relay_waiters = [], []
-        _fail_all(pending, exc)
+    def _judge(self, session: MeterSession, stamp: dt.datetime) -> bool:
+        """Ask the clock policy about this stamp, carry out what it says (see clocktrust.py); True to record it."""
+        decision = self.trust.reading(stamp, self._host())
+        self._tell(self.trust.take_events())
+        self.stats.count(decision.counter)
+        if decision.set_clock is not None:
+            log_clock_set(self.name, decision)
+            session.set_clock(decision.set_clock)
+            self.stats.clock_resets += 1
+            self.trust.meter_set(decision)
+            self.relay_driver.meter_clock_moved(-decision.offset)
+        kept = self.trust.kept(stamp, decision)
+        self.stats.kept(kept)
+        if kept.moved_back_to is not None:
+            log.info("%s: the meter's clock was set back; seconds after %s UTC are kept again", self.name,
+                     kept.moved_back_to)
+        if kept.memory is not None:
+            self.listener.watermark_changed(kept.memory)
+        return kept.record
 
     def _sleep(self, seconds: float) -> bool:
-        """Sleep until ``seconds`` have passed or ``stop`` is set; True if asked to stop.
-
-        One wait per poll or backoff step (a wake-up costs more than a poll on
-        a Pi), cut into ``heartbeat_interval`` slices only when longer, with a
-        sign of life before each: the watchdog sees a live reader, never a stuck one.
-        """
+        """Sleep ``seconds``, True if ``stop`` came first: one wait, in ``heartbeat_interval`` slices if longer."""
         end = self.clock.monotonic() + seconds
         while True:
-            self.heartbeat()
+            self.listener.heartbeat()
             remaining = end - self.clock.monotonic()
             if remaining <= 0:
                 return self.stop.is_set()
-            if self.clock.sleep(min(remaining, self.heartbeat_interval), self.stop):
+            if self.clock.sleep(min(remaining, self.settings.heartbeat_interval), self.stop):
                 return True
-
-    def _is_new(self, when: dt.datetime) -> bool:
-        """Only seconds after the last one kept: no second is ever recorded twice.
-
-        A meter clock set back (a reconnect, a drift correction) repeats
-        seconds already recorded; those are counted and skipped: the ones
-        before the high-water mark, and, after the service itself set the
-        clock back and moved the mark, the ones it remembers recording.
-        """
-        last = self.last_time
-        if when in self._recent or (last is not None and when <= last):
-            if when == last or when in self._recent:
-                self.stats.duplicates += 1
-            else:
-                self.stats.stale_seconds += 1
-            return False
-        self.last_time = when
-        self._remember(when)
-        skip_gap, self._skip_gap = self._skip_gap, False
-        if last is not None and not skip_gap:  # a jump made by re-setting the clock is not a gap
-            step = int((when - last).total_seconds())
-            expected = max(1, round(self.poll_interval))
-            if step > expected:
-                self.stats.gaps += 1
-                self.stats.missing_seconds += step - expected
-        return True
-
-    def _remember(self, when: dt.datetime) -> None:
-        """Keep the last hour of recorded seconds: after the meter's clock is set back they are not yielded again."""
-        self._recent[when] = None
-        if len(self._recent) > RECENT_SECONDS:
-            del self._recent[next(iter(self._recent))]
-
-    # --- the host clock and the meter's ----------------------------------------------
-
-    def _can_be_right(self, session: MeterSession, meter_time: dt.datetime) -> bool:
-        """Ask the clock-trust policy about this stamp and carry out its decision (see clocktrust.py)."""
-        decision = self.trust.reading(meter_time, self._host())
-        self._tell(self.trust.take_events())
-        if decision.counter:
-            setattr(self.stats, decision.counter, getattr(self.stats, decision.counter) + 1)
-        if decision.set_clock is not None:
-            log.info("%s: meter clock is %+.0f s %s; %ssetting it to %s UTC", self.name, decision.offset,
-                     decision.why, "" if decision.record else "reading skipped, ",
-                     decision.set_clock.replace(microsecond=0))
-            self._set_meter_clock(session, decision.set_clock, back=decision.offset > 0)
-        return decision.record
-
-    def _set_meter_clock(self, session: MeterSession, when: dt.datetime, back: bool) -> None:
-        """Set the meter's clock; when that moves it back, the high-water mark follows (docs/clock.md).
-
-        Stamps after the set are the right ones: judged against the wrong ones
-        already kept, every right second would look stale until the meter
-        caught up. Seconds already written are still never written again (the
-        writer keeps them out of its files); late rows go to ``.partN`` files.
-        """
-        session.set_clock(when)
-        self.stats.clock_resets += 1
-        self._skip_gap = True
-        if back:
-            self._set_back_to = when.replace(microsecond=0) - dt.timedelta(seconds=1)
-
-    def _follow_set_back(self) -> None:
-        """The high-water mark moves back to a time the meter's clock was just set back to."""
-        mark, self._set_back_to = self._set_back_to, None
-        if mark is not None and self.last_time is not None and self.last_time > mark:
-            log.info("%s: the meter's clock was set back; seconds after %s UTC are kept again", self.name, mark)
-            self.last_time = mark
 
     def _host(self) -> Host:
         return Host(self.clock.now(), self.clock.monotonic(), self.clock.synchronised())
 
-    def _tell(self, events) -> None:
-        """Log what the policy noticed of the host clock; tell the daemon when the wait is over."""
+    def _tell(self, events: List[Tuple[str, float]]) -> None:
+        """Log what the clock policy noticed of the host clock; tell the listener when the trust changed."""
         for kind, value in events:
+            self.stats.clock_steps += kind == STEPPED
+            log_clock_event(self.name, kind, value, self.trust.time_sync_wait)
             if kind in (STEPPED, SYNCHRONISED, WAIT_OVER):
-                self.on_clock_trust()
-            if kind == STEPPED:
-                self.stats.clock_steps += 1
-                log.warning("%s: the host clock stepped %+.1f s; checking the meter's clock now", self.name, value)
-            elif kind == SYNCHRONISED:
-                log.info("%s: the system clock is synchronised", self.name)
-            elif kind == WAITING:
-                # Reading goes on meanwhile: nothing waits, so the line does not say "waiting".
-                log.info("%s: the system clock is not synchronised yet; reading on with the meter's own clock (a "
-                         "meter clock behind the system's is set forward, never back; a warning follows if it is "
-                         "still not synchronised after %g s)", self.name, value)
-            elif kind == WAIT_OVER:
-                if not value:
-                    log.warning("%s: the system clock is still not synchronised after %g s (time_sync_wait): "
-                                "it may lag, so it only ever sets a meter's clock forward", self.name,
-                                self.trust.time_sync_wait)
-            elif kind == IGNORES_SET:
-                log.warning("%s: the meter's clock stays %+.0f s ahead of the host clock after being set; "
-                            "recording its stamps as they are", self.name, value)
+                self.listener.clock_trust_changed()
 
     def _connected(self) -> None:
         self.stats.connects += 1
-        if self._failing_since is not None:
-            down = self.clock.monotonic() - self._failing_since
-            log.info("%s: connected again after %.0f s", self.name, down)
-        else:
-            log.info("%s: connected", self.name)
+        self._rejected_before = self.stats.rejected
+        since = self._failing_since
+        again = "" if since is None else f" again after {self.clock.monotonic() - since:.0f} s"
+        log.info("%s: connected%s", self.name, again)
         self._failing_since = None
         self.backoff.reset()
-        if self.relay_policy is not None:
-            with self._relay_lock:
-                self.relay_policy.connected(self.clock.monotonic())
-        self.on_connect()
+        self.relay_driver.connected()
+        self.listener.connected()
 
     def _link_failed(self, exc: LinkError) -> None:
         """Log once per outage; the attempts that follow are only counted."""
         self.stats.link_errors += 1
-        self.on_disconnect()
-        where = "" if self.name == self.address else f"{self.name}: "
+        self.listener.disconnected()
+        where = "" if self.name == self.settings.address else f"{self.name}: "
         if self._failing_since is None:
             self._failing_since = self.clock.monotonic()
             log.warning("%s%s; reconnecting", where, exc)
@@ -723,11 +577,32 @@ class MeterReader:
             log.debug("%sstill failing: %s", where, exc)
 
 
-def _word(on: bool) -> str:
-    return "on" if on else "off"
+def relay_driver(reader: MeterReader, saved: Mapping[str, Any]) -> Union[RelayDriver, NoRelay]:
+    """The reader's relay driver, its policy restored from ``saved`` (RelayPolicy.memory); NoRelay for a BTWATTCH1."""
+    if not reader.dialect.has_relay:
+        return NoRelay(partial(no_relay, reader.name, reader.dialect))
+    policy = RelayPolicy.restored(reader.settings.relay, saved, reader.settings.poll_interval)
+    return RelayDriver(reader.name, policy, reader.clock, reader.stop, reader.listener.relay_memory_changed)
 
 
-def _fail_all(futures: List["Future[bool]"], exc: Exception) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(exc)
+def log_clock_set(name: str, decision: Decision) -> None:
+    log.info("%s: meter clock is %+.0f s %s; %ssetting it to %s UTC", name, decision.offset, decision.why,
+             "" if decision.record else "reading skipped, ", decision.set_clock.replace(microsecond=0))
+
+
+def log_clock_event(name: str, kind: str, value: float, time_sync_wait: float) -> None:
+    """The log line for one event of the clock policy (an unsynchronised clock's wait ending quietly: none)."""
+    if kind == STEPPED:
+        log.warning("%s: the host clock stepped %+.1f s; checking the meter's clock now", name, value)
+    elif kind == SYNCHRONISED:
+        log.info("%s: the system clock is synchronised", name)
+    elif kind == WAITING:  # reading goes on meanwhile: nothing waits, so the line does not say "waiting"
+        log.info("%s: the system clock is not synchronised yet; reading on with the meter's own clock (a meter clock "
+                 "behind the system's is set forward, never back; a warning follows if it is still not synchronised "
+                 "after %g s)", name, value)
+    elif kind == WAIT_OVER and not value:
+        log.warning("%s: the system clock is still not synchronised after %g s (time_sync_wait): it may lag, so it "
+                    "only ever sets a meter's clock forward", name, time_sync_wait)
+    elif kind == IGNORES_SET:
+        log.warning("%s: the meter's clock stays %+.0f s ahead of the host clock after being set; recording its "
+                    "stamps as they are", name, value)

@@ -8,13 +8,20 @@ queue, so a flood costs nothing but the last word. The reader feeds it facts
 (a command, a measurement, an acknowledgement, a connect), each with the
 monotonic time, and asks ``due`` between two polls what to write; it never
 touches a link or a clock itself.
+
+The timers run on the meter's evidence: over-power counts readings over the
+limit without a break, by the meter's own seconds (a reconnect, or readings
+further apart than two polls, starts the count again), and ``auto_off_after``
+counts from the meter second the relay was first seen on, which is saved
+(``memory``), so a restart or a reboot carries the count on. Only a command
+carried out changes the latch: one dropped as too old changes nothing.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 # A command older than this by the time the link can carry it is dropped.
 COMMAND_MAX_AGE = 30.0
@@ -73,20 +80,36 @@ class Decision:
 class RelayPolicy:
     """One meter's relay: the wanted state, the latch, and what the service last set (both persisted)."""
 
-    def __init__(self, settings: RelaySettings, overloaded: bool = False, last_set: Optional[bool] = None) -> None:
+    def __init__(self, settings: RelaySettings, overloaded: bool = False, last_set: Optional[bool] = None,
+                 on_since: Optional[float] = None, poll_interval: float = 1.0) -> None:
         self.settings = settings
         self.wanted: Optional[Wanted] = None
         self.state: Optional[bool] = None  # as the meter last said; None: not known yet
         self.overloaded = overloaded
         self.last_set = last_set
+        # Readings further apart than this (meter seconds) are not one stretch: one dropped poll is allowed.
+        self.max_step = 2 * max(1.0, poll_interval)
         self._last_switch = -math.inf
-        self._above_since: Optional[float] = None
-        self._on_since: Optional[float] = None
+        self._above_since: Optional[float] = None  # meter seconds (UTC epoch), as every time below
+        self._on_since = on_since
+        self._last_at: Optional[float] = None  # the last reading's stamp; None after a (re)connect
+        self._last_seen = 0.0  # the monotonic time of that reading
+
+    @classmethod
+    def restored(cls, settings: RelaySettings, memory: Mapping[str, Any], poll_interval: float = 1.0) -> "RelayPolicy":
+        """A policy that carries on from ``memory`` as an earlier run saved it; a value of the wrong type is ignored."""
+        last_set, on_since = memory.get("last_set"), memory.get("on_since")
+        return cls(settings, memory.get("overloaded") is True, last_set if isinstance(last_set, bool) else None,
+                   on_since if isinstance(on_since, (int, float)) and not isinstance(on_since, bool) else None,
+                   poll_interval)
 
     @property
     def memory(self) -> dict:
-        """What must survive a restart: the latch, and the state ``on_connect: restore`` brings back."""
-        return {"overloaded": self.overloaded, "last_set": self.last_set}
+        """What must survive a restart: the latch, the state ``on_connect: restore`` brings back, the on-time."""
+        memory: dict = {"overloaded": self.overloaded, "last_set": self.last_set}
+        if self._on_since is not None:
+            memory["on_since"] = self._on_since  # the meter second the relay was first seen on
+        return memory
 
     @property
     def waiting_command(self) -> bool:
@@ -94,11 +117,8 @@ class RelayPolicy:
         return self.wanted is not None and self.wanted.why == COMMAND
 
     def command(self, on: bool, now: float) -> None:
-        """An explicit command replaces any older wish; an ON clears the over-power latch."""
+        """An explicit command replaces any older wish; an ON clears the over-power latch once carried out."""
         self.wanted = Wanted(on, now, COMMAND)
-        if on:
-            self.overloaded = False
-            self._above_since = None
 
     def connected(self, now: float) -> None:
         """The link is up (first time or again): ``on_connect``, unless a command still waits.
@@ -107,6 +127,7 @@ class RelayPolicy:
         client) until the first measurement says.
         """
         self.state = None
+        self._last_at = None  # a reconnect breaks a stretch of readings
         if self.waiting_command:
             return
         rule = self.settings.on_connect
@@ -115,30 +136,41 @@ class RelayPolicy:
             return
         self.wanted = Wanted(on, now, ON_CONNECT_RULE)
 
-    def seen(self, state: Optional[bool], watts: float, now: float) -> bool:
-        """A measurement: the relay state it carried (None: not told) and its power. True if the latch tripped."""
+    def seen(self, state: Optional[bool], watts: float, now: float, at: float) -> bool:
+        """A measurement stamped ``at`` by the meter: the relay state it carried (None: not told) and its power.
+
+        True if the latch tripped.
+        """
         if state is not None:
             self.state = state
-        tripped = self._check_power(watts, now)
+        stretch = self._last_at is not None and 0 <= at - self._last_at <= self.max_step
+        self._last_at, self._last_seen = at, now
+        tripped = self._check_power(watts, now, at, stretch)
         if self.state:
             if self._on_since is None:
-                self._on_since = now
-            if self.overloaded:  # latched: kept off, whoever switched it on
+                self._on_since = at
+            if self.overloaded and not self.waiting_command:  # latched: kept off, whoever switched it on
                 self._want_off(now, OVERLOAD)
-            elif self.settings.auto_off_after is not None and now - self._on_since >= self.settings.auto_off_after:
+            elif self.settings.auto_off_after is not None and at - self._on_since >= self.settings.auto_off_after:
                 self._want_off(now, AUTO_OFF)
         elif self.state is False:
             self._on_since = None
         return tripped
 
-    def _check_power(self, watts: float, now: float) -> bool:
+    def meter_clock_moved(self, by: float) -> None:
+        """The service set the meter's clock ``by`` seconds: the on-time keeps its count; a stretch is broken."""
+        if self._on_since is not None:
+            self._on_since += by
+        self._last_at = None
+
+    def _check_power(self, watts: float, now: float, at: float, stretch: bool) -> bool:
         limit = self.settings.max_watts
         if limit is None or watts <= limit:
             self._above_since = None
             return False
-        if self._above_since is None:
-            self._above_since = now
-        if self.overloaded or now - self._above_since < self.settings.max_watts_for:
+        if self._above_since is None or not stretch:
+            self._above_since = at
+        if self.overloaded or at - self._above_since < self.settings.max_watts_for:
             return False
         self.overloaded = True
         self.wanted = Wanted(False, now, OVERLOAD)
@@ -158,6 +190,7 @@ class RelayPolicy:
             return Decision(dropped=wanted)
         if wanted.on == self.state:  # already so: nothing to write
             self.wanted = None
+            self._carried_out(wanted)
             return Decision(settled=True)
         if self.state is None and wanted.why != COMMAND:  # a rule waits for a measurement to know
             return Decision()
@@ -169,9 +202,17 @@ class RelayPolicy:
         """The meter acknowledged a write: its state now."""
         self._last_switch = now
         self.state = self.last_set = state
-        if self.wanted is not None and self.wanted.on == state:
+        wanted = self.wanted
+        if wanted is not None and wanted.on == state:
             self.wanted = None
-        self._on_since = now if state else None
+            self._carried_out(wanted)
+        # On since the meter second of the write: the last stamp, moved on by the host's seconds since.
+        self._on_since = self._last_at + (now - self._last_seen) if state and self._last_at is not None else None
+
+    def _carried_out(self, wanted: Wanted) -> None:
+        if wanted.why == COMMAND and wanted.on:  # an explicit ON, done: the over-power latch is cleared
+            self.overloaded = False
+            self._above_since = None
 
     def failed(self, now: float) -> None:
         """The meter refused the write: the wish is given up (no retry loop), and the interval still holds."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import shutil
 import socket
 import sys
 from typing import List, Optional
@@ -139,6 +138,8 @@ def command_name() -> str:
     """How this program was started, as the user would type it again from here."""
     argv0 = sys.argv[0]
     if os.path.basename(argv0) == "wattchecker-client":
+        import shutil  # here: at the top it would load bz2 and lzma (1.6 MB) into every `run` through cli.py
+
         if shutil.which("wattchecker-client") == os.path.abspath(argv0):
             return "wattchecker-client"
         return runnable(shortest(argv0))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..clock import Backoff, Clock
+from ..clock import Clock
 from ..errors import SetupError
 from ..formats import FORMATTERS
-from ..meter import MeterReader
+from ..meter import MeterReader, ReaderSettings
 from ..protocol import DEFAULT_MODEL, MODELS
 from ..transport import DEFAULT_TIMEOUT
 from .common import EXIT_OK, byte_value, on_stop_signals, positive_float
@@ -38,17 +38,10 @@ def run(args: argparse.Namespace) -> int:
                          "Bluetooth LE by its MAC")
     stop = threading.Event()
     on_stop_signals(stop)
-    reader = MeterReader(
-        args.address,
-        Clock(),
-        stop,
-        channel=args.channel,
-        model=args.model,
-        poll_interval=args.interval,
-        start_argument=args.start_argument,
-        timeout=args.timeout,
-        backoff=Backoff(initial=min(1.0, args.interval * 2)),
-    )
+    settings = ReaderSettings(args.address, model=args.model, channel=args.channel, start_argument=args.start_argument,
+                              timeout=args.timeout, poll_interval=args.interval,
+                              backoff=(min(1.0, args.interval * 2), 60.0))
+    reader = MeterReader(settings, Clock(), stop)
     formatter = FORMATTERS[args.format]
     printed = 0
     for measurement in reader.readings():

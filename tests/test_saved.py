@@ -1,0 +1,45 @@
+"""What outlives the process (saved.py): each file read once, each change written whole, bad files cost one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from wattchecker_client.saved import RELAY_FILE, SavedMeters, load_meters
+
+
+def relay_file(tmp_path) -> SavedMeters:
+    return SavedMeters(tmp_path / RELAY_FILE, "no relay is latched", "the relay's latch would not survive a restart")
+
+
+def test_an_entry_saved_is_read_back_by_the_next_run_and_the_others_are_kept(tmp_path):
+    first = relay_file(tmp_path)
+    first.put("heater", {"overloaded": True, "last_set": False})
+    first.put("fridge", {"overloaded": False, "last_set": True, "on_since": 1796563606.0})
+    first.put("heater", {"overloaded": False, "last_set": True})
+    assert json.loads((tmp_path / RELAY_FILE).read_text()) == {"meters": {
+        "fridge": {"overloaded": False, "last_set": True, "on_since": 1796563606.0},
+        "heater": {"overloaded": False, "last_set": True}}}
+    again = relay_file(tmp_path)
+    assert again.get("fridge") == {"overloaded": False, "last_set": True, "on_since": 1796563606.0}
+    assert again.get("nobody") == {}
+    assert [p.name for p in tmp_path.iterdir()] == [RELAY_FILE]  # no temporary file left behind
+
+
+def test_a_damaged_file_is_one_warning_and_a_first_run(tmp_path, caplog):
+    (tmp_path / RELAY_FILE).write_text('{"meters": {"heater": {"overloaded": tr')
+    assert relay_file(tmp_path).get("heater") == {}
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"{tmp_path / RELAY_FILE}: unreadable (") and line.endswith("); no relay is latched")
+    (tmp_path / RELAY_FILE).write_text('{"meters": ["heater"]}')
+    assert load_meters(tmp_path / RELAY_FILE, "x") is None
+    assert load_meters(tmp_path / "absent.json", "x") is None
+
+
+def test_a_save_that_fails_is_one_error_line_and_the_service_carries_on(tmp_path, caplog):
+    (tmp_path / RELAY_FILE).mkdir()  # a folder where the file should be: every write fails
+    saved = relay_file(tmp_path)
+    saved.put("heater", {"overloaded": True, "last_set": False})
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == ["heater: cannot save relay.json (Is a directory): the relay's latch would not survive a restart"]
+    assert saved.get("heater") == {"overloaded": True, "last_set": False}  # this run still knows it
