@@ -213,7 +213,7 @@ def test_late_rows_for_a_deleted_hour_are_kept_aside_and_counted_nowhere(tmp_pat
     assert read_summaries(tmp_path, STEM)[H] == summary
     assert report_ws(tmp_path) == pytest.approx(reported, rel=1e-12)
     assert rig.energy() == pytest.approx(shown, rel=1e-12)
-    assert "which retention deleted" in caplog.text
+    assert "whose files are gone and whose summary stands for it" in caplog.text
 
 
 # --- seconds met again after a meter set-back -----------------------------------------------------
@@ -268,3 +268,19 @@ def test_run_starts_and_keeps_reading_with_closed_files_replaced_by_garbage_trun
     assert report.returncode == 0, report.stderr
     assert not bad[2].exists() and (data_dir / "failed" / bad[2].name).exists()
     assert f"{bad[2].name}: damaged" in report.stderr + report.stdout
+
+
+def test_an_hour_whose_every_file_was_damaged_keeps_its_summarys_energy_across_a_restart(tmp_path):
+    """Found by the folder-state test: the restart counted nothing up to the newest file row (there was none)."""
+    clock = FakeClock(H + dt.timedelta(hours=3))
+    first = Rig(tmp_path, clock)
+    first.write(rows(H, 60))
+    first.writer.tick()  # the host clock closes the hour; its summary is made
+    first.energy()
+    for path in tmp_path.glob("*.gz"):
+        damage(path, "garbage")
+    meter_report(tmp_path, STEM, "m", UTC)  # both files quarantined on the way
+    second = Rig(tmp_path, clock)
+    second.write(rows(H + dt.timedelta(hours=1), 120, step=10))
+    assert second.energy() == pytest.approx(report_ws(tmp_path), rel=1e-12)
+    assert meter_report(tmp_path, STEM, "m", UTC).rows == 60 + 12

@@ -106,7 +106,8 @@ class FileSet:
         return part
 
     def hour_deleted(self, hour: dt.datetime) -> bool:
-        """True for an hour retention deleted: no file of it in either format, and its summary kept.
+        """True for an hour whose files are gone (retention deleted them, or all were damaged) while its
+        summary is kept: no file of it in either format here.
 
         Asked of an hour with no closed file in this format, before it is
         written: once an hour, and for late rows. The summaries' lines before
@@ -145,6 +146,7 @@ class FileSet:
             # every row of the newest hour, not its files' last lines: files of older releases are not sorted
             stamps = [line_stamp(line) for p in self.closed_parts(newest) for _, _, line in _rows_or_none(p)]
             self.last_time = max((parse_stamp(s) for s in stamps if s), default=None)
+        self._summarized_since()
         if not self.current_path.exists():
             self.recovered = True
             return
@@ -158,6 +160,20 @@ class FileSet:
         else:
             self._close_plain(lines)
         self.recovered = True
+
+    def _summarized_since(self) -> None:
+        """The newest second the summaries hold, where no file holds it any more (damaged, or deleted).
+
+        The folder's newest second is its files' or its summaries': the energy
+        restore counts up to it, and a row not after it is late. Lines older
+        than the newest file's hour are passed over unparsed.
+        """
+        stem = self.base[:-len(self.format) - 1]
+        since = hour_of(self.last_time) if self.last_time else None
+        for summary in read_summaries(self.data_dir, stem, since).values():
+            last = summary.hour + dt.timedelta(seconds=summary.last[0])
+            if self.last_time is None or last > self.last_time:
+                self.last_time = last
 
     def _read_current(self) -> List[str]:
         """The plain file's rows; a torn last line (a crash mid-write) is cut off."""
@@ -213,7 +229,7 @@ class FileSet:
             self.held_already += [m for m in rows if m.time not in seconds]
 
     def _set_aside(self, hour: dt.datetime, rows: List[Measurement]) -> None:
-        """Rows for an hour retention deleted go to failed/, kept but counted nowhere.
+        """Rows for an hour whose files are gone (``hour_deleted``) go to failed/, kept but counted nowhere.
 
         The hour's summary stands for its deleted rows; rows joining it now could
         not be integrated with them exactly, so they wait there for a person.
@@ -223,8 +239,10 @@ class FileSet:
         path = failed / self.closed_path(hour, self.next_part(hour)).name
         atomic_write(path, "".join(self.format_row(m) + "\n" for m in rows).encode("utf-8"), compress=True)
         atomic_write(path.with_name(path.name + REASON_SUFFIX),
-                     f"rows for hour {hour.strftime(HOUR_FORMAT)}, which retention had deleted\n".encode(), compress=False)
-        log.warning("%s: %d row(s) for hour %s, which retention deleted: kept in %s, counted nowhere",
+                     f"rows for hour {hour.strftime(HOUR_FORMAT)}, whose files are gone (retention, or damage); "
+                     "its summary stands for it\n".encode(), compress=False)
+        log.warning("%s: %d row(s) for hour %s, whose files are gone and whose summary stands for it: kept in %s, "
+                    "counted nowhere",
                     self.base, len(rows), hour.strftime(HOUR_FORMAT), path)
 
     def _not_written(self, rows: List[Measurement]) -> List[Measurement]:
