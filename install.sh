@@ -106,14 +106,15 @@ mkdir -p "$target/log"
 cp "$src/README.md" "$src/config_sample.yaml" "$target/"
 cp -r "$src/docs" "$target/"  # the README's linked pages
 [ -x "$target/venv/bin/python" ] || "$python" -m venv "$target/venv"
-# Extras: bigquery for uploads, http for the live page and /metrics (prometheus-client, ~0.5 MB).
+# Extras: bigquery for uploads, http for the live page and /metrics (prometheus-client, ~0.5 MB),
+# influxdb (no library: the standard library speaks line protocol).
 # Built from a private copy: setuptools writes build/ and *.egg-info next to setup.py, and two
 # installs from one checkout at once (or a root install in a user's checkout) would share them.
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 cp -r "$src/setup.py" "$src/pyproject.toml" "$src/README.md" "$src/wattchecker_client" "$stage/"
 find "$stage" -name __pycache__ -prune -exec rm -rf {} +
-"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$stage[bigquery,http,mqtt,ble]"
+"$target/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$stage[bigquery,http,mqtt,ble,influxdb]"
 
 if [ ! -e "$target/config.yaml" ]; then
     say "writing $target/config.yaml from the sample"

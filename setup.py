@@ -20,6 +20,7 @@ setup(
         "mqtt": ["paho-mqtt>=2.0"],
         "http": ["prometheus-client>=0.17"],
         "ble": ["bleak>=0.21"],
+        "influxdb": [],  # line protocol over the standard library's http.client: nothing to install
         "test": [
             "pytest>=7",
             "pytest-xdist>=3",  # the process tests mostly wait on real time: four at once on two cores

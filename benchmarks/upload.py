@@ -1,4 +1,4 @@
-"""A 30-day backlog (720 hourly files of 3,600 rows) uploaded to the BigQuery emulator.
+"""A 30-day backlog (720 hourly files of 3,600 rows) uploaded to the BigQuery emulator and to InfluxDB.
 
 Run: .venv/bin/python benchmarks/upload.py [--days 30] [--ledger-only]
 
@@ -9,7 +9,11 @@ load jobs the backlog took (BigQuery counts them against a daily per-table
 quota of 1,500 and spends seconds on each), then runs the daemon with BigQuery
 configured for a few seconds and reads its peak RSS. Last, the upload ledger's
 bytes written per uploaded hour beside 1 and 5 years of it (``--ledger-only``:
-just that). Prints figures; asserts nothing.
+just that). Then the same backlog to a real influxd (Debian's InfluxDB 1.x, on
+loopback ports) through the InfluxDB sink: points per second and write
+requests, and for both sinks the client's CPU seconds per uploaded day (this
+process's own CPU: reading the files, building the body, HTTP; not the
+server's). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,14 +33,18 @@ import time
 from pathlib import Path
 from typing import Tuple
 
-from wattchecker_client.clock import Clock, FakeClock
-from wattchecker_client.config import parse_config
-from wattchecker_client.simulator import air_conditioner
-from wattchecker_client.upload.bigquery import BigQueryTarget
-from wattchecker_client.upload.hours import csv_body, readable_rows
-from wattchecker_client.upload.ledger import Ledger
-from wattchecker_client.upload.uploader import Uploader
-from wattchecker_client.writer import Writer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout, and tests/
+
+from wattchecker_client.clock import Clock, FakeClock  # noqa: E402
+from wattchecker_client.config import parse_config  # noqa: E402
+from wattchecker_client.simulator import air_conditioner  # noqa: E402
+from wattchecker_client.upload.bigquery import BigQueryTarget  # noqa: E402
+from wattchecker_client.upload.hours import csv_body, readable_rows  # noqa: E402
+from wattchecker_client.upload.influx_uploader import InfluxUploader  # noqa: E402
+from wattchecker_client.upload.influxdb import InfluxTarget  # noqa: E402
+from wattchecker_client.upload.ledger import Ledger  # noqa: E402
+from wattchecker_client.upload.uploader import Uploader  # noqa: E402
+from wattchecker_client.writer import Writer  # noqa: E402
 
 START = dt.datetime(2026, 6, 1)
 PROJECT = "bench"
@@ -126,16 +136,74 @@ def ledger_figures(workdir: Path) -> None:
           f"per hour before the journal)")
 
 
+def influx_figures(workdir: Path, data_dir: Path, days: float) -> None:
+    """The backlog to a real influxd through the InfluxDB sink: points/s, requests, CPU per day."""
+    if shutil.which("influxd") is None:
+        print("InfluxDB: influxd not installed (apt-get install influxdb): skipped")
+        return
+    from tests.influx import Influxd  # the tests' own: a real influxd on loopback ports, its folder in workdir
+
+    server = Influxd(workdir / "influxd").start()
+    try:
+        url = server.url
+        server.create_database("bench")
+        text = (f"general:\n  data_dir: {json.dumps(str(data_dir))}\ndevice:\n  address: sim://\n"
+                f"influxdb:\n  url: {url}\n  database: bench\n")
+        clock = Clock()
+        sink = InfluxUploader(data_dir, InfluxTarget(parse_config(text).influxdb, clock), clock,
+                              devices={"": "bench"}, names={"": "wattchecker"})
+        sink.queue(sink.backlog())
+        cpu, begin = time.process_time(), time.perf_counter()
+        while sink.step():
+            pass
+        elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu
+        server_cpu = sum(int(v) for v in Path(f"/proc/{server.proc.pid}/stat").read_text().split()[13:15])
+        server_cpu /= os.sysconf("SC_CLK_TCK")
+        peak = day_peak_memory(data_dir, sink.target, clock)
+    finally:
+        server.stop()
+    s = sink.stats
+    print(f"InfluxDB: {s.points:,} points of {s.uploaded} hours in {s.requests} write requests "
+          f"({s.points / max(1, s.requests):,.0f} points each) in {elapsed:.1f} s: {s.points / elapsed:,.0f} points/s; "
+          f"client CPU {cpu / days:.2f} s per uploaded day (influxd's own: {server_cpu / days:.2f} s per day); "
+          f"failed {s.failed}, retries {s.retries}")
+    print(f"InfluxDB: peak Python memory while sending a day again (ledger deleted): {peak[0] / 1e6:.1f} MB, "
+          f"the points streamed an hour at a time; a day's points held at once: {peak[1] / 1e6:.1f} MB")
+
+
+def day_peak_memory(data_dir: Path, target: InfluxTarget, clock: Clock) -> Tuple[int, int]:
+    """tracemalloc's peaks while one day goes up again, its ledger deleted (the points overwrite), and
+    while the same day's points are held in one list instead."""
+    import tracemalloc
+
+    for path in data_dir.glob("influx-uploaded.json*"):
+        path.unlink()
+    sink = InfluxUploader(data_dir, target, clock, devices={"": "bench"}, names={"": "wattchecker"})
+    day = sink.backlog()[:24]
+    sink.queue(day)
+    peaks = []
+    for work in (sink.step, lambda: list(sink._points(day, {}, {}))):
+        tracemalloc.start()
+        work()
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    return peaks[0], peaks[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=float, default=30)
     parser.add_argument("--ledger-only", action="store_true", help="only the ledger's bytes per hour")
+    parser.add_argument("--influxdb-only", action="store_true", help="only the InfluxDB sink's figures")
     args = parser.parse_args()
     if args.ledger_only:
         with tempfile.TemporaryDirectory() as tmp:
             ledger_figures(Path(tmp))
         return
     hours = int(args.days * 24)
+    if args.influxdb_only:
+        influx_backlog(hours, args.days)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         data_dir = workdir / "data"
@@ -160,9 +228,10 @@ def main() -> None:
             prepare = time.perf_counter() - begin
             begin = time.perf_counter()
             uploader.queue(backlog)
+            cpu = time.process_time()
             while uploader.step():
                 pass
-            elapsed = time.perf_counter() - begin
+            elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu
             stats = uploader.stats
             rss = daemon_rss_mib(workdir, url)
         finally:
@@ -176,9 +245,18 @@ def main() -> None:
           f"{elapsed / max(1, stats.jobs):.1f} s per load job (failed {stats.failed}, retries {stats.retries})")
     print(f"of which the client's own work (read .gz, build CSV): {prepare:.1f} s, "
           f"{rows / prepare:,.0f} rows/s; the rest is HTTP and the emulator's load")
+    print(f"BigQuery: {stats.rows / elapsed:,.0f} rows/s; client CPU {cpu / args.days:.2f} s per uploaded day")
     print(f"daemon peak RSS with BigQuery configured: {rss:.1f} MiB")
     with tempfile.TemporaryDirectory() as tmp:
         ledger_figures(Path(tmp))
+    influx_backlog(hours, args.days)
+
+
+def influx_backlog(hours: int, days: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        make_backlog(data_dir, hours)
+        influx_figures(Path(tmp), data_dir, days)
 
 
 if __name__ == "__main__":

@@ -346,7 +346,7 @@ def emulator(tmp_path):
 # Fixtures that start a real process (a daemon, a simulator, a broker, the emulator, a mount).
 # What a library runs by itself, once, wherever it is first used: not the test's own process.
 LIBRARY_TOOLS = {"fc-list"}  # matplotlib building its font cache on a fresh machine
-PROCESS_FIXTURES = {"daemons", "simulator", "emulator", "proxy", "brokers", "installed", "tiny_disk"}
+PROCESS_FIXTURES = {"daemons", "simulator", "emulator", "proxy", "brokers", "installed", "tiny_disk", "influxd"}
 
 
 def pytest_configure(config) -> None:

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from wattchecker_client.config import (BIGQUERY, DEVICE, GENERAL, LIMITS, MQTT, REPORT, ConfigError, load_config,
-                                       parse_config)
+from wattchecker_client.config import (BIGQUERY, DEVICE, GENERAL, INFLUXDB, LIMITS, MQTT, REPORT, ConfigError,
+                                       load_config, parse_config)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_sample_documents_every_key_and_needs_only_the_address(tmp_path):
     sample = (ROOT / "config_sample.yaml").read_text()
-    for key in list(GENERAL) + list(DEVICE) + list(BIGQUERY):
+    for key in list(GENERAL) + list(DEVICE) + list(BIGQUERY) + list(INFLUXDB):
         assert f"  {key}:" in sample, f"config_sample.yaml does not document {key}"
     with pytest.raises(ConfigError, match=r"config_sample.yaml:\d+: device.address: '00:0C:BF:XX:XX:XX' is not"):
         load_config(str(ROOT / "config_sample.yaml"))
@@ -216,6 +216,8 @@ LIMIT_CONFIGS = {
     "report": "report:\n  {key}: {value}\ndevice:\n  address: " + MAC + "\n",
     "mqtt": "mqtt:\n  host: h\n  {key}: {value}\ndevice:\n  address: " + MAC + "\n",
     "http": "http:\n  {key}: '127.0.0.1:{value}'\ndevice:\n  address: " + MAC + "\n",
+    "influxdb": "influxdb:\n  url: http://127.0.0.1:8086\n  database: w\n  {key}: {value}\ndevice:\n  address: "
+                + MAC + "\n",
 }
 
 
@@ -251,7 +253,8 @@ def test_every_number_has_a_floor_and_a_ceiling_with_a_one_line_error(name):
 
 def test_every_number_in_the_specs_is_in_the_limits_table():
     """Nothing numeric escapes the table: each section's numeric defaults have a row."""
-    specs = {"general": GENERAL, "device": DEVICE, "bigquery": BIGQUERY, "report": REPORT, "mqtt": MQTT}
+    specs = {"general": GENERAL, "device": DEVICE, "bigquery": BIGQUERY, "report": REPORT, "mqtt": MQTT,
+             "influxdb": INFLUXDB}
     from wattchecker_client.config import RELAY
 
     specs["device.relay"] = RELAY

@@ -77,6 +77,23 @@ class BigQueryConfig:
 
 
 @dataclass(frozen=True)
+class InfluxConfig:
+    """Where the InfluxDB sink writes: 1.x (database, optional user) or 2.x (org, bucket, token)."""
+
+    url: str
+    version: int
+    database: Optional[str]  # 1.x
+    username: Optional[str]  # 1.x, with password_file
+    password_file: Optional[Path]
+    org: Optional[str]  # 2.x
+    bucket: Optional[str]
+    token_file: Optional[Path]
+    measurement: str
+    live: bool  # also a point a second from the live readings, rewritten by the hour's upload
+    max_backoff: float
+
+
+@dataclass(frozen=True)
 class MqttConfig:
     host: str
     port: int
@@ -122,6 +139,7 @@ class Config:
     named_files: bool = False
     http: Optional[HttpConfig] = None  # the page, /metrics and /healthz; None: not served
     mqtt: Optional[MqttConfig] = None  # live readings to an MQTT broker / Home Assistant
+    influxdb: Optional[InfluxConfig] = None  # closed hours (and optionally live points) to InfluxDB
     tariff: Optional[Tariff] = None  # time-of-use prices (tariff.py); None: report.price at every moment
 
     def pricing(self) -> Tariff:
@@ -175,6 +193,7 @@ LIMITS: Dict[str, Tuple[float, float, str]] = {
     "device.runs.stop_watts": (0, 100_000, "W below which a run may end (at most start_watts)"),
     "device.runs.stop_after": (1, 86_400, "seconds below stop_watts that end a run: a day at most"),
     "bigquery.max_backoff": (1, 86_400, "seconds between upload retries at most"),
+    "influxdb.max_backoff": (1, 86_400, "seconds between InfluxDB write retries at most"),
     "report.price": (0, 1_000_000, "price of a kWh"),
     "mqtt.port": (1, 65_535, "TCP ports"),
     "mqtt.publish_interval": (1, 3600, "seconds between MQTT state messages; below 1 the broker floods"),
@@ -276,6 +295,32 @@ def zone_name(value: Any) -> str:
     value = text(value)
     time_zone(value)
     return value
+
+
+def http_url(value: Any) -> str:
+    url = text(value)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"{url!r} is not a server's base URL such as http://127.0.0.1:8086")
+    try:
+        parts.port
+    except ValueError as exc:
+        raise ValueError(f"{url!r}: {exc}") from None
+    return url.rstrip("/")
+
+
+def influx_version(value: Any) -> int:
+    """Which write API: a choice of two, not a range (so not in LIMITS)."""
+    if value not in (1, 2) or isinstance(value, bool):
+        raise ValueError(f"must be 1 (InfluxDB 1.x: /write) or 2 (InfluxDB 2.x: /api/v2/write), got {value!r}")
+    return value
+
+
+def measurement_name(value: Any) -> str:
+    name = text(value)
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name):
+        raise ValueError(f"{name!r}: use 1-64 letters, digits and _ . : -")
+    return name
 
 
 # --- adapter: which Bluetooth adapter a BLE meter is reached through ---
@@ -472,7 +517,20 @@ MQTT: Spec = {
     "discovery_prefix": (optional(topic), "homeassistant"),
     "publish_interval": (number("mqtt.publish_interval"), 10.0),
 }
-TOP_LEVEL = ("general", "device", "devices", "bigquery", "report", "http", "mqtt", "tariff")
+INFLUXDB: Spec = {
+    "url": (http_url, REQUIRED),
+    "version": (influx_version, None),  # None: 1
+    "database": (optional(text), None),
+    "username": (optional(text), None),
+    "password_file": (optional(text), None),
+    "org": (optional(text), None),
+    "bucket": (optional(text), None),
+    "token_file": (optional(text), None),
+    "measurement": (measurement_name, "wattchecker"),
+    "live": (boolean, False),
+    "max_backoff": (number("influxdb.max_backoff"), 3600.0),
+}
+TOP_LEVEL = ("general", "device", "devices", "bigquery", "report", "http", "mqtt", "tariff", "influxdb")
 
 
 # --- loading -------------------------------------------------------------------------
@@ -620,6 +678,28 @@ def _http(ctx: _Context, data: Any, base: Path) -> HttpConfig:
     return HttpConfig(*values["listen"], values["allowed_hosts"], (base / token).resolve() if token else None)
 
 
+def _influxdb(ctx: _Context, data: Any, base: Path) -> InfluxConfig:
+    """An influxdb: section: the keys of its version, each needed one present, the others refused."""
+    values = _section(ctx, ["influxdb"], data, INFLUXDB)
+    values["version"] = values["version"] or 1
+    needed = ("database",) if values["version"] == 1 else ("org", "bucket", "token_file")
+    other = ("org", "bucket", "token_file") if values["version"] == 1 else ("database", "username", "password_file")
+    for key in other:
+        if values[key] is not None:
+            raise ctx.error(["influxdb", key], f"only applies to InfluxDB {3 - values['version']}.x "
+                            f"(version: {3 - values['version']}); this section is for version {values['version']}")
+    for key in needed:
+        if values[key] is None:
+            raise ctx.error(["influxdb", key], f"missing (required for InfluxDB {values['version']}.x)")
+    if (values["username"] is None) != (values["password_file"] is None):
+        key = "password_file" if values["username"] is not None else "username"
+        raise ctx.error(["influxdb", key], "missing: username and password_file go together")
+    for key in ("password_file", "token_file"):
+        if values[key] is not None:
+            values[key] = (base / values[key]).resolve()
+    return InfluxConfig(**values)
+
+
 def _poll_interval(ctx: _Context, interval: float, devices: Sequence[DeviceConfig]) -> None:
     """Below 0.1 s only for simulated meters: a real one measures once a second, so faster polls only load its link."""
     floor = LIMITS["general.poll_interval"][0]
@@ -677,11 +757,12 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
     # A bare ``http:`` line turns the page on with its defaults.
     http = _http(ctx, data["http"], base) if "http" in data else None
     mqtt = _mqtt(ctx, data["mqtt"], base) if "mqtt" in data else None
+    influxdb = _influxdb(ctx, data["influxdb"], base) if data.get("influxdb") is not None else None
     devices = _devices(ctx, data)
     _poll_interval(ctx, general["poll_interval"], devices)
     tariff = parse_tariff(data["tariff"], ctx.error) if data.get("tariff") is not None else None
     return Config(source, GeneralConfig(**general), devices, bigquery, report, "devices" in data, http=http,
-                  mqtt=mqtt, tariff=tariff, key_lines=_key_lines(root))
+                  mqtt=mqtt, tariff=tariff, influxdb=influxdb, key_lines=_key_lines(root))
 
 
 def _key_lines(root: Optional[yaml.Node]) -> Dict[str, int]:

@@ -59,6 +59,10 @@ def _preflight(config: Config) -> List[str]:
         from .upload.bigquery import check_setup as check_bigquery
 
         warnings += check_bigquery(config.bigquery)
+    if config.influxdb is not None:
+        from .upload.influxdb import check_setup as check_influxdb
+
+        warnings += check_influxdb(config.influxdb)
     if config.mqtt is not None:
         from .mqtt import check_setup as check_mqtt
 
@@ -125,6 +129,17 @@ def name_os_thread(name: str) -> None:
             comm.write(name[:15])
     except OSError:
         pass
+
+
+class Tee:
+    """The writer's closed-file announcements, to every upload sink's own queue."""
+
+    def __init__(self, *queues: "queue.Queue[ClosedFile]") -> None:
+        self.queues = queues
+
+    def put(self, item: ClosedFile) -> None:
+        for q in self.queues:
+            q.put(item)
 
 
 class Heartbeats:
@@ -222,7 +237,7 @@ class Daemon:
             buffer_seconds=general.data_buffer_size,
             grace=general.hour_close_grace,
             max_buffered_rows=general.max_buffered_rows,
-            closed_files=self.closed_files if config.bigquery else None,  # nobody else takes them
+            closed_files=self._announcements(config),  # None: nobody takes them
         )
         self.uploader = self._uploader_for(config)
         self.retention = self._retention_for(config)  # after the uploader: it reads the ledger that one compacts
@@ -232,6 +247,7 @@ class Daemon:
         self.live = self._live_for(config)
         if self.live is not None:
             self.writer.listener = self.live  # the energy counts what reached the disk, once
+        self.influx, self.influx_live = self._influx_for(config)  # after the live state its live points read
         self.mqtt = None  # the MQTT publisher, made by its thread once the readers exist
         self.web = self._web_for(config)
         self._writer_thread: Optional[threading.Thread] = None
@@ -262,18 +278,43 @@ class Daemon:
             max_backoff=config.bigquery.max_backoff,
         )
 
+    def _announcements(self, config: Config):
+        """Where the writer announces closed files: each configured sink's queue."""
+        self.influx_files: "queue.Queue[ClosedFile]" = queue.Queue()
+        sinks = ([self.closed_files] if config.bigquery else []) + ([self.influx_files] if config.influxdb else [])
+        return sinks[0] if len(sinks) == 1 else Tee(*sinks) if sinks else None
+
+    def _influx_for(self, config: Config):
+        """The InfluxDB sink and its live points (None each when not configured)."""
+        if config.influxdb is None:
+            return None, None
+        from .upload.influx_uploader import InfluxUploader, LivePoints
+        from .upload.influxdb import InfluxTarget
+
+        devices = device_values(config, self.identity)
+        names = {(d.name if config.named_files else ""): d.name for d in config.devices}
+        sink = InfluxUploader(config.general.data_dir, InfluxTarget(config.influxdb, self.clock), self.clock,
+                              devices=devices, names=names, max_backoff=config.influxdb.max_backoff)
+        if not config.influxdb.live:
+            return sink, None
+        by_name = {d.name: devices[d.name if config.named_files else ""] for d in config.devices}
+        return sink, LivePoints(self.live, InfluxTarget(config.influxdb, self.clock), self.clock, by_name)
+
     def _retention_for(self, config: Config):
         """Retention when ``retention_days`` is set, else None (and no thread)."""
         if config.general.retention_days is None:
             return None
         from .upload.retention import Retention
 
-        return Retention(config.general.data_dir, self.clock, config.general.retention_days,
-                         uploading=config.bigquery is not None)
+        from .upload.ledger import INFLUX_LEDGER_NAME as INFLUX_LEDGER
+        from .upload.ledger import LEDGER_NAME
+
+        ledgers = ([LEDGER_NAME] if config.bigquery else []) + ([INFLUX_LEDGER] if config.influxdb else [])
+        return Retention(config.general.data_dir, self.clock, config.general.retention_days, ledgers=ledgers)
 
     def _live_for(self, config: Config):
         """The live state when an output shows it (MQTT, the page), else None; run() restores its energy."""
-        if config.mqtt is None and config.http is None:
+        if config.mqtt is None and config.http is None and not (config.influxdb and config.influxdb.live):
             return None
         from .dashboard import history_seconds
         from .live import LiveState
@@ -301,7 +342,7 @@ class Daemon:
         from .web import Sources, WebServer
 
         sources = Sources(self.live, lambda: {name: r.stats for name, r in self.readers.items()},
-                          self.writer, self.uploader, self.health, self.identity.meters, self._ble_stats)
+                          self.writer, self.uploader, self.health, self.identity.meters, self._ble_stats, self.influx)
         return WebServer(config, sources, self.clock)
 
     def health(self) -> List[str]:
@@ -355,6 +396,18 @@ class Daemon:
         except Exception:
             log.exception("uploader failed; closed files stay queued for the next start")
 
+    def _send_influx(self, influx_stop: threading.Event) -> None:
+        try:
+            self.influx.run(self.influx_files, influx_stop)
+        except Exception:
+            log.exception("InfluxDB sink failed; closed hours stay queued for the next start")
+
+    def _send_influx_live(self) -> None:
+        try:
+            self.influx_live.run(self.stop)
+        except Exception:
+            log.exception("InfluxDB live points failed; the hours' uploads still send every row")
+
     def _delete_expired(self) -> None:
         try:
             self.retention.run(self.stop)
@@ -406,6 +459,9 @@ class Daemon:
         writer_thread = self._writer_thread = self._start("writer", self._write, writer_stop)
         uploader_thread = self._start("uploader", self._upload, uploader_stop) if self.uploader else None
         retention_thread = self._start("retention", self._delete_expired) if self.retention else None
+        influx_stop = threading.Event()
+        influx_thread = self._start("influxdb", self._send_influx, influx_stop) if self.influx else None
+        live_thread = self._start("influxdb live", self._send_influx_live) if self.influx_live else None
         for name, reader in self.readers.items():
             self._threads.append(self._start(f"reader {name}", self._read_meter, name, reader))
         mqtt_stop = threading.Event()
@@ -437,6 +493,10 @@ class Daemon:
                 log.warning("an upload is still in flight; it stays queued and is resolved at the next start")
         if retention_thread is not None:  # it stops with ``stop``; an unfinished pass is done at the next start
             retention_thread.join(JOIN_TIMEOUT)
+        for thread, stop in ((influx_thread, influx_stop), (live_thread, self.stop)):
+            if thread is not None:  # an unfinished write is sent again at the next start: it overwrites
+                stop.set()
+                thread.join(JOIN_TIMEOUT)
         self._report(final=True)
         self.notifier.close()
         return EXIT_FAILED if self.failure else EXIT_OK
@@ -515,6 +575,11 @@ class Daemon:
             u = self.uploader.stats
             log.info("%suploader: uploaded=%d rows=%d jobs=%d queued=%d failed=%d retries=%d",
                      prefix, u.uploaded, u.rows, u.jobs, self.uploader.pending, u.failed, u.retries)
+        if self.influx is not None:
+            i = self.influx.stats
+            log.info("%sinfluxdb: uploaded=%d points=%d requests=%d queued=%d failed=%d retries=%d%s", prefix,
+                     i.uploaded, i.points, i.requests, self.influx.pending, i.failed, i.retries,
+                     f" live={self.influx_live.written}" if self.influx_live else "")
         if self.retention is not None:
             log.info("%sretention: deleted=%d", prefix, self.retention.deleted)
         if self.mqtt is not None:

@@ -81,7 +81,9 @@ class LiveCollector(Collector):
         meter_ids: Optional[Dict[str, str]] = None,
         ble_stats: Callable[[], Dict[str, object]] = dict,
         today: Optional[Callable[[], Dict[str, dict]]] = None,
+        influx=None,
     ) -> None:
+        self.influx = influx  # the InfluxDB sink, or None
         self.live = live
         self.today = today  # the page's EnergyView.summary: per meter today's "kwh" and "cost"
         self.ble_stats = ble_stats
@@ -101,6 +103,12 @@ class LiveCollector(Collector):
         yield from self._writer()
         if self.uploader is not None:
             yield from self._uploads(self.uploader)
+        if self.influx is not None:
+            yield from self._influx_uploads(self.influx)
+        yield GaugeMetricFamily(PREFIX + "clock_synchronised",
+                                "1 while the system clock is synchronised (NTP), else 0: readings then carry the "
+                                "meter's own clock, unless the system clock was stepped.",
+                                value=1.0 if self.clock.synchronised() else 0.0)
 
     def _live(self) -> Iterator[Metric]:
         power = GaugeMetricFamily(PREFIX + "power_watts", "Active power now; absent when the meter is quiet.",
@@ -163,10 +171,15 @@ class LiveCollector(Collector):
         latch = GaugeMetricFamily(
             PREFIX + "relay_overloaded", "1 while the relay is latched off for over-power, until an explicit ON.",
             labels=["meter"])
+        relay = GaugeMetricFamily(PREFIX + "relay_on", "1 while the relay is on, 0 while off; absent for a meter "
+                                  "without a relay or before its state is known.", labels=["meter"])
         for name, state in sorted(self.live.snapshot().items()):
             if state.overloaded is not None:
                 latch.add_metric([name], 1.0 if state.overloaded else 0.0)
+            if state.relay is not None:
+                relay.add_metric([name], 1.0 if state.relay else 0.0)
         yield latch
+        yield relay
 
     def _meter_counters(self) -> Iterator[Metric]:
         stats = self.meter_stats()
@@ -215,6 +228,17 @@ class LiveCollector(Collector):
         if last is not None:
             yield GaugeMetricFamily(PREFIX + "last_upload_timestamp_seconds",
                                     "When the last upload succeeded (Unix time).", value=float(utc_epoch(last)))
+
+
+    @staticmethod
+    def _influx_uploads(sink) -> Iterator[Metric]:
+        s = sink.stats
+        yield CounterMetricFamily(PREFIX + "influxdb_uploaded_hours", "Closed hours written to InfluxDB.",
+                                  value=s.uploaded)
+        yield CounterMetricFamily(PREFIX + "influxdb_failed_hours",
+                                  "Closed hours InfluxDB refused (their points in failed/).", value=s.failed)
+        yield GaugeMetricFamily(PREFIX + "influxdb_queued_hours", "Closed hours waiting to be written to InfluxDB.",
+                                value=sink.pending)
 
 
 def registry_for(collector: LiveCollector) -> CollectorRegistry:

@@ -122,6 +122,7 @@ class Sources:
     health: Callable[[], List[str]]  # the daemon's problems (dead or silent threads); [] when fine
     meter_ids: Optional[Dict[str, str]] = None  # meter name -> id (identity.py), a /metrics label
     ble_stats: Callable[[], Dict[str, object]] = dict  # meter name -> ble.BleStats, for RS-BTWATTCH2s
+    influx: Optional[object] = None  # upload.influx_uploader.InfluxUploader, when influxdb: is configured
 
 
 class _Server(ThreadingHTTPServer):
@@ -343,7 +344,7 @@ def _metrics_renderer(sources: Sources, clock: Clock,
     from .metrics import LiveCollector, registry_for
 
     registry = registry_for(LiveCollector(sources.live, sources.meter_stats, sources.writer, sources.uploader, clock,
-                                          sources.meter_ids, sources.ble_stats, today))
+                                          sources.meter_ids, sources.ble_stats, today, sources.influx))
     return lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
 
 

@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  data: {g.data_dir} ({', '.join(g.data_format)}), flushed every {g.data_buffer_size:g} s")
     print(f"  time sync: {time_sync(g.time_sync_wait)}")
     print(f"  BigQuery: {bigquery}")
+    if config.influxdb is not None:
+        from ..upload.influxdb import summary as influx_summary
+
+        print(f"  InfluxDB: {influx_summary(config.influxdb)}")
     print(f"  MQTT: {mqtt_summary(config.mqtt, identity) if config.mqtt else 'not configured'}")
     print(f"  page: {f'http://{config.http.listen}/ (/metrics, /healthz)' if config.http else 'not configured'}")
     return EXIT_OK

@@ -17,7 +17,8 @@ from ..writer import (
 
 log = logging.getLogger(__name__)
 
-LEDGER_NAME = "uploaded.json"
+LEDGER_NAME = "uploaded.json"  # BigQuery's
+INFLUX_LEDGER_NAME = "influx-uploaded.json"
 JOURNAL_NAME = LEDGER_NAME + ".journal"
 
 
@@ -35,10 +36,12 @@ class Ledger:
     running daemon and `wattchecker-client upload` share it.
     """
 
-    def __init__(self, data_dir: Path, compact: bool = True) -> None:
-        self.path = data_dir / LEDGER_NAME
-        self.journal = data_dir / JOURNAL_NAME
-        self._lock_path = data_dir / (LEDGER_NAME + ".lock")
+    def __init__(self, data_dir: Path, compact: bool = True, name: str = LEDGER_NAME) -> None:
+        # ``name``: each sink keeps its own ledger (BigQuery ``uploaded.json``, InfluxDB ``influx-uploaded.json``)
+        self.name = name
+        self.path = data_dir / name
+        self.journal = data_dir / (name + ".journal")
+        self._lock_path = data_dir / (name + ".lock")
         self._entries: Dict[str, dict] = {}
         self._pending: Dict[str, dict] = {}
         self._snapshot_id: Optional[Tuple[int, int, int]] = None
@@ -65,11 +68,12 @@ class Ledger:
         except (ValueError, AttributeError) as exc:
             # Starting afresh is safe: job ids are deterministic, so an hour
             # already in BigQuery is found (409) and adopted, never loaded twice.
-            aside = self.path.with_name(LEDGER_NAME + ".unreadable")
+            aside = self.path.with_name(self.name + ".unreadable")
             os.replace(self.path, aside)
             with contextlib.suppress(FileNotFoundError):
-                os.replace(self.journal, self.journal.with_name(JOURNAL_NAME + ".unreadable"))
-            log.error("%s was unreadable (%s): moved to %s; rebuilding it from BigQuery's jobs",
+                os.replace(self.journal, self.journal.with_name(self.journal.name + ".unreadable"))
+            log.error("%s was unreadable (%s): moved to %s; rebuilding it from the server (a re-sent hour is found, "
+                      "never stored twice)",
                       self.path, exc, aside.name)
             self._entries, self._pending = {}, {}
             self._snapshot_id, self._journal_at = None, (-1, 0)

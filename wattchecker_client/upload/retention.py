@@ -3,10 +3,11 @@
 Its own job, started by the daemon in its own thread whether or not BigQuery
 is configured: an hourly pass must not hold up the uploader's queue or the
 main thread's watchdog, and its first pass after an upgrade may summarise a
-year of hours. With BigQuery it reads the uploader's ledger (its own
-``Ledger``, re-read each pass: the journal is append-only, so that reads only
-the lines added since) and deletes only hours credited there; a pending
-batch's hours stay until their job is resolved.
+year of hours. With uploads configured it reads each sink's ledger (BigQuery's
+``uploaded.json``, InfluxDB's ``influx-uploaded.json``; its own ``Ledger``
+each, re-read each pass: the journal is append-only, so that reads only the
+lines added since) and deletes only hours credited in every one of them; a
+pending batch's hours stay until their job is resolved.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import datetime as dt
 import logging
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from .. import fileops
 from ..clock import Clock
 from ..datadir import CURRENT_PART, HOUR_FORMAT, closed_files_in, hour_summaries, sources_for
 from .hours import HourFile, hour_files
-from .ledger import Ledger
+from .ledger import LEDGER_NAME, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +32,29 @@ INTERVAL = 3600.0  # seconds between passes; an hour file is the smallest thing 
 class Retention:
     """Deletes expired closed hours; ``deleted`` counts them for the status line."""
 
-    def __init__(self, data_dir: Path, clock: Clock, days: int, uploading: bool) -> None:
+    def __init__(self, data_dir: Path, clock: Clock, days: int, uploading: bool = False,
+                 ledgers: Sequence[str] = ()) -> None:
+        """``ledgers``: the file names of the configured sinks' ledgers; ``uploading``: BigQuery's alone."""
         self.data_dir = data_dir
         self.clock = clock
         self.days = days
-        self.ledger: Optional[Ledger] = Ledger(data_dir, compact=False) if uploading else None
+        names = list(ledgers) or ([LEDGER_NAME] if uploading else [])
+        self.ledgers: List[Ledger] = [Ledger(data_dir, compact=False, name=name) for name in names]
         self.deleted = 0
 
     def delete_expired(self) -> int:
         """One pass; the hours deleted. An hour goes as a unit, all its parts and formats together,
-        once every part of it is in BigQuery (when uploading) and a summary of all its files is saved."""
-        if self.ledger is not None:
-            self.ledger.reload()
+        once every part of it is in every sink (when uploading) and a summary of all its files is saved."""
+        for ledger in self.ledgers:
+            ledger.reload()
         cutoff = self.clock.now() - dt.timedelta(days=self.days)
         hours: Dict[Tuple[str, dt.datetime], List[HourFile]] = {}
         for unit in hour_files(closed_files_in(self.data_dir)):
             if unit.hour + dt.timedelta(hours=1) <= cutoff:
                 hours.setdefault((unit.stem, unit.hour), []).append(unit)
-        if self.ledger is not None:  # an hour with a part not yet uploaded keeps every part
-            hours = {key: units for key, units in hours.items() if all(u.key in self.ledger for u in units)}
+        # an hour with a part not yet in every sink keeps every part
+        hours = {key: units for key, units in hours.items()
+                 if all(u.key in ledger for u in units for ledger in self.ledgers)}
         deleted = 0
         for stem in sorted({stem for stem, _ in hours}):
             sources = sources_for(self.data_dir, stem)

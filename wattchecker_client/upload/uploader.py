@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import queue
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..clock import Backoff, Clock
-from ..datadir import REASON_SUFFIX, closed_name
+from ..datadir import REASON_SUFFIX
 from ..errors import SetupError
-from ..writer import ClosedFile, closed_files_in, parse_closed
+from ..writer import closed_files_in
 from .bigquery import BigQueryTarget, classify, missing_role
 from .errors import AccessDenied, JobFailed, PermanentError, StaleJobId, TransientError
 from .hours import (
@@ -42,12 +40,11 @@ from .hours import (
     csv_body,
     day_groups,
     hour_files,
-    hour_key,
     job_id_for,
-    open_hours,
     readable_rows,
 )
 from .ledger import Ledger
+from .sink import HourSink, Outage
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +82,11 @@ class Batch:
         return first if first == last else f"{first} .. {last} ({len(self.hours)} hours)"
 
 
-class Uploader:
+class Uploader(HourSink):
     """Uploads closed hours oldest first, a day of one meter per load job; a failing file never
     blocks the ones after it."""
+
+    label = "upload"
 
     def __init__(
         self,
@@ -109,44 +108,9 @@ class Uploader:
         self.stats = UploadStats()
         self._queued: Dict[str, HourFile] = {}
         self._next_try = 0.0
-        self._outage_since: Optional[float] = None
-        self._outage_logged: Set[str] = set()
+        self.outage = Outage(clock, self.label, "BigQuery")
         # Hours of a batch BigQuery rejected: each is loaded alone, so only the bad one fails.
         self._single: Set[str] = set()
-
-    def backlog(self, settled_only: bool = False) -> List[HourFile]:
-        """Closed hours in the data dir that the ledger does not hold, oldest first.
-
-        ``settled_only``: without the hours the writer is closing in another format right
-        now; the running service hears of those once every format is closed.
-        """
-        hours = [h for h in hour_files(closed_files_in(self.data_dir)) if h.key not in self.ledger]
-        if settled_only:
-            closing = open_hours(self.data_dir)
-            hours = [h for h in hours if (h.stem, h.hour) not in closing]
-        return hours
-
-    def queue(self, files: Sequence[HourFile]) -> None:
-        for hour_file in files:
-            self._queued.setdefault(hour_file.key, hour_file)
-
-    def announced(self, closed: ClosedFile) -> None:
-        """The writer closed a file: queue its hour, with every format present now."""
-        parsed = parse_closed(closed.path)
-        if parsed is None:
-            return
-        stem, _, hour, part = parsed
-        key = hour_key(stem, hour, part)
-        self._queued.pop(key, None)
-        # the hour's formats by name and a stat each: a listing per file grew with the years of files
-        present = [p for p in (self.data_dir / closed_name(stem, fmt, hour, part) for fmt in ("json", "csv")) if p.exists()]
-        for hour_file in hour_files(present):
-            if key not in self.ledger:
-                self._queued[key] = hour_file
-
-    @property
-    def pending(self) -> int:
-        return len(self._queued)
 
     # --- one batch ---------------------------------------------------------------------
 
@@ -329,24 +293,13 @@ class Uploader:
     def _waiting(self, exc: TransientError, key: str) -> None:
         """Log once per outage (and once more if access is denied in it); count every retry."""
         self.stats.retries += 1
-        if self._outage_since is None:
-            self._outage_since = self.clock.monotonic()
-        kind = "denied" if isinstance(exc, AccessDenied) else "waiting"
-        if kind in self._outage_logged:
-            log.debug("upload of %s still waiting: %s", key, exc)
-        elif isinstance(exc, AccessDenied):
-            log.error("BigQuery denied access (403): the service account likely lacks %s; "
-                      "hours stay queued and are retried with backoff: %s",
-                      missing_role(exc, self.target.project, self.target.config.dataset_id), exc)
-        else:
-            log.warning("upload of %s must wait: %s; will retry", key, exc)
-        self._outage_logged.add(kind)
+        denied = (f"BigQuery denied access (403): the service account likely lacks "
+                  f"{missing_role(exc, self.target.project, self.target.config.dataset_id)}; "
+                  f"hours stay queued and are retried with backoff: {exc}") if isinstance(exc, AccessDenied) else ""
+        self.outage.waiting(exc, key, denied)
 
     def _healed(self) -> None:
-        if self._outage_since is not None:
-            log.info("BigQuery reachable again after %.0f s", self.clock.monotonic() - self._outage_since)
-        self._outage_since = None
-        self._outage_logged.clear()
+        self.outage.over()
 
     def _restore_if_failed_before(self, hour_file: HourFile) -> None:
         """A file re-sent from failed/ goes back beside the others, its .reason removed."""
@@ -418,29 +371,3 @@ class Uploader:
             self._queued.pop(key, None)
         self.backoff.reset()
         return bool(self._queued)
-
-    def run(self, closed_files: "queue.Queue[ClosedFile]", stop: threading.Event) -> None:
-        """The uploader thread: the backlog first, then each hour as the writer closes it."""
-        self.queue(self.backlog(settled_only=True))
-        if self._queued:
-            log.info("upload backlog: %d hour(s)", len(self._queued))
-        while not stop.is_set():
-            try:
-                busy = self.step()
-            except Exception:  # a full disk moving a file, ...: log it, wait, go on
-                log.exception("uploader step failed; retrying later")
-                self._next_try = self.clock.monotonic() + self.backoff.next_delay()
-                busy = False
-            self.take_announcements(closed_files, timeout=0 if busy else 1.0)
-
-    def take_announcements(self, closed_files: "queue.Queue[ClosedFile]", timeout: float) -> None:
-        """Every file closed meanwhile, waiting up to ``timeout`` for the first.
-
-        All of them: taking one per batch made one load job per hour whenever
-        the hours closed faster than BigQuery loaded them, and then the queue
-        never caught up.
-        """
-        closed = self.clock.get(closed_files, timeout=timeout)
-        while closed is not None:
-            self.announced(closed)
-            closed = self.clock.get(closed_files, timeout=0)
