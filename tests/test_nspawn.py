@@ -150,7 +150,8 @@ def assert_the_meter_kept_its_time(target: Path) -> None:
     state = probed(target)
     assert state["StatusText"].startswith(
         "reading wattchecker at sim://?clock_offset=3600; clock: the meter's (the system clock is not synchronised "
-        "and may lag; a meter behind it is set forward, never back); waiting up to 180 s"), state
+        "and may lag; a meter behind it is set forward, never back); the system clock is not synchronised yet "
+        "(a warning if it is not within 180 s)"), state
     log = (target / "log" / "wattchecker-client.log").read_text()
     assert "org.freedesktop.timedate1 says whether the system clock is synchronised" in log  # ProtectClock=yes
 
