@@ -26,13 +26,16 @@ LOOPBACK = "loopback"
 
 
 def client_key(address: str) -> str:
-    """The client an address belongs to: every loopback address is the one local machine."""
+    """The client an address belongs to: every loopback address is the one local machine, and an
+    IPv4-mapped IPv6 address its IPv4 client (whose text Python 3.13 writes differently)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return address
     mapped = getattr(ip, "ipv4_mapped", None)
-    return LOOPBACK if ip.is_loopback or (mapped is not None and mapped.is_loopback) else str(ip)
+    if mapped is not None:  # an IPv4 client reaching a dual-stack socket is that IPv4 client
+        ip = mapped
+    return LOOPBACK if ip.is_loopback else str(ip)
 
 
 class Ticket:
