@@ -256,29 +256,36 @@ def file_lines(path: Path, hour: Optional[str] = None) -> List[FileRow]:
     left spanning two hours holds rows of both).
     """
     closed = path.suffix == ".gz"
-    with open_text(path) as f:
-        lines = f.read().splitlines(keepends=True)
-    if not closed and lines and not lines[-1].endswith("\n"):
-        lines.pop()
     rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            second, watts = parse_line(line)
-            stamp = line[14:27] if line[0] == "{" else line[:13]
-            ok = stamp[4] == "-" and stamp[10] == " " and 0 <= second < 3600
-        except (ValueError, IndexError):
-            ok = False
-        if not ok:
-            if closed and line.strip():
-                raise Damaged(f"line {number} is not a row")
-            continue
-        if hour is None or stamp == hour:
-            rows.append(FileRow(second, watts, line))
-        elif closed:
-            raise Damaged(f"line {number} is not of the file's hour")
+    with open_text(path) as f:  # line by line: an hour's text is never held whole beside its rows
+        for number, line in enumerate(f, 1):
+            if not closed and not line.endswith("\n"):
+                break  # only the last line can lack its newline
+            row = _file_row(line, number, closed, hour)
+            if row is not None:
+                rows.append(row)
     if closed and not rows:
         raise Damaged("no rows")
     return rows
+
+
+def _file_row(line: str, number: int, closed: bool, hour: Optional[str]) -> Optional[FileRow]:
+    """One line as a row of ``hour``; None for a line to pass over; Damaged in a closed file."""
+    try:
+        second, watts = parse_line(line)
+        stamp = line[14:27] if line[0] == "{" else line[:13]
+        ok = stamp[4] == "-" and stamp[10] == " " and 0 <= second < 3600
+    except (ValueError, IndexError):
+        ok = False
+    if not ok:
+        if closed and line.strip():
+            raise Damaged(f"line {number} is not a row")
+        return None
+    if hour is None or stamp == hour:
+        return FileRow(second, watts, line)
+    if closed:
+        raise Damaged(f"line {number} is not of the file's hour")
+    return None
 
 
 def quarantine(path: Path, reason: str) -> None:
