@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import fileops
+from .clock import utc_epoch
 from .fileops import FILE_MODE, private_file  # noqa: F401  (re-exported: the folder's file mode)
 
 log = logging.getLogger(__name__)
@@ -449,6 +450,12 @@ def sources_between(data_dir: Path, stem: str, start: int, end: int) -> HourSour
             part += 1
     add_current(data_dir, stem, sources)
     return sources
+
+
+def hour_sources(data_dir: Path, stem: str, hour: dt.datetime) -> HourSources:
+    """One UTC hour's files (with the plain file's, whatever hour it holds), by name and a stat each."""
+    start = utc_epoch(hour)
+    return sources_between(data_dir, stem, start, start + 3600)
 
 
 def add_current(data_dir: Path, stem: str, sources: HourSources) -> None:

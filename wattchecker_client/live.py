@@ -403,16 +403,15 @@ class LiveState:
         """Count again from the files every meter a late row made uncountable, rows told since joined on."""
         if self.restorer is not None and self.restorer.is_alive():
             return
-        work = []
+        again: List[Tuple[str, str, Optional[int]]] = []  # (meter, stem, count up to)
         with self._changed:
             for name, state in self._meters.items():
                 if state.recount and state.base is not None:
                     state.recount, state.base, state.running = False, None, Accumulator()
                     state.upto = state.newest
-                    work.append((name, Accumulator(), None))
-        if work:
-            work = [(name, start, FileRows(self.data_dir, self._meters[name].stem, None, self._meters[name].upto))
-                    for name, start, _ in work]
+                    again.append((name, state.stem, state.upto))
+        if again:  # the files are listed outside the lock: the readers never wait on a folder listing
+            work = [(name, Accumulator(), FileRows(self.data_dir, stem, None, upto)) for name, stem, upto in again]
             self._run_counts(work, True, "counted again after a late row")
 
     def _run_counts(self, work: List[Tuple[str, Accumulator, "FileRows"]], background: bool, what: str) -> None:

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Set, Tuple
 
 from . import fileops
-from .clock import Clock
+from .clock import Clock, utc_epoch
 from .fileops import TMP_SUFFIX, atomic_write  # noqa: F401  (atomic_write: re-exported)
 from .datadir import (HOUR_FORMAT, closed_files_in, closed_name, line_stamp, open_text,  # noqa: F401  (re-exported)
                       parse_closed, parse_line, parse_stamp)
 from .datadir import (DAMAGE, FAILED_DIR, REASON_SUFFIX, FileRow, append_summaries, file_lines, quarantine,
-                      read_summaries, sources_between, summarize_files)
+                      read_summaries, hour_sources, summarize_files)
 from .formats import FORMATTERS
 from .protocol import Measurement
 
@@ -62,6 +62,7 @@ class FileSet:
         self.data_dir = data_dir
         self.meter = meter
         self.format = fmt
+        self.stem = stem
         self.base = f"{stem}.{fmt}"
         self.current_path = data_dir / self.base
         self.format_row: Callable[[Measurement], str] = FORMATTERS[fmt]
@@ -80,7 +81,7 @@ class FileSet:
     # --- names -------------------------------------------------------------
 
     def closed_path(self, hour: dt.datetime, part: int = 0) -> Path:
-        return self.data_dir / closed_name(self.base[:-len(self.format) - 1], self.format, hour, part)
+        return self.data_dir / closed_name(self.stem, self.format, hour, part)
 
     def closed_parts(self, hour: dt.datetime) -> List[Path]:
         """The hour's closed files in this format (the .gz, then its late parts), by name and a stat each.
@@ -114,16 +115,13 @@ class FileSet:
         once an hour, and for late rows. The hour's files are read (and a
         damaged one quarantined) only when it has a summary.
         """
-        stem = self.base[:-len(self.format) - 1]
-        summary = read_summaries(self.data_dir, stem, since=hour).get(hour)
+        summary = read_summaries(self.data_dir, self.stem, since=hour).get(hour)
         if summary is None:
             return False
-        sources = sources_between(self.data_dir, stem, _epoch(hour), _epoch(hour) + 3600)
+        sources = hour_sources(self.data_dir, self.stem, hour)
         if hour in sources.by_hour:
             sources.union(hour)  # a damaged file is quarantined here, before anything joins its hour
-        present = set(sources.by_hour.get(hour, {}))
-        made_from = set(summary.parts) if summary.files is None else {int(f.rsplit(".", 1)[1]) for f in summary.files}
-        return bool(made_from - present)
+        return bool(set(summary.parts) - set(sources.by_hour.get(hour, {})))
 
     def parse_closed_name(self, name: str) -> Optional[Tuple[dt.datetime, int]]:
         """(hour, part) if ``name`` is one of this set's closed files."""
@@ -175,9 +173,8 @@ class FileSet:
         restore counts up to it, and a row not after it is late. Lines older
         than the newest file's hour are passed over unparsed.
         """
-        stem = self.base[:-len(self.format) - 1]
         since = hour_of(self.last_time) if self.last_time else None
-        for summary in read_summaries(self.data_dir, stem, since).values():
+        for summary in read_summaries(self.data_dir, self.stem, since).values():
             last = summary.hour + dt.timedelta(seconds=summary.last[0])
             if self.last_time is None or last > self.last_time:
                 self.last_time = last
@@ -361,10 +358,6 @@ def _rows_or_none(path: Path) -> List[FileRow]:
         return []
 
 
-def _epoch(hour: dt.datetime) -> int:
-    return int((hour - dt.datetime(1970, 1, 1)).total_seconds())
-
-
 class DurableListener(Protocol):
     """Told what reaches the disk: the energy counter counts exactly these rows."""
 
@@ -478,7 +471,7 @@ class Writer:
                 written.setdefault(m.time, m.watts if fs.format == "json" else float(f"{m.watts:.2f}"))
             held.update(m.time for m in fs.held_already)
             fs.written, fs.held_already = [], []
-        rows = sorted((_epoch(t), watts) for t, watts in written.items() if t not in held)
+        rows = sorted((utc_epoch(t), watts) for t, watts in written.items() if t not in held)
         if self.listener is not None and (rows or complete):
             self.listener.durable(meter, rows, complete)
 
@@ -523,8 +516,7 @@ class Writer:
         """The hour's summary once it is closed in every format, from the union of its files (a
         late part's hour again, whole): the report, the page and the energy restore need not read it."""
         stem = self.stems[meter]
-        start = _epoch(hour)
-        sources = sources_between(self.data_dir, stem, start, start + 3600)
+        sources = hour_sources(self.data_dir, stem, hour)
         summary = summarize_files(sources, hour) if hour in sources.by_hour else None
         if summary is not None:
             append_summaries(self.data_dir, stem, [summary])

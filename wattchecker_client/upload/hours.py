@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Set, Tuple
 
-from ..datadir import FAILED_DIR, file_lines, sources_between  # noqa: F401  (FAILED_DIR: re-exported)
+from ..datadir import FAILED_DIR, file_lines, hour_sources  # noqa: F401  (FAILED_DIR: re-exported)
 from ..writer import (
     HOUR_FORMAT,
     hour_of,
@@ -96,9 +96,7 @@ def readable_rows(hour_file: HourFile) -> Tuple[Path, List[Dict[str, str]]]:
     """The rows this upload unit owns: its hour's union (``datadir.read_union``), the seconds whose
     first part is this one, JSON's values where both formats hold them. A damaged file is
     quarantined on the way; PermanentError if a row still cannot be read."""
-    folder = hour_file.sources[0].parent
-    start = int((hour_file.hour - dt.datetime(1970, 1, 1)).total_seconds())
-    sources = sources_between(folder, hour_file.stem, start, start + 3600)
+    sources = hour_sources(hour_file.sources[0].parent, hour_file.stem, hour_file.hour)
     union = sources.union(hour_file.hour) if hour_file.hour in sources.by_hour else {}
     left = sources.by_hour.get(hour_file.hour, {}).get(hour_file.part, {})
     if not left:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..clock import Backoff, Clock, utc_epoch
-from ..datadir import sources_between
+from ..datadir import hour_sources
 from .errors import PermanentError, TransientError
 from .hours import FAILED_DIR, HourFile, day_groups, row_fields
 from .influxdb import MAX_POINTS, InfluxTarget, RetryLater, chunks, point_lines, series_key
@@ -48,7 +48,7 @@ def hour_union(data_dir: Path, stem: str, hour: dt.datetime) -> Tuple[List[Tuple
     left with a readable file. A whole hour, so a late part's neighbours are sent with their steps
     corrected. PermanentError for a row that cannot be read."""
     start = utc_epoch(hour)
-    sources = sources_between(data_dir, stem, start, start + 3600)
+    sources = hour_sources(data_dir, stem, hour)
     if hour not in sources.by_hour:
         return [], set()
     union = sources.union(hour)  # second of the hour -> its row
