@@ -24,7 +24,8 @@ def test_data_log_and_energy_files_are_0640_after_a_manual_run_with_umask_0(tmp_
     with open(tmp_path / "daemon.err", "wb") as err:
         proc = subprocess.Popen(["sh", "-c", command], cwd=ROOT, stdout=err, stderr=err)
     try:
-        wait_for(lambda: (data / "wattchecker-data.json").exists() and (data / "wattchecker-data.csv").stat().st_size
+        csv = data / "wattchecker-data.csv"  # each flush writes it after the JSON: it may not exist yet
+        wait_for(lambda: (data / "wattchecker-data.json").exists() and csv.exists() and csv.stat().st_size
                  > len(OLD_HOUR_ROW), 60, what="rows in both current files")
     finally:
         proc.terminate()

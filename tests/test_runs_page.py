@@ -31,7 +31,8 @@ def seed_with_runs(now: int, lasting: int = 300) -> Tuple[int, bool]:
         tr = trace("fridge", seed)
         runs = [(now - (now - s) % tr.period, e - s) for s, e in tr.runs]  # (latest start, length) before now
         runs = [(s, s + length) for s, length in runs]
-        finished = any(now - 3300 < e < now - 600 for _, e in runs)  # ended, its quiet wait over
+        # ended, its quiet wait over, and its middle inside the chart's last hour (where the band is looked for)
+        finished = any(now - 3300 < (s + e) / 2 and e < now - 600 for s, e in runs)
         going = any(now - 2400 < s < now - 120 and e > now + lasting for s, e in runs)
         if finished and going:
             return seed, True
