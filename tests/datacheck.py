@@ -42,8 +42,8 @@ def check_data_dir(
     Every row must be what the simulated ``model`` meter measured at its
     second, at that model's wire resolution; with ``relay_switched``, a row may
     also be that second's reading with the relay off (0 mA, 0 W).
-    After a SIGKILL between the CSV and the JSON part of one flush, one format
-    can hold a few seconds the other lost with its buffer: ``formats_agree=False``.
+    After a SIGKILL between the JSON and the CSV part of one flush, the CSV
+    can lack the seconds of that one flush: ``formats_agree=False``.
     """
     assert not list(data_dir.glob("*.tmp")), "temporary files left behind"
     seconds: Dict[str, List[dt.datetime]] = defaultdict(list)

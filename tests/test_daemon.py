@@ -86,11 +86,12 @@ def test_sigkill_then_restart_recovers_every_file(simulator, daemons, tmp_path):
     held = check_data_dir(data_dir, SEED, formats_agree=False)
     final = {t.strftime("%Y-%m-%d %H:%M:%S") for t in held["csv"]}
     assert on_disk <= final  # all that was on disk at the kill survived, nothing twice (checked above)
-    # If the kill fell between the CSV and the JSON part of a flush, the formats
-    # differ by that one flush: a single unbroken run of seconds, nothing else.
-    csv, json_ = sorted(held["csv"]), set(held["json"])
-    assert json_ <= set(csv)
-    missing = [i for i, t in enumerate(csv) if t not in json_]
+    # A flush writes the JSON first (docs/data-folder.md). If the kill fell between
+    # its JSON and CSV appends, the CSV lacks that one flush's rows: a single
+    # unbroken run of the JSON's rows, nothing else.
+    csv, json_ = set(held["csv"]), sorted(held["json"])
+    assert csv <= set(json_)
+    missing = [i for i, t in enumerate(json_) if t not in csv]
     if missing:
         assert missing == list(range(missing[0], missing[-1] + 1))
 

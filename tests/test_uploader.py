@@ -213,18 +213,18 @@ def test_an_original_datetime_table_gets_the_same_csv_and_its_own_schema():
 
 
 def test_the_service_leaves_an_hour_the_writer_is_closing_in_another_format_to_its_announcement(tmp_path):
-    """Started while the writer is between closing the CSV and the JSON, the backlog must not take the CSV."""
+    """Started while the writer is between closing the JSON and the CSV, the backlog must not take the JSON."""
     writer = Writer(tmp_path, {"wattchecker": "wattchecker-data"}, ("csv", "json"), FakeClock(T0))
     writer.recover()
     for i in range(5):
         writer.add("wattchecker", air_conditioner(T0 + dt.timedelta(seconds=i)))
     writer.flush()
-    csv_set, json_set = writer.sets["wattchecker"]
-    csv_set.close_current()  # the JSON's plain file still holds the hour
+    json_set, csv_set = writer.sets["wattchecker"]  # the JSON first (docs/data-folder.md)
+    json_set.close_current()  # the CSV's plain file still holds the hour
     uploader = Uploader(tmp_path, None, Clock())
     assert [h.key for h in uploader.backlog()] == ["wattchecker-data.2026-07-01_00"]  # `upload` would take it
     assert uploader.backlog(settled_only=True) == []
-    json_set.close_current()
+    csv_set.close_current()
     (hour,) = uploader.backlog(settled_only=True)
     assert [p.name for p in hour.sources] == [
         "wattchecker-data.json.2026-07-01_00.gz", "wattchecker-data.csv.2026-07-01_00.gz"]
