@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from wattchecker_client.clock import FakeClock, time_zone
 from wattchecker_client.formats import FORMATTERS, watts_as_stored
-from wattchecker_client.live import STATE_FILE, LiveState
+from wattchecker_client.live import LiveState
+from wattchecker_client.saved import ENERGY_FILE
 from wattchecker_client.protocol import Measurement
 from wattchecker_client.report import meter_report, parse_line
 from wattchecker_client.simulator import air_conditioner
@@ -52,7 +53,7 @@ def test_each_row_holds_for_its_step_up_to_5_s_and_one_second_before_a_longer_st
     live.save(force=True)
     # 100 W for the 5 s step, 200 W for 1 s of its 6 s step, 400 W for 1 s, 800 W (last) for 1 s
     assert live.snapshot()["m"].energy_joules == 100 * 5 + 200 + 400 + 800
-    saved = json.loads((tmp_path / STATE_FILE).read_text())["meters"]["m"]
+    saved = json.loads((tmp_path / ENERGY_FILE).read_text())["meters"]["m"]
     runs = saved.pop("runs")  # the run detector's state after the same rows (runs.py), for a restart mid-run
     assert saved == {"stem": STEM, "credited_joules": 1100.0, "last": [1567850352, 800.0], "floor_joules": 1900.0}
     assert runs["prev"] == [1567850352, 800.0] and runs["start"] == 1567850340 and runs["peak"] == 400.0
@@ -108,14 +109,14 @@ def test_no_state_file_counts_every_file_once_and_a_broken_one_does_the_same(tmp
     first.writer.flush()
     first.live.save(force=True)
     total = first.energy()
-    (tmp_path / STATE_FILE).unlink()
+    (tmp_path / ENERGY_FILE).unlink()
     # closed hours come from their summaries: never below what was shown, and equal but for rounding
     assert total <= Rig(tmp_path, clock).energy() == pytest.approx(total, rel=1e-12)
-    (tmp_path / STATE_FILE).write_text('{"version": 1, "meters": {"m": {"stem": "wattchecker-data", "cred')
+    (tmp_path / ENERGY_FILE).write_text('{"version": 1, "meters": {"m": {"stem": "wattchecker-data", "cred')
     assert total <= Rig(tmp_path, clock).energy() == pytest.approx(total, rel=1e-12)
     assert "energy.json: unreadable" in caplog.text
     # restored once, saved again: a restart reads only the state file
-    assert json.loads((tmp_path / STATE_FILE).read_text())["meters"]["m"]["credited_joules"] > 0
+    assert json.loads((tmp_path / ENERGY_FILE).read_text())["meters"]["m"]["credited_joules"] > 0
 
 
 def test_a_restore_in_the_background_joins_the_rows_read_meanwhile(tmp_path):
@@ -153,7 +154,7 @@ def test_without_a_saved_energy_it_is_unknown_until_the_files_are_counted(tmp_pa
     first = Rig(tmp_path, clock)
     first.feed(readings(list(range(0, 600, 2))))
     first.writer.flush()
-    (tmp_path / STATE_FILE).unlink()
+    (tmp_path / ENERGY_FILE).unlink()
     live = LiveState(clock, tmp_path, {"m": STEM})
     gate = threading.Lock()
     gate.acquire()
@@ -252,9 +253,9 @@ def three_hours_saved(data_dir: Path, clock: FakeClock) -> float:
 def test_a_lost_state_file_after_retention_restores_the_whole_count_from_summaries(tmp_path):
     clock = FakeClock()
     total = three_hours_saved(tmp_path, clock)
-    (tmp_path / STATE_FILE).unlink()
+    (tmp_path / ENERGY_FILE).unlink()
     Rig(tmp_path, clock)  # counts the files once, and leaves their summaries
-    (tmp_path / STATE_FILE).unlink()
+    (tmp_path / ENERGY_FILE).unlink()
     closed = list(tmp_path.glob("*.gz"))
     assert len(closed) == 2 * 3
     for path in closed:

@@ -11,7 +11,8 @@ import pytest
 
 from wattchecker_client.clock import FakeClock, time_zone, utc_epoch
 from wattchecker_client.datadir import held_seconds
-from wattchecker_client.live import STATE_FILE, LiveState
+from wattchecker_client.live import LiveState
+from wattchecker_client.saved import ENERGY_FILE
 from wattchecker_client.protocol import Measurement
 from wattchecker_client.report import meter_report, meter_rows
 from wattchecker_client.runs import RunSettings, detect, resume_index, suggest
@@ -103,7 +104,7 @@ def test_a_restart_in_the_middle_of_a_wash_neither_loses_nor_splits_it(tmp_path,
     write(tmp_path, before, first)
     if saved:
         first.save(force=True)  # as at a clean stop: energy.json holds the detector's state
-        assert json.loads((tmp_path / STATE_FILE).read_text())["meters"]["m"]["runs"]["start"] == zero + first_start
+        assert json.loads((tmp_path / ENERGY_FILE).read_text())["meters"]["m"]["runs"]["start"] == zero + first_start
 
     again = LiveState(clock, tmp_path, {"m": STEM}, runs={"m": tr.settings}, price=PRICE)
     again.restore({"m": before[-1].time})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from wattchecker_client.saved import RELAY_FILE, SavedMeters, load_meters
+from wattchecker_client.saved import ENERGY_FILE, ENERGY_VERSION, RELAY_FILE, SavedMeters, load_meters, saved_energy
 
 
 def relay_file(tmp_path) -> SavedMeters:
@@ -43,3 +43,29 @@ def test_a_save_that_fails_is_one_error_line_and_the_service_carries_on(tmp_path
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == ["heater: cannot save relay.json (Is a directory): the relay's latch would not survive a restart"]
     assert saved.get("heater") == {"overloaded": True, "last_set": False}  # this run still knows it
+
+
+def test_the_energy_file_is_read_once_and_handed_to_the_live_state(tmp_path, caplog):
+    """The daemon reads energy.json at start and hands it on; the live state neither opens nor names it itself."""
+    from wattchecker_client.clock import FakeClock
+    from wattchecker_client.live import Accumulator, LiveState
+
+    entry = {"stem": "wattchecker-data", "credited_joules": 7200.0, "last": [1796563606, 100.0],
+             "floor_joules": 7200.0}
+    (tmp_path / ENERGY_FILE).write_text(json.dumps({"version": ENERGY_VERSION, "meters": {"m": entry}}))
+    handed = saved_energy(tmp_path)
+    (tmp_path / ENERGY_FILE).unlink()  # read once: what was read at start is what the live state restores
+    live = LiveState(FakeClock(), tmp_path / "data", {"m": "wattchecker-data"}, energy_file=handed)
+    live.restore({"m": None})
+    shown = live.snapshot()["m"].energy_joules
+    assert shown == Accumulator.from_json(entry).joules > 7200.0  # its last row's second on top
+    live.save(force=True)  # written through the handed file, where the daemon said
+    assert json.loads((tmp_path / ENERGY_FILE).read_text())["meters"]["m"] == {**entry, "floor_joules": shown}
+    assert not (tmp_path / "data" / ENERGY_FILE).exists()
+
+
+def test_an_energy_file_of_another_version_is_one_warning_and_a_count_from_the_files(tmp_path, caplog):
+    (tmp_path / ENERGY_FILE).write_text('{"version": 2, "meters": {"m": {}}}')
+    assert saved_energy(tmp_path).entries() == {}
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == f"{tmp_path / ENERGY_FILE}: unreadable (not a version 1 file); counting energy from the data files"

@@ -21,7 +21,7 @@ from .identity import for_config as identity_for
 from .meter import MeterMemory, MeterReader, ReaderListener, ReaderSettings, links_for
 from .notify import Notifier
 from .protocol import Measurement, dialect
-from .saved import CLOCK_FILE, RELAY_FILE, SavedMeters
+from .saved import CLOCK_FILE, RELAY_FILE, SavedMeters, saved_energy
 from .transport import RfcommFactory, is_ble
 from .writer import ClosedFile, Writer
 
@@ -244,6 +244,13 @@ class Daemon:
         # A third of the stall limit: a live thread never looks stuck, a stuck one soon does.
         self.heartbeat_interval = general.watchdog_stall / 3
         self.readers: Dict[str, MeterReader] = {}
+        data_dir = general.data_dir  # what the last run left (saved.py): read once, here, and handed on
+        self.saved_relays = SavedMeters(data_dir / RELAY_FILE, "no relay is latched",
+                                        "the relay's latch would not survive a restart")
+        self.saved_clocks = SavedMeters(data_dir / CLOCK_FILE, "each meter's watermark is its newest second on disk",
+                                        "after a restart, right readings may be skipped until the meter passes "
+                                        "the wrong stamps it had")
+        self.saved_energy = saved_energy(data_dir)
         self.live = self._live_for(config)
         if self.live is not None:
             self.writer.listener = self.live  # the energy counts what reached the disk, once
@@ -256,12 +263,6 @@ class Daemon:
         self._reading = "reading " + ", ".join(f"{d.name} at {d.address}" for d in config.devices)
         self._ready_sent = False  # READY sent: a change of clock trust updates the status line
         self._status_lock = threading.Lock()
-        data_dir = general.data_dir  # what the readers left for this run (saved.py): read once, here
-        self.saved_relays = SavedMeters(data_dir / RELAY_FILE, "no relay is latched",
-                                        "the relay's latch would not survive a restart")
-        self.saved_clocks = SavedMeters(data_dir / CLOCK_FILE, "each meter's watermark is its newest second on disk",
-                                        "after a restart, right readings may be skipped until the meter passes "
-                                        "the wrong stamps it had")
 
     def _uploader_for(self, config: Config):
         """An Uploader when BigQuery is configured, else None (and no thread)."""
@@ -333,6 +334,7 @@ class Daemon:
             # runs (runs.py): the running sensor, the finished event, /metrics and the page's band
             runs={d.name: d.runs for d in config.devices},
             price=utc_pricer(config.pricing(), time_zone(config.report.timezone)),
+            energy_file=self.saved_energy,
         )
 
     def _web_for(self, config: Config):

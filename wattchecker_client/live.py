@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -54,12 +53,11 @@ from .datadir import CURRENT_PART, held_seconds, hour_summaries, sources_for, su
 from .formats import watts_as_stored
 from .report import meter_rows
 from .runs import Finished, Price, Run, RunDetector, RunSettings, resume_index
-from .writer import atomic_write, hour_of
+from .saved import SavedMeters, saved_energy
+from .writer import hour_of
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "energy.json"
-STATE_VERSION = 1
 CHECKPOINT_INTERVAL = 30.0  # seconds of host time between writes of energy.json
 RECENT_RUNS = 32  # finished runs kept per meter, for the page's band and an MQTT session that was away
 RUNS_LOOKBACK = 12 * 3600  # seconds of files a start without a saved run state reads back at most
@@ -180,9 +178,11 @@ class LiveState:
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
         runs: Optional[Dict[str, RunSettings]] = None,  # meter name -> its thresholds; default: RunSettings()
         price: Optional[Price] = None,  # UTC second -> price per kWh, for a run's cost
+        energy_file: Optional[SavedMeters] = None,  # energy.json as read at start (saved.py); default: data_dir's
     ) -> None:
         self.clock = clock
-        self.path = data_dir / STATE_FILE
+        self.energy_file = energy_file if energy_file is not None else saved_energy(data_dir)
+        self.path = self.energy_file.path
         self.data_dir = data_dir
         self.stats = LiveStats()
         self._meters = {name: _Meter(name, stem, history_seconds, (runs or {}).get(name, RunSettings()), price)
@@ -227,8 +227,8 @@ class LiveState:
                     state.late = True
                     return  # flagged already, or nothing saved to carry on from
                 state.late = True
-                document = self._document({})
-            self._write(document)
+                meters = self._entries({})
+            self._write(meters)
 
     def durable(self, meter: str, rows: Sequence[Tuple[int, float]], complete: bool = True) -> None:
         """Rows the writer made durable that the folder did not hold: (UTC epoch second, W), in time order.
@@ -314,8 +314,8 @@ class LiveState:
                           if force or self._meters[name].saved != self._entry(name, total)}
                 if not chosen and not force:
                     return
-                document = self._document(chosen)
-            if not self._write(document):
+                meters = self._entries(chosen)
+            if not self._write(meters):
                 return
             with self._changed:
                 for name, total in chosen.items():
@@ -325,9 +325,9 @@ class LiveState:
                 if chosen:
                     self._bump()
 
-    def _write(self, document: dict) -> bool:
+    def _write(self, meters: Dict[str, dict]) -> bool:
         try:
-            atomic_write(self.path, json.dumps(document, indent=1).encode(), compress=False)
+            self.energy_file.replace(meters)
         except OSError as exc:
             self.stats.checkpoint_errors += 1
             if not self._failing:
@@ -350,7 +350,7 @@ class LiveState:
         return {name: state.base.then(state.running) for name, state in self._meters.items()
                 if state.base is not None}
 
-    def _document(self, chosen: Dict[str, Accumulator]) -> dict:
+    def _entries(self, chosen: Dict[str, Accumulator]) -> Dict[str, dict]:
         meters = {}
         for name, s in self._meters.items():
             entry = self._entry(name, chosen[name]) if name in chosen else s.saved
@@ -360,7 +360,7 @@ class LiveState:
                                 **({"late_rows": True} if late or s.late else {})}
                 if s.durable_detector.prev is not None:
                     meters[name]["runs"] = s.durable_detector.state()
-        return {"version": STATE_VERSION, "meters": meters}
+        return meters
 
     # --- start-up ----------------------------------------------------------------------
 
@@ -484,16 +484,8 @@ class LiveState:
             rows.backfill()
 
     def _read_state_file(self) -> Dict[str, dict]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            if data.get("version") != STATE_VERSION or not isinstance(data.get("meters"), dict):
-                raise ValueError(f"not a version {STATE_VERSION} energy file")
-            return data["meters"]
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("%s: unreadable (%s); counting energy from the data files", self.path, exc)
-            return {}
+        """energy.json's entries, as the daemon read them at start (an unreadable file: none, warned once)."""
+        return self.energy_file.entries()
 
 
 def rounded_up(total: Accumulator, terms: int) -> Accumulator:
