@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Seque
 
 from .config import DEFAULT_NAME
 from .transport import MAC_RE
-from .saved import IDS_FILE, load_meters, write_meters
+from .saved import ENERGY_FILE, IDS_FILE, load_meters, write_meters
 
 if TYPE_CHECKING:
     from .config import Config
@@ -125,7 +125,7 @@ def made_before_ids(data_dir: Path) -> bool:
     """The folder holds data of a release without ids: hour files or saved energy, and no ids file."""
     if (data_dir / IDS_FILE).exists():
         return False
-    return (data_dir / "energy.json").exists() or any(data_dir.glob("wattchecker-data*"))
+    return (data_dir / ENERGY_FILE).exists() or any(data_dir.glob("wattchecker-data*"))
 
 
 def _resolve(data_dir: Path, addresses: Mapping[str, str], hostname: Optional[str],

@@ -10,10 +10,7 @@ import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from ..datadir import private_file
-from ..writer import (
-    atomic_write,
-)
+from ..fileops import atomic_write, private_file
 
 log = logging.getLogger(__name__)
 
