@@ -12,6 +12,8 @@ from wattchecker_client.config import parse_config
 from wattchecker_client.daemon import Daemon
 from wattchecker_client.notify import Notifier
 
+from .conftest import wait_for
+
 
 def listen(path):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -63,7 +65,7 @@ def test_watchdog_pings_stop_while_a_reader_hangs_and_resume_after(tmp_path, cap
         # Fed while the reader is fresh, then not: 1.5 s without a ping is three times watchdog_stall.
         hung = collect_until(notify, silent_for(1.5), "silence while the reader hangs")
         release.set()  # the connect fails at last; the reader backs off and lives again
-        recovered = collect_until(notify, lambda got: len(pings(got)) >= 3, "pings once it lives again")
+        collect_until(notify, lambda got: len(pings(got)) >= 3, "pings once it lives again")  # fails if none come
     finally:
         release.set()
         daemon.stop.set()
@@ -107,15 +109,24 @@ def test_without_bigquery_no_uploader_thread_yet_old_hours_are_deleted(tmp_path)
     daemon = Daemon(config, environ={})
     runner = threading.Thread(target=daemon.run)
     runner.start()
+    named = {"writer", "reader wattchec", "retention"}
     try:
-        deadline = time.monotonic() + 30
-        while old.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        threads = {(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()}
+        wait_for(lambda: not old.exists(), 30, what="retention to delete the old hour")
+        # Each thread names itself once it runs: wait for the names, not for the threads to start.
+        threads = wait_for(lambda: named <= thread_names() and thread_names(), 30, what=f"threads named {named}")
     finally:
         daemon.stop.set()
         runner.join(30)
-    assert not old.exists(), "retention did not delete the old hour"
-    assert {"writer", "reader wattchec", "retention"} <= threads
     assert "uploader" not in threads
     assert not runner.is_alive()
+
+
+def thread_names() -> set:
+    """What top -H and ps -L show for this process's threads (one may end while they are read)."""
+    names = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.add((task / "comm").read_text().strip())
+        except FileNotFoundError:
+            pass
+    return names

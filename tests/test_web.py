@@ -306,7 +306,6 @@ def test_healthz_is_503_while_the_writer_is_stalled(tmp_path):
     runner = threading.Thread(target=daemon.run)
     runner.start()
     current = tmp_path / "data" / "wattchecker-data.csv"
-    drained = threading.Event()
     try:
         healthy = wait_for(status_is(f"http://127.0.0.1:{port}/healthz", 200), 30, what="healthy")
         assert json.loads(healthy[2])["status"] == "ok"
@@ -320,10 +319,28 @@ def test_healthz_is_503_while_the_writer_is_stalled(tmp_path):
         assert body["status"] == "unhealthy" and "writer" in body["reason"]
     finally:
         daemon.stop.set()
-        if current.exists() and current.is_fifo():
-            threading.Thread(target=lambda: (Path(current).read_bytes(), drained.set()), daemon=True).start()
+        if current.is_fifo():
+            # A reader lets the blocked open() return; with the pipe gone from the folder, the
+            # writer's next open at stop makes a plain file instead of blocking again.
+            fd = os.open(current, os.O_RDONLY | os.O_NONBLOCK)
+            current.unlink()
+            threading.Thread(target=drain, args=(fd, runner), daemon=True).start()
         runner.join(60)
     assert not runner.is_alive()
+    assert current.read_text().count("\n") >= 1  # the rows kept in memory, written at stop
+
+
+def drain(fd: int, runner: threading.Thread) -> None:
+    """Read a pipe until ``runner`` ends, so a writer into it never blocks; then close it."""
+    try:
+        while runner.is_alive():
+            try:
+                if not os.read(fd, 65536):
+                    runner.join(0.05)  # no writer yet
+            except BlockingIOError:
+                runner.join(0.05)  # a writer, nothing written yet
+    finally:
+        os.close(fd)
 
 
 # --- start-up and check-config -----------------------------------------------------------------
