@@ -121,9 +121,10 @@ def test_the_floats_the_issue_found_fail_check_config_naming_the_key(tmp_path):
                            "general.status_interval: must be at most 86400, got a 400-digit number")]:
         path = tmp_path / "config.yaml"
         path.write_text(f"general:\n  {line}\ndevice:\n  address: sim://\n")
-        result = run_cli("check-config", "--config", str(path))
-        assert (result.returncode, result.stdout) == (2, "")
-        assert result.stderr == f"wattchecker-client: error: {path}:2: {message}\n"
+        for command in ("check-config", "run"):  # the service refuses it at start, as check-config does
+            result = run_cli(command, "--config", str(path))
+            assert (result.returncode, result.stdout) == (2, ""), command
+            assert result.stderr == f"wattchecker-client: error: {path}:2: {message}\n", command
 
 
 def test_unreadable_file(tmp_path):
