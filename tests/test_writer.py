@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from wattchecker_client.clock import FakeClock
+from wattchecker_client.datadir import append_summaries, summarize_closed_hours
 from wattchecker_client.formats import csv_line, json_line
 from wattchecker_client.simulator import air_conditioner
 from wattchecker_client.writer import HOLD_LIMIT, ClosedFile, Writer
@@ -211,6 +212,29 @@ def test_recovery_finishes_a_close_interrupted_after_the_rename(tmp_path):
     assert gz_text(tmp_path / "wattchecker-data.csv.2019-09-07_09.gz") == text
     assert announced(writer) == []  # nothing new: no second was missing
     assert writer.last_time("wattchecker") == data[-1].time
+
+
+def test_recovery_finds_the_newest_second_in_every_row_of_the_newest_hour_and_in_the_latest_summary(tmp_path):
+    """Read row by row (a file of an older release is not sorted; a damaged late part is quarantined and
+    counts for nothing) and summary by summary: a format with no file takes the newest hour's latest line."""
+    clock = FakeClock(T10 + dt.timedelta(hours=2))
+    nine, ten = rows(T9, 3600, step=60), rows(T10, 1200, step=60)
+    for hour, data in (("09", nine), ("10", ten[1:] + ten[:1])):  # 10: its newest row in the middle
+        with gzip.open(tmp_path / f"wattchecker-data.csv.2019-09-07_{hour}.gz", "wt") as f:
+            f.write("".join(csv_line(m) + "\n" for m in data))
+    summaries = summarize_closed_hours(tmp_path, "wattchecker-data")
+    late = tmp_path / "wattchecker-data.csv.2019-09-07_10.part1.gz"
+    with gzip.open(late, "wt") as f:  # a row past every other, then a line that is no row: all or nothing
+        f.write(csv_line(air_conditioner(T10 + dt.timedelta(minutes=50))) + "\nnot a row\n")
+    writer = make_writer(tmp_path, clock)
+    last = {fs.format: fs.last_time for fs in writer.sets["wattchecker"]}
+    assert last == {"csv": ten[-1].time, "json": ten[-1].time}
+    assert not late.exists() and (tmp_path / "failed" / late.name).exists()
+    earlier = summaries[T10]._replace(last=(600, summaries[T10].last[1]))  # a later line for the hour replaces it
+    append_summaries(tmp_path, "wattchecker-data", [earlier, summaries[T9]])
+    again = make_writer(tmp_path, clock)
+    assert {fs.format: fs.last_time for fs in again.sets["wattchecker"]}["json"] == T10 + dt.timedelta(seconds=600)
+    assert again.last_time("wattchecker") == ten[-1].time  # the CSV's rows hold the newer second
 
 
 def test_recovery_closes_a_plain_file_spanning_hours_and_cuts_a_torn_line(tmp_path):

@@ -27,8 +27,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
-from .sysbus import BusError, get_property, system_bus_address
-
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 10.0  # seconds between two questions while not synchronised; not at every reading
@@ -150,7 +148,12 @@ def kernel_synchronised() -> Optional[bool]:
 
 
 def timedated_synchronised(address: Optional[str] = None, timeout: float = BUS_TIMEOUT) -> Optional[bool]:
-    """timedate1's NTPSynchronized on the system bus; None where there is no bus, no timedated or no answer."""
+    """timedate1's NTPSynchronized on the system bus; None where there is no bus, no timedated or no answer.
+
+    The bus client (sysbus.py) is imported here, only where the kernel cannot be asked (``ProtectClock=yes``).
+    """
+    from .sysbus import BusError, get_property, system_bus_address
+
     try:
         value = get_property(address or system_bus_address(), *TIMEDATE1[:3], TIMEDATE1[3], timeout)
     except BusError as exc:

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qsl, urlsplit
 
 import yaml
@@ -22,8 +22,10 @@ from .errors import SetupError
 from .protocol import DEFAULT_MODEL, MODELS
 from .relay import ON_CONNECT, RelaySettings
 from .runs import RunSettings
-from .tariff import Tariff, parse_tariff
 from .transport import MAC_RE, is_ble
+
+if TYPE_CHECKING:  # tariff.py is imported where prices are asked for: a service without them never loads it
+    from .tariff import Tariff
 
 DEFAULT_NAME = "wattchecker"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
@@ -144,6 +146,8 @@ class Config:
 
     def pricing(self) -> Tariff:
         """The tariff: the configured one, else report.price as its one period."""
+        from .tariff import Tariff
+
         return self.tariff if self.tariff is not None else Tariff.flat(self.report.price)
 
     # Each section's keys -> their line in the file, for errors found after parsing (a key file missing).
@@ -760,7 +764,11 @@ def parse_config(text_: str, source: str = "<config>") -> Config:
     influxdb = _influxdb(ctx, data["influxdb"], base) if data.get("influxdb") is not None else None
     devices = _devices(ctx, data)
     _poll_interval(ctx, general["poll_interval"], devices)
-    tariff = parse_tariff(data["tariff"], ctx.error) if data.get("tariff") is not None else None
+    tariff = None
+    if data.get("tariff") is not None:
+        from .tariff import parse_tariff
+
+        tariff = parse_tariff(data["tariff"], ctx.error)
     return Config(source, GeneralConfig(**general), devices, bigquery, report, "devices" in data, http=http,
                   mqtt=mqtt, tariff=tariff, influxdb=influxdb, key_lines=_key_lines(root))
 

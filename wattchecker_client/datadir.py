@@ -67,7 +67,7 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import fileops
 from .clock import utc_epoch
@@ -180,7 +180,14 @@ CLOSED_RE = re.compile(
 
 def parse_closed(path: Path) -> Optional[Tuple[str, str, dt.datetime, int]]:
     """(stem, format, hour, part) of a closed file's name, or None for any other file."""
-    match = CLOSED_RE.match(path.name)
+    return parse_closed_name(path.name)
+
+
+def parse_closed_name(name: str) -> Optional[Tuple[str, str, dt.datetime, int]]:
+    """``parse_closed`` of a bare name, as a folder listing gives it: no Path made for it. A Path interns
+    its name (pathlib), and the interpreter's table of interned strings never shrinks: a Path for each
+    name in a year's folder would keep about 1 MB for good."""
+    match = CLOSED_RE.match(name)
     if not match:
         return None
     hour = dt.datetime.strptime(match.group("hour"), HOUR_FORMAT)
@@ -256,18 +263,25 @@ def file_lines(path: Path, hour: Optional[str] = None) -> List[FileRow]:
     ``hour`` (``YYYY-MM-DD HH``): only that hour's rows (a plain file a crash
     left spanning two hours holds rows of both).
     """
+    return list(file_rows(path, hour))
+
+
+def file_rows(path: Path, hour: Optional[str] = None) -> Iterator[FileRow]:
+    """``file_lines``'s rows one at a time, for a reader that keeps none of them (an hour of rows held
+    at once is most of 1 MB). Damage is raised where it is met: a closed file's rows are only good once
+    the last one is read."""
     closed = path.suffix == ".gz"
-    rows = []
+    found = False
     with open_text(path) as f:  # line by line: an hour's text is never held whole beside its rows
         for number, line in enumerate(f, 1):
             if not closed and not line.endswith("\n"):
                 break  # only the last line can lack its newline
             row = _file_row(line, number, closed, hour)
             if row is not None:
-                rows.append(row)
-    if closed and not rows:
+                found = True
+                yield row
+    if closed and not found:
         raise Damaged("no rows")
-    return rows
 
 
 def _file_row(line: str, number: int, closed: bool, hour: Optional[str]) -> Optional[FileRow]:
@@ -512,8 +526,13 @@ def summaries_path(data_dir: Path, stem: str) -> Path:
 def read_summaries(data_dir: Path, stem: str, since: Optional[dt.datetime] = None) -> Dict[dt.datetime, HourSummary]:
     """Every hour's latest summary (from the hour ``since`` on, when given: the older lines are
     passed over by their hour, unparsed); an unreadable line (a torn append) is skipped with a warning."""
+    return {summary.hour: summary for summary in summary_lines(data_dir, stem, since)}
+
+
+def summary_lines(data_dir: Path, stem: str, since: Optional[dt.datetime] = None) -> Iterator[HourSummary]:
+    """``read_summaries``' lines one at a time, in file order (a later one for an hour replaces an earlier),
+    for a reader that keeps few of them: a year of summaries is about 13 MB in memory."""
     path = summaries_path(data_dir, stem)
-    found: Dict[dt.datetime, HourSummary] = {}
     first = since.strftime(HOUR_FORMAT) if since else ""
     try:
         with open(path, encoding="utf-8") as f:
@@ -525,10 +544,9 @@ def read_summaries(data_dir: Path, stem: str, since: Optional[dt.datetime] = Non
                 except (ValueError, KeyError, TypeError, IndexError) as exc:
                     log.warning("%s line %d: skipped, not a summary (%s)", path, number, exc)
                     continue
-                found[summary.hour] = summary
+                yield summary
     except FileNotFoundError:
         pass
-    return found
 
 
 def append_summaries(data_dir: Path, stem: str, summaries: List[HourSummary]) -> None:

@@ -24,8 +24,9 @@ from .clock import Clock, utc_epoch
 from .fileops import TMP_SUFFIX, atomic_write  # noqa: F401  (atomic_write: re-exported)
 from .datadir import (HOUR_FORMAT, closed_files_in, closed_name, line_stamp, open_text,  # noqa: F401  (re-exported)
                       parse_closed, parse_line, parse_stamp)
-from .datadir import (DAMAGE, FAILED_DIR, REASON_SUFFIX, FileRow, append_summaries, file_lines, quarantine,
-                      read_summaries, hour_sources, summarize_files)
+from .datadir import (DAMAGE, FAILED_DIR, REASON_SUFFIX, FileRow, HourSummary, append_summaries, file_lines,
+                      file_rows, parse_closed_name, quarantine, read_summaries, hour_sources, summarize_files,
+                      summary_lines)
 from .formats import FORMATTERS
 from .protocol import Measurement
 
@@ -125,7 +126,7 @@ class FileSet:
 
     def parse_closed_name(self, name: str) -> Optional[Tuple[dt.datetime, int]]:
         """(hour, part) if ``name`` is one of this set's closed files."""
-        parsed = parse_closed(Path(name))
+        parsed = parse_closed_name(name)
         if parsed is None or f"{parsed[0]}.{parsed[1]}" != self.base:
             return None
         return parsed[2], parsed[3]
@@ -149,8 +150,7 @@ class FileSet:
                     newest = parsed[0]
         if newest is not None:
             # every row of the newest hour, not its files' last lines: files of older releases are not sorted
-            stamps = [line_stamp(line) for p in self.closed_parts(newest) for _, _, line in _rows_or_none(p)]
-            self.last_time = max((parse_stamp(s) for s in stamps if s), default=None)
+            self.last_time = max((t for t in map(_newest_second, self.closed_parts(newest)) if t), default=None)
         self._summarized_since()
         if not self.current_path.exists():
             self.recovered = True
@@ -174,8 +174,12 @@ class FileSet:
         than the newest file's hour are passed over unparsed.
         """
         since = hour_of(self.last_time) if self.last_time else None
-        for summary in read_summaries(self.data_dir, self.stem, since).values():
-            last = summary.hour + dt.timedelta(seconds=summary.last[0])
+        newest: Optional[HourSummary] = None  # the newest hour's latest line: no other hour can hold a later second
+        for summary in summary_lines(self.data_dir, self.stem, since):  # one at a time: not a year of them at once
+            if newest is None or summary.hour >= newest.hour:
+                newest = summary
+        if newest is not None:
+            last = newest.hour + dt.timedelta(seconds=newest.last[0])
             if self.last_time is None or last > self.last_time:
                 self.last_time = last
 
@@ -345,6 +349,28 @@ class FileSet:
     def take_closed(self) -> List[ClosedFile]:
         closed, self.outbox = self.outbox, []
         return closed
+
+
+def _newest_second(path: Path) -> Optional[dt.datetime]:
+    """The newest second a closed file's rows hold, read row by row (an hour's rows are never held at once);
+    None for a file without one: damaged (quarantined, as ``_rows_or_none``), vanished."""
+    newest: Optional[dt.datetime] = None
+    rows = file_rows(path)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return newest
+        except FileNotFoundError:
+            return None
+        except DAMAGE as exc:  # a damaged file's rows count for nothing, those read before the damage too
+            quarantine(path, f"{type(exc).__name__}: {exc}")
+            return None
+        stamp = line_stamp(row.line)
+        if stamp:
+            when = parse_stamp(stamp)
+            if newest is None or when > newest:
+                newest = when
 
 
 def _rows_or_none(path: Path) -> List[FileRow]:
