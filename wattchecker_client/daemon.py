@@ -244,13 +244,12 @@ class Daemon:
         # A third of the stall limit: a live thread never looks stuck, a stuck one soon does.
         self.heartbeat_interval = general.watchdog_stall / 3
         self.readers: Dict[str, MeterReader] = {}
-        data_dir = general.data_dir  # what the last run left (saved.py): read once, here, and handed on
+        data_dir = general.data_dir  # what the last run left (saved.py): read once, here (energy.json: _live_for)
         self.saved_relays = SavedMeters(data_dir / RELAY_FILE, "no relay is latched",
                                         "the relay's latch would not survive a restart")
         self.saved_clocks = SavedMeters(data_dir / CLOCK_FILE, "each meter's watermark is its newest second on disk",
                                         "after a restart, right readings may be skipped until the meter passes "
                                         "the wrong stamps it had")
-        self.saved_energy = saved_energy(data_dir)
         self.live = self._live_for(config)
         if self.live is not None:
             self.writer.listener = self.live  # the energy counts what reached the disk, once
@@ -334,7 +333,7 @@ class Daemon:
             # runs (runs.py): the running sensor, the finished event, /metrics and the page's band
             runs={d.name: d.runs for d in config.devices},
             price=utc_pricer(config.pricing(), time_zone(config.report.timezone)),
-            energy_file=self.saved_energy,
+            energy_file=saved_energy(general.data_dir),  # read once, here, only when something shows it
         )
 
     def _web_for(self, config: Config):

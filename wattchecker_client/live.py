@@ -182,7 +182,6 @@ class LiveState:
     ) -> None:
         self.clock = clock
         self.energy_file = energy_file if energy_file is not None else saved_energy(data_dir)
-        self.path = self.energy_file.path
         self.data_dir = data_dir
         self.stats = LiveStats()
         self._meters = {name: _Meter(name, stem, history_seconds, (runs or {}).get(name, RunSettings()), price)
@@ -331,11 +330,12 @@ class LiveState:
         except OSError as exc:
             self.stats.checkpoint_errors += 1
             if not self._failing:
-                log.error("cannot save %s (%s); energy shown stays put until it can", self.path, exc.strerror or exc)
+                file = self.energy_file
+                log.error("cannot save %s (%s); %s", file.path, exc.strerror or exc, file.unsaved)
             self._failing = True
             return False
         if self._failing:
-            log.warning("%s saved again", self.path)
+            log.warning("%s saved again", self.energy_file.path)
         self._failing = False
         self.stats.checkpoints += 1
         return True
@@ -373,7 +373,7 @@ class LiveState:
         its own (the readers need not wait); energy.json and the plain current
         files are read here, before anything appends to them.
         """
-        saved = self._read_state_file()
+        saved = self.energy_file.entries()  # as read at start; an unreadable file: none, warned once
         for name, state in self._meters.items():
             last = None if until is None else (utc_epoch(until[name]) if until.get(name) else -1)
             self._restore_runs(state, saved.get(name), last)
@@ -388,11 +388,12 @@ class LiveState:
                     state.shown = state.floor = floor
                     state.saved, state.known = (start.credited, start.last, floor, False), True
                     if entry.get("late_rows"):  # written among counted rows, maybe uncounted: count them all
-                        log.info("%s: meter %s: late rows were being written; counting its files again", self.path,
-                                 name)
+                        log.info("%s: meter %s: late rows were being written; counting its files again",
+                                 self.energy_file.path, name)
                         start = Accumulator()
                 except (KeyError, TypeError, ValueError) as exc:
-                    log.warning("%s: meter %s: unusable entry (%s); counting its files again", self.path, name, exc)
+                    log.warning("%s: meter %s: unusable entry (%s); counting its files again", self.energy_file.path,
+                                name, exc)
             limit = None if until is None else (utc_epoch(until[name]) if until.get(name) else -1)
             state.upto = state.newest = limit
             work.append((name, start, FileRows(self.data_dir, state.stem, start.last[0] if start.last else None,
@@ -482,10 +483,6 @@ class LiveState:
         self.save(force=True)
         for _, _, rows in work:
             rows.backfill()
-
-    def _read_state_file(self) -> Dict[str, dict]:
-        """energy.json's entries, as the daemon read them at start (an unreadable file: none, warned once)."""
-        return self.energy_file.entries()
 
 
 def rounded_up(total: Accumulator, terms: int) -> Accumulator:

@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Set, Tuple, TypeVar
 
 from . import fileops
 from .clock import Clock, utc_epoch
@@ -31,6 +31,8 @@ from .formats import FORMATTERS
 from .protocol import Measurement
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 HOUR = dt.timedelta(hours=1)
 # How long a closed hour waits for its other formats before it is announced anyway.
@@ -353,35 +355,29 @@ class FileSet:
 
 def _newest_second(path: Path) -> Optional[dt.datetime]:
     """The newest second a closed file's rows hold, read row by row (an hour's rows are never held at once);
-    None for a file without one: damaged (quarantined, as ``_rows_or_none``), vanished."""
-    newest: Optional[dt.datetime] = None
-    rows = file_rows(path)
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            return newest
-        except FileNotFoundError:
-            return None
-        except DAMAGE as exc:  # a damaged file's rows count for nothing, those read before the damage too
-            quarantine(path, f"{type(exc).__name__}: {exc}")
-            return None
-        stamp = line_stamp(row.line)
-        if stamp:
-            when = parse_stamp(stamp)
-            if newest is None or when > newest:
-                newest = when
+    None for a file without one (``_unless_damaged``)."""
+    def newest() -> Optional[dt.datetime]:
+        stamps = (line_stamp(row.line) for row in file_rows(path))
+        return max((parse_stamp(s) for s in stamps if s), default=None)
+
+    return _unless_damaged(path, newest, None)
 
 
 def _rows_or_none(path: Path) -> List[FileRow]:
-    """A closed file's rows; a damaged file is quarantined and gives none, a vanished one too."""
+    """A closed file's rows; none for a damaged or vanished one (``_unless_damaged``)."""
+    return _unless_damaged(path, lambda: file_lines(path), [])
+
+
+def _unless_damaged(path: Path, read: Callable[[], T], empty: T) -> T:
+    """``read()`` of a closed file; ``empty`` if it vanished, or if it is damaged: then it is quarantined,
+    and the rows read before the damage count for nothing too."""
     try:
-        return file_lines(path)
+        return read()
     except FileNotFoundError:
-        return []
+        return empty
     except DAMAGE as exc:
         quarantine(path, f"{type(exc).__name__}: {exc}")
-        return []
+        return empty
 
 
 class DurableListener(Protocol):
