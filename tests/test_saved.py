@@ -69,3 +69,25 @@ def test_an_energy_file_of_another_version_is_one_warning_and_a_count_from_the_f
     assert saved_energy(tmp_path).entries() == {}
     (line,) = [r.getMessage() for r in caplog.records]
     assert line == f"{tmp_path / ENERGY_FILE}: unreadable (not a version 1 file); counting energy from the data files"
+
+
+def test_an_energy_file_that_cannot_be_saved_is_one_error_the_shown_energy_stays_put_and_catches_up(tmp_path, caplog):
+    """energy.json is saved before the energy is shown: while it cannot be, what was shown stays."""
+    from wattchecker_client.clock import FakeClock
+    from wattchecker_client.live import LiveState
+
+    live = LiveState(FakeClock(), tmp_path, {"m": "wattchecker-data"})
+    live.restore({"m": None})  # nothing on disk: 0 J, saved
+    live.durable("m", [(1796563600, 100.0), (1796563601, 100.0)])
+    (tmp_path / ENERGY_FILE).unlink()
+    (tmp_path / ENERGY_FILE).mkdir()  # a folder where the file should be: every save fails
+    live.save(force=True)
+    live.save(force=True)
+    assert live.snapshot()["m"].energy_joules == 0.0 and live.stats.checkpoint_errors == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"cannot save {tmp_path / ENERGY_FILE} (Is a directory); energy shown stays put until it can"]
+    (tmp_path / ENERGY_FILE).rmdir()
+    live.save(force=True)
+    assert live.snapshot()["m"].energy_joules == 200.0
+    assert f"{tmp_path / ENERGY_FILE} saved again" in caplog.text
+    assert json.loads((tmp_path / ENERGY_FILE).read_text())["version"] == ENERGY_VERSION
