@@ -485,7 +485,7 @@ def test_reader_reads_the_simulated_meter_over_ble():
     reader = ble_reader(radio, clock)
     readings = take(reader, 5)
     assert_measured(readings)
-    assert [m.time for m in readings] == [dt.datetime(2026, 7, 2, 9, 24, 31 + i) for i in range(5)]
+    assert [m.time for m in readings] == [dt.datetime(2026, 7, 2, 9, 24, 30 + i) for i in range(5)]  # polled at .5
     assert radio.chunks == [6] + [20, 11] * 5  # the clock's ack, then each 31-byte answer in two notifications
     assert reader.stats.connects == 1 and reader.stats.crc_errors == 0 and reader.stats.junk_bytes == 0
     # Closing the reader disconnected its one BLE client.

@@ -12,10 +12,10 @@ import pytest
 
 from wattchecker_client import protocol
 from wattchecker_client.clock import Backoff, Clock, FakeClock
-from wattchecker_client.meter import (MeterMemory, MeterReader, MeterSession, ReaderListener, ReaderSettings, links_for,
-                                      seconds_until_next_tick)
+from wattchecker_client.meter import MeterMemory, MeterReader, MeterSession, ReaderListener, ReaderSettings, links_for
 from wattchecker_client.protocol import Measurement, MeasurementError, encode_frame
-from wattchecker_client.transport import LinkError, socket_link
+from wattchecker_client.simulator import SimOptions, SimulatedMeter
+from wattchecker_client.transport import LinkError, LinkTimeout, socket_link
 
 BUILT = bytes.fromhex("AA 11 00 08 00 E0 83 04 13 92 01 B5 8D 00 1E 18 09 07 09 13 65")
 BUILT_VALUE = Measurement(dt.datetime(2019, 9, 7, 9, 24, 30), 102.931, 2311.75, 181.385)
@@ -147,19 +147,6 @@ def test_stop_is_best_effort_on_a_dead_link(scripted, caplog, death):
 # --- pacing and backoff -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "now, interval, expected",
-    [
-        (dt.datetime(2026, 1, 1, 0, 0, 0, 250000), 1.0, 0.75),
-        (dt.datetime(2026, 1, 1, 0, 0, 0), 1.0, 1.0),
-        (dt.datetime(2026, 1, 1, 0, 0, 7, 500000), 5.0, 2.5),
-        (dt.datetime(2026, 1, 1, 0, 0, 0, 30000), 0.1, 0.07),
-    ],
-)
-def test_polls_align_to_the_wall_clock(now, interval, expected):
-    assert seconds_until_next_tick(now, interval) == pytest.approx(expected)
-
-
 def test_backoff_doubles_with_jitter_up_to_the_cap():
     backoff = Backoff(1.0, 60.0, random.Random(4))
     delays = [backoff.next_delay() for _ in range(10)]
@@ -288,6 +275,58 @@ def test_a_drifting_meter_clock_is_set_again_at_most_once_an_hour(caplog):
     assert reader.stats.clock_resets == 2
     assert caplog.text.count("s off; setting it to") == 2
     assert got and all(m == protocol.quantize(m) for m in got)  # the meter's own stamps
+
+
+class LateLink:
+    """A simulated meter in memory whose every answer comes 0-60 ms late on the fake clock: a busy link."""
+
+    name = "late meter"
+
+    def __init__(self, meter: SimulatedMeter, clock: FakeClock, seed: int) -> None:
+        self.meter, self.clock, self.rng = meter, clock, random.Random(seed)
+        self.decoder, self.pending = meter.dialect.decoder(), b""
+
+    def write(self, data: bytes) -> None:
+        self.decoder.feed(data)
+        for frame in self.decoder:
+            self.clock.advance(self.rng.uniform(0.0, 0.06))
+            self.pending += self.meter.respond(frame.payload)
+
+    def read(self, max_bytes: int = 4096, timeout=None) -> bytes:
+        if not self.pending:
+            raise LinkTimeout(f"{self.name}: nothing to read")
+        data, self.pending = self.pending[:max_bytes], self.pending[max_bytes:]
+        return data
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "LateLink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("model", ["btwattch1", "btwattch2"])
+def test_polls_keep_clear_of_the_tick_of_the_clock_they_set(model):
+    """The clock is set at .98 of the host's second, so the meter ticks there, about where polls on the
+    host's whole seconds land as the link jitters: the reader polls half a second away, and an hour
+    of readings is every second of the meter's, once."""
+    clock = FakeClock(dt.datetime(2026, 1, 1, 0, 0, 0, 980000))
+    meter = SimulatedMeter(SimOptions(model=model, seed=4), clock)
+    stop = threading.Event()
+    reader = MeterReader(ReaderSettings("sim://", model=model), clock, stop,
+                         links=lambda: LateLink(meter, clock, seed=5))
+    got = []
+    for measurement in reader.readings():
+        got.append(measurement.time)
+        if len(got) == 3600:
+            stop.set()
+    assert reader.stats.clock_resets == 0 and reader.stats.connects == 1  # set once, at connect
+    assert got == [got[0] + dt.timedelta(seconds=n) for n in range(3600)]
+    assert (reader.stats.duplicates, reader.stats.missing_seconds, reader.stats.phase_moves) == (0, 0, 0)
+    assert reader.stats.polls == 3600
 
 
 class Recorder(ReaderListener):

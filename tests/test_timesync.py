@@ -180,7 +180,7 @@ def test_a_meter_behind_an_unsynchronised_host_lost_its_power_and_is_set_forward
     assert_each_second_once(got)
     s = reader.stats
     assert (s.behind_host, s.clock_resets) == (1, 1)
-    assert len(got) == s.readings - 1 == 38
+    assert len(got) == s.readings - 1 == 39  # a poll at 1 s, then at every half second after the set
     assert "behind the unsynchronised host clock; reading skipped" in caplog.text
 
 
@@ -262,7 +262,7 @@ def test_a_forward_step_re_sets_the_meter_within_one_poll(caplog):
     assert_each_second_once(got)
     s = reader.stats
     assert (s.clock_steps, s.behind_host, s.gaps) == (1, 1, 0)  # the one reading in the old time skipped
-    assert len(got) == s.readings - 1 == 28
+    assert len(got) == s.readings - 1 == 29  # polled at 0.5 s to 29.5 s: half a second clear of the meter's tick
 
 
 def test_a_backward_step_re_sets_the_meter_and_the_watermark_follows(caplog):
@@ -283,11 +283,11 @@ def test_a_backward_step_re_sets_the_meter_and_the_watermark_follows(caplog):
     assert len(times) == len(set(times)), "a second recorded twice"
     after = [(host, m) for elapsed, host, m in got if elapsed > 11.5]
     assert max(off_by(m.time, host) for host, m in after) <= 1  # rows carry the host's time from the set on
-    assert times[:10] == [TRUE_START + dt.timedelta(seconds=k) for k in range(1, 11)]
-    assert times[10] == set_to + dt.timedelta(seconds=1)
+    assert times[:10] == [TRUE_START + dt.timedelta(seconds=k) for k in range(10)]  # polled at .5
+    assert times[10] == set_to  # the second the set began, read half a second into it
     s = reader.stats
     assert (s.clock_steps, s.ahead_of_host) == (1, 1)  # the reading in the old time, ahead: skipped
-    assert (s.stale_seconds, s.duplicates) == (0, 10)  # 06:00:01-10 came again: counted, not recorded
+    assert (s.stale_seconds, s.duplicates) == (0, 10)  # 06:00:00-09 came again: counted, not recorded
     assert len(got) + s.ahead_of_host + s.duplicates == s.readings
 
 
@@ -305,7 +305,7 @@ def test_an_unsynchronised_host_stepping_back_sets_a_meter_back_keeping_its_read
     assert set_to == TRUE_START + dt.timedelta(seconds=11 - 60)
     times = stamps(got)
     assert times[:11] == [TRUE_START + dt.timedelta(seconds=k) for k in range(1, 12)]  # the ahead one kept
-    assert times[11] == set_to + dt.timedelta(seconds=1)
+    assert times[11] == set_to  # set on the whole second, read half a second into it
     assert len(times) == len(set(times)), "a second recorded twice"
     s = reader.stats
     assert (s.stale_seconds, s.duplicates, s.clock_resets) == (0, 11, 1)
@@ -343,7 +343,7 @@ def test_a_meter_clock_that_ignores_being_set_is_recorded_as_it_is(caplog):
     reader = reader_for(clock, meter)
     caplog.set_level(logging.INFO)
     got = drive(reader, clock, 10)
-    assert len(got) == 9 and reader.stats.ahead_of_host == 0
+    assert len(got) == 10 and reader.stats.ahead_of_host == 0  # set at 0 s, polled at 0.5 s to 9.5 s
     assert caplog.text.count("stays") == 1
 
 

@@ -3,9 +3,9 @@
 ``MeterSession`` speaks the protocol over a ``Link``: set the clock, start,
 poll, stop, switch the relay, in the dialect of the meter's model.
 ``MeterReader(settings, clock, stop, listener, links)`` connects, polls on
-the wall-clock second, reconnects with backoff, and hands each new
-measurement once to its ``ReaderListener``, as pySerial's ``ReaderThread``
-hands data to its ``Protocol``. The rules are not here: the clock policy
+the wall clock's interval, clear of the meter's own tick (pollphase.py),
+reconnects with backoff, and hands each new measurement once to its
+``ReaderListener``, as pySerial's ``ReaderThread`` hands data to its ``Protocol``. The rules are not here: the clock policy
 (clocktrust.py) says which stamps to keep and when to set the meter's clock,
 the relay driver (relaydriver.py) what to write between two polls. See
 docs/architecture.md.
@@ -16,15 +16,15 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import logging
-import math
 import threading
 from functools import partial
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import protocol
-from .clock import Backoff, Clock, utc_epoch
+from .clock import Backoff, Clock
 from .clocktrust import IGNORES_SET, STEPPED, SYNCHRONISED, WAIT_OVER, WAITING, ClockTrust, Decision, Host, Kept
+from .pollphase import PollPhase
 from .protocol import Frame, Measurement, MeasurementError, ProtocolError, btwattch2
 from .relay import RelayPolicy, RelaySettings
 from .relaydriver import NoRelay, RelayDriver
@@ -84,6 +84,7 @@ class MeterStats:
     behind_host: int = 0
     connects: int = 0
     link_errors: int = 0
+    phase_moves: int = 0  # polls moved half a second off the meter's tick (pollphase.py)
 
     def summary(self) -> str:
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
@@ -358,13 +359,6 @@ def probe_channel(
                     f"{mac}`)")
 
 
-def seconds_until_next_tick(now: dt.datetime, interval: float) -> float:
-    """Time to the next multiple of ``interval`` on the wall clock, so polls do not drift."""
-    epoch = utc_epoch(now) + now.microsecond / 1e6
-    next_tick = math.floor(epoch / interval + 1e-9) * interval + interval
-    return max(0.0, next_tick - epoch)
-
-
 @dataclass(frozen=True)
 class ReaderSettings:
     """One meter's validated settings: its ``devices:`` entry and the ``general:`` values a reader uses."""
@@ -448,6 +442,7 @@ class MeterReader:
         self.trust = ClockTrust(self._host(), time_sync_wait=settings.time_sync_wait,
                                 poll_interval=settings.poll_interval, last=memory.last_time, saved=memory.watermark)
         self.relay_driver = relay_driver(self, memory.relay)
+        self.phase = PollPhase(settings.poll_interval)
         self._failing_since: Optional[float] = None
         self._rejected_before = 0
 
@@ -487,8 +482,9 @@ class MeterReader:
                                    response_timeout=settings.response_timeout, model=settings.model)
             set_to = self.trust.on_connect(self._host())
             self._tell(self.trust.take_events())
+            self.phase.connected()
             if set_to is not None:
-                session.set_clock(set_to)  # where the meter's clock stood is unknown: the watermark stays
+                self._set_clock(session, set_to)  # where the meter's clock stood is unknown: the watermark stays
             session.start(set_clock=False)
             self._connected()
             try:
@@ -499,7 +495,7 @@ class MeterReader:
             session.stop()
 
     def _poll_until_stopped(self, session: MeterSession) -> Iterator[Measurement]:
-        while not self._sleep(seconds_until_next_tick(self.clock.now(), self.settings.poll_interval)):
+        while not self._sleep(self.phase.delay(self.clock.now())):
             self.relay_driver.drive(session)
             try:
                 measurement = session.poll()
@@ -508,6 +504,10 @@ class MeterReader:
                 level = logging.WARNING if session.stats.rejected == self._rejected_before + 1 else logging.DEBUG
                 log.log(level, "%s: reading dropped: %s", self.name, exc)
                 continue
+            if self.phase.reading(measurement.time):
+                self.stats.phase_moves += 1
+                log.debug("%s: the meter's clock ticks just before the polls: they move half a second earlier",
+                          self.name)
             self.relay_driver.seen(session.relay, measurement.watts, measurement.time)
             if self._judge(session, measurement.time):
                 yield measurement
@@ -519,7 +519,7 @@ class MeterReader:
         self.stats.count(decision.counter)
         if decision.set_clock is not None:
             log_clock_set(self.name, decision)
-            session.set_clock(decision.set_clock)
+            self._set_clock(session, decision.set_clock)
             self.stats.clock_resets += 1
             self.trust.meter_set(decision)
             self.relay_driver.meter_clock_moved(-decision.offset)
@@ -531,6 +531,20 @@ class MeterReader:
         if kept.memory is not None:
             self.listener.watermark_changed(kept.memory)
         return kept.record
+
+    def _set_clock(self, session: MeterSession, when: dt.datetime) -> None:
+        """Set the meter's clock to ``when`` as of the host's next whole second, and send it then.
+
+        The meter's seconds start when the set arrives: sent mid-second, its
+        stamps would lag the host's by up to a second. On the whole second they
+        tick with the host's, and the polls keep half a second clear of them.
+        """
+        now = self.clock.now()
+        wait = (1_000_000 - now.microsecond) % 1_000_000 / 1e6
+        if wait and self._sleep(wait):
+            return  # stopping: the link is about to close
+        self.phase.clock_set(now + dt.timedelta(seconds=wait))
+        session.set_clock(when + dt.timedelta(seconds=wait))
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep ``seconds``, True if ``stop`` came first: one wait, in ``heartbeat_interval`` slices if longer."""
