@@ -265,13 +265,13 @@ def test_a_drifting_meter_clock_is_set_again_at_most_once_an_hour(caplog):
     reader = MeterReader(ReaderSettings("sim://?seed=2", poll_interval=600.0), clock, stop)
 
     def beat():
-        if reader.stats.polls >= 13:  # 13 polls: 2 h 10 min of host time
+        if reader.stats.polls >= 14:  # 14 polls: 2 h 20 min of host time
             stop.set()
 
     reader.listener.heartbeat = beat
     caplog.set_level(logging.INFO)
     got = list(reader.readings())
-    # set at connect (00:00), then again at 01:00 and 02:00, not at every poll
+    # set at connect (00:00), then at the first poll an hour after each set (01:00:01, 02:10:01), not at every poll
     assert reader.stats.clock_resets == 2
     assert caplog.text.count("s off; setting it to") == 2
     assert got and all(m == protocol.quantize(m) for m in got)  # the meter's own stamps
@@ -327,6 +327,24 @@ def test_polls_keep_clear_of_the_tick_of_the_clock_they_set(model):
     assert got == [got[0] + dt.timedelta(seconds=n) for n in range(3600)]
     assert (reader.stats.duplicates, reader.stats.missing_seconds, reader.stats.phase_moves) == (0, 0, 0)
     assert reader.stats.polls == 3600
+
+
+def test_a_clock_set_waits_for_the_whole_second_and_sends_that_seconds_time():
+    """Decided at 10.502 s, reached at 10.505 s: sent at 11 s as 11 s (cut instead of rounded, 10 s: a meter
+    a second behind), and the polls then aim half a second into the meter's seconds."""
+    clock = FakeClock(dt.datetime(2026, 1, 1, 0, 0, 10, 505000))
+    reader = MeterReader(ReaderSettings("sim://"), clock, threading.Event())
+    sent = []
+
+    class Session:
+        def set_clock(self, when: dt.datetime) -> None:
+            sent.append((clock.now(), when))
+
+    eleven = dt.datetime(2026, 1, 1, 0, 0, 11)
+    assert reader._set_clock(Session(), dt.datetime(2026, 1, 1, 0, 0, 10, 502000)) == eleven
+    assert sent == [(eleven, eleven)]
+    assert reader.phase.offset == 0.5 and reader.phase.delay(eleven) == 0.5
+    assert reader._set_clock(Session(), eleven) == eleven and sent[-1] == (eleven, eleven)  # on the second: no wait
 
 
 class Recorder(ReaderListener):

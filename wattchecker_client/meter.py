@@ -5,10 +5,10 @@ poll, stop, switch the relay, in the dialect of the meter's model.
 ``MeterReader(settings, clock, stop, listener, links)`` connects, polls on
 the wall clock's interval, clear of the meter's own tick (pollphase.py),
 reconnects with backoff, and hands each new measurement once to its
-``ReaderListener``, as pySerial's ``ReaderThread`` hands data to its ``Protocol``. The rules are not here: the clock policy
-(clocktrust.py) says which stamps to keep and when to set the meter's clock,
-the relay driver (relaydriver.py) what to write between two polls. See
-docs/architecture.md.
+``ReaderListener``, as pySerial's ``ReaderThread`` hands data to its
+``Protocol``. The rules are not here: the clock policy (clocktrust.py) says
+which stamps to keep and when to set the meter's clock, the relay driver
+(relaydriver.py) what to write between two polls. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -518,11 +518,12 @@ class MeterReader:
         self._tell(self.trust.take_events())
         self.stats.count(decision.counter)
         if decision.set_clock is not None:
-            log_clock_set(self.name, decision)
-            self._set_clock(session, decision.set_clock)
-            self.stats.clock_resets += 1
-            self.trust.meter_set(decision)
-            self.relay_driver.meter_clock_moved(-decision.offset)
+            sent = self._set_clock(session, decision.set_clock)
+            if sent is not None:  # None: stopping came first
+                log_clock_set(self.name, decision, sent)
+                self.stats.clock_resets += 1
+                self.trust.meter_set(decision)
+                self.relay_driver.meter_clock_moved(-decision.offset)
         kept = self.trust.kept(stamp, decision)
         self.stats.kept(kept)
         if kept.moved_back_to is not None:
@@ -532,8 +533,8 @@ class MeterReader:
             self.listener.watermark_changed(kept.memory)
         return kept.record
 
-    def _set_clock(self, session: MeterSession, when: dt.datetime) -> None:
-        """Set the meter's clock to ``when`` as of the host's next whole second, and send it then.
+    def _set_clock(self, session: MeterSession, when: dt.datetime) -> Optional[dt.datetime]:
+        """Set the meter's clock to ``when`` as of the host's next whole second, and send it then; what was sent.
 
         The meter's seconds start when the set arrives: sent mid-second, its
         stamps would lag the host's by up to a second. On the whole second they
@@ -542,9 +543,12 @@ class MeterReader:
         now = self.clock.now()
         wait = (1_000_000 - now.microsecond) % 1_000_000 / 1e6
         if wait and self._sleep(wait):
-            return  # stopping: the link is about to close
+            return None  # stopping: the link is about to close
         self.phase.clock_set(now + dt.timedelta(seconds=wait))
-        session.set_clock(when + dt.timedelta(seconds=wait))
+        # ``when`` was the host's time a moment ago: rounded, not cut, to the second it is sent on.
+        sent = (when + dt.timedelta(seconds=wait, microseconds=500_000)).replace(microsecond=0)
+        session.set_clock(sent)
+        return sent
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep ``seconds``, True if ``stop`` came first: one wait, in ``heartbeat_interval`` slices if longer."""
@@ -599,9 +603,9 @@ def relay_driver(reader: MeterReader, saved: Mapping[str, Any]) -> Union[RelayDr
     return RelayDriver(reader.name, policy, reader.clock, reader.stop, reader.listener.relay_memory_changed)
 
 
-def log_clock_set(name: str, decision: Decision) -> None:
+def log_clock_set(name: str, decision: Decision, sent: dt.datetime) -> None:
     log.info("%s: meter clock is %+.0f s %s; %ssetting it to %s UTC", name, decision.offset, decision.why,
-             "" if decision.record else "reading skipped, ", decision.set_clock.replace(microsecond=0))
+             "" if decision.record else "reading skipped, ", sent)
 
 
 def log_clock_event(name: str, kind: str, value: float, time_sync_wait: float) -> None:
