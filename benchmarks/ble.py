@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.bluez import DEFAULT_MTU, PI_MTU, PiBehaviour, stand_in_bluez  # noqa: E402
-from tests.conftest import DaemonProcess, wait_for  # noqa: E402
+from tests.conftest import DaemonProcess, count_between_writes, wait_for  # noqa: E402
 from tests.test_ble import Radio  # noqa: E402  (the injected bleak client lives with the tests)
 from wattchecker_client.ble import BleOpener  # noqa: E402
 from wattchecker_client.clock import Clock  # noqa: E402
@@ -65,7 +65,8 @@ def wall_clock(seconds: float, poll_interval: float, pi: PiBehaviour) -> None:
             daemon = DaemonProcess(config, tmp, env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address})
             try:
                 wait_for(lambda: json_rows(tmp / "data") >= 2, timeout=60, what="the first rows")
-                rows, cpu, start = json_rows(tmp / "data"), cpu_seconds(daemon.proc.pid), time.monotonic()
+                rows = count_between_writes(lambda: json_rows(tmp / "data"), poll_interval)
+                cpu, start = cpu_seconds(daemon.proc.pid), time.monotonic()
                 Clock().sleep(seconds)
                 elapsed = time.monotonic() - start
                 rows, cpu = json_rows(tmp / "data") - rows, cpu_seconds(daemon.proc.pid) - cpu

@@ -171,6 +171,16 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str 
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def count_between_writes(count, interval: float = 1.0) -> int:
+    """``count()`` taken midway between two writes that come every ``interval`` s: a row count taken
+    again a whole number of intervals later then has every write in between, and no write's jitter at
+    either edge (taken just after a write, the last write of a minute may fall one side or the other)."""
+    before = count()
+    wait_for(lambda: count() > before, timeout=30 + 2 * interval, interval=0.02, what="the next write")
+    time.sleep(interval / 2)
+    return count()
+
+
 class DaemonProcess:
     """A real `wattchecker-client run --config FILE` process; output goes to files."""
 
