@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-from typing import Callable, List
+from typing import Callable, List, Sequence, Tuple
 
 import pytest
 
+from wattchecker_client.clock import EPOCH
 from wattchecker_client.pollphase import PollPhase, seconds_until_next_tick
 
-EPOCH = dt.datetime(1970, 1, 1)
 START = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 
 
@@ -51,16 +51,26 @@ def test_a_clock_set_puts_the_polls_half_a_second_from_where_it_ticks():
 
 
 def read_meter(phase: PollPhase, tick: float, seconds: int, latency: Callable[[], float],
-               drift: float = 0.0) -> List[int]:
-    """The meter seconds ``seconds`` of polls read: its seconds begin at host fraction ``tick`` and run
-    ``drift`` fast; each poll lands ``latency()`` after the moment it was timed for."""
-    host, stamps = START, []
+               drift: float = 0.0) -> Tuple[List[int], int]:
+    """The meter seconds ``seconds`` of polls read, and how often the polls moved: its seconds begin at
+    host fraction ``tick`` and run ``drift`` fast; each poll lands ``latency()`` after its moment."""
+    host, stamps, moves = START, [], 0
     for _ in range(seconds):
         host += phase.delay(at(host)) + latency()
         stamp = math.floor(host - tick + drift * (host - START))
-        phase.reading(at(stamp))
+        moves += phase.reading(at(stamp))
         stamps.append(stamp)
-    return stamps
+    return stamps, moves
+
+
+def feed(phase: PollPhase, stamps: Sequence[int], host: float = START) -> Tuple[float, int]:
+    """Polls 10 ms late that read ``stamps`` (seconds after START): the host's time after the last, and
+    how often the polls moved."""
+    moves = 0
+    for stamp in stamps:
+        host += phase.delay(at(host)) + 0.01
+        moves += phase.reading(at(START + stamp))
+    return host, moves
 
 
 def lost(stamps: List[int]) -> int:
@@ -83,11 +93,11 @@ def fixed(interval: float = 1.0) -> PollPhase:
 def test_a_tick_just_behind_the_polls_costs_one_second_at_most_then_none():
     """Meter seconds begin 20 ms after the host's, polls land 0-60 ms late: fixed polls lose a
     second again and again; following ones move once, half a second earlier, and lose none after."""
-    before = read_meter(fixed(), 0.02, 3600, jitter(1))
+    before, _ = read_meter(fixed(), 0.02, 3600, jitter(1))
     phase = PollPhase(1.0)
-    after = read_meter(phase, 0.02, 3600, jitter(1))
+    after, moves = read_meter(phase, 0.02, 3600, jitter(1))
     assert lost(before) > 100
-    assert phase.moves == 1 and phase.offset == pytest.approx(0.5)
+    assert moves == 1 and phase.offset == pytest.approx(0.5)
     assert lost(after) <= 1 and lost(after[10:]) == 0
 
 
@@ -95,53 +105,36 @@ def test_a_tick_just_behind_the_polls_costs_one_second_at_most_then_none():
 def test_crystals_drifting_apart_cost_a_second_per_crossing_at_most(drift):
     """50 ppm (4.3 s a day), fast or slow: the tick sweeps past the polls again and again.
     Each time it comes near, the polls step away, for a second lost at most."""
-    before = read_meter(fixed(), 0.3, 86_400, jitter(2), drift)
-    phase = PollPhase(1.0)
-    after = read_meter(phase, 0.3, 86_400, jitter(2), drift)
+    before, _ = read_meter(fixed(), 0.3, 86_400, jitter(2), drift)
+    after, moves = read_meter(PollPhase(1.0), 0.3, 86_400, jitter(2), drift)
     assert lost(before) > 500
-    assert 4 <= phase.moves <= 12  # a move per half second of drift: 8.6, give or take the first
-    assert lost(after) <= phase.moves
+    assert 4 <= moves <= 12  # a move per half second of drift: 8.6, give or take the first
+    assert lost(after) <= moves
 
 
 @pytest.mark.parametrize("interval", [2.0, 5.0])
 def test_longer_intervals_follow_the_tick_too(interval):
-    phase = PollPhase(interval)
-    stamps = read_meter(phase, 0.02, 2000, jitter(3))
+    stamps, moves = read_meter(PollPhase(interval), 0.02, 2000, jitter(3))
     steps = {b - a for a, b in zip(stamps[10:], stamps[11:])}
-    assert phase.moves == 1 and steps == {int(interval)}
+    assert moves == 1 and steps == {int(interval)}
 
 
 def test_steps_that_are_not_the_tick_move_nothing():
-    fast = PollPhase(1.0)  # a simulator at clock_speed=20: 20 seconds a poll
-    host = START
-    for n in range(50):
-        host += fast.delay(at(host)) + 0.01
-        fast.reading(at(START + 20 * n))
-    assert fast.moves == 0
-    stepped = PollPhase(1.0)  # a clock set or stepped a few seconds: off by more than one
-    stamps = [0, 1, 2, 3, 9, 10, 11, 5, 6, 7]
-    host = START
-    for stamp in stamps:
-        host += stepped.delay(at(host)) + 0.01
-        stepped.reading(at(START + stamp))
-    assert stepped.moves == 0
+    fast = [20 * n for n in range(50)]  # a simulator at clock_speed=20: 20 seconds a poll
+    assert feed(PollPhase(1.0), fast)[1] == 0
+    stepped = [0, 1, 2, 3, 9, 10, 11, 5, 6, 7]  # a clock set or stepped a few seconds: off by more than one
+    assert feed(PollPhase(1.0), stepped)[1] == 0
     twice = PollPhase(0.5)  # faster than the meter's second: seconds read twice by design
-    assert read_meter(twice, 0.02, 600, jitter(4)) and twice.moves == 0
+    stamps, moves = read_meter(twice, 0.02, 600, jitter(4))
+    assert stamps and moves == 0
 
 
 def test_an_unsteady_start_moves_nothing_and_a_new_link_starts_afresh():
     """The first step of a link has nothing steady before it: a skip there is not the tick."""
     phase = PollPhase(1.0)
-    host = START
-    for stamp in (0, 2, 3, 4):  # a skip first: not steady yet
-        host += phase.delay(at(host)) + 0.01
-        phase.reading(at(START + stamp))
-    assert phase.moves == 0
+    host, moves = feed(phase, [0, 2, 3, 4])  # a skip first: not steady yet
+    assert moves == 0
     phase.connected()
-    host += phase.delay(at(host)) + 0.01
-    phase.reading(at(START + 6))  # the first of a new link: nothing to compare with
-    assert phase.moves == 0
-    for stamp in (7, 8, 10):  # steady, steady, then a skip: the tick
-        host += phase.delay(at(host)) + 0.01
-        phase.reading(at(START + stamp))
-    assert phase.moves == 1
+    host, moves = feed(phase, [6], host)  # the first of a new link: nothing to compare with
+    assert moves == 0
+    assert feed(phase, [7, 8, 10], host)[1] == 1  # steady, steady, then a skip: the tick

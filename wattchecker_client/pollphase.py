@@ -23,14 +23,14 @@ import datetime as dt
 import math
 from typing import Optional, Tuple
 
-from .clock import utc_epoch
+from .clock import EPOCH
 
 HALF = 0.5  # seconds between the meter's tick and the poll, either side
 
 
 def epoch_seconds(when: dt.datetime) -> float:
     """Seconds since 1970 of a naive UTC datetime, with its fraction."""
-    return utc_epoch(when) + when.microsecond / 1e6
+    return (when - EPOCH).total_seconds()
 
 
 def seconds_until_next_tick(now: dt.datetime, interval: float, offset: float = 0.0) -> float:
@@ -46,7 +46,6 @@ class PollPhase:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.offset = 0.0  # seconds after each multiple of the interval: the tick's place is unknown
-        self.moves = 0
         # Only a whole-second interval has one step per poll to compare; faster polls read seconds twice anyway.
         self._follows = interval >= 1 and interval == int(interval)
         self._aim: Optional[float] = None  # the epoch second the coming poll was timed for
@@ -82,6 +81,5 @@ class PollPhase:
         if not steady or abs(step - scheduled) != 1:
             return False
         self.offset = (self.offset - HALF) % 1.0
-        self.moves += 1
         self.connected()  # the next poll comes half a second sooner: its step is not the schedule's
         return True
