@@ -258,22 +258,25 @@ def test_a_meter_clock_set_back_never_records_a_second_twice(scripted):
     assert peer.requests[-1] == b"\x03"  # closing the reader stopped the measurement
 
 
-def test_a_drifting_meter_clock_is_set_again_at_most_once_an_hour(caplog):
-    """Host time runs 10 min per poll while the meter keeps real time: a huge drift."""
+@pytest.mark.parametrize("polls, resets", [(14, 2), (13, 1)])
+def test_a_drifting_meter_clock_is_set_again_at_most_once_an_hour(caplog, polls, resets):
+    """Host time runs 10 min per poll while the meter keeps real time: a huge drift. Stopped after 13
+    polls, the 13th poll's set is still waiting for its second: it is not sent, logged or counted."""
     stop = threading.Event()
     clock = FakeClock(dt.datetime(2026, 1, 1, 0, 0, 0))
     reader = MeterReader(ReaderSettings("sim://?seed=2", poll_interval=600.0), clock, stop)
 
     def beat():
-        if reader.stats.polls >= 14:  # 14 polls: 2 h 20 min of host time
+        if reader.stats.polls >= polls:  # 14 polls: 2 h 20 min of host time
             stop.set()
 
     reader.listener.heartbeat = beat
     caplog.set_level(logging.INFO)
     got = list(reader.readings())
     # set at connect (00:00), then at the first poll an hour after each set (01:00:01, 02:10:01), not at every poll
-    assert reader.stats.clock_resets == 2
-    assert caplog.text.count("s off; setting it to") == 2
+    assert reader.stats.clock_resets == resets
+    assert caplog.text.count("s off; setting it to") == resets
+    assert caplog.text.count("setting it to 2026-01-01 01:00:01 UTC") == 1
     assert got and all(m == protocol.quantize(m) for m in got)  # the meter's own stamps
 
 
@@ -345,6 +348,26 @@ def test_a_clock_set_waits_for_the_whole_second_and_sends_that_seconds_time():
     assert sent == [(eleven, eleven)]
     assert reader.phase.offset == 0.5 and reader.phase.delay(eleven) == 0.5
     assert reader._set_clock(Session(), eleven) == eleven and sent[-1] == (eleven, eleven)  # on the second: no wait
+
+
+def test_a_stop_during_the_wait_for_the_whole_second_sends_no_set():
+    """Stopping while a set waits for its second: nothing is sent, and the polls keep their place."""
+    clock = FakeClock(dt.datetime(2026, 1, 1, 0, 0, 10, 505000))
+    stop = threading.Event()
+
+    class StopAtOnce(ReaderListener):
+        def heartbeat(self) -> None:
+            stop.set()
+
+    reader = MeterReader(ReaderSettings("sim://"), clock, stop, listener=StopAtOnce())
+    sent = []
+
+    class Session:
+        def set_clock(self, when: dt.datetime) -> None:
+            sent.append(when)
+
+    assert reader._set_clock(Session(), clock.now()) is None
+    assert sent == [] and reader.phase.offset == 0.0
 
 
 class Recorder(ReaderListener):
